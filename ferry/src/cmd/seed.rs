@@ -1,0 +1,282 @@
+//! `ferry seed export|restore`: a disk as a file of sealed frames, and back.
+//!
+//! A seed file is the frames a full copy of one disk would send, written to a file
+//! instead of a socket: one `RegisterServer` frame naming the disk and its size, then
+//! `Record` frames in seq order (1, 2, …) covering the disk from offset 0 to its end in
+//! extents of at most 1 MiB, with no gap and no overlap. It is sealed exactly as
+//! replication seals (zstd, AES-256-CTR, HMAC-SHA256), so it can travel on untrusted
+//! media: offline seeding of a standby over a slow link.
+//!
+//! `restore` verifies every frame's CRC and every record's MAC before using it, refuses a
+//! record out of order, out of the disk, or a file that ends early, and writes to a
+//! temporary file renamed into place only when everything checked out: bad input changes
+//! nothing.
+
+use crate::keyfile;
+use anyhow::{Context, Result, bail, ensure};
+use ferry_wire::frame::{FRAME_HEADER_LEN, FrameHeader};
+use ferry_wire::message::{DiskInfo, RegisterServer};
+use ferry_wire::record::RecordAddress;
+use ferry_wire::seal::{DEFAULT_ZSTD_LEVEL, Unsealed};
+use ferry_wire::{
+    ByteLen, ByteOffset, DiskId, MAX_DATA_EXTENT, Message, RecordKind, Sealer, Seq, ServerId,
+    Unsealer,
+};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum Command {
+    /// Seal a whole disk (or image) into a seed file.
+    ///
+    /// Example: `ferry seed export --key pair.key --server web-1 --device /dev/vdb --out web-1.seed`
+    Export(ExportArgs),
+    /// Verify a seed file and restore the disk it holds into a new image file.
+    ///
+    /// Example: `ferry seed restore --key pair.key --seed web-1.seed --out disk.img`
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExportArgs {
+    /// Site-pair master key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// The protected server's name.
+    #[arg(long)]
+    server: ServerId,
+    /// The disk's number within the server.
+    #[arg(long, default_value_t = 0)]
+    disk: u32,
+    /// Block device or image file to read.
+    #[arg(long)]
+    device: PathBuf,
+    /// Seed file to create (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+    /// zstd level (1 is fastest).
+    #[arg(long, default_value_t = DEFAULT_ZSTD_LEVEL)]
+    zstd_level: i32,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct RestoreArgs {
+    /// Site-pair master key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Seed file to read.
+    #[arg(long)]
+    seed: PathBuf,
+    /// Image file to create (must not exist); sparse where the disk was zero.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Export(args) => export(args),
+        Command::Restore(args) => restore(args),
+    }
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    let keys = keyfile::load(&args.key)?.derive();
+    let mut sealer = Sealer::new(&keys.data, &keys.mac, args.zstd_level)?;
+    let mut device = File::open(&args.device)
+        .with_context(|| format!("cannot open {}", args.device.display()))?;
+    let size = device.seek(SeekFrom::End(0))?;
+    device.seek(SeekFrom::Start(0))?;
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&args.out)
+        .with_context(|| format!("cannot create seed file {}", args.out.display()))?;
+    let mut out = BufWriter::with_capacity(4 << 20, out);
+    let name = args
+        .device
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let mut frame = Vec::with_capacity(MAX_DATA_EXTENT + 4096);
+    Message::RegisterServer(RegisterServer {
+        hostname: args.server.to_string(),
+        disks: vec![DiskInfo {
+            disk: DiskId(args.disk),
+            name,
+            size: ByteLen(size),
+        }],
+    })
+    .encode_into(&mut frame)?;
+    out.write_all(&frame)?;
+
+    let (mut data_records, mut zero_records, mut written) = (0u64, 0u64, frame.len() as u64);
+    let mut buf = vec![0u8; MAX_DATA_EXTENT];
+    let mut offset = 0u64;
+    let mut seq = Seq(0);
+    while offset < size {
+        let n = usize::try_from((size - offset).min(MAX_DATA_EXTENT as u64)).expect("≤ 1 MiB");
+        device
+            .read_exact(&mut buf[..n])
+            .with_context(|| format!("cannot read {} at offset {offset}", args.device.display()))?;
+        seq = seq.next();
+        let addr = RecordAddress {
+            server: args.server.clone(),
+            disk: DiskId(args.disk),
+            offset: ByteOffset(offset),
+            seq,
+        };
+        let record = sealer.seal(addr, &buf[..n], &mut rand_core::OsRng)?;
+        match record.header.kind {
+            RecordKind::Data => data_records += 1,
+            _ => zero_records += 1,
+        }
+        frame.clear();
+        Message::Record(record).encode_into(&mut frame)?;
+        out.write_all(&frame)?;
+        written += frame.len() as u64;
+        offset += n as u64;
+    }
+    let out = out.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all()?;
+    println!(
+        "sealed {} ({size} bytes) into {}: {data_records} data records, {zero_records} zero \
+         records, {written} bytes ({:.1}% of the disk)",
+        args.device.display(),
+        args.out.display(),
+        100.0 * written as f64 / size.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Reads the next frame, or `None` at a clean end of file.
+fn next_frame(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Message>> {
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    let mut got = 0;
+    while got < FRAME_HEADER_LEN {
+        match reader.read(&mut head[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => bail!("seed file ends inside a frame header"),
+            n => got += n,
+        }
+    }
+    let header = FrameHeader::parse(&head)?;
+    body.resize(header.body_len as usize, 0);
+    reader
+        .read_exact(body)
+        .context("seed file ends inside a frame body")?;
+    Ok(Some(header.decode_body(body)?))
+}
+
+fn restore(args: RestoreArgs) -> Result<()> {
+    let keys = keyfile::load(&args.key)?.derive();
+    let mut unsealer = Unsealer::new(&keys.data, &keys.mac)?;
+    let seed = File::open(&args.seed)
+        .with_context(|| format!("cannot open seed file {}", args.seed.display()))?;
+    let mut reader = BufReader::with_capacity(4 << 20, seed);
+    if fs::symlink_metadata(&args.out).is_ok() {
+        bail!(
+            "{} already exists; restore writes a new image file",
+            args.out.display()
+        );
+    }
+    let tmp = tmp_path(&args.out);
+    let result = restore_into(&mut reader, &mut unsealer, &tmp);
+    match result {
+        Ok((disk, records)) => {
+            fs::rename(&tmp, &args.out)?;
+            println!(
+                "restored disk {} of {} ({} bytes) from {} verified records into {}",
+                disk.disk.0,
+                disk.name,
+                disk.size.0,
+                records,
+                args.out.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e.context(format!(
+                "seed file {} refused; nothing was written",
+                args.seed.display()
+            )))
+        }
+    }
+}
+
+fn tmp_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    out.with_file_name(name)
+}
+
+fn restore_into(
+    reader: &mut impl Read,
+    unsealer: &mut Unsealer,
+    tmp: &Path,
+) -> Result<(DiskInfo, u64)> {
+    let mut body = Vec::new();
+    let disk = match next_frame(reader, &mut body)? {
+        Some(Message::RegisterServer(mut reg)) if reg.disks.len() == 1 => reg.disks.remove(0),
+        Some(other) => bail!(
+            "seed file must start with one disk's registration, not {:?}",
+            other.frame_type()
+        ),
+        None => bail!("seed file is empty"),
+    };
+    let out = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    out.set_len(disk.size.0)?;
+    let (mut next_offset, mut last_seq, mut records) = (0u64, Seq(0), 0u64);
+    while let Some(message) = next_frame(reader, &mut body)? {
+        let Message::Record(record) = message else {
+            bail!(
+                "unexpected {:?} frame after record {records}",
+                message.frame_type()
+            );
+        };
+        let h = &record.header;
+        ensure!(
+            h.disk == disk.disk,
+            "record seq {} is for disk {}, not {}",
+            h.seq,
+            h.disk.0,
+            disk.disk.0
+        );
+        ensure!(
+            h.seq > last_seq,
+            "record seq {} follows seq {}: out of order",
+            h.seq,
+            last_seq
+        );
+        ensure!(
+            h.offset.0 == next_offset,
+            "record seq {} starts at offset {}; the disk's bytes from {next_offset} are missing",
+            h.seq,
+            h.offset.0
+        );
+        let end = h.offset.0 + h.length.0; // check() ruled out overflow
+        ensure!(
+            end <= disk.size.0,
+            "record seq {} ends at {end}, past the disk's {} bytes",
+            h.seq,
+            disk.size.0
+        );
+        match unsealer
+            .unseal(&record)
+            .with_context(|| format!("record seq {}", h.seq))?
+        {
+            Unsealed::Data(bytes) => out.write_all_at(bytes, h.offset.0)?,
+            Unsealed::Zeroes(_) | Unsealed::Discarded(_) => {} // the new file is a hole there
+        }
+        (next_offset, last_seq) = (end, h.seq);
+        records += 1;
+    }
+    ensure!(
+        next_offset == disk.size.0,
+        "seed file ends at offset {next_offset}; the disk has {} bytes",
+        disk.size.0
+    );
+    out.sync_all()?;
+    Ok((disk, records))
+}

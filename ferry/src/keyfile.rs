@@ -1,0 +1,98 @@
+//! Key files on disk: the site pair's master key, 64 hex digits and a newline
+//! (format in `ferry_wire::keys`), in a file of mode 0600 owned by whoever runs ferry.
+//!
+//! Loading refuses a file that group or others may read or write, a file that is not a
+//! regular file, and anything but exactly one key; every refusal names the file and says
+//! how to fix it. Writing never leaves a partly written key behind: a new file is created
+//! with mode 0600 from the start (never widened then narrowed), written, fsynced, and
+//! only then renamed into place.
+
+use anyhow::{Context, Result, bail};
+use ferry_wire::MasterKey;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// Longest key file read; anything longer is not a key file.
+const MAX_KEY_FILE: u64 = 256;
+
+/// Loads the master key from `path`, refusing unsafe permissions and malformed content.
+pub(crate) fn load(path: &Path) -> Result<MasterKey> {
+    let file =
+        File::open(path).with_context(|| format!("cannot open key file {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat key file {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("key file {} is not a regular file", path.display());
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "key file {} has mode {mode:04o}: group or others can access it; \
+             run `chmod 600 {}` (and consider the key exposed)",
+            path.display(),
+            path.display()
+        );
+    }
+    if meta.len() > MAX_KEY_FILE {
+        bail!(
+            "key file {} is {} bytes long; a ferry key file is 64 hex digits and a newline",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.take(MAX_KEY_FILE)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
+    MasterKey::from_text(&text)
+        .with_context(|| format!("key file {} is not a ferry key", path.display()))
+}
+
+/// Writes `key` to `path` with mode 0600. Refuses an existing file unless `force`.
+pub(crate) fn write(path: &Path, key: &MasterKey, force: bool) -> Result<()> {
+    if !force && fs::symlink_metadata(path).is_ok() {
+        bail!(
+            "{} already exists; pass --force to replace it (the old key is lost)",
+            path.display()
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        file.write_all(key.to_text().as_bytes())?;
+        file.sync_all()?;
+        if force {
+            fs::rename(&tmp, path)
+        } else {
+            // hard_link fails if `path` appeared meanwhile: never replace without --force.
+            fs::hard_link(&tmp, path).and_then(|()| fs::remove_file(&tmp))
+        }
+        .with_context(|| format!("cannot put the key in place at {}", path.display()))?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}

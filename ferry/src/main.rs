@@ -1,0 +1,38 @@
+//! The `ferry` binary: operator commands, and (as the stages are built) the agent and
+//! standby services. Thin: each subcommand parses its arguments and calls into the
+//! library crates.
+
+mod cmd;
+mod keyfile;
+
+use clap::{Parser, Subcommand};
+
+/// Continuous block-level disaster recovery for Linux servers.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Keygen(cmd::keygen::Args),
+    #[command(subcommand)]
+    Seed(cmd::seed::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Seed(command) => cmd::seed::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ferry: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

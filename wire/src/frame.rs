@@ -1,0 +1,313 @@
+//! Framing: how one [`Message`] travels on the link (and how it is stored in the
+//! standby's log).
+//!
+//! ```text
+//!  0        4          6        7        8            12           16
+//!  +--------+----------+--------+--------+------------+------------+----------------+
+//!  | magic  | version  | type   | flags  | body_len   | crc32      | body           |
+//!  | "FERY" | u16 LE   | u8     | u8 = 0 | u32 LE     | u32 LE     | body_len bytes |
+//!  +--------+----------+--------+--------+------------+------------+----------------+
+//! ```
+//!
+//! - `version` is [`PROTOCOL_VERSION`]; any other is refused, naming both versions.
+//! - `type` names the message ([`FrameType`]); the body is that message's bincode
+//!   encoding (bincode 2, standard configuration).
+//! - `crc32` (IEEE, crc32fast) covers header bytes 0..12 and the body.
+//! - `body_len` is at most [`MAX_FRAME_BODY`]; a larger value is refused from the
+//!   16-byte header alone, before any body buffer is allocated. Bincode decoding of the
+//!   body is limited to the same cap, so no length inside a body can allocate more.
+//!
+//! A reader of a stream reads [`FRAME_HEADER_LEN`] bytes, calls [`FrameHeader::parse`],
+//! reads `body_len` more bytes and calls [`FrameHeader::decode_body`]. [`decode`] does
+//! both for a buffer that holds exactly one frame.
+
+use crate::message::*;
+use crate::record::{HeaderError, MAX_DATA_EXTENT, SealedRecord};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The four bytes every frame starts with.
+pub const MAGIC: [u8; 4] = *b"FERY";
+
+/// Length of the fixed frame header.
+pub const FRAME_HEADER_LEN: usize = 16;
+
+/// Largest body a frame may carry: one data extent plus room for its header and MAC.
+pub const MAX_FRAME_BODY: u32 = (1 << 20) + 64 * 1024;
+const _: () = assert!(
+    MAX_DATA_EXTENT + 4096 < MAX_FRAME_BODY as usize,
+    "a data extent must fit a frame"
+);
+
+type BodyConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<{ MAX_FRAME_BODY as usize }>,
+>;
+
+fn body_config() -> BodyConfig {
+    bincode::config::standard().with_limit::<{ MAX_FRAME_BODY as usize }>()
+}
+
+/// The message type byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameType {
+    Hello = 1,
+    Challenge = 2,
+    Authenticate = 3,
+    Welcome = 4,
+    RegisterServer = 5,
+    Record = 6,
+    Barrier = 7,
+    Ack = 8,
+    Heartbeat = 9,
+    Error = 10,
+}
+
+impl FrameType {
+    fn from_byte(b: u8) -> Option<Self> {
+        use FrameType::*;
+        Some(match b {
+            1 => Hello,
+            2 => Challenge,
+            3 => Authenticate,
+            4 => Welcome,
+            5 => RegisterServer,
+            6 => Record,
+            7 => Barrier,
+            8 => Ack,
+            9 => Heartbeat,
+            10 => Error,
+            _ => return None,
+        })
+    }
+}
+
+/// Why bytes are not a valid frame. Every variant names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(
+        "bad frame magic {found:02x?} (expected {MAGIC:02x?}): not a ferry peer, or the stream is out of step"
+    )]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported protocol version {found} (this peer speaks version {PROTOCOL_VERSION})")]
+    UnsupportedVersion { found: u16 },
+    #[error("unknown frame type {found}")]
+    UnknownType { found: u8 },
+    #[error("frame flags {found:#04x} are not zero")]
+    BadFlags { found: u8 },
+    #[error("frame body of {len} bytes is over the {MAX_FRAME_BODY}-byte cap")]
+    BodyTooLong { len: u64 },
+    #[error("frame crc32 mismatch: header says {expected:#010x}, content gives {computed:#010x}")]
+    CrcMismatch { expected: u32, computed: u32 },
+    #[error("frame truncated: {needed} bytes needed, {available} available")]
+    Truncated { needed: usize, available: usize },
+    #[error("{count} trailing bytes after the frame")]
+    TrailingBytes { count: usize },
+    #[error("{frame_type:?} frame body does not decode: {source}")]
+    Body {
+        frame_type: FrameType,
+        #[source]
+        source: bincode::error::DecodeError,
+    },
+    #[error("{frame_type:?} frame body has {count} trailing bytes")]
+    BodyTrailingBytes { frame_type: FrameType, count: usize },
+    #[error("record frame holds an invalid record: {0}")]
+    InvalidRecord(#[from] HeaderError),
+    #[error("message cannot be encoded: {0}")]
+    Encode(#[source] bincode::error::EncodeError),
+}
+
+/// A parsed and checked frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub frame_type: FrameType,
+    /// Body length, already checked against [`MAX_FRAME_BODY`].
+    pub body_len: u32,
+    crc: u32,
+}
+
+impl FrameHeader {
+    /// Parses and checks the fixed header. Refuses a body length over the cap.
+    pub fn parse(bytes: &[u8; FRAME_HEADER_LEN]) -> Result<Self, FrameError> {
+        let found: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
+        if found != MAGIC {
+            return Err(FrameError::BadMagic { found });
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(FrameError::UnsupportedVersion { found: version });
+        }
+        let frame_type =
+            FrameType::from_byte(bytes[6]).ok_or(FrameError::UnknownType { found: bytes[6] })?;
+        if bytes[7] != 0 {
+            return Err(FrameError::BadFlags { found: bytes[7] });
+        }
+        let body_len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+        if body_len > MAX_FRAME_BODY {
+            return Err(FrameError::BodyTooLong {
+                len: u64::from(body_len),
+            });
+        }
+        let crc = u32::from_le_bytes(bytes[12..16].try_into().expect("4 bytes"));
+        Ok(Self {
+            frame_type,
+            body_len,
+            crc,
+        })
+    }
+
+    fn prefix(frame_type: FrameType, body_len: u32) -> [u8; 12] {
+        let mut p = [0u8; 12];
+        p[0..4].copy_from_slice(&MAGIC);
+        p[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        p[6] = frame_type as u8;
+        p[7] = 0;
+        p[8..12].copy_from_slice(&body_len.to_le_bytes());
+        p
+    }
+
+    /// Checks the CRC and decodes `body` (exactly `body_len` bytes) into a message.
+    pub fn decode_body(&self, body: &[u8]) -> Result<Message, FrameError> {
+        if body.len() != self.body_len as usize {
+            return Err(FrameError::Truncated {
+                needed: self.body_len as usize,
+                available: body.len(),
+            });
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&Self::prefix(self.frame_type, self.body_len));
+        crc.update(body);
+        let computed = crc.finalize();
+        if computed != self.crc {
+            return Err(FrameError::CrcMismatch {
+                expected: self.crc,
+                computed,
+            });
+        }
+        let t = self.frame_type;
+        Ok(match t {
+            FrameType::Hello => Message::Hello(body_as(t, body)?),
+            FrameType::Challenge => Message::Challenge(body_as(t, body)?),
+            FrameType::Authenticate => Message::Authenticate(body_as(t, body)?),
+            FrameType::Welcome => Message::Welcome(body_as(t, body)?),
+            FrameType::RegisterServer => Message::RegisterServer(body_as(t, body)?),
+            FrameType::Record => {
+                let record: SealedRecord = body_as(t, body)?;
+                record.check()?;
+                Message::Record(record)
+            }
+            FrameType::Barrier => Message::Barrier(body_as(t, body)?),
+            FrameType::Ack => Message::Ack(body_as(t, body)?),
+            FrameType::Heartbeat => Message::Heartbeat(body_as(t, body)?),
+            FrameType::Error => Message::Error(body_as(t, body)?),
+        })
+    }
+}
+
+fn body_as<T: DeserializeOwned>(frame_type: FrameType, body: &[u8]) -> Result<T, FrameError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, body_config())
+        .map_err(|source| FrameError::Body { frame_type, source })?;
+    if used != body.len() {
+        return Err(FrameError::BodyTrailingBytes {
+            frame_type,
+            count: body.len() - used,
+        });
+    }
+    Ok(value)
+}
+
+impl Message {
+    /// The frame type this message travels as.
+    pub fn frame_type(&self) -> FrameType {
+        match self {
+            Message::Hello(_) => FrameType::Hello,
+            Message::Challenge(_) => FrameType::Challenge,
+            Message::Authenticate(_) => FrameType::Authenticate,
+            Message::Welcome(_) => FrameType::Welcome,
+            Message::RegisterServer(_) => FrameType::RegisterServer,
+            Message::Record(_) => FrameType::Record,
+            Message::Barrier(_) => FrameType::Barrier,
+            Message::Ack(_) => FrameType::Ack,
+            Message::Heartbeat(_) => FrameType::Heartbeat,
+            Message::Error(_) => FrameType::Error,
+        }
+    }
+
+    /// Appends this message's frame to `out`. Refuses a body over [`MAX_FRAME_BODY`].
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+        let body = match self {
+            Message::Hello(m) => encode_body(m, out),
+            Message::Challenge(m) => encode_body(m, out),
+            Message::Authenticate(m) => encode_body(m, out),
+            Message::Welcome(m) => encode_body(m, out),
+            Message::RegisterServer(m) => encode_body(m, out),
+            Message::Record(m) => encode_body(m, out),
+            Message::Barrier(m) => encode_body(m, out),
+            Message::Ack(m) => encode_body(m, out),
+            Message::Heartbeat(m) => encode_body(m, out),
+            Message::Error(m) => encode_body(m, out),
+        };
+        if let Err(e) = body {
+            out.truncate(start);
+            return Err(e);
+        }
+        let body_len = out.len() - start - FRAME_HEADER_LEN;
+        let body_len = match u32::try_from(body_len) {
+            Ok(n) if n <= MAX_FRAME_BODY => n,
+            _ => {
+                out.truncate(start);
+                return Err(FrameError::BodyTooLong {
+                    len: body_len as u64,
+                });
+            }
+        };
+        let prefix = FrameHeader::prefix(self.frame_type(), body_len);
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&prefix);
+        crc.update(&out[start + FRAME_HEADER_LEN..]);
+        out[start..start + 12].copy_from_slice(&prefix);
+        out[start + 12..start + 16].copy_from_slice(&crc.finalize().to_le_bytes());
+        Ok(())
+    }
+
+    /// This message as one frame.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out = Vec::new();
+        self.encode_into(&mut out)?;
+        Ok(out)
+    }
+}
+
+fn encode_body<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
+        .map(|_| ())
+        .map_err(FrameError::Encode)
+}
+
+/// Decodes a buffer holding exactly one frame.
+pub fn decode(buf: &[u8]) -> Result<Message, FrameError> {
+    let Some(head) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Err(FrameError::Truncated {
+            needed: FRAME_HEADER_LEN,
+            available: buf.len(),
+        });
+    };
+    let header = FrameHeader::parse(head)?;
+    let rest = &buf[FRAME_HEADER_LEN..];
+    let body_len = header.body_len as usize;
+    if rest.len() < body_len {
+        return Err(FrameError::Truncated {
+            needed: FRAME_HEADER_LEN + body_len,
+            available: buf.len(),
+        });
+    }
+    if rest.len() > body_len {
+        return Err(FrameError::TrailingBytes {
+            count: rest.len() - body_len,
+        });
+    }
+    header.decode_body(rest)
+}

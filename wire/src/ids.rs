@@ -1,0 +1,192 @@
+//! Typed identities and units. Every value that crosses a module boundary and could be
+//! read two ways (bytes or sectors, a seq or a count) has its own type here; conversions
+//! are explicit.
+//!
+//! Names (servers here, site pairs later) follow one rule, from the product
+//! requirements: 1–60 characters; the first is an ASCII letter; the rest are ASCII
+//! letters, digits, or one of `.`, `_`, `-`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest name a server or site pair may have, in characters.
+pub const MAX_NAME_LEN: usize = 60;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("name is empty (it must have 1 to {MAX_NAME_LEN} characters)")]
+    Empty,
+    #[error("name {name:?} has {len} characters (at most {MAX_NAME_LEN} are allowed)")]
+    TooLong { name: String, len: usize },
+    #[error("name {name:?} must start with a letter, not {first:?}")]
+    BadStart { name: String, first: char },
+    #[error("name {name:?} contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    BadChar { name: String, bad: char },
+}
+
+/// Checks `name` against the naming rule in the module doc.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return Err(NameError::Empty);
+    };
+    let len = name.chars().count();
+    if len > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            name: name.to_owned(),
+            len,
+        });
+    }
+    if !first.is_ascii_alphabetic() {
+        return Err(NameError::BadStart {
+            name: name.to_owned(),
+            first,
+        });
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar {
+            name: name.to_owned(),
+            bad,
+        });
+    }
+    Ok(())
+}
+
+/// A protected server's name, unique within a standby site. Always valid by construction.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ServerId(String);
+
+impl ServerId {
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        validate_name(name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ServerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerId({})", self.0)
+    }
+}
+
+impl std::str::FromStr for ServerId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// A disk of a protected server, numbered by the agent at registration (0, 1, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DiskId(pub u32);
+
+/// Position in a server's ordered stream of records and barriers. The standby
+/// acknowledges sequence numbers; recovery points are defined by them.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// The sequence number after this one.
+    pub fn next(self) -> Seq {
+        Seq(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A recovery point's id, unique per server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PointId(pub u64);
+
+/// An offset into a disk, in bytes from the start of the whole disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ByteOffset(pub u64);
+
+/// A length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ByteLen(pub u64);
+
+impl ByteOffset {
+    /// The offset `len` bytes further on, or `None` if that passes `u64::MAX`.
+    pub fn checked_add(self, len: ByteLen) -> Option<ByteOffset> {
+        self.0.checked_add(len.0).map(ByteOffset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for ok in ["a", "web-1", "db_primary.eu", &"x".repeat(60), "Z9"] {
+            validate_name(ok).unwrap_or_else(|e| panic!("{ok:?} refused: {e}"));
+        }
+        type Expect = fn(&NameError) -> bool;
+        let cases: [(&str, Expect); 7] = [
+            ("", |e| matches!(e, NameError::Empty)),
+            ("1web", |e| {
+                matches!(e, NameError::BadStart { first: '1', .. })
+            }),
+            ("-web", |e| {
+                matches!(e, NameError::BadStart { first: '-', .. })
+            }),
+            (".web", |e| {
+                matches!(e, NameError::BadStart { first: '.', .. })
+            }),
+            ("web 1", |e| {
+                matches!(e, NameError::BadChar { bad: ' ', .. })
+            }),
+            ("web/1", |e| {
+                matches!(e, NameError::BadChar { bad: '/', .. })
+            }),
+            ("wéb", |e| matches!(e, NameError::BadChar { bad: 'é', .. })),
+        ];
+        for (bad, is_expected) in cases {
+            let err = validate_name(bad).expect_err(bad);
+            assert!(is_expected(&err), "{bad:?} gave the wrong error: {err}");
+        }
+        let long = "x".repeat(61);
+        assert!(matches!(
+            validate_name(&long),
+            Err(NameError::TooLong { len: 61, .. })
+        ));
+    }
+
+    #[test]
+    fn server_id_refuses_bad_names_when_deserialized() {
+        let bytes = bincode::serde::encode_to_vec("9bad", bincode::config::standard()).unwrap();
+        let res: Result<(ServerId, usize), _> =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard());
+        let err = res.expect_err("a bad server name must not decode");
+        assert!(
+            err.to_string().contains("must start with a letter"),
+            "{err}"
+        );
+    }
+}

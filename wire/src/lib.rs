@@ -1,0 +1,37 @@
+//! ferry's byte formats, with no I/O: everything that crosses the link between an agent
+//! and a standby site, or lands in the standby's log, is defined here.
+//!
+//! - [`ids`]: typed identities and units (server, disk, sequence number, byte offsets).
+//! - [`keys`]: the site pair's master key and the data, MAC and auth keys derived from it.
+//! - [`record`]: the plaintext record header that the standby stores and indexes.
+//! - [`seal`]: sealing an extent (zero detection → zstd → AES-256-CTR → HMAC-SHA256) and
+//!   unsealing it (MAC checked before anything is decrypted).
+//! - [`auth`]: the challenge–response proofs an agent and a standby exchange.
+//! - [`message`]: the agent ↔ standby protocol messages.
+//! - [`frame`]: how a message is framed on the link (magic, version, type, length, CRC).
+//!
+//! Invariants kept here:
+//! - Nothing decodes a length from outside without checking it against a documented cap
+//!   first, so malformed input can never make this crate allocate what it names.
+//! - Verifying a sealed record needs only the MAC key (DESIGN.md I6); the data key is
+//!   needed only to unseal.
+//! - Key bytes never appear in `Debug` output and are zeroized on drop.
+//!
+//! This crate makes no syscalls: randomness (IVs, nonces) comes from a caller-supplied
+//! cryptographic RNG.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod frame;
+pub mod ids;
+pub mod keys;
+pub mod message;
+pub mod record;
+pub mod seal;
+
+pub use frame::{FRAME_HEADER_LEN, FrameError, FrameHeader, MAX_FRAME_BODY};
+pub use ids::{ByteLen, ByteOffset, DiskId, NameError, PointId, Seq, ServerId};
+pub use keys::{AuthKey, DataKey, KeyError, MacKey, MasterKey, SiteKeys};
+pub use message::{Message, PROTOCOL_VERSION};
+pub use record::{Compression, MAX_DATA_EXTENT, RecordHeader, RecordKind, SealedRecord};
+pub use seal::{SealError, Sealer, Unsealer};

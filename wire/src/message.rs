@@ -1,0 +1,138 @@
+//! The agent ↔ standby protocol messages. Each message travels in one frame whose type
+//! byte names the message ([`crate::frame`]); the body is the message's bincode encoding.
+//!
+//! Conversation on one connection (one ordered stream per server):
+//!
+//! ```text
+//! agent → Hello ; standby → Challenge ; agent → Authenticate ; standby → Welcome
+//! agent → RegisterServer (first time, or when disks change)
+//! agent → Record | Barrier | Heartbeat …    standby → Ack | Heartbeat | Error …
+//! ```
+//!
+//! Versioning: the frame header carries [`PROTOCOL_VERSION`]; a peer that receives a
+//! frame of another version refuses it with an error naming both versions, and a standby
+//! answers a `Hello` of another version with [`ErrorCode::UnsupportedVersion`].
+
+use crate::auth::{Nonce, Proof};
+use crate::ids::{ByteLen, DiskId, PointId, Seq, ServerId};
+use crate::record::SealedRecord;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks (the frame header's version field).
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Agent → standby: opens a connection for one server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub server: ServerId,
+    /// The agent's software version, for the standby's logs.
+    pub agent_version: String,
+    pub client_nonce: Nonce,
+}
+
+/// Standby → agent: the standby's nonce and its proof of holding the auth key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    pub server_nonce: Nonce,
+    pub standby_proof: Proof,
+}
+
+/// Agent → standby: the agent's proof of holding the auth key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticate {
+    pub agent_proof: Proof,
+}
+
+/// Standby → agent: authenticated. Everything at or below `last_durable` is safe; the
+/// agent resumes after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub last_durable: Seq,
+}
+
+/// One disk of a protected server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub disk: DiskId,
+    /// The device's name on the protected host (e.g. `vda`, `loop3`).
+    pub name: String,
+    pub size: ByteLen,
+}
+
+/// Agent → standby: the server and its disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterServer {
+    pub hostname: String,
+    pub disks: Vec<DiskInfo>,
+}
+
+/// How a recovery point came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PointKind {
+    Scheduled,
+    Manual,
+}
+
+/// Agent → standby: every record before this seq, and none after, belongs to the point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Barrier {
+    pub seq: Seq,
+    pub point: PointId,
+    pub kind: PointKind,
+    /// True when the point equals every disk at one instant (DESIGN.md I5).
+    pub consistent: bool,
+    pub unix_time_ms: u64,
+}
+
+/// Standby → agent: every record and barrier with seq ≤ `durable` is on stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub durable: Seq,
+}
+
+/// Either way: the link is alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub unix_time_ms: u64,
+}
+
+/// What went wrong, in a form the other side can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    AuthenticationFailed,
+    UnknownServer,
+    Malformed,
+    StorageFull,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether retrying the same thing later may succeed (the replicator backs off and
+    /// retries these; it stops and reports the others).
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::StorageFull | ErrorCode::Internal)
+    }
+}
+
+/// Either way: a refusal, with a message for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Challenge(Challenge),
+    Authenticate(Authenticate),
+    Welcome(Welcome),
+    RegisterServer(RegisterServer),
+    Record(SealedRecord),
+    Barrier(Barrier),
+    Ack(Ack),
+    Heartbeat(Heartbeat),
+    Error(ErrorMessage),
+}

@@ -1,0 +1,465 @@
+//! Sealing and framing as a peer or an attacker sees them: round trips for any data and
+//! header, and refusal of every altered, truncated, oversized or misaddressed input.
+
+use ferry_wire::auth::{Nonce, Proof};
+use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader, MAGIC};
+use ferry_wire::message::*;
+use ferry_wire::record::RecordAddress;
+use ferry_wire::seal::{SealError, Unsealed, verify};
+use ferry_wire::{
+    ByteLen, ByteOffset, Compression, DiskId, MAX_DATA_EXTENT, MAX_FRAME_BODY, MasterKey,
+    PROTOCOL_VERSION, PointId, RecordKind, SealedRecord, Sealer, Seq, ServerId, SiteKeys, Unsealer,
+};
+use proptest::prelude::*;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Records the largest single allocation, so tests can prove a claimed length was never
+/// allocated.
+struct LargestAllocation;
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only records sizes.
+unsafe impl GlobalAlloc for LargestAllocation {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        // SAFETY: same layout contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`; same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: LargestAllocation = LargestAllocation;
+
+fn keys(byte: u8) -> SiteKeys {
+    MasterKey::from_bytes([byte; 32]).derive()
+}
+
+fn addr(server: &str, offset: u64, seq: u64) -> RecordAddress {
+    RecordAddress {
+        server: ServerId::new(server).unwrap(),
+        disk: DiskId(3),
+        offset: ByteOffset(offset),
+        seq: Seq(seq),
+    }
+}
+
+fn sealer(k: &SiteKeys) -> Sealer {
+    Sealer::new(&k.data, &k.mac, 1).unwrap()
+}
+
+fn unsealer(k: &SiteKeys) -> Unsealer {
+    Unsealer::new(&k.data, &k.mac).unwrap()
+}
+
+/// Bytes that compress: text-like, repeating with variation.
+fn compressible(len: usize, seed: u8) -> Vec<u8> {
+    let words = [&b"block "[..], b"extent ", b"ferry ", b"standby ", b"\n"];
+    let mut out = Vec::with_capacity(len);
+    let mut i = usize::from(seed);
+    while out.len() < len {
+        out.extend_from_slice(words[i % words.len()]);
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    out.truncate(len);
+    out
+}
+
+fn data_strategy() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(Vec::new()),
+        any::<u8>().prop_map(|b| vec![b]),
+        prop::collection::vec(any::<u8>(), 4096),
+        prop::collection::vec(any::<u8>(), 0..9000),
+        (0usize..=MAX_DATA_EXTENT).prop_map(|n| vec![0u8; n]),
+        (1usize..=MAX_DATA_EXTENT, any::<u8>()).prop_map(|(n, s)| compressible(n, s)),
+        // One non-zero byte somewhere in a zero extent: must not be taken for zero.
+        (1usize..=65536, any::<prop::sample::Index>(), 1u8..).prop_map(|(n, at, b)| {
+            let mut v = vec![0u8; n];
+            v[at.index(n)] = b;
+            v
+        }),
+    ]
+}
+
+fn header_strategy() -> impl Strategy<Value = RecordAddress> {
+    (
+        "[a-zA-Z][a-zA-Z0-9._-]{0,59}",
+        any::<u32>(),
+        0u64..u64::MAX - MAX_DATA_EXTENT as u64,
+        any::<u64>(),
+    )
+        .prop_map(|(server, disk, offset, seq)| RecordAddress {
+            server: ServerId::new(&server).unwrap(),
+            disk: DiskId(disk),
+            offset: ByteOffset(offset),
+            seq: Seq(seq),
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn seal_frame_unseal_round_trips(data in data_strategy(), address in header_strategy()) {
+        let k = keys(1);
+        let record = sealer(&k).seal(address.clone(), &data, &mut rand_core::OsRng).unwrap();
+        let h = &record.header;
+        prop_assert_eq!((&h.server, h.disk, h.offset, h.seq), (&address.server, address.disk, address.offset, address.seq));
+        prop_assert_eq!(h.length, ByteLen(data.len() as u64));
+        let all_zero = data.iter().all(|&b| b == 0);
+        prop_assert_eq!(h.kind == RecordKind::Zero, all_zero, "zero detection");
+        if h.kind == RecordKind::Data {
+            prop_assert!(record.payload.len() <= data.len());
+            if h.compression == Compression::Zstd {
+                prop_assert!(record.payload.len() < data.len(), "kept a compression that did not shrink");
+            } else {
+                prop_assert_ne!(&record.payload[..], &data[..], "payload stored unencrypted");
+            }
+        }
+        // Through a frame and back, as a peer receives it.
+        let bytes = Message::Record(record.clone()).encode().unwrap();
+        let Message::Record(received) = frame::decode(&bytes).unwrap() else { panic!("not a record") };
+        prop_assert_eq!(&received, &record);
+        verify(&k.mac, &received).unwrap();
+        let mut u = unsealer(&k);
+        match u.unseal(&received).unwrap() {
+            Unsealed::Data(plain) => prop_assert_eq!(plain, &data[..]),
+            Unsealed::Zeroes(len) => prop_assert!(all_zero && len.0 == data.len() as u64),
+            Unsealed::Discarded(_) => panic!("sealing data gave a discard record"),
+        }
+    }
+
+    #[test]
+    fn altered_header_is_refused(data in prop::collection::vec(any::<u8>(), 1..2048), which in 0usize..7) {
+        let k = keys(1);
+        let record = sealer(&k).seal(addr("web-1", 8192, 10), &data, &mut rand_core::OsRng).unwrap();
+        let mut moved = record.clone();
+        let h = &mut moved.header;
+        match which {
+            0 => h.offset = ByteOffset(h.offset.0 + 4096),
+            1 => h.seq = Seq(h.seq.0 + 1),
+            2 => h.disk = DiskId(h.disk.0 + 1),
+            3 => h.server = ServerId::new("web-2").unwrap(),
+            4 => h.iv[0] ^= 1,
+            5 => h.compression = if h.compression == Compression::Zstd { Compression::None } else { Compression::Zstd },
+            _ => { h.length = ByteLen(h.length.0 + 1); }
+        }
+        let err = unsealer(&k).unseal(&moved).expect_err("a record replayed under another header was accepted");
+        prop_assert!(matches!(err, SealError::BadMac), "wrong error: {}", err);
+        prop_assert!(matches!(verify(&k.mac, &moved), Err(SealError::BadMac)));
+    }
+}
+
+fn sample_record(k: &SiteKeys) -> SealedRecord {
+    let mut data = compressible(700, 3);
+    data.extend((0..300u32).map(|i| (i * 7919 % 251) as u8));
+    sealer(k)
+        .seal(addr("web-1", 1 << 20, 42), &data, &mut rand_core::OsRng)
+        .unwrap()
+}
+
+/// Rebuilds a frame around `body` with a correct CRC, as an attacker who knows the
+/// format (but not the keys) would.
+fn reframe(frame_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    out.push(frame_type);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&out);
+    crc.update(body);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode_and_unseal(bytes: &[u8], k: &SiteKeys) -> Result<Vec<u8>, String> {
+    let message = frame::decode(bytes).map_err(|e| e.to_string())?;
+    let Message::Record(record) = message else {
+        return Err("not a record".into());
+    };
+    match unsealer(k).unseal(&record).map_err(|e| e.to_string())? {
+        Unsealed::Data(d) => Ok(d.to_vec()),
+        other => Err(format!("unexpected {other:?}")),
+    }
+}
+
+#[test]
+fn every_single_bit_flip_is_refused() {
+    let k = keys(1);
+    let record = sample_record(&k);
+    let original = Message::Record(record).encode().unwrap();
+    assert!(
+        decode_and_unseal(&original, &k).is_ok(),
+        "the unaltered frame must unseal"
+    );
+    for bit in 0..original.len() * 8 {
+        let mut bytes = original.clone();
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        assert!(
+            decode_and_unseal(&bytes, &k).is_err(),
+            "flipping bit {bit} went unnoticed"
+        );
+    }
+    // The CRC alone catches the flips above; with the CRC recomputed (an attacker), every
+    // flip of the body must still be refused, by the decoder or by the MAC.
+    let body = &original[FRAME_HEADER_LEN..];
+    for bit in 0..body.len() * 8 {
+        let mut altered = body.to_vec();
+        altered[bit / 8] ^= 1 << (bit % 8);
+        let bytes = reframe(6, &altered);
+        assert!(
+            decode_and_unseal(&bytes, &k).is_err(),
+            "body bit {bit} flip with fixed CRC accepted"
+        );
+    }
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let k = keys(1);
+    let bytes = Message::Record(sample_record(&k)).encode().unwrap();
+    for len in 0..bytes.len() {
+        match frame::decode(&bytes[..len]) {
+            Err(FrameError::Truncated { needed, available }) => {
+                assert_eq!(available, len);
+                assert!(needed > len, "truncated at {len}: needed {needed}");
+            }
+            other => panic!("frame truncated to {len} bytes gave {other:?}"),
+        }
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(matches!(
+        frame::decode(&longer),
+        Err(FrameError::TrailingBytes { count: 1 })
+    ));
+}
+
+#[test]
+fn wrong_key_is_refused() {
+    let record = sample_record(&keys(1));
+    assert!(matches!(
+        unsealer(&keys(2)).unseal(&record),
+        Err(SealError::BadMac)
+    ));
+    assert!(matches!(
+        verify(&keys(2).mac, &record),
+        Err(SealError::BadMac)
+    ));
+    // Right MAC key, wrong data key: the record verifies but must not unseal to the data.
+    let mut mixed = keys(1);
+    mixed.data = keys(2).data;
+    let plain = data_of(&mut unsealer(&keys(1)), &record).expect("right keys unseal");
+    let garbled = data_of(&mut unsealer(&mixed), &record);
+    assert!(
+        garbled.as_ref().ok() != Some(&plain),
+        "the wrong data key unsealed the record"
+    );
+}
+
+fn data_of(u: &mut Unsealer, record: &SealedRecord) -> Result<Vec<u8>, SealError> {
+    match u.unseal(record)? {
+        Unsealed::Data(d) => Ok(d.to_vec()),
+        other => panic!("expected data, got {other:?}"),
+    }
+}
+
+#[test]
+fn verifying_needs_only_the_mac_key() {
+    let k = keys(4);
+    let record = sample_record(&k);
+    verify(&k.mac, &record).expect("the MAC key alone verifies a record");
+}
+
+#[test]
+fn zero_and_discard_records_are_authenticated_too() {
+    let k = keys(1);
+    let s = sealer(&k);
+    for record in [
+        s.zeroes(addr("a", 0, 1), ByteLen(1 << 40)).unwrap(),
+        s.discard(addr("a", 0, 2), ByteLen(1 << 40)).unwrap(),
+    ] {
+        verify(&k.mac, &record).unwrap();
+        let mut moved = record.clone();
+        moved.header.length = ByteLen(1 << 41);
+        assert!(matches!(verify(&k.mac, &moved), Err(SealError::BadMac)));
+        let mut kind_changed = record.clone();
+        kind_changed.header.kind = RecordKind::Data;
+        assert!(
+            verify(&k.mac, &kind_changed).is_err(),
+            "a zero/discard record became data"
+        );
+    }
+    let overflow = s.discard(addr("a", u64::MAX - 10, 3), ByteLen(11));
+    assert!(overflow.is_err(), "a range past u64::MAX was sealed");
+    let too_long = sealer(&k).seal(
+        addr("a", 0, 4),
+        &vec![1u8; MAX_DATA_EXTENT + 1],
+        &mut rand_core::OsRng,
+    );
+    assert!(matches!(too_long, Err(SealError::ExtentTooLong { .. })));
+}
+
+#[test]
+fn length_over_the_cap_is_refused_before_allocating() {
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    head[..4].copy_from_slice(&MAGIC);
+    head[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    head[6] = 6;
+    for len in [MAX_FRAME_BODY + 1, u32::MAX] {
+        head[8..12].copy_from_slice(&len.to_le_bytes());
+        let err = FrameHeader::parse(&head).expect_err("over-cap length accepted");
+        assert!(matches!(err, FrameError::BodyTooLong { .. }), "{err}");
+        assert!(err.to_string().contains("over the"), "{err}");
+    }
+    // Inside a body under the cap, a vector claiming 2^40 bytes must not be allocated.
+    let mut body = Vec::new();
+    // bincode varint: 253 marks a u64 follows.
+    let k = keys(1);
+    let record = sample_record(&k);
+    let good = bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
+    let header_len = bincode::serde::encode_to_vec(&record.header, bincode::config::standard())
+        .unwrap()
+        .len();
+    body.extend_from_slice(&good[..header_len]);
+    body.push(253);
+    body.extend_from_slice(&(1u64 << 40).to_le_bytes());
+    body.extend_from_slice(&[0u8; 64]);
+    LARGEST.store(0, Ordering::Relaxed);
+    let err = frame::decode(&reframe(6, &body)).expect_err("a 1 TiB claim decoded");
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        largest < MAX_FRAME_BODY as usize,
+        "decoding allocated {largest} bytes"
+    );
+    assert!(matches!(err, FrameError::Body { .. }), "{err}");
+}
+
+#[test]
+fn header_errors_name_the_problem() {
+    let good = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let with = |i: usize, b: u8| {
+        let mut v = good.clone();
+        v[i] = b;
+        frame::decode(&v).unwrap_err().to_string()
+    };
+    assert!(with(0, b'X').contains("bad frame magic"));
+    let mut newer = good.clone();
+    newer[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    let msg = frame::decode(&newer).unwrap_err().to_string();
+    assert!(
+        msg.contains(&format!(
+            "unsupported protocol version {}",
+            PROTOCOL_VERSION + 1
+        )),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("speaks version {PROTOCOL_VERSION}")),
+        "{msg}"
+    );
+    assert!(with(6, 99).contains("unknown frame type 99"));
+    assert!(with(7, 1).contains("flags"));
+    assert!(with(12, good[12] ^ 1).contains("crc32 mismatch"));
+}
+
+#[test]
+fn a_body_of_another_type_is_refused() {
+    let ack = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let bytes = reframe(6, &ack[FRAME_HEADER_LEN..]);
+    assert!(
+        frame::decode(&bytes).is_err(),
+        "an ack body decoded as a record"
+    );
+}
+
+#[test]
+fn every_message_round_trips() {
+    let k = keys(1);
+    let server = ServerId::new("db.eu-1").unwrap();
+    let messages = vec![
+        Message::Hello(Hello {
+            server: server.clone(),
+            agent_version: "0.1.0".into(),
+            client_nonce: Nonce([9; 32]),
+        }),
+        Message::Challenge(Challenge {
+            server_nonce: Nonce([1; 32]),
+            standby_proof: Proof([2; 32]),
+        }),
+        Message::Authenticate(Authenticate {
+            agent_proof: Proof([3; 32]),
+        }),
+        Message::Welcome(Welcome {
+            last_durable: Seq(77),
+        }),
+        Message::RegisterServer(RegisterServer {
+            hostname: "db1".into(),
+            disks: vec![DiskInfo {
+                disk: DiskId(0),
+                name: "vda".into(),
+                size: ByteLen(20 << 30),
+            }],
+        }),
+        Message::Record(sample_record(&k)),
+        Message::Barrier(Barrier {
+            seq: Seq(78),
+            point: PointId(4),
+            kind: PointKind::Scheduled,
+            consistent: true,
+            unix_time_ms: 1_700_000_000_000,
+        }),
+        Message::Ack(Ack { durable: Seq(78) }),
+        Message::Heartbeat(Heartbeat { unix_time_ms: 1 }),
+        Message::Error(ErrorMessage {
+            code: ErrorCode::StorageFull,
+            message: "disk full".into(),
+        }),
+    ];
+    let mut stream = Vec::new();
+    for m in &messages {
+        m.encode_into(&mut stream).unwrap();
+    }
+    // Read back as a stream reader would: header, then body.
+    let mut rest = &stream[..];
+    for m in &messages {
+        let header = FrameHeader::parse(rest[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+        let end = FRAME_HEADER_LEN + header.body_len as usize;
+        assert_eq!(
+            &header.decode_body(&rest[FRAME_HEADER_LEN..end]).unwrap(),
+            m
+        );
+        rest = &rest[end..];
+    }
+    assert!(rest.is_empty());
+    assert!(
+        ErrorCode::StorageFull.is_retryable() && !ErrorCode::AuthenticationFailed.is_retryable()
+    );
+}
+
+#[test]
+fn an_oversized_message_is_refused_when_encoding() {
+    let m = Message::Error(ErrorMessage {
+        code: ErrorCode::Internal,
+        message: "x".repeat(MAX_FRAME_BODY as usize),
+    });
+    let mut out = vec![1, 2, 3];
+    assert!(matches!(
+        m.encode_into(&mut out),
+        Err(FrameError::BodyTooLong { .. })
+    ));
+    assert_eq!(out, [1, 2, 3], "a refused encode left bytes behind");
+}
