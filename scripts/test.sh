@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every ferry test: formatting, lints, unit, property and end-to-end tests (the
+# end-to-end ones use loop devices and mounts, so this runs as root). Installs what it
+# needs first; safe to run twice. CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib/prereqs.sh
+ferry_need_root "the test suite"
+ferry_apt "${FERRY_PACKAGES[@]}"
+ferry_rust
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
