@@ -21,8 +21,9 @@
 //! reads `body_len` more bytes and calls [`FrameHeader::decode_body`]. [`decode`] does
 //! both for a buffer that holds exactly one frame.
 
+use crate::message::MessageError;
 use crate::message::*;
-use crate::record::{HeaderError, MAX_DATA_EXTENT, SealedRecord};
+use crate::record::MAX_DATA_EXTENT;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -83,7 +84,9 @@ impl FrameType {
     }
 }
 
-/// Why bytes are not a valid frame. Every variant names what was wrong.
+/// Why bytes are not a valid frame. Every variant names what was wrong. All are permanent
+/// for the stream that produced them (the reader is out of step or the peer is faulty):
+/// the connection is dropped, never the bytes retried.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error(
@@ -104,7 +107,7 @@ pub enum FrameError {
     Truncated { needed: usize, available: usize },
     #[error("{count} trailing bytes after the frame")]
     TrailingBytes { count: usize },
-    #[error("{frame_type:?} frame body does not decode: {source}")]
+    #[error("{frame_type:?} frame body does not decode")]
     Body {
         frame_type: FrameType,
         #[source]
@@ -112,22 +115,36 @@ pub enum FrameError {
     },
     #[error("{frame_type:?} frame body has {count} trailing bytes")]
     BodyTrailingBytes { frame_type: FrameType, count: usize },
-    #[error("record frame holds an invalid record: {0}")]
-    InvalidRecord(#[from] HeaderError),
-    #[error("message cannot be encoded: {0}")]
+    #[error("{frame_type:?} frame holds an invalid message")]
+    Invalid {
+        frame_type: FrameType,
+        #[source]
+        source: MessageError,
+    },
+    #[error("frame body is {available} bytes; its header says {declared}")]
+    BodyLenMismatch { declared: usize, available: usize },
+    #[error("message cannot be encoded")]
     Encode(#[source] bincode::error::EncodeError),
 }
 
 /// A parsed and checked frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
-    pub frame_type: FrameType,
-    /// Body length, already checked against [`MAX_FRAME_BODY`].
-    pub body_len: u32,
+    frame_type: FrameType,
+    body_len: u32,
     crc: u32,
 }
 
 impl FrameHeader {
+    pub fn frame_type(&self) -> FrameType {
+        self.frame_type
+    }
+
+    /// Body length, already checked against [`MAX_FRAME_BODY`].
+    pub fn body_len(&self) -> usize {
+        self.body_len as usize
+    }
+
     /// Parses and checks the fixed header. Refuses a body length over the cap.
     pub fn parse(bytes: &[u8; FRAME_HEADER_LEN]) -> Result<Self, FrameError> {
         let found: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
@@ -169,9 +186,9 @@ impl FrameHeader {
 
     /// Checks the CRC and decodes `body` (exactly `body_len` bytes) into a message.
     pub fn decode_body(&self, body: &[u8]) -> Result<Message, FrameError> {
-        if body.len() != self.body_len as usize {
-            return Err(FrameError::Truncated {
-                needed: self.body_len as usize,
+        if body.len() != self.body_len() {
+            return Err(FrameError::BodyLenMismatch {
+                declared: self.body_len(),
                 available: body.len(),
             });
         }
@@ -186,22 +203,23 @@ impl FrameHeader {
             });
         }
         let t = self.frame_type;
-        Ok(match t {
+        let message = match t {
             FrameType::Hello => Message::Hello(body_as(t, body)?),
             FrameType::Challenge => Message::Challenge(body_as(t, body)?),
             FrameType::Authenticate => Message::Authenticate(body_as(t, body)?),
             FrameType::Welcome => Message::Welcome(body_as(t, body)?),
             FrameType::RegisterServer => Message::RegisterServer(body_as(t, body)?),
-            FrameType::Record => {
-                let record: SealedRecord = body_as(t, body)?;
-                record.check()?;
-                Message::Record(record)
-            }
+            FrameType::Record => Message::Record(body_as(t, body)?),
             FrameType::Barrier => Message::Barrier(body_as(t, body)?),
             FrameType::Ack => Message::Ack(body_as(t, body)?),
             FrameType::Heartbeat => Message::Heartbeat(body_as(t, body)?),
             FrameType::Error => Message::Error(body_as(t, body)?),
-        })
+        };
+        message.check().map_err(|source| FrameError::Invalid {
+            frame_type: t,
+            source,
+        })?;
+        Ok(message)
     }
 }
 
@@ -234,8 +252,13 @@ impl Message {
         }
     }
 
-    /// Appends this message's frame to `out`. Refuses a body over [`MAX_FRAME_BODY`].
+    /// Appends this message's frame to `out`. Refuses a message a peer would refuse
+    /// ([`Message::check`]) and a body over [`MAX_FRAME_BODY`]; `out` is then unchanged.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        self.check().map_err(|source| FrameError::Invalid {
+            frame_type: self.frame_type(),
+            source,
+        })?;
         let start = out.len();
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
         let body = match self {

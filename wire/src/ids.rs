@@ -17,8 +17,8 @@ pub const MAX_NAME_LEN: usize = 60;
 pub enum NameError {
     #[error("name is empty (it must have 1 to {MAX_NAME_LEN} characters)")]
     Empty,
-    #[error("name {name:?} has {len} characters (at most {MAX_NAME_LEN} are allowed)")]
-    TooLong { name: String, len: usize },
+    #[error("name starting {prefix:?} has {len} characters (at most {MAX_NAME_LEN} are allowed)")]
+    TooLong { prefix: String, len: usize },
     #[error("name {name:?} must start with a letter, not {first:?}")]
     BadStart { name: String, first: char },
     #[error("name {name:?} contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed")]
@@ -34,7 +34,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     let len = name.chars().count();
     if len > MAX_NAME_LEN {
         return Err(NameError::TooLong {
-            name: name.to_owned(),
+            prefix: name.chars().take(MAX_NAME_LEN).collect(),
             len,
         });
     }
@@ -107,9 +107,10 @@ pub struct DiskId(pub u32);
 pub struct Seq(pub u64);
 
 impl Seq {
-    /// The sequence number after this one.
-    pub fn next(self) -> Seq {
-        Seq(self.0 + 1)
+    /// The sequence number after this one, or `None` after `u64::MAX` (a stream can
+    /// never get there; a peer that claims it is refused).
+    pub fn checked_next(self) -> Option<Seq> {
+        self.0.checked_add(1).map(Seq)
     }
 }
 

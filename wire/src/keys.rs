@@ -13,7 +13,8 @@
 //! (the 32 master key bytes), optionally followed by one newline. Nothing else.
 //!
 //! No key type prints its bytes (`Debug` shows `<redacted>`), and every key is zeroized
-//! when dropped.
+//! when dropped. Not covered: the internal state of the HKDF and HMAC instances that use a
+//! key (the `hkdf`/`hmac` crates do not zeroize it), which lives only for one call.
 
 use hkdf::Hkdf;
 use rand_core::{CryptoRng, RngCore};
@@ -43,6 +44,7 @@ macro_rules! secret_key {
         pub struct $name([u8; KEY_LEN]);
 
         impl $name {
+            /// Takes the key bytes; the caller zeroizes its own copy if it keeps one.
             pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
                 Self(bytes)
             }
@@ -94,15 +96,16 @@ impl MasterKey {
                 found: digits.len(),
             });
         }
-        let mut bytes = [0u8; KEY_LEN];
+        // Filled in place: on an error the partial key is zeroized when `key` drops.
+        let mut key = Self([0u8; KEY_LEN]);
         for (i, pair) in digits.as_bytes().chunks_exact(2).enumerate() {
             let hi = hex_value(pair[0]).ok_or(KeyError::NotHex { position: 2 * i })?;
             let lo = hex_value(pair[1]).ok_or(KeyError::NotHex {
                 position: 2 * i + 1,
             })?;
-            bytes[i] = hi << 4 | lo;
+            key.0[i] = hi << 4 | lo;
         }
-        Ok(Self(bytes))
+        Ok(key)
     }
 
     /// Key file text for this key: 64 hex digits and a newline.
@@ -120,17 +123,20 @@ impl MasterKey {
     /// Derives the site pair's data, MAC and auth keys.
     pub fn derive(&self) -> SiteKeys {
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0);
-        let expand = |info: &[u8]| {
-            let mut out = [0u8; KEY_LEN];
-            hk.expand(info, &mut out)
+        // Each key is expanded straight into its zeroize-on-drop home, never a loose copy.
+        let expand = |info: &[u8], out: &mut [u8; KEY_LEN]| {
+            hk.expand(info, out)
                 .expect("32 bytes is a valid HKDF-SHA256 output length");
-            out
         };
-        SiteKeys {
-            data: DataKey(expand(b"ferry data key")),
-            mac: MacKey(expand(b"ferry mac key")),
-            auth: AuthKey(expand(b"ferry auth key")),
-        }
+        let mut keys = SiteKeys {
+            data: DataKey([0; KEY_LEN]),
+            mac: MacKey([0; KEY_LEN]),
+            auth: AuthKey([0; KEY_LEN]),
+        };
+        expand(b"ferry data key", &mut keys.data.0);
+        expand(b"ferry mac key", &mut keys.mac.0);
+        expand(b"ferry auth key", &mut keys.auth.0);
+        keys
     }
 }
 
@@ -232,7 +238,12 @@ mod tests {
     }
 
     #[test]
-    fn zeroize_clears_key_bytes() {
+    fn every_key_type_zeroizes_on_drop() {
+        fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+        zeroized_on_drop::<MasterKey>();
+        zeroized_on_drop::<DataKey>();
+        zeroized_on_drop::<MacKey>();
+        zeroized_on_drop::<AuthKey>();
         let mut k = master(0x5a);
         k.zeroize();
         assert_eq!(k.expose(), &[0u8; KEY_LEN]);

@@ -9,6 +9,11 @@
 //! agent → Record | Barrier | Heartbeat …    standby → Ack | Heartbeat | Error …
 //! ```
 //!
+//! Bounds, checked on decode and on encode ([`Message::check`]): text fields at most
+//! [`MAX_TEXT`] bytes ([`MAX_ERROR_TEXT`] for error messages) and free of control
+//! characters (they end up in logs); at most [`MAX_DISKS`] disks per server; records as
+//! [`crate::record`] bounds them.
+//!
 //! Versioning: the frame header carries [`PROTOCOL_VERSION`]; a peer that receives a
 //! frame of another version refuses it with an error naming both versions, and a standby
 //! answers a `Hello` of another version with [`ErrorCode::UnsupportedVersion`].
@@ -135,4 +140,71 @@ pub enum Message {
     Ack(Ack),
     Heartbeat(Heartbeat),
     Error(ErrorMessage),
+}
+
+/// Longest free-text field (host name, software version, disk name), in bytes.
+pub const MAX_TEXT: usize = 256;
+/// Longest error message, in bytes.
+pub const MAX_ERROR_TEXT: usize = 4096;
+/// Most disks one server may register.
+pub const MAX_DISKS: usize = 1024;
+
+/// Why a decoded message is refused even though its frame was sound.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("{field} is {len} bytes long (at most {max})")]
+    TextTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} contains a control character")]
+    ControlCharacter { field: &'static str },
+    #[error("server registers {count} disks (at most {MAX_DISKS})")]
+    TooManyDisks { count: usize },
+    #[error("invalid record")]
+    Record(#[from] crate::record::HeaderError),
+}
+
+fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), MessageError> {
+    if text.len() > max {
+        return Err(MessageError::TextTooLong {
+            field,
+            len: text.len(),
+            max,
+        });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(MessageError::ControlCharacter { field });
+    }
+    Ok(())
+}
+
+impl Message {
+    /// Checks what the frame format cannot: text fields are short and printable (they end
+    /// up in logs), disk lists are bounded, records are internally consistent.
+    pub fn check(&self) -> Result<(), MessageError> {
+        match self {
+            Message::Hello(h) => check_text("agent version", &h.agent_version, MAX_TEXT),
+            Message::RegisterServer(r) => {
+                check_text("host name", &r.hostname, MAX_TEXT)?;
+                if r.disks.len() > MAX_DISKS {
+                    return Err(MessageError::TooManyDisks {
+                        count: r.disks.len(),
+                    });
+                }
+                r.disks
+                    .iter()
+                    .try_for_each(|d| check_text("disk name", &d.name, MAX_TEXT))
+            }
+            Message::Record(r) => Ok(r.check()?),
+            Message::Error(e) => check_text("error message", &e.message, MAX_ERROR_TEXT),
+            Message::Challenge(_)
+            | Message::Authenticate(_)
+            | Message::Welcome(_)
+            | Message::Barrier(_)
+            | Message::Ack(_)
+            | Message::Heartbeat(_) => Ok(()),
+        }
+    }
 }

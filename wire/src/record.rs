@@ -24,10 +24,11 @@
 //!
 //! MAC = HMAC-SHA256(mac key, header bytes above ‖ payload).
 //!
-//! Bounds: a data record covers at most [`MAX_DATA_EXTENT`] bytes and its payload is
-//! never longer than what it covers (sealing stores raw bytes when zstd does not shrink
-//! them); zero and discard records carry no payload and may cover any range that does not
-//! run past `u64::MAX`. [`RecordHeader::check`] enforces this on every decoded record.
+//! Bounds: a data record covers 1 to [`MAX_DATA_EXTENT`] bytes; stored raw, its payload
+//! is exactly that long; compressed, it is shorter and not empty (sealing stores raw bytes
+//! when zstd does not shrink them). Zero and discard records carry no payload, no
+//! compression and an all-zero IV, and may cover any range that does not run past
+//! `u64::MAX`. [`RecordHeader::check`] enforces this on every decoded record.
 
 use crate::ids::{ByteLen, ByteOffset, DiskId, MAX_NAME_LEN, Seq, ServerId};
 use serde::{Deserialize, Serialize};
@@ -104,8 +105,17 @@ pub enum HeaderError {
         kind: RecordKind,
         compression: Compression,
     },
-    #[error("data record stores {payload_len} payload bytes for {length} bytes of disk")]
-    PayloadLongerThanData { payload_len: u32, length: u64 },
+    #[error(
+        "data record with compression {compression:?} stores {payload_len} payload bytes for \
+         {length} bytes of disk (raw must store exactly as many, zstd fewer)"
+    )]
+    BadPayloadLen {
+        compression: Compression,
+        payload_len: u32,
+        length: u64,
+    },
+    #[error("{kind:?} record has a non-zero IV; a record without payload has none")]
+    UnexpectedIv { kind: RecordKind },
     #[error("payload of {stored} bytes does not match the header's payload length {declared}")]
     PayloadLenMismatch { declared: u32, stored: usize },
 }
@@ -125,8 +135,14 @@ impl RecordHeader {
                 if length > MAX_DATA_EXTENT as u64 {
                     return Err(HeaderError::DataTooLong { length });
                 }
-                if u64::from(self.payload_len) > length {
-                    return Err(HeaderError::PayloadLongerThanData {
+                let stored = u64::from(self.payload_len);
+                let fits = match self.compression {
+                    Compression::None => stored == length,
+                    Compression::Zstd => stored > 0 && stored < length,
+                };
+                if !fits {
+                    return Err(HeaderError::BadPayloadLen {
+                        compression: self.compression,
                         payload_len: self.payload_len,
                         length,
                     });
@@ -144,6 +160,9 @@ impl RecordHeader {
                         kind: self.kind,
                         compression: self.compression,
                     });
+                }
+                if self.iv != [0; IV_LEN] {
+                    return Err(HeaderError::UnexpectedIv { kind: self.kind });
                 }
             }
         }
@@ -181,6 +200,7 @@ impl RecordHeader {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedRecord {
     pub header: RecordHeader,
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub mac: [u8; MAC_LEN],
 }

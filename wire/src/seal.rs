@@ -14,8 +14,8 @@
 use crate::ids::ByteLen;
 use crate::keys::{DataKey, MacKey};
 use crate::record::{
-    Compression, HeaderError, IV_LEN, MAC_INPUT_MAX, MAC_LEN, MAX_DATA_EXTENT, RecordAddress,
-    RecordHeader, RecordKind, SealedRecord,
+    Compression, HeaderError, IV_LEN, MAC_INPUT_MAX, MAX_DATA_EXTENT, RecordAddress, RecordHeader,
+    RecordKind, SealedRecord,
 };
 use aes::Aes256;
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
@@ -29,10 +29,11 @@ type HmacSha256 = Hmac<Sha256>;
 /// The zstd level ferry seals with unless configured otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 
-/// Why sealing or unsealing failed.
+/// Why sealing or unsealing failed. All are permanent: the same record and keys fail the
+/// same way again (the caller must not retry, but report).
 #[derive(Debug, thiserror::Error)]
 pub enum SealError {
-    #[error("invalid record header: {0}")]
+    #[error(transparent)]
     Header(#[from] HeaderError),
     #[error("record MAC does not match (wrong key, or the record was altered)")]
     BadMac,
@@ -40,11 +41,11 @@ pub enum SealError {
     BadLevel { level: i32, min: i32, max: i32 },
     #[error("extent of {length} bytes is larger than the {MAX_DATA_EXTENT}-byte maximum")]
     ExtentTooLong { length: usize },
-    #[error("decompressing a record failed: {0}")]
+    #[error("decompressing a record failed")]
     Decompress(#[source] std::io::Error),
     #[error("record decompressed to {got} bytes; its header says {expected}")]
     LengthMismatch { expected: u64, got: usize },
-    #[error("zstd could not set up a compression context: {0}")]
+    #[error("zstd could not set up a compression context")]
     Zstd(#[source] std::io::Error),
 }
 
@@ -122,7 +123,7 @@ impl Sealer {
         }
         let length = ByteLen(data.len() as u64);
         if is_all_zero(data) {
-            return Ok(self.without_payload(addr, length, RecordKind::Zero));
+            return self.without_payload(addr, length, RecordKind::Zero);
         }
         // Compress into a buffer one byte shorter than the data: zstd fails when the
         // output would not fit, which is exactly the "does not shrink" case.
@@ -163,16 +164,12 @@ impl Sealer {
 
     /// A record saying that `length` bytes at `addr` were discarded.
     pub fn discard(&self, addr: RecordAddress, length: ByteLen) -> Result<SealedRecord, SealError> {
-        let record = self.without_payload(addr, length, RecordKind::Discard);
-        record.header.check()?;
-        Ok(record)
+        self.without_payload(addr, length, RecordKind::Discard)
     }
 
     /// A record saying that `length` bytes at `addr` are zero (e.g. a write-zeroes request).
     pub fn zeroes(&self, addr: RecordAddress, length: ByteLen) -> Result<SealedRecord, SealError> {
-        let record = self.without_payload(addr, length, RecordKind::Zero);
-        record.header.check()?;
-        Ok(record)
+        self.without_payload(addr, length, RecordKind::Zero)
     }
 
     fn without_payload(
@@ -180,7 +177,7 @@ impl Sealer {
         addr: RecordAddress,
         length: ByteLen,
         kind: RecordKind,
-    ) -> SealedRecord {
+    ) -> Result<SealedRecord, SealError> {
         let header = RecordHeader {
             server: addr.server,
             disk: addr.disk,
@@ -192,15 +189,16 @@ impl Sealer {
             iv: [0; IV_LEN],
             payload_len: 0,
         };
-        let mac: [u8; MAC_LEN] = mac_of(&self.mac_key, &header, &[])
+        header.check()?;
+        let mac = mac_of(&self.mac_key, &header, &[])
             .finalize()
             .into_bytes()
             .into();
-        SealedRecord {
+        Ok(SealedRecord {
             header,
             payload: Vec::new(),
             mac,
-        }
+        })
     }
 }
 

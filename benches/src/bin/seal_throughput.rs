@@ -29,10 +29,15 @@ fn main() -> Result<()> {
             let extent: usize = extent.parse().context("extent bytes")?;
             let runs: usize = runs.parse().context("runs")?;
             let (mbps, sealed) = seal_median(&data, extent, runs)?;
-            println!("{mbps:.1} MB/s median of {runs} runs; sealed {} -> {sealed} bytes", data.len());
+            println!(
+                "{mbps:.1} MB/s median of {runs} runs; sealed {} -> {sealed} bytes",
+                data.len()
+            );
             Ok(())
         }
-        _ => bail!("usage: seal_throughput write-corpus usr-lib|random BYTES OUT | seal FILE EXTENT_BYTES RUNS"),
+        _ => bail!(
+            "usage: seal_throughput write-corpus usr-lib|random BYTES OUT | seal FILE EXTENT_BYTES RUNS"
+        ),
     }
 }
 

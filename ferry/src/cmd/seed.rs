@@ -119,7 +119,9 @@ fn export(args: ExportArgs) -> Result<()> {
         device
             .read_exact(&mut buf[..n])
             .with_context(|| format!("cannot read {} at offset {offset}", args.device.display()))?;
-        seq = seq.next();
+        seq = seq
+            .checked_next()
+            .expect("a disk has fewer than 2^64 extents");
         let addr = RecordAddress {
             server: args.server.clone(),
             disk: DiskId(args.disk),
@@ -161,7 +163,7 @@ fn next_frame(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Messa
         }
     }
     let header = FrameHeader::parse(&head)?;
-    body.resize(header.body_len as usize, 0);
+    body.resize(header.body_len(), 0);
     reader
         .read_exact(body)
         .context("seed file ends inside a frame body")?;
