@@ -1,5 +1,13 @@
-//! Kernel write tracker — **a stub: nothing here works yet** (issue 3).
+//! ferry's kernel write tracker: which bytes of the protected disks changed, and when a
+//! change became readable — with every hole in that knowledge detected (DESIGN.md I3, I4).
 //!
-//! Will load the BPF programs in `ebpf/` with aya, attach them to the block-layer
-//! tracepoints of the protected disks, drain their ring buffer into a per-disk dirty map
-//! at 4 KiB grain, and detect every tracking gap (DESIGN.md I3, I4).
+//! - [`event`]: the ring buffer records of the BPF programs in `ebpf/`.
+//! - [`range`], [`dirty`]: byte ranges and the per-disk dirty map with generations (I1).
+//! - [`inflight`], [`state`]: submissions waiting for completion, and the state machine
+//!   that turns events into dirty, readable and suspect ranges.
+//! - [`sys`]: the only place that talks to the kernel (BPF loading, maps, block devices).
+pub mod dirty;
+pub mod event;
+pub mod inflight;
+pub mod range;
+pub mod state;

@@ -1,0 +1,317 @@
+// SPDX-License-Identifier: GPL-2.0
+/* ferry's write tracker: reports every write, discard and write-zeroes to the protected
+ * disks, at submission (the range is dirty: no write goes unnoticed) and at completion
+ * (the range is readable: its new content is on the device). See tracker/src/lib.rs for
+ * the userspace side and the invariants; the event layout is mirrored in
+ * tracker/src/event.rs.
+ *
+ * Attach points (BTF tracepoints; fentry does not load on lockdown kernels):
+ *   block_bio_queue     submission of a bio: SUBMIT event, in-flight entry keyed by bio
+ *   block_split         a queued bio split in two: the in-flight entry follows both parts
+ *   block_rq_complete   blk-mq request completion: COMPLETE for each in-flight bio in it
+ *   block_bio_complete  bio-based devices, and bios that fail before becoming requests
+ *
+ * Completions are best effort (some never reach BPF): userspace sweeps in-flight
+ * entries that age out. A ring buffer reservation that fails bumps the drop counter and
+ * the per-chunk fallback counters of the range, so userspace learns where it lost
+ * events. Minimum kernel: 5.16 (see kernel_types.h), BTF required. */
+
+#include "kernel_types.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#define REQ_OP_MASK 0xff
+#define REQ_OP_WRITE 1
+#define REQ_OP_DISCARD 3
+#define REQ_OP_SECURE_ERASE 5
+#define REQ_OP_WRITE_ZEROES 9
+
+#define EVENT_SUBMIT 1
+#define EVENT_COMPLETE 2
+
+/* Flags in ferry_event.flags. */
+#define FLAG_UNTRACKED 1 /* submitted, but the in-flight map was full: no completion will follow */
+
+#define MAX_DISKS 32
+#define FALLBACK_CHUNKS 65536 /* fallback counters per disk */
+#define MAX_FALLBACK_STEPS 64 /* chunks marked per lost event; beyond: whole-disk counter */
+#define MAX_RQ_BIOS 32        /* bios walked per completed request */
+
+/* Config slots (array "config"). */
+#define CONFIG_WAKEUP_BYTES 0       /* wake userspace once this much is pending */
+#define CONFIG_DROP_COMPLETE_PPM 1  /* test knob: drop this many completions per million */
+#define CONFIG_SLOTS 2
+
+struct disk_info {
+    __u32 index;       /* userspace's disk number, 0..MAX_DISKS */
+    __u32 chunk_shift; /* log2 of the sectors per fallback chunk */
+};
+
+struct inflight {
+    __u64 id;
+    __u64 sector;
+    __u32 sectors;
+    __u32 disk;
+    __u32 op;
+    __u32 chunk_shift;
+};
+
+/* Mirrored by tracker/src/event.rs (40 bytes). */
+struct ferry_event {
+    __u64 id;
+    __u64 sector;
+    __u64 time_ns;
+    __u32 sectors;
+    __u32 disk;
+    __u8 kind;
+    __u8 op;
+    __u8 status;
+    __u8 pad;
+    __u32 flags;
+};
+
+/* Protected whole disks: kernel dev_t (major << 20 | minor) -> disk info. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, MAX_DISKS);
+    __type(key, __u32);
+    __type(value, struct disk_info);
+} protected_disks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);
+} events SEC(".maps");
+
+/* bio pointer -> what it writes. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct inflight);
+} inflight SEC(".maps");
+
+/* Events that could not be reserved. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} drops SEC(".maps");
+
+/* Per disk: FALLBACK_CHUNKS counters, then one whole-disk counter. Only ever grow;
+ * userspace compares them with the values it saw last. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, MAX_DISKS * (FALLBACK_CHUNKS + 1));
+    __type(key, __u32);
+    __type(value, __u32);
+} fallback SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, CONFIG_SLOTS);
+    __type(key, __u32);
+    __type(value, __u64);
+} config SEC(".maps");
+
+/* Submission ids: slot 0 counts up. Slot 1 is the epoch userspace sets at first load;
+ * a restarted agent finding its epoch knows no gap opened while it was away. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 2);
+    __type(key, __u32);
+    __type(value, __u64);
+} state SEC(".maps");
+
+static __always_inline __u64 config_get(__u32 slot)
+{
+    __u64 *v = bpf_map_lookup_elem(&config, &slot);
+    return v ? *v : 0;
+}
+
+static __always_inline void count_drop(void)
+{
+    __u32 zero = 0;
+    __u64 *n = bpf_map_lookup_elem(&drops, &zero);
+    if (n)
+        *n += 1;
+}
+
+/* Records where an event was lost: bumps the fallback counter of every chunk the range
+ * touches, or the disk's whole-disk counter when the range spans too many chunks. */
+static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 sector, __u64 sectors)
+{
+    if (disk >= MAX_DISKS || chunk_shift > 63)
+        return;
+    __u64 first = sector >> chunk_shift;
+    __u64 last = (sector + (sectors ? sectors : 1) - 1) >> chunk_shift;
+    __u32 base = disk * (FALLBACK_CHUNKS + 1);
+    if (last - first >= MAX_FALLBACK_STEPS || last >= FALLBACK_CHUNKS) {
+        __u32 key = base + FALLBACK_CHUNKS;
+        __u32 *c = bpf_map_lookup_elem(&fallback, &key);
+        if (c)
+            __sync_fetch_and_add(c, 1);
+        return;
+    }
+    for (int i = 0; i < MAX_FALLBACK_STEPS; i++) {
+        __u64 chunk = first + i;
+        if (chunk > last)
+            break;
+        __u32 key = base + (__u32)chunk;
+        __u32 *c = bpf_map_lookup_elem(&fallback, &key);
+        if (c)
+            __sync_fetch_and_add(c, 1);
+    }
+}
+
+static __always_inline void submit_event(struct ferry_event *e)
+{
+    __u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+    __u64 threshold = config_get(CONFIG_WAKEUP_BYTES);
+    bpf_ringbuf_submit(e, pending >= threshold ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline int is_tracked_op(__u32 op)
+{
+    return op == REQ_OP_WRITE || op == REQ_OP_DISCARD || op == REQ_OP_SECURE_ERASE ||
+           op == REQ_OP_WRITE_ZEROES;
+}
+
+SEC("tp_btf/block_bio_queue")
+int BPF_PROG(ferry_bio_queue, struct bio *bio)
+{
+    __u32 op = bio->bi_opf & REQ_OP_MASK;
+    if (!is_tracked_op(op))
+        return 0;
+    __u32 sectors = bio->bi_iter.bi_size >> 9;
+    if (sectors == 0)
+        return 0; /* an empty flush */
+    struct block_device *part = bio->bi_bdev;
+    if (!part)
+        return 0;
+    /* Key on the whole disk; bi_sector is already whole-disk relative here. */
+    __u32 dev = part->bd_disk->part0->bd_dev;
+    struct disk_info *disk = bpf_map_lookup_elem(&protected_disks, &dev);
+    if (!disk)
+        return 0;
+
+    __u32 id_slot = 0;
+    __u64 *counter = bpf_map_lookup_elem(&state, &id_slot);
+    if (!counter)
+        return 0;
+    struct inflight entry = {
+        .id = __sync_fetch_and_add(counter, 1) + 1,
+        .sector = bio->bi_iter.bi_sector,
+        .sectors = sectors,
+        .disk = disk->index,
+        .op = op,
+        .chunk_shift = disk->chunk_shift,
+    };
+    __u64 key = (__u64)bio;
+    __u32 flags = 0;
+    if (bpf_map_update_elem(&inflight, &key, &entry, BPF_ANY) != 0)
+        flags |= FLAG_UNTRACKED;
+
+    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_drop();
+        mark_fallback(disk->index, disk->chunk_shift, entry.sector, sectors);
+        return 0;
+    }
+    e->id = entry.id;
+    e->sector = entry.sector;
+    e->time_ns = bpf_ktime_get_ns();
+    e->sectors = sectors;
+    e->disk = disk->index;
+    e->kind = EVENT_SUBMIT;
+    e->op = (__u8)op;
+    e->status = 0;
+    e->pad = 0;
+    e->flags = flags;
+    submit_event(e);
+    return 0;
+}
+
+/* `split` is the new front part of the bio `split->bi_private` (bio_chain); the
+ * original continues from `new_sector` and is not queued again. */
+SEC("tp_btf/block_split")
+int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
+{
+    __u64 parent_key = (__u64)split->bi_private;
+    struct inflight *parent = bpf_map_lookup_elem(&inflight, &parent_key);
+    if (!parent)
+        return 0;
+    __u64 end = parent->sector + parent->sectors;
+    struct inflight front = *parent;
+    front.sector = split->bi_iter.bi_sector;
+    front.sectors = split->bi_iter.bi_size >> 9;
+    __u64 split_key = (__u64)split;
+    if (bpf_map_update_elem(&inflight, &split_key, &front, BPF_ANY) != 0)
+        return 0; /* the parent keeps the whole range; the sweep resolves the rest */
+    if (new_sector > parent->sector && new_sector < end) {
+        parent->sectors = (__u32)(end - new_sector);
+        parent->sector = new_sector;
+    }
+    return 0;
+}
+
+static __always_inline void complete_bio(struct bio *bio, __u8 status)
+{
+    __u64 key = (__u64)bio;
+    struct inflight *entry = bpf_map_lookup_elem(&inflight, &key);
+    if (!entry)
+        return;
+    struct inflight done = *entry;
+    bpf_map_delete_elem(&inflight, &key);
+
+    __u64 drop_ppm = config_get(CONFIG_DROP_COMPLETE_PPM);
+    if (drop_ppm && (bpf_get_prandom_u32() % 1000000) < drop_ppm)
+        return; /* test knob: behave as if this completion never reached BPF */
+
+    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        /* The id stays open in userspace and is swept; the fallback says where too. */
+        count_drop();
+        mark_fallback(done.disk, done.chunk_shift, done.sector, done.sectors);
+        return;
+    }
+    e->id = done.id;
+    e->sector = done.sector;
+    e->time_ns = bpf_ktime_get_ns();
+    e->sectors = done.sectors;
+    e->disk = done.disk;
+    e->kind = EVENT_COMPLETE;
+    e->op = (__u8)done.op;
+    e->status = status;
+    e->pad = 0;
+    e->flags = 0;
+    submit_event(e);
+}
+
+SEC("tp_btf/block_rq_complete")
+int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
+{
+    /* Bios complete in order; walk those that nr_bytes covers entirely. */
+    struct bio *bio = rq->bio;
+    __u64 remaining = nr_bytes;
+    for (int i = 0; i < MAX_RQ_BIOS && bio; i++) {
+        __u32 size = bio->bi_iter.bi_size;
+        if (size > remaining)
+            break;
+        remaining -= size;
+        struct bio *next = bio->bi_next;
+        complete_bio(bio, error);
+        bio = next;
+    }
+    return 0;
+}
+
+SEC("tp_btf/block_bio_complete")
+int BPF_PROG(ferry_bio_complete, struct request_queue *q, struct bio *bio)
+{
+    complete_bio(bio, bio->bi_status);
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

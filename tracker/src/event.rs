@@ -1,0 +1,184 @@
+//! The events the BPF programs send through the ring buffer, as userspace reads them.
+//!
+//! Layout (`struct ferry_event` in `ebpf/tracker.bpf.c`; native endian, 40 bytes):
+//!
+//! ```text
+//!  0   u64 id        submission id (a split bio's parts share their parent's)
+//!  8   u64 sector    first 512-byte sector, whole-disk relative
+//!  16  u64 time_ns   CLOCK_MONOTONIC (bpf_ktime_get_ns)
+//!  24  u32 sectors   length in sectors (> 0)
+//!  28  u32 disk      the disk's index, as userspace registered it
+//!  32  u8  kind      1 submit, 2 complete
+//!  33  u8  op        1 write, 3 discard, 5 secure erase, 9 write-zeroes
+//!  34  u8  status    completion: blk_status_t (0 = success)
+//!  35  u8  pad
+//!  36  u32 flags     bit 0: untracked (in-flight map full; no completion will follow)
+//! ```
+
+use crate::range::ByteRange;
+use ferry_wire::DiskId;
+
+/// Size of one event record.
+pub const EVENT_LEN: usize = 40;
+
+/// Bytes per sector, as the block layer counts.
+pub const SECTOR: u64 = 512;
+
+/// What the kernel was asked to do to the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Write,
+    Discard,
+    SecureErase,
+    WriteZeroes,
+}
+
+impl Op {
+    fn from_byte(b: u8) -> Option<Op> {
+        Some(match b {
+            1 => Op::Write,
+            3 => Op::Discard,
+            5 => Op::SecureErase,
+            9 => Op::WriteZeroes,
+            _ => return None,
+        })
+    }
+
+    /// The name `ferry track --json` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Write => "write",
+            Op::Discard => "discard",
+            Op::SecureErase => "secure-erase",
+            Op::WriteZeroes => "write-zeroes",
+        }
+    }
+}
+
+/// Submission or completion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The range is about to change: dirty from now on, not readable yet.
+    Submit { untracked: bool },
+    /// The change is on the device (or failed with `status`): readable.
+    Complete { status: u8 },
+}
+
+/// One decoded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event {
+    pub id: u64,
+    pub disk: DiskId,
+    pub range: ByteRange,
+    pub op: Op,
+    pub kind: Kind,
+    pub time_ns: u64,
+}
+
+/// Why a ring buffer record was not an event (a BPF/userspace version mismatch).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event record of {0} bytes (expected {EVENT_LEN})")]
+    Length(usize),
+    #[error("event of unknown kind {0}")]
+    Kind(u8),
+    #[error("event of unknown op {0}")]
+    Op(u8),
+    #[error("event range at sector {sector} + {sectors} overflows")]
+    Range { sector: u64, sectors: u32 },
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+impl Event {
+    /// Decodes one ring buffer record.
+    pub fn parse(b: &[u8]) -> Result<Event, EventError> {
+        if b.len() != EVENT_LEN {
+            return Err(EventError::Length(b.len()));
+        }
+        let (sector, sectors) = (u64_at(b, 8), u32_at(b, 24));
+        let range = sector
+            .checked_mul(SECTOR)
+            .and_then(|start| {
+                let end = start.checked_add(u64::from(sectors) * SECTOR)?;
+                Some(ByteRange::new(start, end))
+            })
+            .ok_or(EventError::Range { sector, sectors })?;
+        let flags = u32_at(b, 36);
+        let kind = match b[32] {
+            1 => Kind::Submit { untracked: flags & 1 != 0 },
+            2 => Kind::Complete { status: b[34] },
+            k => return Err(EventError::Kind(k)),
+        };
+        Ok(Event {
+            id: u64_at(b, 0),
+            disk: DiskId(u32_at(b, 28)),
+            range,
+            op: Op::from_byte(b[33]).ok_or(EventError::Op(b[33]))?,
+            kind,
+            time_ns: u64_at(b, 16),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn encode(e: &Event) -> [u8; EVENT_LEN] {
+    let mut b = [0u8; EVENT_LEN];
+    b[0..8].copy_from_slice(&e.id.to_ne_bytes());
+    b[8..16].copy_from_slice(&(e.range.start / SECTOR).to_ne_bytes());
+    b[16..24].copy_from_slice(&e.time_ns.to_ne_bytes());
+    let sectors = u32::try_from(e.range.len() / SECTOR).expect("test ranges are small");
+    b[24..28].copy_from_slice(&sectors.to_ne_bytes());
+    b[28..32].copy_from_slice(&e.disk.0.to_ne_bytes());
+    b[33] = match e.op {
+        Op::Write => 1,
+        Op::Discard => 3,
+        Op::SecureErase => 5,
+        Op::WriteZeroes => 9,
+    };
+    match e.kind {
+        Kind::Submit { untracked } => {
+            b[32] = 1;
+            b[36] = u8::from(untracked);
+        }
+        Kind::Complete { status } => {
+            b[32] = 2;
+            b[34] = status;
+        }
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_garbage_is_refused() {
+        let e = Event {
+            id: 7,
+            disk: DiskId(2),
+            range: ByteRange::new(4096, 4096 + 8 * 512),
+            op: Op::WriteZeroes,
+            kind: Kind::Submit { untracked: true },
+            time_ns: 99,
+        };
+        assert_eq!(Event::parse(&encode(&e)).unwrap(), e);
+        let mut b = encode(&e);
+        b[32] = 7;
+        assert_eq!(Event::parse(&b), Err(EventError::Kind(7)));
+        b[32] = 1;
+        b[33] = 2;
+        assert_eq!(Event::parse(&b), Err(EventError::Op(2)));
+        assert_eq!(Event::parse(&b[..39]), Err(EventError::Length(39)));
+        b[33] = 1;
+        b[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+        assert!(matches!(Event::parse(&b), Err(EventError::Range { .. })));
+    }
+}

@@ -1,0 +1,133 @@
+//! Writes submitted but not yet seen completing. Their ranges are dirty but not readable
+//! (DESIGN.md I4): reading before the write completes may return the old data.
+//!
+//! Completions are best effort (some never reach BPF), so an entry that waits longer
+//! than the sweep age is resolved by [`InFlight::sweep`]: its range becomes readable and
+//! is reported as suspect, to be read again inside the next consistent point's freeze.
+
+use crate::range::{ByteRange, RangeSet};
+use ferry_wire::DiskId;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    disk: DiskId,
+    /// The parts not yet seen completing (splits complete piece by piece).
+    remaining: Vec<ByteRange>,
+    since_ns: u64,
+}
+
+/// The in-flight table, keyed by submission id.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    entries: HashMap<u64, Entry>,
+    /// Ids for entries made up by userspace (lost events); counting down from the top so
+    /// they never meet the kernel's ids, which count up from 1.
+    next_synthetic: u64,
+}
+
+impl InFlight {
+    pub fn new() -> Self {
+        Self { entries: HashMap::new(), next_synthetic: u64::MAX }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a submission.
+    pub fn submit(&mut self, id: u64, disk: DiskId, range: ByteRange, since_ns: u64) {
+        self.entries.insert(id, Entry { disk, remaining: vec![range], since_ns });
+    }
+
+    /// Records a range that may be in flight though no submission was seen (a lost
+    /// event): it waits for the sweep like a write whose completion never came.
+    pub fn submit_unseen(&mut self, disk: DiskId, range: ByteRange, since_ns: u64) {
+        let id = self.next_synthetic;
+        self.next_synthetic -= 1;
+        self.submit(id, disk, range, since_ns);
+    }
+
+    /// Records the completion of `range` of submission `id`. Unknown ids (already swept,
+    /// or submitted before tracking began) are fine: the caller marks the range anyway.
+    pub fn complete(&mut self, id: u64, range: ByteRange) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        entry.remaining = entry
+            .remaining
+            .iter()
+            .flat_map(|r| {
+                let cut = r.intersect(&range);
+                if cut.is_empty() {
+                    vec![*r]
+                } else {
+                    [ByteRange::new(r.start, cut.start), ByteRange::new(cut.end, r.end)]
+                        .into_iter()
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                }
+            })
+            .collect();
+        if entry.remaining.is_empty() {
+            self.entries.remove(&id);
+        }
+    }
+
+    /// Removes and returns every entry older than `cutoff_ns`: the ranges that become
+    /// readable as suspect.
+    pub fn sweep(&mut self, cutoff_ns: u64) -> Vec<(DiskId, ByteRange)> {
+        let old: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.since_ns < cutoff_ns)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut out = Vec::new();
+        for id in old {
+            let e = self.entries.remove(&id).expect("id just listed");
+            out.extend(e.remaining.into_iter().map(|r| (e.disk, r)));
+        }
+        out
+    }
+
+    /// Every range still in flight on `disk`.
+    pub fn ranges(&self, disk: DiskId) -> RangeSet {
+        let mut set = RangeSet::new();
+        for e in self.entries.values().filter(|e| e.disk == disk) {
+            for r in &e.remaining {
+                set.insert(*r);
+            }
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_completions_resolve_piece_by_piece_and_the_sweep_takes_the_rest() {
+        let mut f = InFlight::new();
+        let d = DiskId(0);
+        f.submit(1, d, ByteRange::new(0, 8192), 100);
+        f.submit(2, d, ByteRange::new(65536, 69632), 200);
+        f.complete(1, ByteRange::new(0, 4096));
+        assert_eq!(f.ranges(d).iter().collect::<Vec<_>>(), [
+            ByteRange::new(4096, 8192),
+            ByteRange::new(65536, 69632)
+        ]);
+        f.complete(1, ByteRange::new(4096, 8192));
+        assert_eq!(f.len(), 1);
+        f.complete(99, ByteRange::new(0, 1)); // unknown id: ignored
+        f.submit_unseen(d, ByteRange::new(1 << 20, 2 << 20), 300);
+        assert_eq!(f.sweep(250), vec![(d, ByteRange::new(65536, 69632))]);
+        assert_eq!(f.sweep(1000), vec![(d, ByteRange::new(1 << 20, 2 << 20))]);
+        assert!(f.is_empty());
+    }
+}

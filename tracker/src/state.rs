@@ -1,0 +1,192 @@
+//! What the tracker knows, fed by events: per disk the dirty map and the suspect set, and
+//! the writes still in flight. Pure (no BPF, no clock): the kernel side is in `sys`, the
+//! glue in `tracker`; this is where DESIGN.md I3 and I4 are kept, and unit-tested.
+//!
+//! - A submission marks its range dirty at once (no write goes unnoticed) and in flight
+//!   (not readable).
+//! - A completion, of any status, marks its range dirty again with a newer generation
+//!   (so a read that began earlier cannot clear it) and takes it out of flight: readable.
+//!   A failed write is read too: the device holds whatever the failure left.
+//! - A range lost to a full ring buffer (known from the fallback counters) is marked dirty
+//!   and in flight as of when the loss was seen, so it becomes readable only after the
+//!   sweep age, as suspect.
+//! - An entry older than the sweep age becomes readable as suspect.
+
+use crate::dirty::{DirtyMap, Generation};
+use crate::event::{Event, Kind, Op};
+use crate::inflight::InFlight;
+use crate::range::{ByteRange, RangeSet};
+use ferry_wire::DiskId;
+
+/// One protected disk's tracking state.
+#[derive(Debug, Default)]
+pub struct DiskState {
+    pub dirty: DirtyMap,
+    /// Ranges made readable by the sweep rather than by a completion: re-read them inside
+    /// the next consistent point's freeze.
+    pub suspect: RangeSet,
+}
+
+/// A range that just became readable, for reporting (`ferry track`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readable {
+    pub disk: DiskId,
+    pub range: ByteRange,
+    pub op: Op,
+    /// Non-zero when the write failed.
+    pub status: u8,
+}
+
+/// Counts of what the tracker saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub submitted: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub swept: u64,
+    pub untracked: u64,
+    pub fallback_ranges: u64,
+}
+
+/// The tracker's state for all protected disks.
+#[derive(Debug)]
+pub struct TrackState {
+    disks: Vec<DiskState>,
+    inflight: InFlight,
+    generation: Generation,
+    pub counters: Counters,
+}
+
+/// An event for a disk this state does not track (a BPF map out of step).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event for disk {0:?}, which is not protected")]
+pub struct UnknownDisk(pub DiskId);
+
+impl TrackState {
+    pub fn new(disks: usize) -> Self {
+        Self {
+            disks: (0..disks).map(|_| DiskState::default()).collect(),
+            inflight: InFlight::new(),
+            generation: Generation::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn disk(&self, disk: DiskId) -> &DiskState {
+        &self.disks[disk.0 as usize]
+    }
+
+    pub fn disk_mut(&mut self, disk: DiskId) -> &mut DiskState {
+        &mut self.disks[disk.0 as usize]
+    }
+
+    pub fn disks(&self) -> usize {
+        self.disks.len()
+    }
+
+    /// Marks `range` dirty at a new generation.
+    pub fn mark_dirty(&mut self, disk: DiskId, range: ByteRange) {
+        let g = self.generation.bump();
+        self.disks[disk.0 as usize].dirty.mark(range, g);
+    }
+
+    /// Applies one event; returns what became readable, if anything.
+    pub fn apply(&mut self, e: &Event) -> Result<Option<Readable>, UnknownDisk> {
+        if e.disk.0 as usize >= self.disks.len() {
+            return Err(UnknownDisk(e.disk));
+        }
+        self.mark_dirty(e.disk, e.range);
+        match e.kind {
+            Kind::Submit { untracked } => {
+                self.counters.submitted += 1;
+                self.counters.untracked += u64::from(untracked);
+                self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                Ok(None)
+            }
+            Kind::Complete { status } => {
+                self.counters.completed += 1;
+                self.counters.failed += u64::from(status != 0);
+                self.inflight.complete(e.id, e.range);
+                Ok(Some(Readable { disk: e.disk, range: e.range, op: e.op, status }))
+            }
+        }
+    }
+
+    /// Records a range whose events were lost, seen at `now_ns`.
+    pub fn lost(&mut self, disk: DiskId, range: ByteRange, now_ns: u64) {
+        self.counters.fallback_ranges += 1;
+        self.mark_dirty(disk, range);
+        self.inflight.submit_unseen(disk, range, now_ns);
+    }
+
+    /// Resolves in-flight entries older than `cutoff_ns`: readable, suspect.
+    pub fn sweep(&mut self, cutoff_ns: u64) -> Vec<(DiskId, ByteRange)> {
+        let swept = self.inflight.sweep(cutoff_ns);
+        for &(disk, range) in &swept {
+            self.counters.swept += 1;
+            self.mark_dirty(disk, range);
+            self.disks[disk.0 as usize].suspect.insert(range);
+        }
+        swept
+    }
+
+    /// Ranges of `disk` that must not be read yet.
+    pub fn in_flight(&self, disk: DiskId) -> RangeSet {
+        self.inflight.ranges(disk)
+    }
+
+    /// Number of writes in flight, all disks.
+    pub fn in_flight_count(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// The current generation: what a reader records when it picks a range.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: u64, kind: Kind, start: u64, end: u64, t: u64) -> Event {
+        Event { id, disk: DiskId(0), range: ByteRange::new(start, end), op: Op::Write, kind, time_ns: t }
+    }
+
+    #[test]
+    fn dirty_at_submission_readable_at_completion() {
+        let mut s = TrackState::new(1);
+        let submit = Kind::Submit { untracked: false };
+        assert_eq!(s.apply(&ev(1, submit, 0, 8192, 10)).unwrap(), None);
+        assert_eq!(s.disk(DiskId(0)).dirty.bytes(), 8192, "not dirty at submission");
+        let readable = |s: &TrackState| {
+            s.disk(DiskId(0)).dirty.next_readable(0, 1 << 20, &[&s.in_flight(DiskId(0))])
+        };
+        assert_eq!(readable(&s), None, "readable before completion");
+        let (_, before) = (0, s.generation());
+        let done = s.apply(&ev(1, Kind::Complete { status: 0 }, 0, 8192, 20)).unwrap().unwrap();
+        assert_eq!(done.range, ByteRange::new(0, 8192));
+        let (r, g) = readable(&s).expect("readable after completion");
+        assert_eq!(r, ByteRange::new(0, 8192));
+        assert!(g > before, "completion must bump the generation");
+        // A reader that picked before the completion cannot clear it.
+        assert_eq!(s.disk_mut(DiskId(0)).dirty.clear_if_unchanged(r, before), 0);
+    }
+
+    #[test]
+    fn lost_completions_and_lost_events_end_readable_and_suspect() {
+        let mut s = TrackState::new(1);
+        s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 4096, 10)).unwrap();
+        s.lost(DiskId(0), ByteRange::new(1 << 20, 2 << 20), 50);
+        assert_eq!(s.sweep(40), vec![(DiskId(0), ByteRange::new(0, 4096))]);
+        assert_eq!(s.sweep(60), vec![(DiskId(0), ByteRange::new(1 << 20, 2 << 20))]);
+        let d = s.disk(DiskId(0));
+        assert_eq!(d.suspect.bytes(), 4096 + (1 << 20));
+        assert_eq!(d.dirty.bytes(), 4096 + (1 << 20));
+        assert!(s.in_flight(DiskId(0)).is_empty());
+        assert_eq!(s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 1, 0).clone()).is_ok(), true);
+        let unknown = Event { disk: DiskId(3), ..ev(1, Kind::Complete { status: 0 }, 0, 512, 0) };
+        assert_eq!(s.apply(&unknown), Err(UnknownDisk(DiskId(3))));
+    }
+}
