@@ -33,7 +33,7 @@
 #define FLAG_UNTRACKED 1 /* submitted, but the in-flight map was full: no completion will follow */
 
 #define MAX_DISKS 32
-#define FALLBACK_CHUNKS 65536 /* fallback counters per disk */
+#define FALLBACK_CHUNKS 16384 /* fallback counters per disk */
 #define MAX_FALLBACK_STEPS 64 /* chunks marked per lost event; beyond: whole-disk counter */
 #define MAX_RQ_BIOS 32        /* bios walked per completed request */
 
@@ -104,8 +104,9 @@ struct {
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, MAX_DISKS * (FALLBACK_CHUNKS + 1));
+    __uint(map_flags, BPF_F_MMAPABLE); /* userspace reads it all in one go */
     __type(key, __u32);
-    __type(value, __u32);
+    __type(value, __u64);
 } fallback SEC(".maps");
 
 struct {
@@ -135,7 +136,7 @@ static __always_inline void count_drop(void)
     __u32 zero = 0;
     __u64 *n = bpf_map_lookup_elem(&drops, &zero);
     if (n)
-        *n += 1;
+        __sync_fetch_and_add(n, 1); /* per-CPU, but a tracepoint can nest in softirq */
 }
 
 /* Records where an event was lost: bumps the fallback counter of every chunk the range
@@ -149,7 +150,7 @@ static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 s
     __u32 base = disk * (FALLBACK_CHUNKS + 1);
     if (last - first >= MAX_FALLBACK_STEPS || last >= FALLBACK_CHUNKS) {
         __u32 key = base + FALLBACK_CHUNKS;
-        __u32 *c = bpf_map_lookup_elem(&fallback, &key);
+        __u64 *c = bpf_map_lookup_elem(&fallback, &key);
         if (c)
             __sync_fetch_and_add(c, 1);
         return;
@@ -159,7 +160,7 @@ static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 s
         if (chunk > last)
             break;
         __u32 key = base + (__u32)chunk;
-        __u32 *c = bpf_map_lookup_elem(&fallback, &key);
+        __u64 *c = bpf_map_lookup_elem(&fallback, &key);
         if (c)
             __sync_fetch_and_add(c, 1);
     }
@@ -215,8 +216,10 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
 
     struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
-        count_drop();
+        /* Where first, then how many: userspace rescans the counters when it sees the
+         * drop count move, and must then find the chunks already marked. */
         mark_fallback(disk->index, disk->chunk_shift, entry.sector, sectors);
+        count_drop();
         return 0;
     }
     e->id = entry.id;
@@ -272,8 +275,8 @@ static __always_inline void complete_bio(struct bio *bio, __u8 status)
     struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
         /* The id stays open in userspace and is swept; the fallback says where too. */
-        count_drop();
         mark_fallback(done.disk, done.chunk_shift, done.sector, done.sectors);
+        count_drop();
         return;
     }
     e->id = done.id;

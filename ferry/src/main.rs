@@ -20,6 +20,17 @@ enum Command {
     Keygen(cmd::keygen::Args),
     #[command(subcommand)]
     Seed(cmd::seed::Command),
+    Track(cmd::track::Args),
+}
+
+/// Fails with a clear message unless running as root (the tracker, mounts and freezes
+/// need CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN; root has them).
+pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!("{what} needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run it with sudo")
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +38,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Seed(command) => cmd::seed::run(command),
+        Command::Track(args) => cmd::track::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

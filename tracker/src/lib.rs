@@ -5,9 +5,16 @@
 //! - [`range`], [`dirty`]: byte ranges and the per-disk dirty map with generations (I1).
 //! - [`inflight`], [`state`]: submissions waiting for completion, and the state machine
 //!   that turns events into dirty, readable and suspect ranges.
+//! - [`tracker`]: the running tracker: BPF events into the state, losses and gaps found;
+//!   [`persist`]: its state file across restarts.
 //! - [`sys`]: the only place that talks to the kernel (BPF loading, maps, block devices).
 pub mod dirty;
 pub mod event;
 pub mod inflight;
+pub mod persist;
 pub mod range;
 pub mod state;
+pub mod sys;
+pub mod tracker;
+
+pub use tracker::{Gap, Tracker, TrackerConfig, TrackerError};

@@ -2,3 +2,4 @@
 
 pub(crate) mod keygen;
 pub(crate) mod seed;
+pub(crate) mod track;

@@ -1,0 +1,378 @@
+//! The tracker as the agent and `ferry track` use it: BPF programs ([`crate::sys::bpf`])
+//! feeding the [`TrackState`], with the checks that turn every hole in the event stream
+//! into something the replicator acts on (DESIGN.md I3):
+//!
+//! - lost events (ring buffer full): the fallback counters say which chunks; they become
+//!   dirty and unresolved, readable after the sweep age, suspect;
+//! - lost completions: the sweep;
+//! - a whole-disk fallback counter moving, programs loaded fresh while a previous agent
+//!   had tracked (reboot, detach), an agent that stopped without saving its state, a
+//!   newly protected disk: a **gap** — the disk needs a full digest catch-up.
+
+use crate::dirty::GRAIN;
+use crate::event::Event;
+use crate::persist::{self, PersistError, Saved, SavedDisk};
+use crate::range::ByteRange;
+use crate::state::{Readable, TrackState, UnknownDisk};
+use crate::sys::blockdev::{BlockDevice, DeviceError, KernelDev};
+use crate::sys::bpf::{self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, LoadOptions, MAX_DISKS, Origin};
+use crate::sys::monotonic_ns;
+use ferry_wire::DiskId;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the tracker runs. Defaults in [`TrackerConfig::new`].
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Whole-disk block devices to protect (at most 32).
+    pub devices: Vec<PathBuf>,
+    /// Pin the BPF state here so it outlives the process (the agent); `None` detaches
+    /// when the tracker drops (`ferry track`).
+    pub pin_dir: Option<PathBuf>,
+    /// Save the dirty map here on [`Tracker::stop`], restore it on start.
+    pub state_file: Option<PathBuf>,
+    /// Ring buffer size; default 16 MiB (400k events), a power of two ≥ 4 KiB.
+    pub ring_bytes: u32,
+    /// Pending bytes that wake the drainer early; default 256 KiB.
+    pub wakeup_bytes: u64,
+    /// A write not seen completing within this is resolved by the sweep; default 5 s.
+    pub sweep_after: Duration,
+}
+
+impl TrackerConfig {
+    pub fn new(devices: Vec<PathBuf>) -> Self {
+        Self {
+            devices,
+            pin_dir: None,
+            state_file: None,
+            ring_bytes: 16 << 20,
+            wakeup_bytes: 256 << 10,
+            sweep_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a disk's tracking has a hole that only a full digest catch-up can close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap(pub String);
+
+/// Why the tracker could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Persist(#[from] PersistError),
+    #[error("{0} devices given; the tracker protects at most {MAX_DISKS}")]
+    TooManyDisks(usize),
+    #[error("{0} is listed twice")]
+    Duplicate(PathBuf),
+    #[error("malformed event from the BPF programs")]
+    Event(#[from] crate::event::EventError),
+    #[error(transparent)]
+    UnknownDisk(#[from] UnknownDisk),
+}
+
+/// Counts for status output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub events: u64,
+    pub drops: u64,
+    pub in_flight: usize,
+    pub counters: crate::state::Counters,
+}
+
+/// A running tracker.
+#[derive(Debug)]
+pub struct Tracker {
+    bpf: Bpf,
+    devices: Vec<BlockDevice>,
+    state: TrackState,
+    gaps: Vec<Option<Gap>>,
+    chunk_shift: Vec<u32>,
+    fallback_seen: Vec<Vec<u64>>,
+    drops_seen: u64,
+    events: u64,
+    epoch: u64,
+    config: TrackerConfig,
+}
+
+/// log2 of the sectors per fallback chunk: at least 1 MiB, so that the disk fits
+/// FALLBACK_CHUNKS chunks.
+fn chunk_shift_for(size: u64) -> u32 {
+    let sectors = size.div_ceil(512);
+    let mut shift = 11;
+    while (sectors >> shift) >= u64::from(FALLBACK_CHUNKS) {
+        shift += 1;
+    }
+    shift
+}
+
+fn to_pairs(ranges: impl Iterator<Item = ByteRange>) -> Vec<(u64, u64)> {
+    ranges.map(|r| (r.start, r.end)).collect()
+}
+
+impl Tracker {
+    /// Resolves the devices, loads or reattaches the BPF programs, restores saved state
+    /// and works out which disks have a gap.
+    pub fn start(config: TrackerConfig) -> Result<Self, TrackerError> {
+        if config.devices.len() > MAX_DISKS as usize {
+            return Err(TrackerError::TooManyDisks(config.devices.len()));
+        }
+        let mut devices: Vec<BlockDevice> = Vec::new();
+        for path in &config.devices {
+            let dev = BlockDevice::open(path)?;
+            if devices.iter().any(|d| d.dev == dev.dev) {
+                return Err(TrackerError::Duplicate(path.clone()));
+            }
+            devices.push(dev);
+        }
+        let saved = match &config.state_file {
+            Some(path) => persist::take(path)?,
+            None => None,
+        };
+        let (bpf, origin) = Bpf::open(&LoadOptions {
+            ring_bytes: config.ring_bytes,
+            wakeup_bytes: config.wakeup_bytes,
+            pin_dir: config.pin_dir.clone(),
+        })?;
+        let n = devices.len();
+        let chunk_shift: Vec<u32> = devices.iter().map(|d| chunk_shift_for(d.size)).collect();
+        let mut tracker = Self {
+            state: TrackState::new(n),
+            gaps: vec![None; n],
+            fallback_seen: vec![vec![0; FALLBACK_CHUNKS as usize + 1]; n],
+            drops_seen: 0,
+            events: 0,
+            epoch: 0,
+            chunk_shift,
+            devices,
+            config,
+            bpf,
+        };
+        tracker.reconcile(origin, saved)?;
+        Ok(tracker)
+    }
+
+    /// Brings the BPF side's disk list and the restored state in line with the
+    /// configured devices, recording a gap wherever continuity cannot be shown.
+    fn reconcile(&mut self, origin: Origin, saved: Option<Saved>) -> Result<(), TrackerError> {
+        let want: Vec<(KernelDev, DiskInfo)> = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let index = u32::try_from(i).expect("at most MAX_DISKS");
+                (d.dev, DiskInfo { index, chunk_shift: self.chunk_shift[i] })
+            })
+            .collect();
+        let have = self.bpf.protected()?;
+        for (dev, _) in &have {
+            if !want.iter().any(|(d, _)| d == dev) {
+                self.bpf.unprotect(*dev)?;
+            }
+        }
+        for (dev, info) in &want {
+            self.bpf.protect(*dev, *info)?;
+        }
+        let pinned = self.config.pin_dir.is_some();
+        let continuous_epoch = match (origin, &saved) {
+            (Origin::Reattached { epoch }, Some(s)) if s.epoch == epoch && epoch != 0 => Some(epoch),
+            _ => None,
+        };
+        let fresh_reason = match (origin, &saved) {
+            (Origin::Fresh, Some(_)) => "the tracker's programs were not running (reboot, or detached)",
+            (Origin::Fresh, None) if pinned => "no tracking before this start (first start, or the state was lost)",
+            (Origin::Fresh, None) => "tracking starts now",
+            (Origin::Reattached { .. }, None) => "the previous agent stopped without saving its state",
+            (Origin::Reattached { .. }, Some(_)) => "the saved state belongs to other tracker programs",
+        };
+        match continuous_epoch {
+            Some(epoch) => self.epoch = epoch,
+            None => {
+                self.epoch = monotonic_ns() ^ u64::from(std::process::id()) << 32 | 1;
+                if pinned {
+                    self.bpf.set_epoch(self.epoch)?;
+                }
+            }
+        }
+        let saved = saved.filter(|_| continuous_epoch.is_some());
+        if let Some(s) = &saved {
+            self.drops_seen = s.drops_seen;
+        } else {
+            self.drops_seen = self.bpf.drops()?;
+        }
+        let now = monotonic_ns();
+        for i in 0..self.devices.len() {
+            let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
+            let previous = saved.as_ref().and_then(|s| s.disks.get(i));
+            let same = previous.filter(|p| p.dev == self.devices[i].dev.0 && p.size == self.devices[i].size);
+            match same {
+                Some(p) => {
+                    for &(a, b) in &p.dirty {
+                        self.state.mark_dirty(disk, ByteRange::new(a, b));
+                    }
+                    for &(a, b) in &p.suspect {
+                        self.state.disk_mut(disk).suspect.insert(ByteRange::new(a, b));
+                    }
+                    for &(a, b) in &p.in_flight {
+                        self.state.lost(disk, ByteRange::new(a, b), now);
+                    }
+                    for &(chunk, value) in &p.fallback_seen {
+                        if let Some(slot) = self.fallback_seen[i].get_mut(chunk as usize) {
+                            *slot = value;
+                        }
+                    }
+                    self.gaps[i] = p.gap.clone().map(Gap);
+                }
+                None => {
+                    let reason = if saved.is_some() { "newly protected disk" } else { fresh_reason };
+                    self.gaps[i] = Some(Gap(reason.to_owned()));
+                    self.fallback_seen[i] = self.bpf.fallback_counters(disk.0);
+                }
+            }
+        }
+        // Losses while no agent ran show in the counters now.
+        self.check_losses()?;
+        Ok(())
+    }
+
+    /// The protected devices, in disk-index order.
+    pub fn devices(&self) -> &[BlockDevice] {
+        &self.devices
+    }
+
+    pub fn state(&self) -> &TrackState {
+        &self.state
+    }
+
+    pub fn state_mut(&mut self) -> &mut TrackState {
+        &mut self.state
+    }
+
+    /// The gap of `disk`, if its tracking has one.
+    pub fn gap(&self, disk: DiskId) -> Option<&Gap> {
+        self.gaps[disk.0 as usize].as_ref()
+    }
+
+    /// Marks `disk`'s gap closed (the replicator finished a full catch-up).
+    pub fn close_gap(&mut self, disk: DiskId) {
+        self.gaps[disk.0 as usize] = None;
+    }
+
+    pub fn stats(&self) -> Result<TrackerStats, TrackerError> {
+        Ok(TrackerStats {
+            events: self.events,
+            drops: self.bpf.drops()?,
+            in_flight: self.state.in_flight_count(),
+            counters: self.state.counters,
+        })
+    }
+
+    /// Test knob: have the BPF programs drop completions (per million).
+    pub fn drop_completions_ppm(&mut self, ppm: u64) -> Result<(), TrackerError> {
+        Ok(self.bpf.drop_completions_ppm(ppm)?)
+    }
+
+    /// Waits up to `timeout` for events, applies them, checks for losses and sweeps.
+    /// Returns the ranges that became readable by completion, in order.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Readable>, TrackerError> {
+        self.bpf.wait(timeout)?;
+        let mut raw = Vec::new();
+        self.bpf.drain(|bytes| raw.push(Event::parse(bytes)));
+        let mut readable = Vec::new();
+        for event in raw {
+            self.events += 1;
+            if let Some(r) = self.state.apply(&event?)? {
+                readable.push(r);
+            }
+        }
+        self.check_losses()?;
+        let cutoff = monotonic_ns().saturating_sub(self.config.sweep_after.as_nanos().try_into().unwrap_or(u64::MAX));
+        self.state.sweep(cutoff);
+        Ok(readable)
+    }
+
+    /// When the drop counter moved, compares the fallback counters with what was seen
+    /// and marks every chunk whose counter moved.
+    fn check_losses(&mut self) -> Result<(), TrackerError> {
+        let drops = self.bpf.drops()?;
+        if drops == self.drops_seen {
+            return Ok(());
+        }
+        self.drops_seen = drops;
+        let now = monotonic_ns();
+        for i in 0..self.devices.len() {
+            let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
+            let current = self.bpf.fallback_counters(disk.0);
+            let chunk_bytes = 512u64 << self.chunk_shift[i];
+            for (chunk, (&now_count, seen)) in current.iter().zip(&self.fallback_seen[i]).enumerate() {
+                if now_count == *seen {
+                    continue;
+                }
+                if chunk == FALLBACK_CHUNKS as usize {
+                    self.gaps[i] = Some(Gap("events lost over a range too large for the fallback counters".into()));
+                    continue;
+                }
+                let start = chunk as u64 * chunk_bytes;
+                let range = ByteRange::new(start, (start + chunk_bytes).min(self.devices[i].size.div_ceil(GRAIN) * GRAIN));
+                self.state.lost(disk, range, now);
+            }
+            self.fallback_seen[i] = current;
+        }
+        Ok(())
+    }
+
+    /// Saves the state (if a state file is configured) and releases the tracker. Pinned
+    /// programs keep tracking; unpinned ones detach.
+    pub fn stop(mut self) -> Result<(), TrackerError> {
+        self.poll(Duration::ZERO)?;
+        let Some(path) = self.config.state_file.clone() else {
+            return Ok(());
+        };
+        let disks = (0..self.devices.len())
+            .map(|i| {
+                let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
+                let d = self.state.disk(disk);
+                SavedDisk {
+                    dev: self.devices[i].dev.0,
+                    size: self.devices[i].size,
+                    dirty: to_pairs(d.dirty.iter().map(|(r, _)| r)),
+                    suspect: to_pairs(d.suspect.iter()),
+                    in_flight: to_pairs(self.state.in_flight(disk).iter()),
+                    fallback_seen: self.fallback_seen[i]
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v != 0)
+                        .map(|(c, v)| (u32::try_from(c).expect("≤ FALLBACK_CHUNKS"), *v))
+                        .collect(),
+                    gap: self.gaps[i].as_ref().map(|g| g.0.clone()),
+                }
+            })
+            .collect();
+        persist::save(&path, &Saved { epoch: self.epoch, drops_seen: self.drops_seen, disks })?;
+        Ok(())
+    }
+}
+
+/// Detaches pinned tracker programs and frees their maps (`ferry track --detach`).
+pub fn detach(pin_dir: &std::path::Path) -> Result<(), TrackerError> {
+    Ok(bpf::remove_pins(pin_dir)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_chunks_cover_any_disk_size() {
+        for size in [0, 4096, 1 << 20, 16 << 30, 1 << 40, 64 << 40] {
+            let shift = chunk_shift_for(size);
+            assert!(shift >= 11);
+            assert!((size.div_ceil(512) >> shift) < u64::from(FALLBACK_CHUNKS), "size {size}");
+        }
+        assert_eq!(chunk_shift_for(8 << 30), 11, "1 MiB chunks for an 8 GiB disk");
+    }
+}
