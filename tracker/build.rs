@@ -20,7 +20,15 @@ fn main() {
     let mut last_error = String::new();
     for clang in &candidates {
         let status = Command::new(clang)
-            .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-D__TARGET_ARCH_x86",
+                "-Wall",
+                "-Werror",
+            ])
             .arg("-I")
             .arg(&root)
             .arg("-c")
@@ -30,7 +38,9 @@ fn main() {
             .status();
         match status {
             Ok(s) if s.success() => return,
-            Ok(s) => panic!("{clang} failed to build ebpf/tracker.bpf.c ({s}); see the errors above"),
+            Ok(s) => {
+                panic!("{clang} failed to build ebpf/tracker.bpf.c ({s}); see the errors above")
+            }
             Err(e) => last_error = format!("{clang}: {e}"),
         }
     }

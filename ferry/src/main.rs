@@ -29,7 +29,9 @@ pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         Ok(())
     } else {
-        anyhow::bail!("{what} needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run it with sudo")
+        anyhow::bail!(
+            "{what} needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); run it with sudo"
+        )
     }
 }
 

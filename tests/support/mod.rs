@@ -53,10 +53,22 @@ impl LoopDevice {
 
     /// Attaches an existing file, read-only if asked.
     pub(crate) fn attach(file: &Path, read_only: bool) -> Self {
+        Self::attach_with(file, if read_only { &["--read-only"] } else { &[] })
+    }
+
+    /// Creates a sparse file and attaches it with direct I/O to the backing file: reads
+    /// and writes then run concurrently, as on a real disk, instead of one after another
+    /// through the page cache.
+    pub(crate) fn new_sparse_direct(file: &Path, size: u64) -> Self {
+        std::fs::File::create(file)
+            .and_then(|f| f.set_len(size))
+            .expect("creating a sparse file");
+        Self::attach_with(file, &["--direct-io=on"])
+    }
+
+    fn attach_with(file: &Path, options: &[&str]) -> Self {
         let mut args = vec!["--find", "--show"];
-        if read_only {
-            args.push("--read-only");
-        }
+        args.extend_from_slice(options);
         let file = file.to_str().expect("utf-8 path");
         args.push(file);
         let path = run("losetup", &args).trim().to_owned();
@@ -114,4 +126,65 @@ impl Drop for Mount {
 /// Runs the `ferry` binary under test; returns stdout, panicking with stderr on failure.
 pub(crate) fn ferry(args: &[&str]) -> String {
     run(env!("CARGO_BIN_EXE_ferry"), args)
+}
+
+/// A deterministic pseudo-random sequence (xorshift64*), so failures reproduce.
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(pub(crate) u64);
+
+impl Rng {
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi`.
+    pub(crate) fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// A buffer aligned for O_DIRECT (4 KiB), without unsafe: an over-allocated Vec and
+/// the aligned window inside it.
+#[derive(Debug)]
+pub(crate) struct AlignedBuf {
+    raw: Vec<u8>,
+    offset: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(crate) fn new(len: usize) -> Self {
+        let raw = vec![0u8; len + 4096];
+        let offset = raw.as_ptr().align_offset(4096);
+        Self { raw, offset, len }
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.raw[self.offset..self.offset + self.len]
+    }
+
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.offset..self.offset + self.len]
+    }
+}
+
+/// Opens a block device for O_DIRECT reads and writes.
+pub(crate) fn open_direct(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {} with O_DIRECT: {e}", path.display()))
 }

@@ -65,7 +65,9 @@ impl DirtyMap {
 
     /// Every dirty interval with its generation, in disk order.
     pub fn iter(&self) -> impl Iterator<Item = (ByteRange, Generation)> + '_ {
-        self.intervals.iter().map(|(&s, i)| (ByteRange::new(s, i.end), i.generation))
+        self.intervals
+            .iter()
+            .map(|(&s, i)| (ByteRange::new(s, i.end), i.generation))
     }
 
     /// Marks `range` (widened to whole grains) dirty at `generation`.
@@ -76,13 +78,13 @@ impl DirtyMap {
         }
         let (mut start, mut end, mut generation) = (r.start, r.end, generation);
         // Absorb an interval that starts before and reaches (or touches) `start`.
-        if let Some((&s, &i)) = self.intervals.range(..start).next_back() {
-            if i.end >= start {
-                self.remove_entry(s);
-                start = s;
-                end = end.max(i.end);
-                generation = generation.max(i.generation);
-            }
+        if let Some((&s, &i)) = self.intervals.range(..start).next_back()
+            && i.end >= start
+        {
+            self.remove_entry(s);
+            start = s;
+            end = end.max(i.end);
+            generation = generation.max(i.generation);
         }
         // Absorb every interval starting inside or right at the end.
         let inside: Vec<u64> = self.intervals.range(start..=end).map(|(&s, _)| s).collect();
@@ -114,10 +116,10 @@ impl DirtyMap {
         let r = range.widen_to(GRAIN);
         let before = self.bytes;
         let mut touched: Vec<u64> = Vec::new();
-        if let Some((&s, i)) = self.intervals.range(..r.start).next_back() {
-            if i.end > r.start {
-                touched.push(s);
-            }
+        if let Some((&s, i)) = self.intervals.range(..r.start).next_back()
+            && i.end > r.start
+        {
+            touched.push(s);
         }
         touched.extend(self.intervals.range(r.start..r.end).map(|(&s, _)| s));
         for s in touched {
@@ -216,7 +218,7 @@ mod tests {
             ops in prop::collection::vec((0u8..3, 0..GRAINS * GRAIN, 1..20 * GRAIN), 1..80)
         ) {
             let mut map = DirtyMap::new();
-            let mut model = Model(vec![None; GRAINS as usize + 40]);
+            let mut model = Model(vec![None; usize::try_from(GRAINS).unwrap() + 40]);
             let mut generation = Generation::default();
             let mut picked: Option<(ByteRange, Generation)> = None;
             let mut excluded = RangeSet::new();
@@ -282,7 +284,11 @@ mod tests {
         let (r, read_at) = map.next_readable(0, 1 << 20, &[]).unwrap();
         assert_eq!(r, ByteRange::new(0, 8192));
         map.mark(ByteRange::new(4096, 4097), g.bump()); // written while being read
-        assert_eq!(map.clear_if_unchanged(r, read_at), 0, "a newer write was cleared");
+        assert_eq!(
+            map.clear_if_unchanged(r, read_at),
+            0,
+            "a newer write was cleared"
+        );
         let (r, read_at) = map.next_readable(0, 1 << 20, &[]).unwrap();
         assert_eq!(map.clear_if_unchanged(r, read_at), 8192);
         assert!(map.is_empty());
@@ -300,7 +306,10 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let grain = x % ((1u64 << 40) / GRAIN);
-            map.mark(ByteRange::new(grain * GRAIN, grain * GRAIN + GRAIN), g.bump());
+            map.mark(
+                ByteRange::new(grain * GRAIN, grain * GRAIN + GRAIN),
+                g.bump(),
+            );
         }
         assert!(map.intervals() > 99_000, "{}", map.intervals());
         let mut seq = DirtyMap::new();

@@ -112,7 +112,9 @@ impl Event {
             .ok_or(EventError::Range { sector, sectors })?;
         let flags = u32_at(b, 36);
         let kind = match b[32] {
-            1 => Kind::Submit { untracked: flags & 1 != 0 },
+            1 => Kind::Submit {
+                untracked: flags & 1 != 0,
+            },
             2 => Kind::Complete { status: b[34] },
             k => return Err(EventError::Kind(k)),
         };

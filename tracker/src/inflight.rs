@@ -28,7 +28,10 @@ pub struct InFlight {
 
 impl InFlight {
     pub fn new() -> Self {
-        Self { entries: HashMap::new(), next_synthetic: u64::MAX }
+        Self {
+            entries: HashMap::new(),
+            next_synthetic: u64::MAX,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -41,7 +44,14 @@ impl InFlight {
 
     /// Records a submission.
     pub fn submit(&mut self, id: u64, disk: DiskId, range: ByteRange, since_ns: u64) {
-        self.entries.insert(id, Entry { disk, remaining: vec![range], since_ns });
+        self.entries.insert(
+            id,
+            Entry {
+                disk,
+                remaining: vec![range],
+                since_ns,
+            },
+        );
     }
 
     /// Records a range that may be in flight though no submission was seen (a lost
@@ -66,10 +76,13 @@ impl InFlight {
                 if cut.is_empty() {
                     vec![*r]
                 } else {
-                    [ByteRange::new(r.start, cut.start), ByteRange::new(cut.end, r.end)]
-                        .into_iter()
-                        .filter(|p| !p.is_empty())
-                        .collect()
+                    [
+                        ByteRange::new(r.start, cut.start),
+                        ByteRange::new(cut.end, r.end),
+                    ]
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .collect()
                 }
             })
             .collect();
@@ -118,10 +131,10 @@ mod tests {
         f.submit(1, d, ByteRange::new(0, 8192), 100);
         f.submit(2, d, ByteRange::new(65536, 69632), 200);
         f.complete(1, ByteRange::new(0, 4096));
-        assert_eq!(f.ranges(d).iter().collect::<Vec<_>>(), [
-            ByteRange::new(4096, 8192),
-            ByteRange::new(65536, 69632)
-        ]);
+        assert_eq!(
+            f.ranges(d).iter().collect::<Vec<_>>(),
+            [ByteRange::new(4096, 8192), ByteRange::new(65536, 69632)]
+        );
         f.complete(1, ByteRange::new(4096, 8192));
         assert_eq!(f.len(), 1);
         f.complete(99, ByteRange::new(0, 1)); // unknown id: ignored

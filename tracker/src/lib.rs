@@ -17,4 +17,4 @@ pub mod state;
 pub mod sys;
 pub mod tracker;
 
-pub use tracker::{Gap, Tracker, TrackerConfig, TrackerError};
+pub use tracker::{Gap, Polled, Tracker, TrackerConfig, TrackerError};

@@ -65,16 +65,30 @@ pub enum PersistError {
 }
 
 fn io<'a>(path: &'a Path, what: &'static str) -> impl Fn(std::io::Error) -> PersistError + 'a {
-    move |source| PersistError::Io { path: path.to_owned(), what, source }
+    move |source| PersistError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    }
 }
 
 /// Writes `saved` to `path` atomically.
 pub fn save(path: &Path, saved: &Saved) -> Result<(), PersistError> {
-    let body = bincode::serde::encode_to_vec(saved, bincode::config::standard())
-        .map_err(|e| PersistError::Io { path: path.to_owned(), what: "cannot encode", source: std::io::Error::other(e) })?;
-    let len = u32::try_from(body.len()).ok().filter(|&n| n <= MAX_STATE_BYTES).ok_or_else(|| {
-        PersistError::Io { path: path.to_owned(), what: "state too large", source: std::io::Error::other("over cap") }
+    let body = bincode::serde::encode_to_vec(saved, bincode::config::standard()).map_err(|e| {
+        PersistError::Io {
+            path: path.to_owned(),
+            what: "cannot encode",
+            source: std::io::Error::other(e),
+        }
     })?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|&n| n <= MAX_STATE_BYTES)
+        .ok_or_else(|| PersistError::Io {
+            path: path.to_owned(),
+            what: "state too large",
+            source: std::io::Error::other("over cap"),
+        })?;
     let mut bytes = Vec::with_capacity(body.len() + 16);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&len.to_le_bytes());
@@ -87,7 +101,9 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), PersistError> {
     f.sync_all().map_err(io(&tmp, "cannot fsync"))?;
     fs::rename(&tmp, path).map_err(io(path, "cannot rename into place"))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir, "cannot fsync directory"))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir, "cannot fsync directory"))?;
     }
     Ok(())
 }
@@ -99,7 +115,9 @@ pub fn take(path: &Path) -> Result<Option<Saved>, PersistError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(path, "cannot read")(e)),
     };
-    let corrupt = || PersistError::Corrupt { path: path.to_owned() };
+    let corrupt = || PersistError::Corrupt {
+        path: path.to_owned(),
+    };
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(corrupt());
     }
@@ -112,7 +130,10 @@ pub fn take(path: &Path) -> Result<Option<Saved>, PersistError> {
         return Err(corrupt());
     }
     let (saved, _) = bincode::serde::decode_from_slice(&head[12..], bincode::config::standard())
-        .map_err(|source| PersistError::Decode { path: path.to_owned(), source })?;
+        .map_err(|source| PersistError::Decode {
+            path: path.to_owned(),
+            source,
+        })?;
     fs::remove_file(path).map_err(io(path, "cannot remove after reading"))?;
     Ok(Some(saved))
 }
@@ -140,7 +161,11 @@ mod tests {
         };
         save(&path, &saved).unwrap();
         assert_eq!(take(&path).unwrap(), Some(saved.clone()));
-        assert_eq!(take(&path).unwrap(), None, "state must be consumed by reading it");
+        assert_eq!(
+            take(&path).unwrap(),
+            None,
+            "state must be consumed by reading it"
+        );
         save(&path, &saved).unwrap();
         let mut bytes = fs::read(&path).unwrap();
         bytes[20] ^= 1;

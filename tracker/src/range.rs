@@ -12,7 +12,10 @@ pub struct ByteRange {
 impl ByteRange {
     /// `[start, end)`; an inverted range is empty.
     pub fn new(start: u64, end: u64) -> Self {
-        Self { start, end: end.max(start) }
+        Self {
+            start,
+            end: end.max(start),
+        }
     }
 
     pub fn len(&self) -> u64 {
@@ -71,11 +74,11 @@ impl RangeSet {
         }
         let (mut start, mut end) = (r.start, r.end);
         // The range starting at or before `start` may reach it.
-        if let Some((&s, &e)) = self.ranges.range(..=start).next_back() {
-            if e >= start {
-                start = s;
-                end = end.max(e);
-            }
+        if let Some((&s, &e)) = self.ranges.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
         }
         let absorbed: Vec<u64> = self.ranges.range(start..=end).map(|(&s, _)| s).collect();
         for s in absorbed {
@@ -91,10 +94,10 @@ impl RangeSet {
             return;
         }
         let mut touched: Vec<(u64, u64)> = Vec::new();
-        if let Some((&s, &e)) = self.ranges.range(..r.start).next_back() {
-            if e > r.start {
-                touched.push((s, e));
-            }
+        if let Some((&s, &e)) = self.ranges.range(..r.start).next_back()
+            && e > r.start
+        {
+            touched.push((s, e));
         }
         touched.extend(self.ranges.range(r.start..r.end).map(|(&s, &e)| (s, e)));
         for (s, e) in touched {
@@ -113,10 +116,10 @@ impl RangeSet {
         if r.is_empty() {
             return false;
         }
-        if let Some((_, &e)) = self.ranges.range(..=r.start).next_back() {
-            if e > r.start {
-                return true;
-            }
+        if let Some((_, &e)) = self.ranges.range(..=r.start).next_back()
+            && e > r.start
+        {
+            return true;
         }
         self.ranges.range(r.start..r.end).next().is_some()
     }
@@ -145,7 +148,7 @@ mod tests {
     const SPACE: u64 = 256;
 
     fn model_of(set: &RangeSet) -> Vec<bool> {
-        let mut m = vec![false; SPACE as usize];
+        let mut m = vec![false; usize::try_from(SPACE).unwrap()];
         for r in set.iter() {
             for b in r.start..r.end {
                 m[usize::try_from(b).unwrap()] = true;
@@ -158,7 +161,7 @@ mod tests {
         #[test]
         fn range_set_matches_a_bitmap(ops in prop::collection::vec((any::<bool>(), 0..SPACE, 0..SPACE), 1..60)) {
             let mut set = RangeSet::new();
-            let mut model = vec![false; SPACE as usize];
+            let mut model = vec![false; usize::try_from(SPACE).unwrap()];
             for (add, a, b) in ops {
                 let r = ByteRange::new(a.min(b), a.max(b));
                 if add { set.insert(r) } else { set.remove(r) }

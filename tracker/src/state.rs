@@ -107,7 +107,12 @@ impl TrackState {
                 self.counters.completed += 1;
                 self.counters.failed += u64::from(status != 0);
                 self.inflight.complete(e.id, e.range);
-                Ok(Some(Readable { disk: e.disk, range: e.range, op: e.op, status }))
+                Ok(Some(Readable {
+                    disk: e.disk,
+                    range: e.range,
+                    op: e.op,
+                    status,
+                }))
             }
         }
     }
@@ -151,7 +156,14 @@ mod tests {
     use super::*;
 
     fn ev(id: u64, kind: Kind, start: u64, end: u64, t: u64) -> Event {
-        Event { id, disk: DiskId(0), range: ByteRange::new(start, end), op: Op::Write, kind, time_ns: t }
+        Event {
+            id,
+            disk: DiskId(0),
+            range: ByteRange::new(start, end),
+            op: Op::Write,
+            kind,
+            time_ns: t,
+        }
     }
 
     #[test]
@@ -159,13 +171,22 @@ mod tests {
         let mut s = TrackState::new(1);
         let submit = Kind::Submit { untracked: false };
         assert_eq!(s.apply(&ev(1, submit, 0, 8192, 10)).unwrap(), None);
-        assert_eq!(s.disk(DiskId(0)).dirty.bytes(), 8192, "not dirty at submission");
+        assert_eq!(
+            s.disk(DiskId(0)).dirty.bytes(),
+            8192,
+            "not dirty at submission"
+        );
         let readable = |s: &TrackState| {
-            s.disk(DiskId(0)).dirty.next_readable(0, 1 << 20, &[&s.in_flight(DiskId(0))])
+            s.disk(DiskId(0))
+                .dirty
+                .next_readable(0, 1 << 20, &[&s.in_flight(DiskId(0))])
         };
         assert_eq!(readable(&s), None, "readable before completion");
         let (_, before) = (0, s.generation());
-        let done = s.apply(&ev(1, Kind::Complete { status: 0 }, 0, 8192, 20)).unwrap().unwrap();
+        let done = s
+            .apply(&ev(1, Kind::Complete { status: 0 }, 0, 8192, 20))
+            .unwrap()
+            .unwrap();
         assert_eq!(done.range, ByteRange::new(0, 8192));
         let (r, g) = readable(&s).expect("readable after completion");
         assert_eq!(r, ByteRange::new(0, 8192));
@@ -177,16 +198,26 @@ mod tests {
     #[test]
     fn lost_completions_and_lost_events_end_readable_and_suspect() {
         let mut s = TrackState::new(1);
-        s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 4096, 10)).unwrap();
+        s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 4096, 10))
+            .unwrap();
         s.lost(DiskId(0), ByteRange::new(1 << 20, 2 << 20), 50);
         assert_eq!(s.sweep(40), vec![(DiskId(0), ByteRange::new(0, 4096))]);
-        assert_eq!(s.sweep(60), vec![(DiskId(0), ByteRange::new(1 << 20, 2 << 20))]);
+        assert_eq!(
+            s.sweep(60),
+            vec![(DiskId(0), ByteRange::new(1 << 20, 2 << 20))]
+        );
         let d = s.disk(DiskId(0));
         assert_eq!(d.suspect.bytes(), 4096 + (1 << 20));
         assert_eq!(d.dirty.bytes(), 4096 + (1 << 20));
         assert!(s.in_flight(DiskId(0)).is_empty());
-        assert_eq!(s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 1, 0).clone()).is_ok(), true);
-        let unknown = Event { disk: DiskId(3), ..ev(1, Kind::Complete { status: 0 }, 0, 512, 0) };
+        assert!(
+            s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 1, 0).clone())
+                .is_ok()
+        );
+        let unknown = Event {
+            disk: DiskId(3),
+            ..ev(1, Kind::Complete { status: 0 }, 0, 512, 0)
+        };
         assert_eq!(s.apply(&unknown), Err(UnknownDisk(DiskId(3))));
     }
 }

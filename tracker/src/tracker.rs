@@ -15,7 +15,9 @@ use crate::persist::{self, PersistError, Saved, SavedDisk};
 use crate::range::ByteRange;
 use crate::state::{Readable, TrackState, UnknownDisk};
 use crate::sys::blockdev::{BlockDevice, DeviceError, KernelDev};
-use crate::sys::bpf::{self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, LoadOptions, MAX_DISKS, Origin};
+use crate::sys::bpf::{
+    self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, LoadOptions, MAX_DISKS, Origin,
+};
 use crate::sys::monotonic_ns;
 use ferry_wire::DiskId;
 use std::path::PathBuf;
@@ -82,6 +84,15 @@ pub struct TrackerStats {
     pub drops: u64,
     pub in_flight: usize,
     pub counters: crate::state::Counters,
+}
+
+/// What one [`Tracker::poll`] saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// Ranges submitted (dirty, not yet readable).
+    pub submitted: Vec<(DiskId, ByteRange)>,
+    /// Ranges whose writes completed (readable).
+    pub readable: Vec<Readable>,
 }
 
 /// A running tracker.
@@ -165,7 +176,13 @@ impl Tracker {
             .enumerate()
             .map(|(i, d)| {
                 let index = u32::try_from(i).expect("at most MAX_DISKS");
-                (d.dev, DiskInfo { index, chunk_shift: self.chunk_shift[i] })
+                (
+                    d.dev,
+                    DiskInfo {
+                        index,
+                        chunk_shift: self.chunk_shift[i],
+                    },
+                )
             })
             .collect();
         let have = self.bpf.protected()?;
@@ -179,15 +196,25 @@ impl Tracker {
         }
         let pinned = self.config.pin_dir.is_some();
         let continuous_epoch = match (origin, &saved) {
-            (Origin::Reattached { epoch }, Some(s)) if s.epoch == epoch && epoch != 0 => Some(epoch),
+            (Origin::Reattached { epoch }, Some(s)) if s.epoch == epoch && epoch != 0 => {
+                Some(epoch)
+            }
             _ => None,
         };
         let fresh_reason = match (origin, &saved) {
-            (Origin::Fresh, Some(_)) => "the tracker's programs were not running (reboot, or detached)",
-            (Origin::Fresh, None) if pinned => "no tracking before this start (first start, or the state was lost)",
+            (Origin::Fresh, Some(_)) => {
+                "the tracker's programs were not running (reboot, or detached)"
+            }
+            (Origin::Fresh, None) if pinned => {
+                "no tracking before this start (first start, or the state was lost)"
+            }
             (Origin::Fresh, None) => "tracking starts now",
-            (Origin::Reattached { .. }, None) => "the previous agent stopped without saving its state",
-            (Origin::Reattached { .. }, Some(_)) => "the saved state belongs to other tracker programs",
+            (Origin::Reattached { .. }, None) => {
+                "the previous agent stopped without saving its state"
+            }
+            (Origin::Reattached { .. }, Some(_)) => {
+                "the saved state belongs to other tracker programs"
+            }
         };
         match continuous_epoch {
             Some(epoch) => self.epoch = epoch,
@@ -208,14 +235,18 @@ impl Tracker {
         for i in 0..self.devices.len() {
             let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
             let previous = saved.as_ref().and_then(|s| s.disks.get(i));
-            let same = previous.filter(|p| p.dev == self.devices[i].dev.0 && p.size == self.devices[i].size);
+            let same = previous
+                .filter(|p| p.dev == self.devices[i].dev.0 && p.size == self.devices[i].size);
             match same {
                 Some(p) => {
                     for &(a, b) in &p.dirty {
                         self.state.mark_dirty(disk, ByteRange::new(a, b));
                     }
                     for &(a, b) in &p.suspect {
-                        self.state.disk_mut(disk).suspect.insert(ByteRange::new(a, b));
+                        self.state
+                            .disk_mut(disk)
+                            .suspect
+                            .insert(ByteRange::new(a, b));
                     }
                     for &(a, b) in &p.in_flight {
                         self.state.lost(disk, ByteRange::new(a, b), now);
@@ -228,7 +259,11 @@ impl Tracker {
                     self.gaps[i] = p.gap.clone().map(Gap);
                 }
                 None => {
-                    let reason = if saved.is_some() { "newly protected disk" } else { fresh_reason };
+                    let reason = if saved.is_some() {
+                        "newly protected disk"
+                    } else {
+                        fresh_reason
+                    };
                     self.gaps[i] = Some(Gap(reason.to_owned()));
                     self.fallback_seen[i] = self.bpf.fallback_counters(disk.0);
                 }
@@ -277,22 +312,30 @@ impl Tracker {
     }
 
     /// Waits up to `timeout` for events, applies them, checks for losses and sweeps.
-    /// Returns the ranges that became readable by completion, in order.
-    pub fn poll(&mut self, timeout: Duration) -> Result<Vec<Readable>, TrackerError> {
+    /// Returns what was submitted and what became readable by completion, in order.
+    pub fn poll(&mut self, timeout: Duration) -> Result<Polled, TrackerError> {
         self.bpf.wait(timeout)?;
         let mut raw = Vec::new();
         self.bpf.drain(|bytes| raw.push(Event::parse(bytes)));
-        let mut readable = Vec::new();
+        let mut polled = Polled::default();
         for event in raw {
+            let event = event?;
             self.events += 1;
-            if let Some(r) = self.state.apply(&event?)? {
-                readable.push(r);
+            match self.state.apply(&event)? {
+                Some(r) => polled.readable.push(r),
+                None => polled.submitted.push((event.disk, event.range)),
             }
         }
         self.check_losses()?;
-        let cutoff = monotonic_ns().saturating_sub(self.config.sweep_after.as_nanos().try_into().unwrap_or(u64::MAX));
+        let cutoff = monotonic_ns().saturating_sub(
+            self.config
+                .sweep_after
+                .as_nanos()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        );
         self.state.sweep(cutoff);
-        Ok(readable)
+        Ok(polled)
     }
 
     /// When the drop counter moved, compares the fallback counters with what was seen
@@ -308,16 +351,23 @@ impl Tracker {
             let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
             let current = self.bpf.fallback_counters(disk.0);
             let chunk_bytes = 512u64 << self.chunk_shift[i];
-            for (chunk, (&now_count, seen)) in current.iter().zip(&self.fallback_seen[i]).enumerate() {
+            for (chunk, (&now_count, seen)) in
+                current.iter().zip(&self.fallback_seen[i]).enumerate()
+            {
                 if now_count == *seen {
                     continue;
                 }
                 if chunk == FALLBACK_CHUNKS as usize {
-                    self.gaps[i] = Some(Gap("events lost over a range too large for the fallback counters".into()));
+                    self.gaps[i] = Some(Gap(
+                        "events lost over a range too large for the fallback counters".into(),
+                    ));
                     continue;
                 }
                 let start = chunk as u64 * chunk_bytes;
-                let range = ByteRange::new(start, (start + chunk_bytes).min(self.devices[i].size.div_ceil(GRAIN) * GRAIN));
+                let range = ByteRange::new(
+                    start,
+                    (start + chunk_bytes).min(self.devices[i].size.div_ceil(GRAIN) * GRAIN),
+                );
                 self.state.lost(disk, range, now);
             }
             self.fallback_seen[i] = current;
@@ -352,7 +402,14 @@ impl Tracker {
                 }
             })
             .collect();
-        persist::save(&path, &Saved { epoch: self.epoch, drops_seen: self.drops_seen, disks })?;
+        persist::save(
+            &path,
+            &Saved {
+                epoch: self.epoch,
+                drops_seen: self.drops_seen,
+                disks,
+            },
+        )?;
         Ok(())
     }
 }
@@ -371,8 +428,15 @@ mod tests {
         for size in [0, 4096, 1 << 20, 16 << 30, 1 << 40, 64 << 40] {
             let shift = chunk_shift_for(size);
             assert!(shift >= 11);
-            assert!((size.div_ceil(512) >> shift) < u64::from(FALLBACK_CHUNKS), "size {size}");
+            assert!(
+                (size.div_ceil(512) >> shift) < u64::from(FALLBACK_CHUNKS),
+                "size {size}"
+            );
         }
-        assert_eq!(chunk_shift_for(8 << 30), 11, "1 MiB chunks for an 8 GiB disk");
+        assert_eq!(
+            chunk_shift_for(8 << 30),
+            11,
+            "1 MiB chunks for an 8 GiB disk"
+        );
     }
 }

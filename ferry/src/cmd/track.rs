@@ -45,26 +45,37 @@ pub(crate) fn run(args: Args) -> Result<()> {
         eprintln!("detached the tracker pinned in {}", args.pin_dir.display());
         return Ok(());
     }
-    if let Some(d) = args.duration {
-        if !(d.is_finite() && d > 0.0) {
-            bail!("--duration must be a positive number of seconds, not {d}");
-        }
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        bail!("--duration must be a positive number of seconds, not {d}");
     }
     let mut tracker = Tracker::start(TrackerConfig::new(args.devices.clone()))?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing a signal handler")?;
     }
-    let names: Vec<String> = tracker.devices().iter().map(|d| d.path.display().to_string()).collect();
-    let deadline = args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let names: Vec<String> = tracker
+        .devices()
+        .iter()
+        .map(|d| d.path.display().to_string())
+        .collect();
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
     let (mut extents, mut bytes) = (0u64, 0u64);
     let mut out = std::io::stdout().lock();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        for r in tracker.poll(Duration::from_millis(100))? {
+        for r in tracker.poll(Duration::from_millis(100))?.readable {
             extents += 1;
             bytes += r.range.len();
             let device = &names[r.disk.0 as usize];
-            let failed = if r.status != 0 { format!(" (failed, status {})", r.status) } else { String::new() };
+            let failed = if r.status != 0 {
+                format!(" (failed, status {})", r.status)
+            } else {
+                String::new()
+            };
             let line = if args.json {
                 format!(
                     "{{\"device\":{:?},\"offset\":{},\"length\":{},\"op\":\"{}\",\"status\":{}}}",
@@ -75,7 +86,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
                     r.status
                 )
             } else {
-                format!("{device} {} offset {} length {}{failed}", r.op.name(), r.range.start, r.range.len())
+                format!(
+                    "{device} {} offset {} length {}{failed}",
+                    r.op.name(),
+                    r.range.start,
+                    r.range.len()
+                )
             };
             use std::io::Write;
             writeln!(out, "{line}")?;

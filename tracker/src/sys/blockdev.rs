@@ -44,7 +44,11 @@ impl BlockDevice {
     pub fn open(path: &Path) -> Result<Self, DeviceError> {
         let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => DeviceError::Missing(path.to_owned()),
-            _ => DeviceError::Io { path: path.to_owned(), what: "cannot stat", source: e },
+            _ => DeviceError::Io {
+                path: path.to_owned(),
+                what: "cannot stat",
+                source: e,
+            },
         })?;
         if !meta.file_type().is_block_device() {
             return Err(DeviceError::NotBlock(path.to_owned()));
@@ -52,16 +56,27 @@ impl BlockDevice {
         let rdev = meta.rdev();
         let (major, minor) = (libc::major(rdev), libc::minor(rdev));
         let sys = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
-        let io = |what| move |source| DeviceError::Io { path: path.to_owned(), what, source };
+        let io = |what| {
+            move |source| DeviceError::Io {
+                path: path.to_owned(),
+                what,
+                source,
+            }
+        };
         let real = std::fs::canonicalize(&sys).map_err(io("not in /sys/dev/block"))?;
         if sys.join("partition").exists() {
             let disk = real
                 .parent()
                 .and_then(Path::file_name)
                 .map_or_else(|| "?".to_owned(), |n| n.to_string_lossy().into_owned());
-            return Err(DeviceError::Partition { path: path.to_owned(), disk });
+            return Err(DeviceError::Partition {
+                path: path.to_owned(),
+                disk,
+            });
         }
-        let name = real.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let name = real
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         let sectors: u64 = std::fs::read_to_string(sys.join("size"))
             .map_err(io("cannot read its size"))?
             .trim()

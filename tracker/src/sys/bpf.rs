@@ -28,7 +28,15 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("ferry_rq_complete", "block_rq_complete"),
     ("ferry_bio_complete", "block_bio_complete"),
 ];
-const MAPS: [&str; 7] = ["protected_disks", "events", "inflight", "drops", "fallback", "config", "state"];
+const MAPS: [&str; 7] = [
+    "protected_disks",
+    "events",
+    "inflight",
+    "drops",
+    "fallback",
+    "config",
+    "state",
+];
 
 /// Most disks one tracker protects (`MAX_DISKS` in the C program).
 pub const MAX_DISKS: u32 = 32;
@@ -56,11 +64,15 @@ unsafe impl Pod for DiskInfo {}
 /// Why the BPF side could not be set up or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
-    #[error("the kernel has no BTF (/sys/kernel/btf/vmlinux); ferry's tracker needs a kernel built with CONFIG_DEBUG_INFO_BTF")]
+    #[error(
+        "the kernel has no BTF (/sys/kernel/btf/vmlinux); ferry's tracker needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
     NoBtf(#[source] aya::BtfError),
     #[error("loading the BPF programs failed (needs root or CAP_BPF + CAP_PERFMON)")]
     Load(#[source] aya::EbpfError),
-    #[error("BPF program {program} could not be loaded or attached to {tracepoint} (needs root or CAP_BPF + CAP_PERFMON, and BTF tracepoints)")]
+    #[error(
+        "BPF program {program} could not be loaded or attached to {tracepoint} (needs root or CAP_BPF + CAP_PERFMON, and BTF tracepoints)"
+    )]
     Program {
         program: &'static str,
         tracepoint: &'static str,
@@ -98,7 +110,10 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
 }
 
 fn pin_err(path: &Path) -> impl Fn(std::io::Error) -> BpfError + '_ {
-    move |source| BpfError::Pin { path: path.to_owned(), source }
+    move |source| BpfError::Pin {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// How the tracker came up.
@@ -138,12 +153,22 @@ impl FallbackView {
         // `bytes` is its whole value area (u64 values are not padded). The mapping lives
         // until `Drop` unmaps it and is only read through `counter`.
         let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), bytes, libc::PROT_READ, libc::MAP_SHARED, std::os::fd::AsRawFd::as_raw_fd(&fd), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
         };
         if ptr == libc::MAP_FAILED {
             return Err(BpfError::Mmap(std::io::Error::last_os_error()));
         }
-        Ok(Self { ptr: ptr.cast(), len })
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn counter(&self, index: usize) -> u64 {
@@ -157,7 +182,12 @@ impl FallbackView {
 impl Drop for FallbackView {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.ptr.cast_mut().cast(), self.len * std::mem::size_of::<u64>()) };
+        unsafe {
+            libc::munmap(
+                self.ptr.cast_mut().cast(),
+                self.len * std::mem::size_of::<u64>(),
+            )
+        };
     }
 }
 
@@ -179,7 +209,9 @@ pub struct Bpf {
 
 impl std::fmt::Debug for Bpf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bpf").field("pinned", &self._ebpf.is_none()).finish_non_exhaustive()
+        f.debug_struct("Bpf")
+            .field("pinned", &self._ebpf.is_none())
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +221,10 @@ impl Bpf {
     pub fn open(options: &LoadOptions) -> Result<(Self, Origin), BpfError> {
         if let Some(dir) = &options.pin_dir {
             ensure_bpffs(dir)?;
-            if PROGRAMS.iter().all(|(p, _)| dir.join("links").join(p).exists()) {
+            if PROGRAMS
+                .iter()
+                .all(|(p, _)| dir.join("links").join(p).exists())
+            {
                 let bpf = Self::from_pins(dir)?;
                 let epoch = bpf.state.get(&STATE_EPOCH, 0).map_err(map_err("state"))?;
                 return Ok((bpf, Origin::Reattached { epoch }));
@@ -209,7 +244,11 @@ impl Bpf {
             .map_err(BpfError::Load)?;
         let mut links = Vec::new();
         for (program, tracepoint) in PROGRAMS {
-            let err = |source| BpfError::Program { program, tracepoint, source };
+            let err = |source| BpfError::Program {
+                program,
+                tracepoint,
+                source,
+            };
             let prog: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or(BpfError::Missing(program))?
@@ -229,25 +268,36 @@ impl Bpf {
             for name in MAPS {
                 let map = ebpf.map(name).ok_or(BpfError::Missing(name))?;
                 let path = maps_dir.join(name);
-                map.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
+                map.pin(&path).map_err(|e| BpfError::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
             }
             // Links last: their presence is what marks the pins complete.
             for (program, link) in links {
                 let path = links_dir.join(program);
                 let fd: FdLink = link.into();
-                fd.pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
+                fd.pin(&path).map_err(|e| BpfError::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?;
             }
         }
-        let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(BpfError::Missing(name));
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(BpfError::Missing(name))
+        };
         let mut bpf = Self {
             events: RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?,
-            protected: HashMap::try_from(take(&mut ebpf, "protected_disks")?).map_err(map_err("protected_disks"))?,
+            protected: HashMap::try_from(take(&mut ebpf, "protected_disks")?)
+                .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(take(&mut ebpf, "drops")?).map_err(map_err("drops"))?,
             config: Array::try_from(take(&mut ebpf, "config")?).map_err(map_err("config"))?,
             state: Array::try_from(take(&mut ebpf, "state")?).map_err(map_err("state"))?,
             fallback: {
                 let map = take(&mut ebpf, "fallback")?;
-                let Map::Array(data) = map else { return Err(BpfError::Missing("fallback array")) };
+                let Map::Array(data) = map else {
+                    return Err(BpfError::Missing("fallback array"));
+                };
                 FallbackView::map(data.fd().as_fd())?
             },
             _ebpf: options.pin_dir.is_none().then_some(ebpf),
@@ -264,7 +314,8 @@ impl Bpf {
         let fallback = MapData::from_pin(dir.join("maps/fallback")).map_err(map_err("fallback"))?;
         Ok(Self {
             events: RingBuf::try_from(open("events")?).map_err(map_err("events"))?,
-            protected: HashMap::try_from(open("protected_disks")?).map_err(map_err("protected_disks"))?,
+            protected: HashMap::try_from(open("protected_disks")?)
+                .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(open("drops")?).map_err(map_err("drops"))?,
             config: Array::try_from(open("config")?).map_err(map_err("config"))?,
             state: Array::try_from(open("state")?).map_err(map_err("state"))?,
@@ -275,20 +326,27 @@ impl Bpf {
 
     /// Starts (or keeps) tracking `dev` as disk `info.index`.
     pub fn protect(&mut self, dev: KernelDev, info: DiskInfo) -> Result<(), BpfError> {
-        self.protected.insert(dev.0, info, 0).map_err(map_err("protected_disks"))
+        self.protected
+            .insert(dev.0, info, 0)
+            .map_err(map_err("protected_disks"))
     }
 
     /// The disks the BPF side tracks now.
     pub fn protected(&self) -> Result<Vec<(KernelDev, DiskInfo)>, BpfError> {
         self.protected
             .iter()
-            .map(|r| r.map(|(k, v)| (KernelDev(k), v)).map_err(map_err("protected_disks")))
+            .map(|r| {
+                r.map(|(k, v)| (KernelDev(k), v))
+                    .map_err(map_err("protected_disks"))
+            })
             .collect()
     }
 
     /// Stops tracking `dev`.
     pub fn unprotect(&mut self, dev: KernelDev) -> Result<(), BpfError> {
-        self.protected.remove(&dev.0).map_err(map_err("protected_disks"))
+        self.protected
+            .remove(&dev.0)
+            .map_err(map_err("protected_disks"))
     }
 
     fn set_config(&mut self, slot: u32, value: u64) -> Result<(), BpfError> {
@@ -302,7 +360,9 @@ impl Bpf {
 
     /// The epoch the owner of the pins set.
     pub fn set_epoch(&mut self, epoch: u64) -> Result<(), BpfError> {
-        self.state.set(STATE_EPOCH, epoch, 0).map_err(map_err("state"))
+        self.state
+            .set(STATE_EPOCH, epoch, 0)
+            .map_err(map_err("state"))
     }
 
     /// Waits up to `timeout` for events; true if some may be ready.
@@ -337,16 +397,28 @@ impl Bpf {
     /// whole-disk counter.
     pub fn fallback_counters(&self, index: u32) -> Vec<u64> {
         let base = (index * (FALLBACK_CHUNKS + 1)) as usize;
-        (0..=FALLBACK_CHUNKS as usize).map(|i| self.fallback.counter(base + i)).collect()
+        (0..=FALLBACK_CHUNKS as usize)
+            .map(|i| self.fallback.counter(base + i))
+            .collect()
     }
 }
 
 fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
     let root = Path::new("/sys/fs/bpf");
-    let is_bpffs = |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if !is_bpffs(root) {
-        nix::mount::mount(Some("bpf"), root, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|source| BpfError::Mount { path: root.to_owned(), source })?;
+        nix::mount::mount(
+            Some("bpf"),
+            root,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|source| BpfError::Mount {
+            path: root.to_owned(),
+            source,
+        })?;
     }
     std::fs::create_dir_all(dir).map_err(pin_err(dir))
 }
@@ -357,13 +429,19 @@ pub fn remove_pins(dir: &Path) -> Result<(), BpfError> {
     for (program, _) in PROGRAMS {
         let path = dir.join("links").join(program);
         if path.exists() {
-            let link = PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin { path: path.clone(), source: std::io::Error::other(e) })?;
+            let link = PinnedLink::from_pin(&path).map_err(|e| BpfError::Pin {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
             link.unpin().map_err(pin_err(&path))?;
         }
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(BpfError::Pin { path: dir.to_owned(), source: e }),
+        Err(e) => Err(BpfError::Pin {
+            path: dir.to_owned(),
+            source: e,
+        }),
     }
 }

@@ -1,0 +1,506 @@
+//! The write tracker on real loop devices (root): every write is reported and nothing
+//! else; readable means readable (the race test); lost completions, a full ring buffer
+//! and agent restarts never lose a write; gaps are reported.
+
+mod support;
+
+use ferry_tracker::range::{ByteRange, RangeSet};
+use ferry_tracker::{Polled, Tracker, TrackerConfig};
+use ferry_wire::DiskId;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use support::{AlignedBuf, LoopDevice, Mount, Rng, open_direct, require_root, run};
+
+const D0: DiskId = DiskId(0);
+
+fn config(devices: &[&LoopDevice]) -> TrackerConfig {
+    let mut c = TrackerConfig::new(devices.iter().map(|d| d.path.clone()).collect());
+    c.sweep_after = Duration::from_secs(2);
+    c
+}
+
+/// Polls until nothing new arrives for `quiet` and nothing is in flight (or `limit`).
+fn settle(t: &mut Tracker, quiet: Duration, limit: Duration) -> Vec<Polled> {
+    let start = Instant::now();
+    let mut last_event = Instant::now();
+    let mut all = Vec::new();
+    while start.elapsed() < limit {
+        let p = t
+            .poll(Duration::from_millis(50))
+            .expect("polling the tracker");
+        if !p.submitted.is_empty() || !p.readable.is_empty() {
+            last_event = Instant::now();
+            all.push(p);
+        } else if last_event.elapsed() >= quiet && t.state().in_flight_count() == 0 {
+            break;
+        }
+    }
+    all
+}
+
+fn readable_set(polls: &[Polled], disk: DiskId) -> RangeSet {
+    let mut set = RangeSet::new();
+    for p in polls {
+        for r in p.readable.iter().filter(|r| r.disk == disk) {
+            set.insert(r.range);
+        }
+    }
+    set
+}
+
+fn assert_covers(set: &RangeSet, range: ByteRange, what: &str) {
+    let covered: u64 = set.within(range).iter().map(ByteRange::len).sum();
+    assert_eq!(covered, range.len(), "{what}: {range:?} not fully reported");
+}
+
+fn loop_disk(dir: &Path, name: &str, size: u64) -> LoopDevice {
+    LoopDevice::new_sparse(&dir.join(name), size)
+}
+
+/// Random O_DIRECT writes, 512 B to 8 MiB at random 512-byte-aligned offsets.
+fn random_writes(
+    file: &File,
+    count: usize,
+    disk_size: u64,
+    rng: &mut Rng,
+    base: u64,
+) -> Vec<ByteRange> {
+    let mut buf = AlignedBuf::new(8 << 20);
+    rng.fill(buf.bytes_mut());
+    let mut written = Vec::new();
+    for _ in 0..count {
+        // Log-uniform length: as many small writes as large ones.
+        let len = (512u64 << rng.range(0, 15)).min(8 << 20);
+        let offset = rng.range(0, (disk_size - len) / 512) * 512;
+        file.write_all_at(&buf.bytes()[..usize::try_from(len).unwrap()], offset)
+            .expect("O_DIRECT write");
+        written.push(ByteRange::new(base + offset, base + offset + len));
+    }
+    written
+}
+
+#[test]
+fn random_direct_writes_are_reported_exactly_on_disk_and_partition() {
+    require_root("the write tracker");
+    let dir = tempfile::tempdir().unwrap();
+    let size = 1u64 << 30;
+    let disk = loop_disk(dir.path(), "disk.img", size);
+    let other = loop_disk(dir.path(), "other.img", 64 << 20);
+    let mut t = Tracker::start(config(&[&disk])).expect("attaching the tracker");
+    let mut rng = Rng(0x5eed);
+
+    let file = open_direct(&disk.path);
+    let mut written = random_writes(&file, 1000, size, &mut rng, 0);
+    // A partition starting 1 MiB in: writes through it land 1 MiB further on the disk.
+    // A reused loop device may still carry a partition 1 from an earlier user.
+    let delpart = |dev: &str| {
+        std::process::Command::new("delpart")
+            .args([dev, "1"])
+            .stderr(std::process::Stdio::null())
+            .status()
+    };
+    let _ = delpart(disk.path_str());
+    run("addpart", &[disk.path_str(), "1", "2048", "1048576"]);
+    struct DropPartition<'a, F: Fn(&str) -> std::io::Result<std::process::ExitStatus>>(&'a str, F);
+    impl<F: Fn(&str) -> std::io::Result<std::process::ExitStatus>> Drop for DropPartition<'_, F> {
+        fn drop(&mut self) {
+            let _ = (self.1)(self.0);
+        }
+    }
+    let _partition = DropPartition(disk.path_str(), delpart);
+    let part = PathBuf::from(format!("{}p1", disk.path_str()));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !part.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pfile = open_direct(&part);
+    written.extend(random_writes(&pfile, 200, 512 << 20, &mut rng, 1 << 20));
+    // An unprotected device: its writes must not appear.
+    random_writes(&open_direct(&other.path), 50, 64 << 20, &mut rng, 0);
+
+    let polls = settle(&mut t, Duration::from_millis(300), Duration::from_secs(30));
+    let reported = readable_set(&polls, D0);
+    let mut expected = RangeSet::new();
+    for w in &written {
+        assert_covers(&reported, *w, "a write");
+        expected.insert(*w);
+    }
+    assert_eq!(
+        reported, expected,
+        "ranges reported that were never written"
+    );
+    assert!(
+        polls
+            .iter()
+            .all(|p| p.readable.iter().all(|r| r.disk == D0)),
+        "another disk reported"
+    );
+    let stats = t.stats().unwrap();
+    assert_eq!(stats.drops, 0, "events dropped at this rate");
+    assert_eq!(stats.counters.swept, 0, "completions missed: {stats:?}");
+}
+
+#[test]
+fn every_extent_of_files_on_ext4_is_reported() {
+    require_root("the write tracker on ext4");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = loop_disk(dir.path(), "disk.img", 256 << 20);
+    run(
+        "mkfs.ext4",
+        &["-q", "-F", "-E", "nodiscard", disk.path_str()],
+    );
+    let mount = Mount::new(disk.path_str(), &dir.path().join("mnt"), "rw");
+    let mut t = Tracker::start(config(&[&disk])).expect("attaching the tracker");
+    let mut rng = Rng(42);
+    let mut buf = vec![0u8; 3 << 20];
+    for i in 0..30 {
+        let len = usize::try_from(rng.range(1, 3 << 20)).unwrap();
+        rng.fill(&mut buf[..len]);
+        std::fs::write(mount.target.join(format!("f{i}")), &buf[..len]).unwrap();
+    }
+    for i in (0..30).step_by(3) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(mount.target.join(format!("f{i}")))
+            .unwrap();
+        std::io::Write::write_all(&mut f, &buf[..100_000]).unwrap();
+    }
+    for i in (1..30).step_by(4) {
+        std::fs::remove_file(mount.target.join(format!("f{i}"))).unwrap();
+    }
+    run("sync", &[]);
+    run("fstrim", &[mount.target.to_str().unwrap()]);
+    let polls = settle(&mut t, Duration::from_millis(500), Duration::from_secs(30));
+    let reported = readable_set(&polls, D0);
+    let mut checked = 0;
+    for i in (0..30).filter(|i| i % 4 != 1) {
+        let out = run(
+            "filefrag",
+            &[
+                "-v",
+                "-b4096",
+                mount.target.join(format!("f{i}")).to_str().unwrap(),
+            ],
+        );
+        // Lines like: "   0:        0..     255:      34816..     35071:    256:   ..."
+        for line in out.lines().filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        }) {
+            let cols: Vec<&str> = line.split(':').map(str::trim).collect();
+            let phys: Vec<u64> = cols[2]
+                .split("..")
+                .map(|v| v.trim().parse().unwrap())
+                .collect();
+            let extent = ByteRange::new(phys[0] * 4096, (phys[1] + 1) * 4096);
+            assert_covers(&reported, extent, &format!("file f{i} extent"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} extents checked");
+    let discards = polls
+        .iter()
+        .flat_map(|p| &p.readable)
+        .filter(|r| r.op != ferry_tracker::event::Op::Write)
+        .count();
+    assert!(discards > 0, "fstrim's discards were not reported");
+}
+
+/// A blkio cgroup that throttles writes to the device holding `backing`: writes from
+/// processes in it stay in flight for milliseconds on a loop device over that file,
+/// while reads from outside pass at once — a slow disk, made on demand. Removed on drop.
+struct SlowWrites {
+    dir: PathBuf,
+}
+
+impl SlowWrites {
+    fn new(backing: &Path, iops: u32) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(backing).unwrap().dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let v1 = Path::new("/sys/fs/cgroup/blkio");
+        let (root, file, limit) = if v1.is_dir() {
+            (
+                v1.to_owned(),
+                "blkio.throttle.write_iops_device",
+                format!("{major}:{minor} {iops}"),
+            )
+        } else {
+            let root = PathBuf::from("/sys/fs/cgroup");
+            let controllers =
+                std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            assert!(
+                controllers.contains("io"),
+                "the race test needs the blkio (v1) or io (v2) cgroup controller"
+            );
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+io");
+            (root, "io.max", format!("{major}:{minor} wiops={iops}"))
+        };
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("ferry-race-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("creating a cgroup");
+        std::fs::write(dir.join(file), limit).expect("setting the write throttle");
+        Self { dir }
+    }
+
+    /// Runs `script` with sh inside the cgroup.
+    fn spawn(&self, script: &str) -> std::process::Child {
+        let procs = self.dir.join("cgroup.procs");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && {script}", procs.display()))
+            .spawn()
+            .expect("spawning a writer")
+    }
+}
+
+impl Drop for SlowWrites {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The race test. Writers rewrite 8 blocks in bursts with unique content, through a
+/// throttled write path (see [`SlowWrites`]); a reader reads each block as soon as the
+/// tracker says so. After each burst, the last read of every block must equal its
+/// final content. Reading at *completion* always passes; reading at *submission* (all a
+/// submission-only tracker can offer) reads old data, which is why ferry waits for
+/// completions (DESIGN.md I4). Returns the number of bursts that ended stale.
+fn race(read_at_submission: bool, bursts: u32) -> u32 {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("race.img");
+    let disk = LoopDevice::new_sparse_direct(&backing, 16 << 20);
+    let slow = SlowWrites::new(&backing, 400);
+    let mut c = config(&[&disk]);
+    c.wakeup_bytes = 0; // wake the reader on every event
+    let mut t = Tracker::start(c).expect("attaching the tracker");
+    let reader = open_direct(&disk.path);
+    let mut block = AlignedBuf::new(4096);
+    let mut stale_bursts = 0;
+    for burst in 0..bursts {
+        let mut last_read = [0u64; 8];
+        let mut final_content = [0u64; 8];
+        let mut writers = Vec::new();
+        for b in 0..8u64 {
+            let mut script = String::new();
+            for k in 1..=3u64 {
+                let stamp = u64::from(burst) << 32 | b << 8 | k;
+                let mut content = vec![0u8; 4096];
+                content[..8].copy_from_slice(&stamp.to_le_bytes());
+                let f = dir.path().join(format!("b{b}k{k}"));
+                std::fs::write(&f, &content).unwrap();
+                script.push_str(&format!(
+                    "dd if={} of={} bs=4096 seek={b} count=1 oflag=direct conv=notrunc status=none; ",
+                    f.display(),
+                    disk.path_str()
+                ));
+                final_content[usize::try_from(b).unwrap()] = stamp;
+            }
+            writers.push(slow.spawn(&script));
+        }
+        let mut idle = 0;
+        loop {
+            let done = writers.iter_mut().all(|w| w.try_wait().unwrap().is_some());
+            if done && idle >= 4 && t.state().in_flight_count() == 0 {
+                break;
+            }
+            let p = t.poll(Duration::from_millis(10)).unwrap();
+            let ranges: Vec<ByteRange> = if read_at_submission {
+                p.submitted.iter().map(|(_, r)| *r).collect()
+            } else {
+                p.readable.iter().map(|r| r.range).collect()
+            };
+            idle = if ranges.is_empty() { idle + 1 } else { 0 };
+            for r in ranges {
+                for b in (r.start / 4096..r.end.div_ceil(4096)).filter(|b| *b < 8) {
+                    reader.read_exact_at(block.bytes_mut(), b * 4096).unwrap();
+                    let v = u64::from_le_bytes(block.bytes()[..8].try_into().unwrap());
+                    last_read[usize::try_from(b).unwrap()] = v;
+                }
+            }
+        }
+        for mut w in writers {
+            assert!(w.wait().unwrap().success(), "a writer failed");
+        }
+        if last_read != final_content {
+            stale_bursts += 1;
+        }
+    }
+    stale_bursts
+}
+
+#[test]
+fn race_reading_at_completion_never_returns_stale_data() {
+    require_root("the race test");
+    let stale = race(false, 40);
+    assert_eq!(
+        stale, 0,
+        "{stale} of 40 bursts ended with a stale read at completion"
+    );
+}
+
+#[test]
+fn race_reading_at_submission_does_return_stale_data() {
+    require_root("the race test (negative)");
+    let stale = race(true, 40);
+    eprintln!("reading at submission: {stale} of 40 bursts ended stale");
+    assert!(
+        stale > 0,
+        "reading at submission never raced: the race test cannot tell the difference"
+    );
+}
+
+#[test]
+fn lost_completions_end_readable_and_suspect_and_nothing_is_lost() {
+    require_root("the write tracker");
+    let dir = tempfile::tempdir().unwrap();
+    let size = 256u64 << 20;
+    let disk = loop_disk(dir.path(), "disk.img", size);
+    let mut t = Tracker::start(config(&[&disk])).expect("attaching the tracker");
+    t.drop_completions_ppm(300_000).unwrap(); // 30% of completions never reach userspace
+    let mut rng = Rng(7);
+    let written = random_writes(&open_direct(&disk.path), 300, size, &mut rng, 0);
+    settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
+    assert_eq!(
+        t.state().in_flight_count(),
+        0,
+        "the sweep did not resolve every write"
+    );
+    let d = t.state().disk(D0);
+    let mut dirty = RangeSet::new();
+    for (r, _) in d.dirty.iter() {
+        dirty.insert(r);
+    }
+    for w in &written {
+        assert_covers(&dirty, w.widen_to(4096), "a write with a lost completion");
+    }
+    assert!(
+        t.stats().unwrap().counters.swept > 30,
+        "{:?}",
+        t.stats().unwrap()
+    );
+    assert!(
+        d.suspect.bytes() > 0,
+        "swept writes are not flagged suspect"
+    );
+    for s in d.suspect.iter() {
+        assert!(
+            written.iter().any(|w| !w.intersect(&s).is_empty()),
+            "suspect range {s:?} was never written"
+        );
+    }
+}
+
+#[test]
+fn a_full_ring_buffer_is_counted_and_the_fallback_covers_every_write() {
+    require_root("the write tracker");
+    let dir = tempfile::tempdir().unwrap();
+    let size = 512u64 << 20;
+    let disk = loop_disk(dir.path(), "disk.img", size);
+    let mut c = config(&[&disk]);
+    c.ring_bytes = 4096; // ~100 events
+    let mut t = Tracker::start(c).expect("attaching the tracker");
+    let mut rng = Rng(99);
+    // Nobody drains while these are written.
+    let written = random_writes(&open_direct(&disk.path), 2000, size, &mut rng, 0);
+    settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
+    let stats = t.stats().unwrap();
+    assert!(
+        stats.drops > 0,
+        "a 4 KiB ring took 4000 events without a drop: {stats:?}"
+    );
+    assert!(
+        stats.counters.fallback_ranges > 0,
+        "drops but no fallback ranges: {stats:?}"
+    );
+    let mut dirty = RangeSet::new();
+    for (r, _) in t.state().disk(D0).dirty.iter() {
+        dirty.insert(r);
+    }
+    for w in &written {
+        assert_covers(
+            &dirty,
+            w.widen_to(4096),
+            "a write whose events were dropped",
+        );
+    }
+}
+
+#[test]
+fn pinned_tracking_survives_restarts_and_reports_gaps() {
+    require_root("pinned BPF maps");
+    let dir = tempfile::tempdir().unwrap();
+    let size = 128u64 << 20;
+    let disk = loop_disk(dir.path(), "disk.img", size);
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/ferry-test-{}", std::process::id()));
+    struct Unpin(PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = ferry_tracker::tracker::detach(&self.0);
+        }
+    }
+    let _unpin = Unpin(pin_dir.clone());
+    let state = dir.path().join("tracker.state");
+    let pinned = || {
+        let mut c = config(&[&disk]);
+        c.pin_dir = Some(pin_dir.clone());
+        c.state_file = Some(state.clone());
+        Tracker::start(c).expect("attaching the pinned tracker")
+    };
+    let file = open_direct(&disk.path);
+    let mut rng = Rng(3);
+
+    let mut t = pinned();
+    assert!(
+        t.gap(D0).is_some(),
+        "the first start must be a gap (nothing tracked before)"
+    );
+    t.close_gap(D0);
+    let before = random_writes(&file, 20, size, &mut rng, 0);
+    settle(&mut t, Duration::from_millis(200), Duration::from_secs(10));
+    t.stop().expect("saving state");
+    // Written while no agent runs: the pinned programs keep the events.
+    let during = random_writes(&file, 20, size, &mut rng, 0);
+
+    let mut t = pinned();
+    assert_eq!(
+        t.gap(D0),
+        None,
+        "a clean restart on pinned programs reported a gap"
+    );
+    settle(&mut t, Duration::from_millis(200), Duration::from_secs(10));
+    let mut dirty = RangeSet::new();
+    for (r, _) in t.state().disk(D0).dirty.iter() {
+        dirty.insert(r);
+    }
+    for w in before.iter().chain(&during) {
+        assert_covers(
+            &dirty,
+            w.widen_to(4096),
+            "a write from before or during the restart",
+        );
+    }
+    // A crash: no state saved. The next start must say so.
+    drop(t);
+    let t = pinned();
+    assert!(
+        t.gap(D0).is_some_and(|g| g.0.contains("without saving")),
+        "{:?}",
+        t.gap(D0)
+    );
+    t.stop().unwrap();
+    // Pins removed (detach, or a reboot): writes go untracked, the next start says so.
+    ferry_tracker::tracker::detach(&pin_dir).unwrap();
+    random_writes(&file, 5, size, &mut rng, 0);
+    let t = pinned();
+    assert!(
+        t.gap(D0).is_some_and(|g| g.0.contains("not running")),
+        "{:?}",
+        t.gap(D0)
+    );
+}
