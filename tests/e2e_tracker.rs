@@ -504,3 +504,90 @@ fn pinned_tracking_survives_restarts_and_reports_gaps() {
         t.gap(D0)
     );
 }
+
+#[test]
+fn ferry_track_prints_completed_extents_as_json_and_refuses_bad_devices() {
+    use std::io::{BufRead, BufReader};
+    require_root("ferry track");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = loop_disk(dir.path(), "disk.img", 64 << 20);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["track", "--json", "--duration", "4", disk.path_str()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("watching"),
+        "ferry track did not start: {line}"
+    );
+    let file = open_direct(&disk.path);
+    let mut buf = AlignedBuf::new(1 << 20);
+    buf.bytes_mut().fill(7);
+    file.write_all_at(&buf.bytes()[..8192], 1 << 20).unwrap();
+    file.write_all_at(buf.bytes(), 8 << 20).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(out.status.success(), "{rest}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut reported = RangeSet::new();
+    for l in stdout.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"));
+        assert_eq!(v["device"], disk.path_str());
+        assert_eq!(v["op"], "write");
+        let (o, n) = (v["offset"].as_u64().unwrap(), v["length"].as_u64().unwrap());
+        reported.insert(ByteRange::new(o, o + n));
+    }
+    let expected: Vec<ByteRange> = vec![
+        ByteRange::new(1 << 20, (1 << 20) + 8192),
+        ByteRange::new(8 << 20, 9 << 20),
+    ];
+    assert_eq!(reported.iter().collect::<Vec<_>>(), expected, "{stdout}");
+    assert!(rest.contains("0 events lost (drops)"), "{rest}");
+
+    let fails = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "ferry {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(
+        fails(&["track", "/dev/ferry-no-such-disk"])
+            .contains("/dev/ferry-no-such-disk: no such device")
+    );
+    assert!(fails(&["track", "/etc/hostname"]).contains("/etc/hostname: not a block device"));
+    run("addpart", &[disk.path_str(), "1", "2048", "2048"]);
+    let part = format!("{}p1", disk.path_str());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !Path::new(&part).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let err = fails(&["track", &part]);
+    let _ = std::process::Command::new("delpart")
+        .args([disk.path_str(), "1"])
+        .status();
+    assert!(
+        err.contains("is a partition of") && err.contains("protect the whole disk"),
+        "{err}"
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_ferry"),
+            "track",
+            disk.path_str(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs root"), "{err}");
+}

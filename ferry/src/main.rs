@@ -21,6 +21,7 @@ enum Command {
     #[command(subcommand)]
     Seed(cmd::seed::Command),
     Track(cmd::track::Args),
+    Check(cmd::check::Args),
 }
 
 /// Fails with a clear message unless running as root (the tracker, mounts and freezes
@@ -41,6 +42,7 @@ fn main() -> std::process::ExitCode {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Seed(command) => cmd::seed::run(command),
         Command::Track(args) => cmd::track::run(args),
+        Command::Check(args) => cmd::check::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

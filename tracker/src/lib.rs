@@ -7,7 +7,9 @@
 //!   that turns events into dirty, readable and suspect ranges.
 //! - [`tracker`]: the running tracker: BPF events into the state, losses and gaps found;
 //!   [`persist`]: its state file across restarts.
+//! - [`check`]: registration checks (which disks hold `/` and `/boot`; 64-bit; BTF).
 //! - [`sys`]: the only place that talks to the kernel (BPF loading, maps, block devices).
+pub mod check;
 pub mod dirty;
 pub mod event;
 pub mod inflight;

@@ -61,6 +61,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .iter()
         .map(|d| d.path.display().to_string())
         .collect();
+    eprintln!("ferry track: watching {}; Ctrl-C to stop", names.join(", "));
     let deadline = args
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
