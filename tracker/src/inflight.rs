@@ -12,9 +12,19 @@ use std::collections::HashMap;
 #[derive(Debug, Clone)]
 struct Entry {
     disk: DiskId,
-    /// The parts not yet seen completing (splits complete piece by piece).
-    remaining: Vec<ByteRange>,
+    /// The part not yet seen completing. A split bio completes piece by piece; pieces
+    /// beyond the first are in `more` (rare: kept off the common path's allocations).
+    remaining: ByteRange,
+    more: Vec<ByteRange>,
     since_ns: u64,
+}
+
+impl Entry {
+    fn pieces(&self) -> impl Iterator<Item = ByteRange> + '_ {
+        std::iter::once(self.remaining)
+            .chain(self.more.iter().copied())
+            .filter(|r| !r.is_empty())
+    }
 }
 
 /// The in-flight table, keyed by submission id.
@@ -48,7 +58,8 @@ impl InFlight {
             id,
             Entry {
                 disk,
-                remaining: vec![range],
+                remaining: range,
+                more: Vec::new(),
                 since_ns,
             },
         );
@@ -68,26 +79,36 @@ impl InFlight {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        entry.remaining = entry
-            .remaining
-            .iter()
+        if entry.more.is_empty()
+            && range.start <= entry.remaining.start
+            && range.end >= entry.remaining.end
+        {
+            self.entries.remove(&id); // the common case: the whole write completed
+            return;
+        }
+        let pieces: Vec<ByteRange> = entry
+            .pieces()
             .flat_map(|r| {
                 let cut = r.intersect(&range);
                 if cut.is_empty() {
-                    vec![*r]
+                    [r, ByteRange::new(0, 0)]
                 } else {
                     [
                         ByteRange::new(r.start, cut.start),
                         ByteRange::new(cut.end, r.end),
                     ]
-                    .into_iter()
-                    .filter(|p| !p.is_empty())
-                    .collect()
                 }
             })
+            .filter(|p| !p.is_empty())
             .collect();
-        if entry.remaining.is_empty() {
-            self.entries.remove(&id);
+        match pieces.split_first() {
+            None => {
+                self.entries.remove(&id);
+            }
+            Some((first, rest)) => {
+                entry.remaining = *first;
+                entry.more = rest.to_vec();
+            }
         }
     }
 
@@ -103,7 +124,7 @@ impl InFlight {
         let mut out = Vec::new();
         for id in old {
             let e = self.entries.remove(&id).expect("id just listed");
-            out.extend(e.remaining.into_iter().map(|r| (e.disk, r)));
+            out.extend(e.pieces().map(|r| (e.disk, r)));
         }
         out
     }
@@ -112,8 +133,8 @@ impl InFlight {
     pub fn ranges(&self, disk: DiskId) -> RangeSet {
         let mut set = RangeSet::new();
         for e in self.entries.values().filter(|e| e.disk == disk) {
-            for r in &e.remaining {
-                set.insert(*r);
+            for r in e.pieces() {
+                set.insert(r);
             }
         }
         set
