@@ -78,14 +78,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 String::new()
             };
             let line = if args.json {
-                format!(
-                    "{{\"device\":{:?},\"offset\":{},\"length\":{},\"op\":\"{}\",\"status\":{}}}",
-                    device,
-                    r.range.start,
-                    r.range.len(),
-                    r.op.name(),
-                    r.status
-                )
+                serde_json::json!({
+                    "device": device,
+                    "offset": r.range.start,
+                    "length": r.range.len(),
+                    "op": r.op.name(),
+                    "status": r.status,
+                })
+                .to_string()
             } else {
                 format!(
                     "{device} {} offset {} length {}{failed}",
