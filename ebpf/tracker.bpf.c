@@ -19,6 +19,7 @@
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 
 #define REQ_OP_MASK 0xff
 #define REQ_OP_WRITE 1
@@ -35,7 +36,7 @@
 #define MAX_DISKS 32
 #define FALLBACK_CHUNKS 16384 /* fallback counters per disk */
 #define MAX_FALLBACK_STEPS 64 /* chunks marked per lost event; beyond: whole-disk counter */
-#define MAX_RQ_BIOS 32        /* bios walked per completed request */
+#define MAX_RQ_BIOS 256       /* bios walked per completed request (merges beyond: swept) */
 
 /* Config slots (array "config"). */
 #define CONFIG_WAKEUP_BYTES 0       /* wake userspace once this much is pending */
@@ -117,10 +118,11 @@ struct {
 } config SEC(".maps");
 
 /* Submission ids: slot 0 counts up. Slot 1 is the epoch userspace sets at first load;
- * a restarted agent finding its epoch knows no gap opened while it was away. */
+ * a restarted agent finding its epoch knows no gap opened while it was away. Slot 2 is
+ * a hash of the programs, so an agent never reattaches to programs of another build. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 2);
+    __uint(max_entries, 3);
     __type(key, __u32);
     __type(value, __u64);
 } state SEC(".maps");
@@ -237,7 +239,8 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
 }
 
 /* `split` is the new front part of the bio `split->bi_private` (bio_chain); the
- * original continues from `new_sector` and is not queued again. */
+ * original continues right after it and is not queued again. (The tracepoint's
+ * `new_sector` argument is an unsigned int, truncated past 2 TiB: not used.) */
 SEC("tp_btf/block_split")
 int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
 {
@@ -249,35 +252,42 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
     struct inflight front = *parent;
     front.sector = split->bi_iter.bi_sector;
     front.sectors = split->bi_iter.bi_size >> 9;
+    __u64 rest = front.sector + front.sectors;
     __u64 split_key = (__u64)split;
-    if (bpf_map_update_elem(&inflight, &split_key, &front, BPF_ANY) != 0)
-        return 0; /* the parent keeps the whole range; the sweep resolves the rest */
-    if (new_sector > parent->sector && new_sector < end) {
-        parent->sectors = (__u32)(end - new_sector);
-        parent->sector = new_sector;
+    if (bpf_map_update_elem(&inflight, &split_key, &front, BPF_ANY) != 0) {
+        /* Neither part can be followed now: forget the parent too, so that no
+         * completion makes the front readable while it is in flight. Userspace's entry
+         * for the id stays open and is resolved by the sweep, as suspect. */
+        bpf_map_delete_elem(&inflight, &parent_key);
+        return 0;
+    }
+    if (rest > parent->sector && rest < end) {
+        parent->sectors = (__u32)(end - rest);
+        parent->sector = rest;
     }
     return 0;
 }
 
-static __always_inline void complete_bio(struct bio *bio, __u8 status)
+/* Completes the in-flight bio whose address is `key`. A global function: the verifier
+ * checks it once, not once per bio of a request. */
+__noinline int ferry_complete(__u64 key, __u32 status)
 {
-    __u64 key = (__u64)bio;
     struct inflight *entry = bpf_map_lookup_elem(&inflight, &key);
     if (!entry)
-        return;
+        return 0;
     struct inflight done = *entry;
     bpf_map_delete_elem(&inflight, &key);
 
     __u64 drop_ppm = config_get(CONFIG_DROP_COMPLETE_PPM);
     if (drop_ppm && (bpf_get_prandom_u32() % 1000000) < drop_ppm)
-        return; /* test knob: behave as if this completion never reached BPF */
+        return 0; /* test knob: behave as if this completion never reached BPF */
 
     struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
         /* The id stays open in userspace and is swept; the fallback says where too. */
         mark_fallback(done.disk, done.chunk_shift, done.sector, done.sectors);
         count_drop();
-        return;
+        return 0;
     }
     e->id = done.id;
     e->sector = done.sector;
@@ -286,25 +296,35 @@ static __always_inline void complete_bio(struct bio *bio, __u8 status)
     e->disk = done.disk;
     e->kind = EVENT_COMPLETE;
     e->op = (__u8)done.op;
-    e->status = status;
+    e->status = (__u8)status;
     e->pad = 0;
     e->flags = 0;
     submit_event(e);
+    return 0;
+}
+
+/* A kernel pointer as a plain number (the in-flight key), which global functions
+ * accept and probe reads can follow. */
+static __always_inline __u64 address_of(void *ptr)
+{
+    __u64 addr = 0;
+    bpf_probe_read_kernel(&addr, sizeof(addr), &ptr);
+    return addr;
 }
 
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
     /* Bios complete in order; walk those that nr_bytes covers entirely. */
-    struct bio *bio = rq->bio;
+    __u64 bio = address_of(rq->bio);
     __u64 remaining = nr_bytes;
     for (int i = 0; i < MAX_RQ_BIOS && bio; i++) {
-        __u32 size = bio->bi_iter.bi_size;
+        __u32 size = BPF_CORE_READ((struct bio *)bio, bi_iter.bi_size);
         if (size > remaining)
             break;
         remaining -= size;
-        struct bio *next = bio->bi_next;
-        complete_bio(bio, error);
+        __u64 next = address_of(BPF_CORE_READ((struct bio *)bio, bi_next));
+        ferry_complete(bio, error);
         bio = next;
     }
     return 0;
@@ -313,7 +333,7 @@ int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(ferry_bio_complete, struct request_queue *q, struct bio *bio)
 {
-    complete_bio(bio, bio->bi_status);
+    ferry_complete(address_of(bio), bio->bi_status);
     return 0;
 }
 

@@ -30,7 +30,7 @@ fn settle(t: &mut Tracker, quiet: Duration, limit: Duration) -> Vec<Polled> {
         let p = t
             .poll(Duration::from_millis(50))
             .expect("polling the tracker");
-        if !p.submitted.is_empty() || !p.readable.is_empty() {
+        if !p.submitted.is_empty() || !p.completed.is_empty() {
             last_event = Instant::now();
             all.push(p);
         } else if last_event.elapsed() >= quiet && t.state().in_flight_count() == 0 {
@@ -43,7 +43,7 @@ fn settle(t: &mut Tracker, quiet: Duration, limit: Duration) -> Vec<Polled> {
 fn readable_set(polls: &[Polled], disk: DiskId) -> RangeSet {
     let mut set = RangeSet::new();
     for p in polls {
-        for r in p.readable.iter().filter(|r| r.disk == disk) {
+        for r in p.completed.iter().filter(|r| r.disk == disk) {
             set.insert(r.range);
         }
     }
@@ -134,12 +134,17 @@ fn random_direct_writes_are_reported_exactly_on_disk_and_partition() {
     assert!(
         polls
             .iter()
-            .all(|p| p.readable.iter().all(|r| r.disk == D0)),
+            .all(|p| p.completed.iter().all(|r| r.disk == D0)),
         "another disk reported"
     );
     let stats = t.stats().unwrap();
     assert_eq!(stats.drops, 0, "events dropped at this rate");
-    assert_eq!(stats.counters.swept, 0, "completions missed: {stats:?}");
+    // Some completions never reach BPF here (1 in 10^5 to 10^3, ../shared/notes/ebpf.md):
+    // a few sweeps are the environment; more would be the tracker missing completions.
+    assert!(
+        stats.counters.swept * 200 <= stats.counters.submitted,
+        "too many completions missed: {stats:?}"
+    );
 }
 
 #[test]
@@ -204,7 +209,7 @@ fn every_extent_of_files_on_ext4_is_reported() {
     assert!(checked >= 20, "only {checked} extents checked");
     let discards = polls
         .iter()
-        .flat_map(|p| &p.readable)
+        .flat_map(|p| &p.completed)
         .filter(|r| r.op != ferry_tracker::event::Op::Write)
         .count();
     assert!(discards > 0, "fstrim's discards were not reported");
@@ -315,7 +320,7 @@ fn race(read_at_submission: bool, bursts: u32) -> u32 {
             let ranges: Vec<ByteRange> = if read_at_submission {
                 p.submitted.iter().map(|(_, r)| *r).collect()
             } else {
-                p.readable.iter().map(|r| r.range).collect()
+                p.completed.iter().map(|r| r.range).collect()
             };
             idle = if ranges.is_empty() { idle + 1 } else { 0 };
             for r in ranges {
@@ -368,6 +373,13 @@ fn lost_completions_end_readable_and_suspect_and_nothing_is_lost() {
     t.drop_completions_ppm(300_000).unwrap(); // 30% of completions never reach userspace
     let mut rng = Rng(7);
     let written = random_writes(&open_direct(&disk.path), 300, size, &mut rng, 0);
+    // Before the sweep age, the writes whose completion was lost are still in flight:
+    // not readable.
+    t.poll(Duration::from_millis(200)).unwrap();
+    assert!(
+        t.state().in_flight_count() > 30,
+        "lost completions resolved before the sweep"
+    );
     settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
     assert_eq!(
         t.state().in_flight_count(),
@@ -593,4 +605,74 @@ fn ferry_track_prints_completed_extents_as_json_and_refuses_bad_devices() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("needs root"), "{err}");
+}
+
+/// Requests that merge many bios (sequential 4 KiB writes, submitted in batches, queue
+/// depth 128): every bio of a merged request completes, none waits for the sweep.
+#[test]
+fn merged_requests_complete_every_bio() {
+    require_root("the write tracker under fio");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = loop_disk(dir.path(), "disk.img", 128 << 20);
+    let mut t = Tracker::start(config(&[&disk])).expect("attaching the tracker");
+    let out = run(
+        "fio",
+        &[
+            "--name=seq",
+            &format!("--filename={}", disk.path_str()),
+            "--rw=write",
+            "--bs=4k",
+            "--size=64m",
+            "--ioengine=io_uring",
+            "--iodepth=128",
+            "--iodepth_batch_submit=128",
+            "--direct=1",
+            "--output-format=terse",
+        ],
+    );
+    assert!(!out.is_empty());
+    let polls = settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
+    let stats = t.stats().unwrap();
+    assert_eq!(stats.counters.submitted, 16384, "{stats:?}");
+    assert!(
+        stats.counters.swept * 200 <= 16384,
+        "bios of merged requests were left to the sweep: {stats:?}"
+    );
+    assert_eq!(
+        readable_set(&polls, D0).iter().collect::<Vec<_>>(),
+        [ByteRange::new(0, 64 << 20)]
+    );
+}
+
+/// Splits of writes beyond 2 TiB (where the tracepoint's 32-bit sector argument wraps):
+/// the parts complete separately and exactly, never one covering another still in flight.
+#[test]
+fn splits_beyond_two_tib_complete_exactly() {
+    require_root("the write tracker on a 3 TiB sparse disk");
+    let dir = tempfile::tempdir().unwrap();
+    let size = 3u64 << 40;
+    let disk = loop_disk(dir.path(), "big.img", size);
+    let mut t = Tracker::start(config(&[&disk])).expect("attaching the tracker");
+    let file = open_direct(&disk.path);
+    let mut buf = AlignedBuf::new(8 << 20);
+    Rng(5).fill(buf.bytes_mut());
+    let mut written = RangeSet::new();
+    let mut total = 0;
+    for i in 0..8u64 {
+        let offset = (2u64 << 40) + (1 << 30) + i * (64 << 20);
+        file.write_all_at(buf.bytes(), offset).unwrap();
+        written.insert(ByteRange::new(offset, offset + (8 << 20)));
+        total += 8 << 20;
+    }
+    let polls = settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
+    let completed: u64 = polls
+        .iter()
+        .flat_map(|p| &p.completed)
+        .map(|r| r.range.len())
+        .sum();
+    assert_eq!(readable_set(&polls, D0), written);
+    assert_eq!(
+        completed, total,
+        "completions overlap: a part was reported twice"
+    );
 }

@@ -38,4 +38,4 @@ ferry_rust() {
 }
 
 # The packages every ferry command relies on.
-FERRY_PACKAGES=(e2fsprogs util-linux zstd openssl xxd bc python3 clang-19 libbpf-dev)
+FERRY_PACKAGES=(e2fsprogs util-linux zstd openssl xxd bc python3 fio clang-19 libbpf-dev)

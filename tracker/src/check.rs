@@ -157,9 +157,14 @@ fn disk_size(root: &Path, name: &str) -> u64 {
 /// Runs every check against the host (or fixture) at `root`.
 pub fn check(root: &Path) -> Result<Report, CheckError> {
     let mountinfo = read(root, "proc/self/mountinfo")?;
-    let arch = read(root, "proc/sys/kernel/arch")
-        .map(|a| a.trim().to_owned())
-        .unwrap_or_default();
+    // /proc/sys/kernel/arch is missing on older kernels; on the live host, ask uname.
+    let arch = match read(root, "proc/sys/kernel/arch") {
+        Ok(a) => a.trim().to_owned(),
+        Err(_) if root == Path::new("/") => nix::sys::utsname::uname()
+            .map(|u| u.machine().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        Err(_) => String::new(),
+    };
     let root_mount = resolve_mount(root, &mountinfo, "/")?.ok_or(CheckError::NotMounted("/"))?;
     let boot = resolve_mount(root, &mountinfo, "/boot")?;
     let mut refusals = Vec::new();
@@ -167,14 +172,13 @@ pub fn check(root: &Path) -> Result<Report, CheckError> {
         arch.as_str(),
         "x86_64" | "aarch64" | "riscv64" | "ppc64le" | "s390x" | "loongarch64"
     ) {
-        refusals.push(format!(
-            "this is a {} system; ferry protects 64-bit systems only",
-            if arch.is_empty() {
-                "system of unknown architecture (no /proc/sys/kernel/arch)".to_owned()
-            } else {
-                arch.clone()
-            }
-        ));
+        refusals.push(if arch.is_empty() {
+            "the architecture is unknown (no /proc/sys/kernel/arch); ferry protects 64-bit \
+             systems only"
+                .to_owned()
+        } else {
+            format!("this is a {arch} system; ferry protects 64-bit systems only")
+        });
     }
     if !root.join("sys/kernel/btf/vmlinux").exists() {
         refusals.push(

@@ -248,7 +248,12 @@ impl DirtyMap {
                 return None;
             }
             if is_excluded(g) {
-                at = g + 1;
+                // Jump past the excluded range (a large discard in flight spans many grains).
+                at = excluded
+                    .iter()
+                    .filter_map(|set| set.end_of_range_at(g * GRAIN))
+                    .max()
+                    .map_or(g + 1, |end| end.div_ceil(GRAIN).max(g + 1));
                 continue;
             }
             // Extend the run while dirty, not excluded, and under the length cap.

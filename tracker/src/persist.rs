@@ -1,4 +1,5 @@
-//! The tracker's state file, written on clean shutdown and read (then removed) on start,
+//! The tracker's state file, written on clean shutdown and read (then removed, once
+//! tracking runs) on start,
 //! so that a restart loses nothing and a crash is detected (no file → a gap).
 //!
 //! ```text
@@ -108,8 +109,9 @@ pub fn save(path: &Path, saved: &Saved) -> Result<(), PersistError> {
     Ok(())
 }
 
-/// Reads and removes the state file: `None` if there is none (first start or a crash).
-pub fn take(path: &Path) -> Result<Option<Saved>, PersistError> {
+/// Reads the state file: `None` if there is none (first start, or a crash). The caller
+/// [`remove`]s it once the state is in use.
+pub fn load(path: &Path) -> Result<Option<Saved>, PersistError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -134,8 +136,16 @@ pub fn take(path: &Path) -> Result<Option<Saved>, PersistError> {
             path: path.to_owned(),
             source,
         })?;
-    fs::remove_file(path).map_err(io(path, "cannot remove after reading"))?;
     Ok(Some(saved))
+}
+
+/// Removes the state file (missing is fine).
+pub fn remove(path: &Path) -> Result<(), PersistError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path, "cannot remove")(e)),
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +180,6 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         bytes[20] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert!(matches!(take(&path), Err(PersistError::Corrupt { .. })));
+        assert!(matches!(load(&path), Err(PersistError::Corrupt { .. })));
     }
 }

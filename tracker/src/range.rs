@@ -124,6 +124,15 @@ impl RangeSet {
         self.ranges.range(r.start..r.end).next().is_some()
     }
 
+    /// The end of the range containing byte `pos`, if any.
+    pub fn end_of_range_at(&self, pos: u64) -> Option<u64> {
+        self.ranges
+            .range(..=pos)
+            .next_back()
+            .filter(|(_, e)| **e > pos)
+            .map(|(_, e)| *e)
+    }
+
     /// The parts of the set inside `r`.
     pub fn within(&self, r: ByteRange) -> Vec<ByteRange> {
         let mut out = Vec::new();

@@ -81,6 +81,8 @@ pub enum TrackerError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TrackerStats {
     pub events: u64,
+    /// Events that could not be applied (malformed, or for a disk no longer protected).
+    pub malformed: u64,
     pub drops: u64,
     pub in_flight: usize,
     pub counters: crate::state::Counters,
@@ -91,8 +93,9 @@ pub struct TrackerStats {
 pub struct Polled {
     /// Ranges submitted (dirty, not yet readable).
     pub submitted: Vec<(DiskId, ByteRange)>,
-    /// Ranges whose writes completed (readable).
-    pub readable: Vec<Readable>,
+    /// Ranges whose writes completed. Readable unless another write to them is still in
+    /// flight ([`TrackState::in_flight`]).
+    pub completed: Vec<Readable>,
 }
 
 /// A running tracker.
@@ -106,6 +109,8 @@ pub struct Tracker {
     fallback_seen: Vec<Vec<u64>>,
     drops_seen: u64,
     events: u64,
+    /// Events that could not be applied (malformed, or for a disk no longer protected).
+    counters_malformed: u64,
     epoch: u64,
     config: TrackerConfig,
 }
@@ -140,9 +145,13 @@ impl Tracker {
             }
             devices.push(dev);
         }
-        let saved = match &config.state_file {
-            Some(path) => persist::take(path)?,
-            None => None,
+        // A corrupt state file is a gap (resync), not a reason to stay down (I3).
+        let (saved, unreadable) = match &config.state_file {
+            Some(path) => match persist::load(path) {
+                Ok(saved) => (saved, None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+            None => (None, None),
         };
         let (bpf, origin) = Bpf::open(&LoadOptions {
             ring_bytes: config.ring_bytes,
@@ -157,6 +166,7 @@ impl Tracker {
             fallback_seen: vec![vec![0; FALLBACK_CHUNKS as usize + 1]; n],
             drops_seen: 0,
             events: 0,
+            counters_malformed: 0,
             epoch: 0,
             chunk_shift,
             devices,
@@ -164,6 +174,18 @@ impl Tracker {
             bpf,
         };
         tracker.reconcile(origin, saved)?;
+        if let Some(reason) = unreadable {
+            for gap in &mut tracker.gaps {
+                *gap = Some(Gap(format!(
+                    "the saved tracker state could not be used: {reason}"
+                )));
+            }
+        }
+        // Only now, with tracking running, is the saved state consumed: a start that
+        // fails leaves it for the next try; a crash from here on leaves no file (a gap).
+        if let Some(path) = &tracker.config.state_file {
+            persist::remove(path)?;
+        }
         Ok(tracker)
     }
 
@@ -234,9 +256,12 @@ impl Tracker {
         let now = monotonic_ns();
         for i in 0..self.devices.len() {
             let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
-            let previous = saved.as_ref().and_then(|s| s.disks.get(i));
-            let same = previous
-                .filter(|p| p.dev == self.devices[i].dev.0 && p.size == self.devices[i].size);
+            // Matched by device and size, not position: the disk list may have changed.
+            let same = saved.as_ref().and_then(|s| {
+                s.disks
+                    .iter()
+                    .find(|p| p.dev == self.devices[i].dev.0 && p.size == self.devices[i].size)
+            });
             match same {
                 Some(p) => {
                     for &(a, b) in &p.dirty {
@@ -300,6 +325,7 @@ impl Tracker {
     pub fn stats(&self) -> Result<TrackerStats, TrackerError> {
         Ok(TrackerStats {
             events: self.events,
+            malformed: self.counters_malformed,
             drops: self.bpf.drops()?,
             in_flight: self.state.in_flight_count(),
             counters: self.state.counters,
@@ -319,11 +345,27 @@ impl Tracker {
         self.bpf.drain(|bytes| raw.push(Event::parse(bytes)));
         let mut polled = Polled::default();
         for event in raw {
-            let event = event?;
             self.events += 1;
-            match self.state.apply(&event)? {
-                Some(r) => polled.readable.push(r),
-                None => polled.submitted.push((event.disk, event.range)),
+            // Never stop half way: the batch is already out of the ring buffer.
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    // Programs and userspace out of step: nothing in this stream can be
+                    // trusted to say where writes went.
+                    self.counters_malformed += 1;
+                    for gap in &mut self.gaps {
+                        *gap = Some(Gap(format!(
+                            "malformed tracker event ({e}): programs and agent out of step"
+                        )));
+                    }
+                    continue;
+                }
+            };
+            match self.state.apply(&event) {
+                Ok(Some(r)) => polled.completed.push(r),
+                Ok(None) => polled.submitted.push((event.disk, event.range)),
+                // A disk no longer protected (configuration changed under pinned programs).
+                Err(UnknownDisk(_)) => self.counters_malformed += 1,
             }
         }
         self.check_losses()?;

@@ -68,7 +68,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let (mut extents, mut bytes) = (0u64, 0u64);
     let mut out = std::io::stdout().lock();
     while !stop.load(Ordering::Relaxed) && deadline.is_none_or(|d| Instant::now() < d) {
-        for r in tracker.poll(Duration::from_millis(100))?.readable {
+        for r in tracker.poll(Duration::from_millis(100))?.completed {
             extents += 1;
             bytes += r.range.len();
             let device = &names[r.disk.0 as usize];

@@ -45,8 +45,15 @@ pub const FALLBACK_CHUNKS: u32 = 16384;
 /// Config slots (`CONFIG_*`).
 const CONFIG_WAKEUP_BYTES: u32 = 0;
 const CONFIG_DROP_COMPLETE_PPM: u32 = 1;
-/// State slots: 0 is the submission id counter, 1 the epoch.
+/// State slots: 0 is the submission id counter, 1 the epoch, 2 a hash of the programs.
 const STATE_EPOCH: u32 = 1;
+const STATE_PROGRAMS: u32 = 2;
+
+/// Identifies this build's BPF object, so an upgraded agent never reattaches to pinned
+/// programs of another layout.
+fn programs_hash() -> u64 {
+    u64::from(crc32fast::hash(OBJECT)) | 1 << 32
+}
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// What the BPF side knows of a protected disk (`struct disk_info`).
@@ -173,9 +180,12 @@ impl FallbackView {
 
     fn counter(&self, index: usize) -> u64 {
         assert!(index < self.len, "fallback index {index} out of range");
-        // SAFETY: in bounds (checked above) of a live read-only mapping; the kernel
-        // updates the u64 atomically, so a volatile aligned read sees a whole value.
-        unsafe { std::ptr::read_volatile(self.ptr.add(index)) }
+        // SAFETY: in bounds (checked above) of a live mapping, 8-byte aligned (mmap is
+        // page aligned, values are u64); the kernel only updates it atomically, so an
+        // atomic load is the right way to read it. Nothing here writes through it.
+        let counter =
+            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.add(index).cast_mut()) };
+        counter.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -226,10 +236,18 @@ impl Bpf {
                 .all(|(p, _)| dir.join("links").join(p).exists())
             {
                 let bpf = Self::from_pins(dir)?;
-                let epoch = bpf.state.get(&STATE_EPOCH, 0).map_err(map_err("state"))?;
-                return Ok((bpf, Origin::Reattached { epoch }));
+                let same_programs = bpf
+                    .state
+                    .get(&STATE_PROGRAMS, 0)
+                    .is_ok_and(|h| h == programs_hash());
+                if same_programs {
+                    let epoch = bpf.state.get(&STATE_EPOCH, 0).map_err(map_err("state"))?;
+                    return Ok((bpf, Origin::Reattached { epoch }));
+                }
+                // Programs of another build: their events may not mean what ours do.
+                drop(bpf);
             }
-            // Partial or stale pins (an interrupted run): start over.
+            // Partial, stale or foreign pins: start over (a fresh load is a gap).
             remove_pins(dir)?;
         }
         Ok((Self::load(options)?, Origin::Fresh))
@@ -303,6 +321,9 @@ impl Bpf {
             _ebpf: options.pin_dir.is_none().then_some(ebpf),
         };
         bpf.set_config(CONFIG_WAKEUP_BYTES, options.wakeup_bytes)?;
+        bpf.state
+            .set(STATE_PROGRAMS, programs_hash(), 0)
+            .map_err(map_err("state"))?;
         Ok(bpf)
     }
 
