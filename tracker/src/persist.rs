@@ -170,11 +170,12 @@ mod tests {
             }],
         };
         save(&path, &saved).unwrap();
-        assert_eq!(take(&path).unwrap(), Some(saved.clone()));
+        assert_eq!(load(&path).unwrap(), Some(saved.clone()));
+        remove(&path).unwrap();
         assert_eq!(
-            take(&path).unwrap(),
+            load(&path).unwrap(),
             None,
-            "state must be consumed by reading it"
+            "a removed state file still loads"
         );
         save(&path, &saved).unwrap();
         let mut bytes = fs::read(&path).unwrap();
