@@ -209,18 +209,14 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 /// Decodes a sidecar, checking it against the segment it should describe. Returns the
 /// segment length it covers and its entries.
-pub fn decode_sidecar(
-    bytes: &[u8],
-    segment: SegmentNo,
-) -> Result<(u64, Vec<Entry>), SidecarError> {
+pub fn decode_sidecar(bytes: &[u8], segment: SegmentNo) -> Result<(u64, Vec<Entry>), SidecarError> {
     if bytes.len() < HEAD_LEN + 4 {
         return Err(SidecarError::BadLength {
             len: bytes.len(),
             expected: HEAD_LEN + 4,
         });
     }
-    if &bytes[0..8] != MAGIC || bytes[8..10] != VERSION.to_le_bytes() || bytes[10..12] != [0, 0]
-    {
+    if &bytes[0..8] != MAGIC || bytes[8..10] != VERSION.to_le_bytes() || bytes[10..12] != [0, 0] {
         return Err(SidecarError::BadMagic);
     }
     let n = u32_at(bytes, 12) as usize;

@@ -21,6 +21,7 @@ pub mod index;
 pub mod log;
 pub mod points;
 pub mod rebuild;
+pub mod receiver;
 pub mod retention;
 pub mod segment;
 pub mod server;

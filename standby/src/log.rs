@@ -12,7 +12,7 @@
 //! - The in-memory index is sorted by seq with one entry per seq.
 
 use crate::index::{self, Entry, SegmentNo, SegmentPos};
-use crate::segment::{self, Corruption, ScanError, SEGMENT_HEADER_LEN, TornTail};
+use crate::segment::{self, Corruption, SEGMENT_HEADER_LEN, ScanError, TornTail};
 use crate::storage::{LogDir, LogFile, is_out_of_space};
 use ferry_wire::{Message, Seq};
 use std::collections::BTreeMap;
@@ -164,9 +164,7 @@ impl ServerLog {
             return Err(LogError::BadSegmentSize { size: segment_size });
         }
         let read_only = mode == OpenMode::ReadOnly;
-        let names = dir
-            .list()
-            .map_err(LogError::io("list", dir.describe("")))?;
+        let names = dir.list().map_err(LogError::io("list", dir.describe("")))?;
         let mut numbers: Vec<SegmentNo> = names
             .iter()
             .filter_map(|n| SegmentNo::parse_file_name(n))
@@ -220,8 +218,11 @@ impl ServerLog {
             if !last {
                 report.rescanned += 1;
                 if !read_only {
-                    dir.replace(&no.index_name(), &index::encode_sidecar(no, len, &scan.entries))
-                        .map_err(LogError::io("write", dir.describe(&no.index_name())))?;
+                    dir.replace(
+                        &no.index_name(),
+                        &index::encode_sidecar(no, len, &scan.entries),
+                    )
+                    .map_err(LogError::io("write", dir.describe(&no.index_name())))?;
                 }
             }
             entries.extend(scan.entries);
@@ -325,7 +326,10 @@ impl ServerLog {
         let frame_len = u32::try_from(frame.len()).expect("frames are bounded");
         let no = self.segment_with_room(frame.len() as u64)?;
         let path = self.dir.describe(&no.file_name());
-        let seg = self.segments.get_mut(&no).expect("the active segment exists");
+        let seg = self
+            .segments
+            .get_mut(&no)
+            .expect("the active segment exists");
         let position = SegmentPos(seg.len);
         if let Err(e) = seg.file.write_all_at(frame, seg.len) {
             // Leave no partial frame behind; if even that fails, recovery truncates it.
@@ -473,7 +477,9 @@ impl ServerLog {
 }
 
 fn load_sidecar(dir: &dyn LogDir, no: SegmentNo, len: u64) -> Option<Vec<Entry>> {
-    let bytes = dir.read_small(&no.index_name(), index::MAX_SIDECAR_LEN).ok()?;
+    let bytes = dir
+        .read_small(&no.index_name(), index::MAX_SIDECAR_LEN)
+        .ok()?;
     match index::decode_sidecar(&bytes, no) {
         Ok((covered, entries)) if covered == len => Some(entries),
         Ok((covered, _)) => {

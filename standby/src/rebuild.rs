@@ -288,7 +288,8 @@ fn rebuild_into(
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
                 let result = (|| -> Result<(), RebuildError> {
-                    let mut unsealer = Unsealer::new(data_key, mac_key).map_err(RebuildError::Keys)?;
+                    let mut unsealer =
+                        Unsealer::new(data_key, mac_key).map_err(RebuildError::Keys)?;
                     let mut buf = Vec::new();
                     let mut mine = DiskReport::default();
                     loop {
@@ -300,7 +301,8 @@ fn rebuild_into(
                             break;
                         }
                         for w in &work[at..(at + BATCH).min(work.len())] {
-                            let done = rebuild_one(log, w, target, &mut unsealer, &mut buf, &mut mine)?;
+                            let done =
+                                rebuild_one(log, w, target, &mut unsealer, &mut buf, &mut mine)?;
                             progress(done);
                         }
                     }
@@ -349,12 +351,20 @@ fn rebuild_one(
         return Err(corrupt(format!("expected a record for seq {}", e.seq)).into());
     };
     if segment::entry_of(&message, e.segment, e.position, e.frame_len).as_ref() != Some(e) {
-        return Err(corrupt(format!("frame does not match its index entry (seq {})", e.seq)).into());
+        return Err(corrupt(format!(
+            "frame does not match its index entry (seq {})",
+            e.seq
+        ))
+        .into());
     }
     let record_start = record.header.offset.0;
-    let unsealed = unsealer
-        .unseal(record)
-        .map_err(|err| corrupt(format!("record seq {}: {}", e.seq, segment::error_chain(&err))))?;
+    let unsealed = unsealer.unseal(record).map_err(|err| {
+        corrupt(format!(
+            "record seq {}: {}",
+            e.seq,
+            segment::error_chain(&err)
+        ))
+    })?;
     report.records_read += 1;
     let mut done = 0;
     for &(start, end) in &w.ranges {

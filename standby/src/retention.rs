@@ -108,8 +108,8 @@ impl Policy {
         let mut kept = 0u32;
         let mut expired = Vec::new();
         for p in points.iter().rev() {
-            let thinned = p.kind == PointKind::Scheduled
-                && !seen_buckets.insert(p.unix_time_ms / bucket_ms);
+            let thinned =
+                p.kind == PointKind::Scheduled && !seen_buckets.insert(p.unix_time_ms / bucket_ms);
             if thinned || kept >= self.keep {
                 expired.push(p.seq);
             } else {

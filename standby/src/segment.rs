@@ -230,7 +230,8 @@ impl ChunkReader<'_> {
         let have = pos >= self.start && pos + n as u64 <= self.start + self.buf.len() as u64;
         if !have {
             let want = (n.max(CHUNK) as u64).min(self.len - pos);
-            self.buf.resize(usize::try_from(want).expect("≤ CHUNK or a frame"), 0);
+            self.buf
+                .resize(usize::try_from(want).expect("≤ CHUNK or a frame"), 0);
             self.file.read_exact_at(&mut self.buf, pos)?;
             self.start = pos;
         }
@@ -353,7 +354,10 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
         let entry = entry_of(&message, segment, SegmentPos(pos), frame_len).ok_or_else(|| {
             corrupt(
                 pos,
-                format!("a {:?} frame does not belong in a log", message.frame_type()),
+                format!(
+                    "a {:?} frame does not belong in a log",
+                    message.frame_type()
+                ),
             )
         })?;
         entries.push(entry);

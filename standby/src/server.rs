@@ -58,8 +58,8 @@ pub enum IngestError {
     },
     #[error("seq {got} is out of order: the log's last seq is {last}, so {last}+1 was expected")]
     OutOfOrder { last: Seq, got: Seq },
-    #[error("a {0} frame cannot be stored")]
-    NotStorable(&'static str),
+    #[error("a {0:?} frame cannot be stored")]
+    NotStorable(ferry_wire::frame::FrameType),
     #[error("registration lists disk {} twice", disk.0)]
     DuplicateDisk { disk: DiskId },
     #[error(transparent)]
@@ -243,14 +243,12 @@ impl ServerState {
                     .registration
                     .as_ref()
                     .ok_or(IngestError::NotRegistered { seq: h.seq })?;
-                let disk = reg
-                    .disks
-                    .iter()
-                    .find(|d| d.disk == h.disk)
-                    .ok_or(IngestError::UnknownDisk {
+                let disk = reg.disks.iter().find(|d| d.disk == h.disk).ok_or(
+                    IngestError::UnknownDisk {
                         seq: h.seq,
                         disk: h.disk,
-                    })?;
+                    },
+                )?;
                 if h.length.0 == 0 {
                     return Err(IngestError::EmptyRecord { seq: h.seq });
                 }
@@ -273,7 +271,7 @@ impl ServerState {
                 }
                 b.seq
             }
-            other => return Err(IngestError::NotStorable(frame_name(other))),
+            other => return Err(IngestError::NotStorable(other.frame_type())),
         };
         let last = self.log.last_seq();
         if Some(seq) != last.checked_next() {
@@ -303,21 +301,6 @@ impl ServerState {
         self.write_json("points.json", &next)?;
         self.catalog = next;
         Ok(())
-    }
-}
-
-fn frame_name(m: &Message) -> &'static str {
-    match m {
-        Message::Hello(_) => "Hello",
-        Message::Challenge(_) => "Challenge",
-        Message::Authenticate(_) => "Authenticate",
-        Message::Welcome(_) => "Welcome",
-        Message::RegisterServer(_) => "RegisterServer",
-        Message::Record(_) => "Record",
-        Message::Barrier(_) => "Barrier",
-        Message::Ack(_) => "Ack",
-        Message::Heartbeat(_) => "Heartbeat",
-        Message::Error(_) => "Error",
     }
 }
 
