@@ -82,6 +82,15 @@ impl std::str::FromStr for PointSelector {
     }
 }
 
+impl std::fmt::Display for PointSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PointSelector::Latest => f.write_str("latest"),
+            PointSelector::Id(id) => write!(f, "{}", id.0),
+        }
+    }
+}
+
 /// The seq a selector stands for: the newest retained point with that id, or the last
 /// seq for "latest". `None` when no such point is retained.
 pub fn resolve(points: &[Point], last_seq: Seq, selector: PointSelector) -> Option<Seq> {

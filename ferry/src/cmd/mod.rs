@@ -1,4 +1,8 @@
 //! One module per subcommand.
 
 pub(crate) mod keygen;
+pub(crate) mod point;
+pub(crate) mod rebuild;
+pub(crate) mod retention;
 pub(crate) mod seed;
+pub(crate) mod standby;
