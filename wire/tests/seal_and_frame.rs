@@ -699,7 +699,11 @@ fn frames_read_from_a_stream_keep_their_bytes_and_stop_cleanly() {
     let mut buf = Vec::new();
     let first = frame::read_frame(&mut reader, &mut buf).expect("first frame reads");
     assert_eq!(first, Some(Message::Record(record)), "record changed");
-    assert_eq!(buf, stream[..first_len], "buffer must hold the frame as read");
+    assert_eq!(
+        buf,
+        stream[..first_len],
+        "buffer must hold the frame as read"
+    );
     let second = frame::read_frame(&mut reader, &mut buf).expect("second frame reads");
     assert_eq!(second, Some(Message::Ack(Ack { durable: Seq(4) })));
     assert!(
