@@ -125,6 +125,7 @@ struct State {
     closed: Option<LinkError>,
     /// Retryable refusals received while the link stays up (e.g. storage full).
     warnings: Vec<ErrorMessage>,
+    acks: u64,
 }
 
 #[derive(Debug, Default)]
@@ -291,9 +292,22 @@ impl Link {
         self.shared.lock().durable
     }
 
+    /// How many acks the standby has sent on this link (one per group commit).
+    pub fn acks_received(&self) -> u64 {
+        self.shared.lock().acks
+    }
+
     /// Retryable refusals (e.g. storage full) the standby reported since the last call.
     pub fn take_warnings(&self) -> Vec<ErrorMessage> {
         std::mem::take(&mut self.shared.lock().warnings)
+    }
+
+    /// A handle that reads the link's progress from another thread (status, metrics)
+    /// while this one is blocked sending.
+    pub fn monitor(&self) -> LinkMonitor {
+        LinkMonitor {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Tells the standby the server's disks (before the first record, and when they change).
@@ -399,6 +413,29 @@ impl Link {
     }
 }
 
+/// Reads a link's progress from any thread; see [`Link::monitor`].
+#[derive(Debug, Clone)]
+pub struct LinkMonitor {
+    shared: Arc<Shared>,
+}
+
+impl LinkMonitor {
+    /// The highest seq the standby has acknowledged as durable so far.
+    pub fn durable(&self) -> Seq {
+        self.shared.lock().durable
+    }
+
+    /// Retryable refusals the standby reported and nobody has taken yet.
+    pub fn warnings(&self) -> Vec<ErrorMessage> {
+        self.shared.lock().warnings.clone()
+    }
+
+    /// Why the link closed, if it has.
+    pub fn closed(&self) -> Option<LinkError> {
+        self.shared.lock().closed.clone()
+    }
+}
+
 impl Drop for Link {
     fn drop(&mut self) {
         let _ = self.writer.flush();
@@ -431,6 +468,7 @@ fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
         match read_message(&mut input, &mut buf) {
             Ok(Message::Ack(ack)) => {
                 let mut state = shared.lock();
+                state.acks += 1;
                 state.durable = state.durable.max(ack.durable);
                 while let Some(&(seq, len)) = state.in_flight.front() {
                     if seq > ack.durable {

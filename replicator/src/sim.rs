@@ -125,3 +125,18 @@ impl SimServer {
         (Message::Barrier(barrier), point)
     }
 }
+
+/// Deterministic pseudo-random bytes (xorshift): incompressible test data, the same for
+/// the same seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = vec![0u8; len.next_multiple_of(8)];
+    for word in out.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use ferry_replicator::sim::SimServer;
+pub(crate) use ferry_replicator::sim::noise;
 use ferry_standby::log::OpenMode;
 use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{Ingested, ServerState};
@@ -86,19 +87,6 @@ pub(crate) fn assert_disks_eq(got: &[Vec<u8>], want: &[Vec<u8>], what: &str) {
             );
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), incompressible.
-pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[3]
-        })
-        .collect()
 }
 
 /// Bytes that compress well.
