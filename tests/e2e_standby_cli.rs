@@ -6,15 +6,13 @@
 
 mod support;
 
-use ferry_replicator::link::{Link, LinkConfig};
 use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::PointKind;
 use ferry_wire::{PointId, ServerId, SiteKeys};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
-use support::{StandbyProcess, ferry, standby_config};
+use support::{StandbyProcess, ferry, new_key, rebuild_web1, standby_config};
 
 const DISKS: [usize; 2] = [8 << 20, 3 << 20];
 
@@ -39,21 +37,12 @@ impl Site {
 fn populated() -> Site {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = dir.path().join("pair.key");
-    ferry(&["keygen", "--out", key.to_str().expect("utf-8")]);
-    let keys = ferry_wire::MasterKey::from_text(&std::fs::read_to_string(&key).expect("key"))
-        .expect("key")
-        .derive();
+    let keys = new_key(&key);
     let config = dir.path().join("standby.toml");
     standby_config(&config, &dir.path().join("data"), &key, &["web-1"], 2);
     let standby = StandbyProcess::start(&config);
+    let mut link = standby.link("web-1", &keys);
     let server = ServerId::new("web-1").expect("name");
-    let mut link = Link::connect(
-        standby.addr.as_str(),
-        &server,
-        &keys.auth,
-        &LinkConfig::default(),
-    )
-    .expect("connect");
     let mut sim = SimServer::new(server, &keys, &DISKS).expect("sim");
     link.register(sim.registration()).expect("register");
     let mut points = Vec::new();
@@ -90,24 +79,28 @@ fn populated() -> Site {
 }
 
 fn rebuild(site: &Site, point: &str, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "rebuild".to_owned(),
-        "--data-dir".into(),
-        site.s("data"),
-        "--server".into(),
-        "web-1".into(),
-        "--point".into(),
-        point.into(),
-        "--key".into(),
-        site.s("pair.key"),
-        "--out".into(),
-        out.to_str().expect("utf-8").into(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(&args)
-        .output()
-        .expect("running ferry rebuild")
+    rebuild_web1(
+        &site.path("data"),
+        point,
+        &site.path("pair.key"),
+        out,
+        extra,
+    )
+}
+
+/// `ferry point list` of web-1, with `extra` arguments.
+fn point_list(site: &Site, extra: &[&str]) -> String {
+    let data = site.s("data");
+    let mut args = vec!["point", "list", "--data-dir", &data, "--server", "web-1"];
+    args.extend_from_slice(extra);
+    ferry(&args)
+}
+
+/// `ferry point list --json` of web-1.
+fn points_json(site: &Site) -> serde_json::Value {
+    let out = point_list(site, &["--json"]);
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("point list --json is not JSON ({e}): {out}"))
 }
 
 fn assert_image(path: &Path, want: &[u8], what: &str) {
@@ -122,29 +115,13 @@ fn assert_image(path: &Path, want: &[u8], what: &str) {
 #[test]
 fn points_list_rebuild_and_retention_work_from_the_command_line() {
     let site = populated();
-    let table = ferry(&[
-        "point",
-        "list",
-        "--data-dir",
-        &site.s("data"),
-        "--server",
-        "web-1",
-    ]);
+    let table = point_list(&site, &[]);
     assert!(table.starts_with("ID"), "a table with a header: {table}");
     assert!(
         table.contains("manual") && table.contains("scheduled") && table.contains("latest"),
         "{table}"
     );
-    let json: serde_json::Value = serde_json::from_str(&ferry(&[
-        "point",
-        "list",
-        "--data-dir",
-        &site.s("data"),
-        "--server",
-        "web-1",
-        "--json",
-    ]))
-    .expect("point list --json is JSON");
+    let json = points_json(&site);
     let rows = json.as_array().expect("an array");
     assert_eq!(rows.len(), 11, "10 points and latest: {json}");
     assert_eq!(rows[0]["id"], 1);
@@ -210,16 +187,7 @@ fn points_list_rebuild_and_retention_work_from_the_command_line() {
     ]);
     let (before, after) = parse_space(&said);
     assert!(after < before, "space did not shrink: {said}");
-    let json: serde_json::Value = serde_json::from_str(&ferry(&[
-        "point",
-        "list",
-        "--data-dir",
-        &site.s("data"),
-        "--server",
-        "web-1",
-        "--json",
-    ]))
-    .expect("json");
+    let json = points_json(&site);
     let ids: Vec<_> = json
         .as_array()
         .expect("array")

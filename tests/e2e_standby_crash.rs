@@ -7,12 +7,11 @@
 
 mod support;
 
-use ferry_replicator::link::{Link, LinkConfig};
 use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::PointKind;
 use ferry_wire::{Message, Seq, ServerId};
-use std::time::{Duration, Instant};
-use support::{StandbyProcess, ferry, standby_config};
+use std::time::Duration;
+use support::{StandbyProcess, new_key, rebuild_web1, standby_config};
 
 const DISK: usize = 16 << 20;
 
@@ -26,19 +25,6 @@ impl Rng {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-fn connect(standby: &StandbyProcess, server: &ServerId, key: &ferry_wire::AuthKey) -> Link {
-    let start = Instant::now();
-    loop {
-        match Link::connect(standby.addr.as_str(), server, key, &LinkConfig::default()) {
-            Ok(link) => return link,
-            Err(e) if e.is_retryable() && start.elapsed() < Duration::from_secs(20) => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("cannot connect to the restarted standby: {e}"),
-        }
     }
 }
 
@@ -59,10 +45,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |name: &str| dir.path().join(name);
     let key = p("pair.key");
-    ferry(&["keygen", "--out", key.to_str().expect("utf-8")]);
-    let keys = ferry_wire::MasterKey::from_text(&std::fs::read_to_string(&key).expect("key"))
-        .expect("a key")
-        .derive();
+    let keys = new_key(&key);
     standby_config(&p("standby.toml"), &p("data"), &key, &["web-1"], 2);
     let server = ServerId::new("web-1").expect("name");
     let mut sim = SimServer::new(server.clone(), &keys, &[DISK]).expect("sim");
@@ -71,7 +54,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
 
     for round in 0..6 {
         let standby = StandbyProcess::start(&p("standby.toml"));
-        let mut link = connect(&standby, &server, &keys.auth);
+        let mut link = standby.link("web-1", &keys);
         assert!(
             link.welcome_durable() >= acked,
             "round {round}: the standby acknowledged seq {acked} but after kill -9 says its \
@@ -118,7 +101,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
 
     // Last run: everything goes through; then rebuild what the standby holds.
     let standby = StandbyProcess::start(&p("standby.toml"));
-    let mut link = connect(&standby, &server, &keys.auth);
+    let mut link = standby.link("web-1", &keys);
     assert!(link.welcome_durable() >= acked, "acknowledged seqs lost");
     link.register(sim.registration()).expect("register");
     for m in &sent {
@@ -136,19 +119,12 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
     );
 
     let out = p("latest.img");
-    ferry(&[
-        "rebuild",
-        "--data-dir",
-        p("data").to_str().expect("utf-8"),
-        "--server",
-        "web-1",
-        "--point",
-        "latest",
-        "--key",
-        key.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let done = rebuild_web1(&p("data"), "latest", &key, &out, &[]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let got = std::fs::read(&out).expect("rebuilt image");
     if let Some(at) = got.iter().zip(&sim.disks()[0]).position(|(a, b)| a != b) {
         panic!("the rebuilt disk differs from the model at byte {at} (seed {seed})");

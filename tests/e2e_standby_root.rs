@@ -14,26 +14,20 @@ use ferry_replicator::link::{Link, LinkConfig};
 use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::{ErrorCode, PointKind};
 use ferry_wire::{Seq, ServerId};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use support::{LoopDevice, Mount, StandbyProcess, ferry, require_root, run, standby_config};
-
-fn setup(dir: &std::path::Path) -> ferry_wire::SiteKeys {
-    let key = dir.join("pair.key");
-    ferry(&["keygen", "--out", key.to_str().expect("utf-8")]);
-    ferry_wire::MasterKey::from_text(&std::fs::read_to_string(&key).expect("key"))
-        .expect("key")
-        .derive()
-}
+use support::{
+    LoopDevice, Mount, StandbyProcess, new_key, rebuild_web1, require_root, run, standby_config,
+};
 
 #[test]
 fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed() {
     require_root("the disk-full test (a small loop-mounted ext4 as the data directory)");
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n);
-    let keys = setup(dir.path());
+    let keys = new_key(&p("pair.key"));
     let device = LoopDevice::new_sparse(&p("small.img"), 64 << 20);
     run("mkfs.ext4", &["-q", "-F", "-m", "0", device.path_str()]);
     let mount = Mount::new(device.path_str(), &p("data"), "rw");
@@ -137,19 +131,12 @@ fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed
     drop(standby);
 
     let out = p("latest.img");
-    ferry(&[
-        "rebuild",
-        "--data-dir",
-        mount.target.to_str().expect("utf-8"),
-        "--server",
-        "web-1",
-        "--point",
-        "latest",
-        "--key",
-        p("pair.key").to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-    ]);
+    let done = rebuild_web1(&mount.target, "latest", &p("pair.key"), &out, &[]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
     let got = std::fs::read(&out).expect("image");
     assert!(
         got == sim.disks()[0],
@@ -163,7 +150,7 @@ fn rebuild_onto_a_block_device_refuses_a_small_one_and_fills_a_large_one_exactly
     require_root("rebuilding onto a block device (loop devices)");
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n);
-    let keys = setup(dir.path());
+    let keys = new_key(&p("pair.key"));
     standby_config(
         &p("standby.toml"),
         &p("data"),
@@ -172,14 +159,8 @@ fn rebuild_onto_a_block_device_refuses_a_small_one_and_fills_a_large_one_exactly
         2,
     );
     let standby = StandbyProcess::start(&p("standby.toml"));
+    let mut link = standby.link("web-1", &keys);
     let server = ServerId::new("web-1").expect("name");
-    let mut link = Link::connect(
-        standby.addr.as_str(),
-        &server,
-        &keys.auth,
-        &LinkConfig::default(),
-    )
-    .expect("connect");
     let disk = 6 << 20;
     let mut sim = SimServer::new(server, &keys, &[disk]).expect("sim");
     link.register(sim.registration()).expect("register");
@@ -198,24 +179,7 @@ fn rebuild_onto_a_block_device_refuses_a_small_one_and_fills_a_large_one_exactly
     drop(link);
     drop(standby);
 
-    let rebuild = |out: &str| {
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args([
-                "rebuild",
-                "--data-dir",
-                p("data").to_str().expect("utf-8"),
-                "--server",
-                "web-1",
-                "--point",
-                "1",
-                "--key",
-                p("pair.key").to_str().expect("utf-8"),
-                "--out",
-                out,
-            ])
-            .output()
-            .expect("running ferry rebuild")
-    };
+    let rebuild = |out: &str| rebuild_web1(&p("data"), "1", &p("pair.key"), Path::new(out), &[]);
     let small = LoopDevice::new_sparse(&p("small.img"), 4 << 20);
     let refused = rebuild(small.path_str());
     assert!(!refused.status.success(), "a smaller device was accepted");

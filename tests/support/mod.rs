@@ -223,3 +223,70 @@ pub(crate) fn standby_config(
     }
     std::fs::write(path, text).expect("writing the standby config");
 }
+
+/// Runs `ferry keygen --out PATH` and returns the keys derived from the new key file.
+pub(crate) fn new_key(path: &Path) -> ferry_wire::SiteKeys {
+    ferry(&["keygen", "--out", path.to_str().expect("utf-8 path")]);
+    let text = std::fs::read_to_string(path).expect("reading the new key file");
+    ferry_wire::MasterKey::from_text(&text)
+        .expect("keygen writes a valid key")
+        .derive()
+}
+
+impl StandbyProcess {
+    /// An agent's link to this standby for `server`, retrying while it starts up.
+    pub(crate) fn link(
+        &self,
+        server: &str,
+        keys: &ferry_wire::SiteKeys,
+    ) -> ferry_replicator::link::Link {
+        use ferry_replicator::link::{Link, LinkConfig};
+        let server = ferry_wire::ServerId::new(server).expect("a valid server name");
+        let start = std::time::Instant::now();
+        loop {
+            match Link::connect(
+                self.addr.as_str(),
+                &server,
+                &keys.auth,
+                &LinkConfig::default(),
+            ) {
+                Ok(link) => return link,
+                Err(e)
+                    if e.is_retryable() && start.elapsed() < std::time::Duration::from_secs(20) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot connect to the standby at {}: {e}", self.addr),
+            }
+        }
+    }
+}
+
+/// Runs `ferry rebuild` of server web-1 (not asserting success); extra args appended.
+pub(crate) fn rebuild_web1(
+    data_dir: &Path,
+    point: &str,
+    key: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![
+        "rebuild".to_owned(),
+        "--data-dir".into(),
+        utf8(data_dir),
+        "--server".into(),
+        "web-1".into(),
+        "--point".into(),
+        point.into(),
+        "--key".into(),
+        utf8(key),
+        "--out".into(),
+        utf8(out),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(&args)
+        .output()
+        .expect("running ferry rebuild")
+}
