@@ -269,8 +269,10 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-                if let Err(e) = session(&shared, stream, &peer) {
-                    tracing::info!(peer, reason = %e, "connection closed");
+                match session(&shared, stream, &peer) {
+                    // Refusals were logged as warnings when they happened.
+                    Err(SessionEnd::Refused(_)) | Ok(()) => {}
+                    Err(e) => tracing::info!(peer, reason = %e, "connection closed"),
                 }
             });
         if let Err(e) = spawned {

@@ -110,6 +110,11 @@ pub enum OpenError {
     },
     #[error("{} is not valid: {reason}", path.display())]
     BadMeta { path: PathBuf, reason: String },
+    #[error(
+        "another ferry process (a running standby?) holds the lock {}; stop it first",
+        path.display()
+    )]
+    Locked { path: PathBuf },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -348,12 +353,7 @@ impl DataDir {
             .map_err(io)?;
         match file.try_lock() {
             Ok(()) => Ok(DataDirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::BadMeta {
-                path,
-                reason: "another ferry process (a running standby?) holds this data \
-                         directory's lock"
-                    .into(),
-            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked { path }),
             Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
         }
     }

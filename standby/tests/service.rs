@@ -226,3 +226,106 @@ fn group_commit_acks_many_records_per_fsync() {
         "{acks} acks (one per fsync) for {records} records: group commit is not grouping"
     );
 }
+
+/// A client speaking the protocol by hand: Hello, then the Challenge it gets back.
+fn raw_hello(
+    standby: &StandbyHandle,
+) -> (
+    std::net::TcpStream,
+    ferry_wire::auth::Nonce,
+    ferry_wire::message::Challenge,
+) {
+    use ferry_wire::auth::Nonce;
+    use ferry_wire::message::Hello;
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(standby.addr()).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let client_nonce = Nonce([5; 32]);
+    let hello = Message::Hello(Hello {
+        server: server(),
+        agent_version: "raw test client".into(),
+        client_nonce,
+    });
+    stream
+        .write_all(&hello.encode().expect("encode"))
+        .expect("send Hello");
+    match read(&mut stream) {
+        Message::Challenge(c) => (stream, client_nonce, c),
+        other => panic!("expected a Challenge, got {other:?}"),
+    }
+}
+
+fn read(stream: &mut std::net::TcpStream) -> Message {
+    let mut buf = Vec::new();
+    ferry_wire::frame::read_frame(stream, &mut buf)
+        .expect("a frame from the standby")
+        .expect("the standby closed without answering")
+}
+
+fn expect_error(stream: &mut std::net::TcpStream, code: ErrorCode, needle: &str) {
+    match read(stream) {
+        Message::Error(e) => {
+            assert_eq!(e.code, code, "{}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
+    use ferry_wire::auth::{self, Exchange, Proof, Role};
+    use ferry_wire::message::Authenticate;
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+
+    // An agent that does not hold the key (and so ignores the standby's proof).
+    let (mut stream, _, _) = raw_hello(&standby);
+    let forged = Message::Authenticate(Authenticate {
+        agent_proof: Proof([9; 32]),
+    });
+    stream
+        .write_all(&forged.encode().expect("encode"))
+        .expect("send");
+    expect_error(
+        &mut stream,
+        ErrorCode::AuthenticationFailed,
+        "different site-pair keys",
+    );
+
+    // A proper agent whose frame is damaged on the way: the CRC catches it.
+    let (mut stream, client_nonce, challenge) = raw_hello(&standby);
+    let id = server();
+    let exchange = Exchange {
+        server: &id,
+        client_nonce: &client_nonce,
+        server_nonce: &challenge.server_nonce,
+    };
+    let proof = auth::prove(&keys.auth, Role::Agent, &exchange);
+    let auth_frame = Message::Authenticate(Authenticate { agent_proof: proof });
+    stream
+        .write_all(&auth_frame.encode().expect("encode"))
+        .expect("send");
+    assert!(
+        matches!(read(&mut stream), Message::Welcome(_)),
+        "a proper agent is welcomed"
+    );
+    let sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    let mut frame = Message::RegisterServer(sim.registration())
+        .encode()
+        .expect("encode");
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    stream.write_all(&frame).expect("send");
+    expect_error(&mut stream, ErrorCode::Malformed, "crc32 mismatch");
+    assert!(
+        !dir.path().join("servers/web-1/registration.json").exists(),
+        "a damaged frame changed the store"
+    );
+}
