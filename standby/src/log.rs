@@ -155,7 +155,29 @@ pub struct ServerLog {
 
 impl ServerLog {
     /// Opens (or, read-write, creates) the log in `dir`, recovering from a crash.
+    ///
+    /// A read-only open races with a live standby's cleaning, which may delete a segment
+    /// between listing and opening it (after fsyncing the copies of its live frames in a
+    /// newer segment). Such an open starts over, so it always sees either the original
+    /// frames or their copies.
     pub fn open(
+        dir: Arc<dyn LogDir>,
+        segment_size: u64,
+        mode: OpenMode,
+    ) -> Result<(Self, OpenReport), LogError> {
+        const ATTEMPTS: usize = 5;
+        for _ in 1..ATTEMPTS {
+            match Self::open_once(dir.clone(), segment_size, mode) {
+                Err(LogError::Io { source, .. })
+                    if mode == OpenMode::ReadOnly
+                        && source.kind() == io::ErrorKind::NotFound => {}
+                other => return other,
+            }
+        }
+        Self::open_once(dir, segment_size, mode)
+    }
+
+    fn open_once(
         dir: Arc<dyn LogDir>,
         segment_size: u64,
         mode: OpenMode,
