@@ -169,8 +169,7 @@ impl ServerLog {
         for _ in 1..ATTEMPTS {
             match Self::open_once(dir.clone(), segment_size, mode) {
                 Err(LogError::Io { source, .. })
-                    if mode == OpenMode::ReadOnly
-                        && source.kind() == io::ErrorKind::NotFound => {}
+                    if mode == OpenMode::ReadOnly && source.kind() == io::ErrorKind::NotFound => {}
                 other => return other,
             }
         }
