@@ -40,7 +40,8 @@
 //! ```
 //!
 //! Bounds: a sidecar is at most [`MAX_SIDECAR_LEN`] bytes, and its length must be exactly
-//! `36 + 48·n`; every entry's frame must lie inside the segment length it states.
+//! `36 + 48·n`; every entry's frame must lie inside the segment length it states and be at
+//! most one frame header plus `ferry_wire::MAX_FRAME_BODY` long (rebuild allocates that).
 
 use ferry_wire::message::PointKind;
 use ferry_wire::{ByteLen, ByteOffset, DiskId, PointId, RecordKind, Seq};
@@ -127,6 +128,8 @@ const MAGIC: &[u8; 8] = b"FERRYIDX";
 const VERSION: u16 = 1;
 const HEAD_LEN: usize = 32;
 const ENTRY_LEN: usize = 48;
+/// Longest frame an entry may describe: a frame header and the largest body.
+const MAX_FRAME_LEN: u32 = ferry_wire::FRAME_HEADER_LEN as u32 + ferry_wire::MAX_FRAME_BODY;
 /// Longest sidecar read: enough for a 4 GiB segment of the smallest frames.
 pub const MAX_SIDECAR_LEN: u64 = 64 << 20;
 
@@ -246,9 +249,10 @@ pub fn decode_sidecar(bytes: &[u8], segment: SegmentNo) -> Result<(u64, Vec<Entr
         let bad = || SidecarError::BadEntry { index };
         let position = u64_at(b, 8);
         let frame_len = u32_at(b, 16);
-        if position
-            .checked_add(u64::from(frame_len))
-            .is_none_or(|end| end > segment_len)
+        if frame_len > MAX_FRAME_LEN
+            || position
+                .checked_add(u64::from(frame_len))
+                .is_none_or(|end| end > segment_len)
             || b[23] != 0
             || b[28..32] != [0; 4]
         {
