@@ -129,7 +129,11 @@ const VERSION: u16 = 1;
 const HEAD_LEN: usize = 32;
 const ENTRY_LEN: usize = 48;
 /// Longest frame an entry may describe: a frame header and the largest body.
-const MAX_FRAME_LEN: u32 = ferry_wire::FRAME_HEADER_LEN as u32 + ferry_wire::MAX_FRAME_BODY;
+const MAX_FRAME_LEN: u32 = 16 + ferry_wire::MAX_FRAME_BODY;
+const _: () = assert!(
+    ferry_wire::FRAME_HEADER_LEN == 16,
+    "frame header length changed"
+);
 /// Longest sidecar read: enough for a 4 GiB segment of the smallest frames.
 pub const MAX_SIDECAR_LEN: u64 = 64 << 20;
 
