@@ -32,8 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// Why a rebuild failed. All are permanent for the same store and target.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
+    /// Reading the log failed: an I/O error, or damage named by segment and offset.
     #[error(transparent)]
-    Corrupt(#[from] Corruption),
+    Read(#[from] ScanError),
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
@@ -60,15 +61,18 @@ pub enum RebuildError {
     Keys(#[source] ferry_wire::SealError),
 }
 
-impl From<ScanError> for RebuildError {
-    fn from(e: ScanError) -> Self {
-        match e {
-            ScanError::Io { path, source } => RebuildError::Io {
-                action: "read",
-                path,
-                source,
-            },
-            ScanError::Corrupt(c) => RebuildError::Corrupt(c),
+impl From<Corruption> for RebuildError {
+    fn from(c: Corruption) -> Self {
+        RebuildError::Read(ScanError::Corrupt(c))
+    }
+}
+
+impl RebuildError {
+    /// The damage found in the log, if that is why the rebuild failed.
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            RebuildError::Read(ScanError::Corrupt(c)) => Some(c),
+            _ => None,
         }
     }
 }

@@ -9,7 +9,7 @@ use common::*;
 use ferry_replicator::sim::SimServer;
 use ferry_standby::index::SegmentNo;
 use ferry_standby::log::{LogError, OpenMode};
-use ferry_standby::rebuild::{self, RebuildError, Target};
+use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{IngestError, OpenError, ServerState};
 use ferry_standby::storage::{FsDir, LogDir, LogFile};
 use ferry_wire::Seq;
@@ -185,7 +185,8 @@ fn a_changed_byte_in_a_sealed_segment_fails_rebuild_naming_segment_and_offset() 
                 &|_| {},
             ) {
                 Ok(_) => None,
-                Err(RebuildError::Corrupt(c)) => {
+                Err(e) if e.corruption().is_some() => {
+                    let c = e.corruption().expect("checked");
                     assert_eq!(c.path, segs[0], "names the damaged segment");
                     assert_eq!(c.offset, victim.position.0, "names the damaged frame");
                     assert!(!out.exists(), "a failed rebuild leaves no image behind");
