@@ -633,7 +633,8 @@ fn merged_requests_complete_every_bio() {
     assert!(!out.is_empty());
     let polls = settle(&mut t, Duration::from_millis(300), Duration::from_secs(20));
     let stats = t.stats().unwrap();
-    assert_eq!(stats.counters.submitted, 16384, "{stats:?}");
+    // (A few more than 16384 when io_uring retries bios that failed early with EAGAIN.)
+    assert!(stats.counters.submitted >= 16384, "{stats:?}");
     assert!(
         stats.counters.swept * 200 <= 16384,
         "bios of merged requests were left to the sweep: {stats:?}"

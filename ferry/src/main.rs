@@ -1,5 +1,5 @@
-//! The `ferry` binary: operator commands, and (as the stages are built) the agent and
-//! standby services. Thin: each subcommand parses its arguments and calls into the
+//! The `ferry` binary: operator commands, the standby service, and (as the stages are
+//! built) the agent. Thin: each subcommand parses its arguments and calls into the
 //! library crates.
 
 mod cmd;
@@ -22,6 +22,14 @@ enum Command {
     Seed(cmd::seed::Command),
     Track(cmd::track::Args),
     Check(cmd::check::Args),
+    Standby(cmd::standby::Args),
+    /// Recovery points held by a standby.
+    #[command(subcommand)]
+    Point(cmd::point::Command),
+    Rebuild(cmd::rebuild::Args),
+    /// Retention and log cleaning at a standby.
+    #[command(subcommand)]
+    Retention(cmd::retention::Command),
 }
 
 /// Fails with a clear message unless running as root (the tracker, mounts and freezes
@@ -38,11 +46,24 @@ pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let level = match cli.command {
+        Command::Standby(_) => tracing::Level::INFO,
+        _ => tracing::Level::WARN,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let result = match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Seed(command) => cmd::seed::run(command),
         Command::Track(args) => cmd::track::run(args),
         Command::Check(args) => cmd::check::run(args),
+        Command::Standby(args) => cmd::standby::run(args),
+        Command::Point(command) => cmd::point::run(command),
+        Command::Rebuild(args) => cmd::rebuild::run(args),
+        Command::Retention(command) => cmd::retention::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

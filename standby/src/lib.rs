@@ -1,5 +1,29 @@
-//! Standby site — **a stub: nothing here works yet** (issue 4).
+//! The standby site: receives sealed extents from agents, stores them durably without
+//! ever holding the data key, keeps the recovery-point catalogue, applies retention, and
+//! rebuilds any retained point of a server's disks.
 //!
-//! Will receive sealed records, verify them with the MAC key alone, append them to a
-//! durable segment log, acknowledge after fsync (DESIGN.md I2, I6), keep the recovery-point
-//! catalogue and rebuild any retained point.
+//! - [`storage`]: files behind traits, so tests inject faults (full disk, failing fsync).
+//! - [`segment`]: the segment file format; scanning and crash recovery of one segment.
+//! - [`index`]: (disk, range) → (seq, segment, position); sidecar index files.
+//! - [`log`]: one server's append-only log: append, roll, group commit, recovery.
+//! - [`server`]: a server's log, registration and catalogue; the ingest rules.
+//! - [`points`]: recovery points from barriers.
+//! - [`retention`]: the retention policy and log cleaning.
+//! - [`rebuild`]: a disk at a point, into an image file or onto a block device.
+//! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
+//!
+//! Invariants kept here (DESIGN.md): I2 — an ack names only seqs an fsync has covered;
+//! I6 — storing, verifying and cleaning use the MAC key only, the data key appears only
+//! in [`rebuild`]; I7 — a refused frame changes nothing and gets a clear error.
+
+pub mod extent_map;
+pub mod index;
+pub mod log;
+pub mod points;
+pub mod rebuild;
+pub mod receiver;
+pub mod retention;
+pub mod segment;
+pub mod server;
+pub mod storage;
+mod sys;

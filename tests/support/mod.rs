@@ -188,3 +188,178 @@ pub(crate) fn open_direct(path: &Path) -> std::fs::File {
         .open(path)
         .unwrap_or_else(|e| panic!("opening {} with O_DIRECT: {e}", path.display()))
 }
+
+/// A `ferry standby` process; killed (SIGKILL) and reaped on drop. Its stderr (the log)
+/// is collected for assertions.
+#[derive(Debug)]
+pub(crate) struct StandbyProcess {
+    child: std::process::Child,
+    pub(crate) addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl StandbyProcess {
+    /// Starts `ferry standby --config CONFIG` and waits for it to listen.
+    pub(crate) fn start(config: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["standby", "--config", config.to_str().expect("utf-8 path")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ferry standby");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut first)
+            .expect("reading the standby's stdout");
+        let Some(addr) = first.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            panic!(
+                "ferry standby did not start: {first:?}; log: {}",
+                log.lock().unwrap_or_else(|e| e.into_inner())
+            );
+        };
+        Self {
+            addr: addr.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// The log so far.
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits until the log contains `needle`, panicking with the log after `timeout`.
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < timeout,
+                "the standby never logged {needle:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// kill -9, and reap.
+    pub(crate) fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for StandbyProcess {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// Writes a standby config file for `data_dir`, `key` and the allowed `servers`.
+pub(crate) fn standby_config(
+    path: &Path,
+    data_dir: &Path,
+    key: &Path,
+    servers: &[&str],
+    segment_mib: u64,
+) {
+    let mut text = format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\nsegment_size_mib = {segment_mib}\n",
+        data_dir.to_str().expect("utf-8 path"),
+        key.to_str().expect("utf-8 path"),
+    );
+    for s in servers {
+        text.push_str(&format!("\n[[servers]]\nid = \"{s}\"\n"));
+    }
+    std::fs::write(path, text).expect("writing the standby config");
+}
+
+/// Runs `ferry keygen --out PATH` and returns the keys derived from the new key file.
+pub(crate) fn new_key(path: &Path) -> ferry_wire::SiteKeys {
+    ferry(&["keygen", "--out", path.to_str().expect("utf-8 path")]);
+    let text = std::fs::read_to_string(path).expect("reading the new key file");
+    ferry_wire::MasterKey::from_text(&text)
+        .expect("keygen writes a valid key")
+        .derive()
+}
+
+impl StandbyProcess {
+    /// An agent's link to this standby for `server`, retrying while it starts up.
+    pub(crate) fn link(
+        &self,
+        server: &str,
+        keys: &ferry_wire::SiteKeys,
+    ) -> ferry_replicator::link::Link {
+        use ferry_replicator::link::{Link, LinkConfig};
+        let server = ferry_wire::ServerId::new(server).expect("a valid server name");
+        let start = std::time::Instant::now();
+        loop {
+            match Link::connect(
+                self.addr.as_str(),
+                &server,
+                &keys.auth,
+                &LinkConfig::default(),
+            ) {
+                Ok(link) => return link,
+                Err(e)
+                    if e.is_retryable() && start.elapsed() < std::time::Duration::from_secs(20) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot connect to the standby at {}: {e}", self.addr),
+            }
+        }
+    }
+}
+
+/// Runs `ferry rebuild` of server web-1 (not asserting success); extra args appended.
+pub(crate) fn rebuild_web1(
+    data_dir: &Path,
+    point: &str,
+    key: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let mut args = vec![
+        "rebuild".to_owned(),
+        "--data-dir".into(),
+        utf8(data_dir),
+        "--server".into(),
+        "web-1".into(),
+        "--point".into(),
+        point.into(),
+        "--key".into(),
+        utf8(key),
+        "--out".into(),
+        utf8(out),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(&args)
+        .output()
+        .expect("running ferry rebuild")
+}

@@ -334,3 +334,64 @@ pub fn decode(buf: &[u8]) -> Result<Message, FrameError> {
     }
     header.decode_body(rest)
 }
+
+/// Why [`read_frame`] could not produce a message.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFrameError {
+    #[error("reading a frame failed")]
+    Io(#[source] std::io::Error),
+    #[error("the stream ended inside a frame ({got} of {needed} bytes)")]
+    EndInsideFrame { got: usize, needed: usize },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Reads one frame from a byte stream the caller supplies (a socket, a file), checks and
+/// decodes it, and leaves the frame's bytes, exactly as read, in `buf` (so a receiver can
+/// store what it verified). `Ok(None)` means the stream ended cleanly before a new frame.
+///
+/// This does no I/O of its own: it only pulls bytes from `reader`. The body buffer is
+/// sized from the header only after [`FrameHeader::parse`] has bounded it.
+pub fn read_frame(
+    reader: &mut impl std::io::Read,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Message>, ReadFrameError> {
+    buf.clear();
+    buf.resize(FRAME_HEADER_LEN, 0);
+    let got = fill(reader, &mut buf[..])?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < FRAME_HEADER_LEN {
+        return Err(ReadFrameError::EndInsideFrame {
+            got,
+            needed: FRAME_HEADER_LEN,
+        });
+    }
+    let head: &[u8; FRAME_HEADER_LEN] = buf[..].try_into().expect("header length");
+    let header = FrameHeader::parse(head)?;
+    let needed = FRAME_HEADER_LEN + header.body_len();
+    buf.resize(needed, 0);
+    let got = fill(reader, &mut buf[FRAME_HEADER_LEN..])?;
+    if got < header.body_len() {
+        return Err(ReadFrameError::EndInsideFrame {
+            got: FRAME_HEADER_LEN + got,
+            needed,
+        });
+    }
+    Ok(Some(header.decode_body(&buf[FRAME_HEADER_LEN..])?))
+}
+
+/// Reads until `buf` is full or the stream ends; returns how many bytes were read.
+fn fill(reader: &mut impl std::io::Read, buf: &mut [u8]) -> Result<usize, ReadFrameError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadFrameError::Io(e)),
+        }
+    }
+    Ok(got)
+}

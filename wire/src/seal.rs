@@ -121,10 +121,23 @@ impl Sealer {
         if data.len() > MAX_DATA_EXTENT {
             return Err(SealError::ExtentTooLong { length: data.len() });
         }
-        let length = ByteLen(data.len() as u64);
         if is_all_zero(data) {
-            return self.without_payload(addr, length, RecordKind::Zero);
+            return self.without_payload(addr, ByteLen(data.len() as u64), RecordKind::Zero);
         }
+        let mut iv = [0u8; IV_LEN];
+        rng.fill_bytes(&mut iv);
+        self.seal_data(addr, data, iv)
+    }
+
+    /// The work of [`Sealer::seal`] for non-zero data. Kept apart from the generic `seal`
+    /// so it is compiled (and optimised) once, in this crate, not in every caller.
+    fn seal_data(
+        &mut self,
+        addr: RecordAddress,
+        data: &[u8],
+        iv: [u8; IV_LEN],
+    ) -> Result<SealedRecord, SealError> {
+        let length = ByteLen(data.len() as u64);
         // Compress into a buffer one byte shorter than the data: zstd fails when the
         // output would not fit, which is exactly the "does not shrink" case.
         let mut payload = Vec::with_capacity(data.len() - 1);
@@ -136,8 +149,6 @@ impl Sealer {
                 Compression::None
             }
         };
-        let mut iv = [0u8; IV_LEN];
-        rng.fill_bytes(&mut iv);
         keystream(&self.cipher, &iv).apply_keystream(&mut payload);
         let header = RecordHeader {
             server: addr.server,

@@ -686,3 +686,36 @@ fn bytes_after_a_message_inside_its_body_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn frames_read_from_a_stream_keep_their_bytes_and_stop_cleanly() {
+    let k = keys(9);
+    let record = sample_record(&k);
+    let mut stream = Message::Record(record.clone()).encode().unwrap();
+    let first_len = stream.len();
+    let ack = Message::Ack(Ack { durable: Seq(4) }).encode().unwrap();
+    stream.extend_from_slice(&ack);
+    let mut reader = &stream[..];
+    let mut buf = Vec::new();
+    let first = frame::read_frame(&mut reader, &mut buf).expect("first frame reads");
+    assert_eq!(first, Some(Message::Record(record)), "record changed");
+    assert_eq!(
+        buf,
+        stream[..first_len],
+        "buffer must hold the frame as read"
+    );
+    let second = frame::read_frame(&mut reader, &mut buf).expect("second frame reads");
+    assert_eq!(second, Some(Message::Ack(Ack { durable: Seq(4) })));
+    assert!(
+        frame::read_frame(&mut reader, &mut buf).unwrap().is_none(),
+        "a clean end of stream is None"
+    );
+    for cut in [1, FRAME_HEADER_LEN - 1, FRAME_HEADER_LEN + 1, first_len - 1] {
+        let mut short = &stream[..cut];
+        let err = frame::read_frame(&mut short, &mut buf).expect_err("a cut frame must fail");
+        assert!(
+            matches!(err, frame::ReadFrameError::EndInsideFrame { got, .. } if got == cut),
+            "cut at {cut}: {err}"
+        );
+    }
+}

@@ -14,7 +14,6 @@
 
 use crate::keyfile;
 use anyhow::{Context, Result, bail, ensure};
-use ferry_wire::frame::{FRAME_HEADER_LEN, FrameHeader};
 use ferry_wire::message::{DiskInfo, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::{DEFAULT_ZSTD_LEVEL, Unsealed};
@@ -152,22 +151,8 @@ fn export(args: ExportArgs) -> Result<()> {
 }
 
 /// Reads the next frame, or `None` at a clean end of file.
-fn next_frame(reader: &mut impl Read, body: &mut Vec<u8>) -> Result<Option<Message>> {
-    let mut head = [0u8; FRAME_HEADER_LEN];
-    let mut got = 0;
-    while got < FRAME_HEADER_LEN {
-        match reader.read(&mut head[got..])? {
-            0 if got == 0 => return Ok(None),
-            0 => bail!("seed file ends inside a frame header"),
-            n => got += n,
-        }
-    }
-    let header = FrameHeader::parse(&head)?;
-    body.resize(header.body_len(), 0);
-    reader
-        .read_exact(body)
-        .context("seed file ends inside a frame body")?;
-    Ok(Some(header.decode_body(body)?))
+fn next_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Message>> {
+    ferry_wire::frame::read_frame(reader, buf).context("seed file refused")
 }
 
 fn restore(args: RestoreArgs) -> Result<()> {

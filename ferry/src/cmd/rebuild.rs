@@ -1,0 +1,140 @@
+//! `ferry rebuild`: a server's disks at a recovery point, from the standby's log.
+//!
+//! Where the disks go (`--out PATH`):
+//! - with `--disk N`, or when the server has one disk: PATH is that disk's output — a new
+//!   image file (must not exist), or an existing block device at least as large;
+//! - otherwise PATH is a directory (created if missing) and disk N becomes
+//!   `PATH/disk-N.img`.
+//!
+//! This is the only command that needs the data key (DESIGN.md I6). It reads the log
+//! without locking it, so it may run beside a live standby.
+
+use crate::keyfile;
+use anyhow::{Context, Result, bail};
+use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use ferry_standby::points::{self, PointSelector};
+use ferry_standby::rebuild::{self, Target};
+use ferry_standby::server::DataDir;
+use ferry_wire::ServerId;
+use ferry_wire::message::DiskInfo;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Rebuild a server's disks as they were at a recovery point.
+///
+/// Example: `ferry rebuild --data-dir /var/lib/ferry/standby --server web-1 --point latest
+/// --key pair.key --out /dev/vdb`
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The standby's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The protected server.
+    #[arg(long)]
+    server: ServerId,
+    /// A point id from `ferry point list`, or "latest".
+    #[arg(long)]
+    point: PointSelector,
+    /// Site-pair master key file (the data key is needed to decrypt).
+    #[arg(long)]
+    key: PathBuf,
+    /// Output: image file or block device, or a directory for several disks (see above).
+    #[arg(long)]
+    out: PathBuf,
+    /// Rebuild only this disk.
+    #[arg(long)]
+    disk: Option<u32>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    let keys = keyfile::load(&args.key)?.derive();
+    let data = DataDir::new(&args.data_dir);
+    let (state, _) = data
+        .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+        .with_context(|| format!("cannot read the store of server {}", args.server))?;
+    let Some(registration) = state.registration() else {
+        bail!("server {} has not registered any disk yet", args.server);
+    };
+    let retained = state.points();
+    let Some(point_seq) = points::resolve(&retained, state.log.last_seq(), args.point) else {
+        bail!(
+            "server {} has no retained point {}; see `ferry point list`",
+            args.server,
+            args.point
+        );
+    };
+    let disks: Vec<(&DiskInfo, PathBuf)> = match args.disk {
+        Some(n) => {
+            let disk = registration
+                .disks
+                .iter()
+                .find(|d| d.disk.0 == n)
+                .with_context(|| format!("server {} has no disk {n}", args.server))?;
+            vec![(disk, args.out.clone())]
+        }
+        None if registration.disks.len() == 1 => vec![(&registration.disks[0], args.out.clone())],
+        None => {
+            std::fs::create_dir_all(&args.out).with_context(|| {
+                format!(
+                    "server {} has {} disks, so --out must be a directory (or pass --disk N)",
+                    args.server,
+                    registration.disks.len()
+                )
+            })?;
+            registration
+                .disks
+                .iter()
+                .map(|d| (d, args.out.join(format!("disk-{}.img", d.disk.0))))
+                .collect()
+        }
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let total: u64 = disks.iter().map(|(d, _)| d.size.0).sum();
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    for (disk, out) in disks {
+        bar.set_message(format!("disk {}", disk.disk.0));
+        let start = Instant::now();
+        let target = Target::open(&out, disk)?;
+        let report = rebuild::rebuild_disk(
+            &state.log,
+            disk,
+            point_seq,
+            target,
+            (&keys.data, &keys.mac),
+            threads,
+            &|n| bar.inc(n),
+        )
+        .with_context(|| format!("rebuilding disk {} of {}", disk.disk.0, args.server))?;
+        let secs = start.elapsed().as_secs_f64();
+        bar.suspend(|| {
+            println!(
+                "rebuilt disk {} ({}, {} bytes) of {} at seq {point_seq} into {}: {} records \
+                 verified, {} bytes written, {} bytes zeroed, {secs:.2} s ({:.0} MB/s)",
+                disk.disk.0,
+                disk.name,
+                disk.size.0,
+                args.server,
+                out.display(),
+                report.records_read,
+                report.bytes_written,
+                report.bytes_zeroed,
+                disk.size.0 as f64 / secs.max(1e-9) / 1e6
+            );
+        });
+    }
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! `ferry standby`: run the standby service.
+//!
+//! Settings come from a TOML file (`--config`) and/or flags; a flag overrides the file.
+//! The file, with every field's default and bounds:
+//!
+//! ```toml
+//! data_dir = "/var/lib/ferry/standby"   # required (here or --data-dir)
+//! listen = "0.0.0.0:7420"               # required (here or --listen); plain TCP for now
+//! key_file = "/etc/ferry/keys/pair.key" # required (here or --key); mode 0600
+//! segment_size_mib = 64                 # 2 to 4096
+//! clean_interval_minutes = 10           # 1 to 10080
+//!
+//! [retention]                           # default policy for every server
+//! interval_hours = 1                    # 1 to 720
+//! keep = 24                             # 1 to 10000
+//!
+//! [[servers]]                           # the allow-list: only these may connect
+//! id = "web-1"
+//! [[servers]]
+//! id = "db-1"
+//! retention = { interval_hours = 4, keep = 12 }
+//! ```
+
+use crate::keyfile;
+use anyhow::{Context, Result, bail};
+use ferry_standby::log::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
+use ferry_standby::receiver::{ServiceConfig, Standby, StandbyKeys};
+use ferry_standby::retention::Policy;
+use ferry_wire::ServerId;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Run the standby service: receive, verify and store agents' sealed extents.
+///
+/// Example: `ferry standby --config /etc/ferry/standby.toml`
+/// or: `ferry standby --data-dir /srv/ferry --listen 0.0.0.0:7420 --key pair.key --server web-1`
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// TOML config file (see docs/standby.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Directory holding the servers' logs (overrides the file's data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on, e.g. 0.0.0.0:7420 (overrides the file's listen).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Site-pair master key file; only its MAC and auth keys are used.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Allow this server to connect (repeatable; adds to the file's [[servers]]).
+    #[arg(long = "server")]
+    servers: Vec<ServerId>,
+    /// Segment size in MiB (overrides the file's segment_size_mib).
+    #[arg(long)]
+    segment_size_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    key_file: Option<PathBuf>,
+    segment_size_mib: Option<u64>,
+    clean_interval_minutes: Option<u64>,
+    #[serde(default)]
+    retention: Policy,
+    #[serde(default)]
+    servers: Vec<ServerEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerEntry {
+    id: ServerId,
+    retention: Option<Policy>,
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    let file: FileConfig = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("config file {} is not valid", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .context("no data directory: set data_dir in the config file or pass --data-dir")?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .context("no listen address: set listen in the config file or pass --listen")?;
+    let key_file = args
+        .key
+        .or(file.key_file)
+        .context("no key file: set key_file in the config file or pass --key")?;
+    let segment_mib = args
+        .segment_size_mib
+        .or(file.segment_size_mib)
+        .unwrap_or(64);
+    let segment_size = segment_mib.saturating_mul(1 << 20);
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
+        bail!(
+            "segment_size_mib is {segment_mib}; it must be {} to {}",
+            MIN_SEGMENT_SIZE >> 20,
+            MAX_SEGMENT_SIZE >> 20
+        );
+    }
+    let clean_minutes = file.clean_interval_minutes.unwrap_or(10);
+    if !(1..=10_080).contains(&clean_minutes) {
+        bail!("clean_interval_minutes is {clean_minutes}; it must be 1 to 10080");
+    }
+    file.retention
+        .check()
+        .context("the config file's [retention] is not valid")?;
+    let mut servers = HashMap::new();
+    for entry in file.servers {
+        let policy = entry.retention.unwrap_or(file.retention);
+        policy
+            .check()
+            .with_context(|| format!("retention of server {}", entry.id))?;
+        if servers.insert(entry.id.clone(), policy).is_some() {
+            bail!("server {} is listed twice in the config file", entry.id);
+        }
+    }
+    for id in args.servers {
+        servers.entry(id).or_insert(file.retention);
+    }
+    if servers.is_empty() {
+        tracing::warn!(
+            "no servers are allowed: add [[servers]] to the config file or pass --server"
+        );
+    }
+
+    let keys = keyfile::load(&key_file)?.derive();
+    // The data key is dropped (and zeroized) here: the standby never needs it.
+    let keys = StandbyKeys {
+        mac: keys.mac.clone(),
+        auth: keys.auth.clone(),
+    };
+    let mut config = ServiceConfig::new(data_dir, listen);
+    config.segment_size = segment_size;
+    config.servers = servers;
+    config.clean_interval = Duration::from_secs(clean_minutes * 60);
+    let standby = Standby::bind(config, keys)?;
+    // Scripts and tests wait for this line (stdout) to know the service is up.
+    println!("listening on {}", standby.local_addr()?);
+    standby.run();
+    Ok(())
+}

@@ -1,0 +1,495 @@
+//! The agent's end of the link to a standby: connect, authenticate, send frames within a
+//! window of unacknowledged bytes, and follow the standby's acks and errors.
+//!
+//! ```text
+//! connect ─▶ Hello ─▶ ◀─ Challenge (standby's proof checked here) ─▶ Authenticate
+//!         ◀─ Welcome { last_durable }      everything ≤ last_durable is already safe
+//! send(Record | Barrier)…  blocks while the unacknowledged bytes would pass the window
+//!         ◀─ Ack { durable }               frees the window up to `durable`
+//!         ◀─ Error { StorageFull }         retryable: reported, the link stays up and
+//!                                          simply stops getting acks (back-pressure)
+//!         ◀─ Error { other }               permanent: the link is closed
+//! ```
+//!
+//! Frames whose seq is at or below the standby's durable seq are not sent at all, so a
+//! caller resuming after a reconnect may replay from anywhere before it. Every error says
+//! whether retrying (reconnecting, with backoff) can help: [`LinkError::is_retryable`].
+//! The link does not keep frames for resending; the caller (the replicator) re-reads
+//! what was not acknowledged. Plain TCP for now; TLS is a later issue.
+
+use ferry_wire::auth::{self, Exchange, Nonce, Role};
+use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
+use ferry_wire::message::{
+    Authenticate, ErrorCode, ErrorMessage, Heartbeat, Hello, RegisterServer,
+};
+use ferry_wire::{AuthKey, Message, Seq, ServerId};
+use std::collections::VecDeque;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a link behaves.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// Most bytes of frames sent and not yet acknowledged. Default 64 MiB.
+    pub window_bytes: u64,
+    /// Time allowed to open the TCP connection. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Time allowed for each handshake message. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// The agent's software version, shown in the standby's logs.
+    pub agent_version: String,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            window_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            agent_version: concat!("ferry ", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+/// Why the link failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to the standby at {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("the connection to the standby failed")]
+    Io(#[source] Arc<io::Error>),
+    #[error("the standby sent a frame that does not check out")]
+    Frame(#[source] Arc<FrameError>),
+    #[error("the standby refused ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error(
+        "the standby could not prove it holds the site pair's auth key: the two sides hold \
+         different keys, or this is not the standby you meant"
+    )]
+    StandbyNotAuthenticated,
+    #[error("the standby sent an unexpected {0:?} message")]
+    Protocol(FrameType),
+    #[error("the standby closed the connection")]
+    Closed,
+    #[error("timed out after {0:?} waiting for the standby")]
+    Timeout(Duration),
+}
+
+impl LinkError {
+    /// Whether reconnecting (with backoff) may succeed: network trouble and the standby's
+    /// retryable refusals (a full disk, an internal error). Wrong keys, unknown servers and
+    /// protocol violations need an operator.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LinkError::Connect { .. }
+            | LinkError::Io(_)
+            | LinkError::Closed
+            | LinkError::Timeout(_) => true,
+            LinkError::Refused { code, .. } => code.is_retryable(),
+            LinkError::Frame(_) | LinkError::StandbyNotAuthenticated | LinkError::Protocol(_) => {
+                false
+            }
+        }
+    }
+
+    fn from_read(e: ReadFrameError) -> Self {
+        match e {
+            ReadFrameError::Io(e) if is_timeout(&e) => LinkError::Timeout(Duration::ZERO),
+            ReadFrameError::Io(e) => LinkError::Io(Arc::new(e)),
+            ReadFrameError::EndInsideFrame { .. } => LinkError::Closed,
+            ReadFrameError::Frame(e) => LinkError::Frame(Arc::new(e)),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+#[derive(Debug, Default)]
+struct State {
+    durable: Seq,
+    /// Frames sent and not yet acknowledged: seq and length, in seq order.
+    in_flight: VecDeque<(Seq, u64)>,
+    in_flight_bytes: u64,
+    closed: Option<LinkError>,
+    /// Retryable refusals received while the link stays up (e.g. storage full).
+    warnings: Vec<ErrorMessage>,
+    acks: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A connected, authenticated link for one server.
+#[derive(Debug)]
+pub struct Link {
+    writer: BufWriter<TcpStream>,
+    socket: TcpStream,
+    shared: Arc<Shared>,
+    reader: Option<JoinHandle<()>>,
+    window: u64,
+    welcome: Seq,
+    encoded: Vec<u8>,
+}
+
+fn write_message(w: &mut impl Write, message: &Message) -> Result<(), LinkError> {
+    let frame = message
+        .encode()
+        .map_err(|e| LinkError::Frame(Arc::new(e)))?;
+    w.write_all(&frame)
+        .and_then(|()| w.flush())
+        .map_err(|e| LinkError::Io(Arc::new(e)))
+}
+
+fn read_message(r: &mut impl io::Read, buf: &mut Vec<u8>) -> Result<Message, LinkError> {
+    read_frame(r, buf)
+        .map_err(LinkError::from_read)?
+        .ok_or(LinkError::Closed)
+}
+
+impl Link {
+    /// Connects to the standby at `addr` and authenticates as `server`.
+    pub fn connect(
+        addr: impl ToSocketAddrs,
+        server: &ServerId,
+        auth_key: &AuthKey,
+        config: &LinkConfig,
+    ) -> Result<Self, LinkError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| LinkError::Connect {
+                addr: "(unresolved)".into(),
+                source: Arc::new(e),
+            })?
+            .collect();
+        let mut last = None;
+        let mut stream = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, config.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some((a.to_string(), e)),
+            }
+        }
+        let stream = match (stream, last) {
+            (Some(s), _) => s,
+            (None, Some((addr, e))) => {
+                return Err(LinkError::Connect {
+                    addr,
+                    source: Arc::new(e),
+                });
+            }
+            (None, None) => {
+                return Err(LinkError::Connect {
+                    addr: "(no address)".into(),
+                    source: Arc::new(io::Error::from(io::ErrorKind::AddrNotAvailable)),
+                });
+            }
+        };
+        let io = |e| LinkError::Io(Arc::new(e));
+        stream.set_nodelay(true).map_err(io)?;
+        stream
+            .set_read_timeout(Some(config.handshake_timeout))
+            .map_err(io)?;
+        let mut out = stream.try_clone().map_err(io)?;
+        let mut input = BufReader::new(stream.try_clone().map_err(io)?);
+        let mut buf = Vec::new();
+        let client_nonce = Nonce::random(&mut rand_core::OsRng);
+        write_message(
+            &mut out,
+            &Message::Hello(Hello {
+                server: server.clone(),
+                agent_version: config.agent_version.clone(),
+                client_nonce,
+            }),
+        )?;
+        let handshake = |e: LinkError| match e {
+            LinkError::Timeout(_) => LinkError::Timeout(config.handshake_timeout),
+            other => other,
+        };
+        let challenge = match read_message(&mut input, &mut buf).map_err(handshake)? {
+            Message::Challenge(c) => c,
+            Message::Error(e) => return Err(refused(e)),
+            other => return Err(LinkError::Protocol(other.frame_type())),
+        };
+        let exchange = Exchange {
+            server,
+            client_nonce: &client_nonce,
+            server_nonce: &challenge.server_nonce,
+        };
+        if !auth::check(auth_key, Role::Standby, &exchange, &challenge.standby_proof) {
+            let _ = write_message(
+                &mut out,
+                &Message::Error(ErrorMessage {
+                    code: ErrorCode::AuthenticationFailed,
+                    message: "the agent could not verify the standby's proof: the two sides \
+                              hold different site-pair keys"
+                        .into(),
+                }),
+            );
+            return Err(LinkError::StandbyNotAuthenticated);
+        }
+        let agent_proof = auth::prove(auth_key, Role::Agent, &exchange);
+        write_message(
+            &mut out,
+            &Message::Authenticate(Authenticate { agent_proof }),
+        )?;
+        let welcome = match read_message(&mut input, &mut buf).map_err(handshake)? {
+            Message::Welcome(w) => w,
+            Message::Error(e) => return Err(refused(e)),
+            other => return Err(LinkError::Protocol(other.frame_type())),
+        };
+        stream.set_read_timeout(None).map_err(io)?;
+        let shared = Arc::new(Shared::default());
+        shared.lock().durable = welcome.last_durable;
+        let reader = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("ferry-link-rx".into())
+                .spawn(move || receive(input, &shared))
+                .map_err(io)?
+        };
+        Ok(Self {
+            writer: BufWriter::with_capacity(1 << 20, out),
+            socket: stream,
+            shared,
+            reader: Some(reader),
+            window: config.window_bytes.max(1),
+            welcome: welcome.last_durable,
+            encoded: Vec::new(),
+        })
+    }
+
+    /// The standby's last durable seq when this link connected: resume after it.
+    pub fn welcome_durable(&self) -> Seq {
+        self.welcome
+    }
+
+    /// The highest seq the standby has acknowledged as durable so far.
+    pub fn durable(&self) -> Seq {
+        self.shared.lock().durable
+    }
+
+    /// How many acks the standby has sent on this link (one per group commit).
+    pub fn acks_received(&self) -> u64 {
+        self.shared.lock().acks
+    }
+
+    /// Retryable refusals (e.g. storage full) the standby reported since the last call.
+    pub fn take_warnings(&self) -> Vec<ErrorMessage> {
+        std::mem::take(&mut self.shared.lock().warnings)
+    }
+
+    /// A handle that reads the link's progress from another thread (status, metrics)
+    /// while this one is blocked sending.
+    pub fn monitor(&self) -> LinkMonitor {
+        LinkMonitor {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Tells the standby the server's disks (before the first record, and when they change).
+    pub fn register(&mut self, registration: RegisterServer) -> Result<(), LinkError> {
+        self.send(&Message::RegisterServer(registration))
+    }
+
+    /// Sends one message. Records and barriers count against the window (this blocks
+    /// while it is full) and are skipped when the standby already has their seq.
+    pub fn send(&mut self, message: &Message) -> Result<(), LinkError> {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        encoded.clear();
+        let result = message
+            .encode_into(&mut encoded)
+            .map_err(|e| LinkError::Frame(Arc::new(e)))
+            .and_then(|()| self.send_encoded(seq_of(message), &encoded));
+        self.encoded = encoded;
+        result
+    }
+
+    /// Sends an already encoded frame (`seq` for records and barriers, else `None`).
+    pub fn send_encoded(&mut self, seq: Option<Seq>, frame: &[u8]) -> Result<(), LinkError> {
+        let len = frame.len() as u64;
+        if let Some(seq) = seq {
+            let mut state = self.shared.lock();
+            if seq <= state.durable {
+                return Ok(());
+            }
+            while state.closed.is_none()
+                && state.in_flight_bytes > 0
+                && state.in_flight_bytes + len > self.window
+            {
+                drop(state);
+                // What is buffered here must reach the standby before acks can come back.
+                self.writer
+                    .flush()
+                    .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))?;
+                state = self.shared.lock();
+                if state.in_flight_bytes > 0 && state.in_flight_bytes + len > self.window {
+                    state = self
+                        .shared
+                        .changed
+                        .wait_timeout(state, Duration::from_millis(200))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+            if let Some(e) = &state.closed {
+                return Err(e.clone());
+            }
+            state.in_flight.push_back((seq, len));
+            state.in_flight_bytes += len;
+        } else if let Some(e) = &self.shared.lock().closed {
+            return Err(e.clone());
+        }
+        self.writer
+            .write_all(frame)
+            .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))
+    }
+
+    /// Pushes buffered frames onto the network.
+    pub fn flush(&mut self) -> Result<(), LinkError> {
+        self.writer
+            .flush()
+            .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))
+    }
+
+    /// Waits until the standby has acknowledged `seq` as durable (flushing first), or
+    /// `timeout` passes. Returns the durable seq.
+    pub fn wait_durable(&mut self, seq: Seq, timeout: Duration) -> Result<Seq, LinkError> {
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if state.durable >= seq {
+                return Ok(state.durable);
+            }
+            if let Some(e) = &state.closed {
+                return Err(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LinkError::Timeout(timeout));
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Why the link closed, if it has.
+    pub fn closed(&self) -> Option<LinkError> {
+        self.shared.lock().closed.clone()
+    }
+
+    fn fail(&self, err: LinkError) -> LinkError {
+        // The receiving side usually knows better (the standby's Error frame).
+        let mut state = self.shared.lock();
+        state.closed.get_or_insert(err).clone()
+    }
+}
+
+/// Reads a link's progress from any thread; see [`Link::monitor`].
+#[derive(Debug, Clone)]
+pub struct LinkMonitor {
+    shared: Arc<Shared>,
+}
+
+impl LinkMonitor {
+    /// The highest seq the standby has acknowledged as durable so far.
+    pub fn durable(&self) -> Seq {
+        self.shared.lock().durable
+    }
+
+    /// Retryable refusals the standby reported and nobody has taken yet.
+    pub fn warnings(&self) -> Vec<ErrorMessage> {
+        self.shared.lock().warnings.clone()
+    }
+
+    /// Why the link closed, if it has.
+    pub fn closed(&self) -> Option<LinkError> {
+        self.shared.lock().closed.clone()
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let _ = self.writer.flush();
+        let _ = self.socket.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+fn seq_of(message: &Message) -> Option<Seq> {
+    match message {
+        Message::Record(r) => Some(r.header.seq),
+        Message::Barrier(b) => Some(b.seq),
+        _ => None,
+    }
+}
+
+fn refused(e: ErrorMessage) -> LinkError {
+    LinkError::Refused {
+        code: e.code,
+        message: e.message,
+    }
+}
+
+/// The receiving thread: applies acks, collects warnings, records why the link closed.
+fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
+    let mut buf = Vec::new();
+    let closed = loop {
+        match read_message(&mut input, &mut buf) {
+            Ok(Message::Ack(ack)) => {
+                let mut state = shared.lock();
+                state.acks += 1;
+                state.durable = state.durable.max(ack.durable);
+                while let Some(&(seq, len)) = state.in_flight.front() {
+                    if seq > ack.durable {
+                        break;
+                    }
+                    state.in_flight.pop_front();
+                    state.in_flight_bytes -= len;
+                }
+                shared.changed.notify_all();
+            }
+            Ok(Message::Heartbeat(Heartbeat { .. })) => {}
+            Ok(Message::Error(e)) if e.code.is_retryable() => {
+                shared.lock().warnings.push(e);
+                shared.changed.notify_all();
+            }
+            Ok(Message::Error(e)) => break refused(e),
+            Ok(other) => break LinkError::Protocol(other.frame_type()),
+            Err(e) => break e,
+        }
+    };
+    let mut state = shared.lock();
+    state.closed.get_or_insert(closed);
+    shared.changed.notify_all();
+}

@@ -1,0 +1,101 @@
+//! Recovery points: every barrier record in a server's log is a point — id, seq, time,
+//! consistent or not, scheduled or manual — until retention drops it. "latest" is not
+//! stored: it is the log's last seq, whatever that is when asked.
+//!
+//! The catalogue persists only what retention dropped (by barrier seq, which is unique
+//! and never reused, unlike a point id an agent might repeat), so a dropped point stays
+//! dropped even while its barrier is still in a segment awaiting cleaning.
+
+use crate::index::{Entry, EntryKind};
+use ferry_wire::message::PointKind;
+use ferry_wire::{PointId, Seq};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A retained recovery point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Point {
+    pub id: PointId,
+    /// Records with seq ≤ this belong to the point.
+    pub seq: Seq,
+    pub unix_time_ms: u64,
+    pub consistent: bool,
+    pub kind: PointKind,
+}
+
+/// Which points retention has dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Barrier seqs of dropped points.
+    dropped: BTreeSet<u64>,
+}
+
+impl Catalog {
+    /// The retained points among `entries` (sorted by seq), oldest first.
+    pub fn points(&self, entries: &[Entry]) -> Vec<Point> {
+        entries
+            .iter()
+            .filter_map(|e| match e.what {
+                EntryKind::Barrier {
+                    point,
+                    kind,
+                    consistent,
+                    unix_time_ms,
+                } if !self.is_dropped(e.seq) => Some(Point {
+                    id: point,
+                    seq: e.seq,
+                    unix_time_ms,
+                    consistent,
+                    kind,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn is_dropped(&self, barrier_seq: Seq) -> bool {
+        self.dropped.contains(&barrier_seq.0)
+    }
+
+    /// Marks the points with these barrier seqs dropped.
+    pub fn drop_points(&mut self, barrier_seqs: &[Seq]) {
+        self.dropped.extend(barrier_seqs.iter().map(|s| s.0));
+    }
+}
+
+/// What a user may ask to rebuild.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointSelector {
+    Latest,
+    Id(PointId),
+}
+
+impl std::str::FromStr for PointSelector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "latest" {
+            return Ok(PointSelector::Latest);
+        }
+        s.parse()
+            .map(|n| PointSelector::Id(PointId(n)))
+            .map_err(|_| format!("{s:?} is not a point id (a number) or \"latest\""))
+    }
+}
+
+impl std::fmt::Display for PointSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PointSelector::Latest => f.write_str("latest"),
+            PointSelector::Id(id) => write!(f, "{}", id.0),
+        }
+    }
+}
+
+/// The seq a selector stands for: the newest retained point with that id, or the last
+/// seq for "latest". `None` when no such point is retained.
+pub fn resolve(points: &[Point], last_seq: Seq, selector: PointSelector) -> Option<Seq> {
+    match selector {
+        PointSelector::Latest => Some(last_seq),
+        PointSelector::Id(id) => points.iter().rev().find(|p| p.id == id).map(|p| p.seq),
+    }
+}

@@ -1,0 +1,392 @@
+//! Rebuilding a server's disk at a recovery point: for every byte of the disk, the newest
+//! record with seq ≤ the point's seq (byte-exact, so in particular per 4 KiB grain);
+//! never-written bytes are zero.
+//!
+//! - The plan comes from the index alone ([`crate::index`]): an [`ExtentMap`] of the
+//!   disk's records up to the point, grouped by record so each is read and unsealed once,
+//!   in log order.
+//! - Workers (one per core by default) take records from a shared cursor; each reads the
+//!   frame by position, checks its CRC and that it matches the index, unseals it (MAC
+//!   checked before decryption, DESIGN.md I6 — the data key is needed here and only here)
+//!   and writes the live parts with `pwrite`. Damage is an error naming segment and
+//!   offset; nothing is skipped.
+//! - Output is a new image file (created beside its final name and renamed into place when
+//!   complete, sparse: holes stay holes and zero records write nothing), or an existing
+//!   block device at least as large as the disk (every byte written: holes and zero
+//!   records are zeroed with `FALLOC_FL_ZERO_RANGE`, or by writing zeroes).
+
+use crate::extent_map::ExtentMap;
+use crate::index::Entry;
+use crate::log::ServerLog;
+use crate::segment::{self, Corruption, ScanError};
+use ferry_wire::message::DiskInfo;
+use ferry_wire::seal::Unsealed;
+use ferry_wire::{DataKey, MacKey, Message, Seq, Unsealer};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Why a rebuild failed. All are permanent for the same store and target.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    /// Reading the log failed: an I/O error, or damage named by segment and offset.
+    #[error(transparent)]
+    Read(#[from] ScanError),
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{} is {have} bytes, smaller than disk {disk} ({need} bytes); refusing to write a \
+         partial disk", path.display()
+    )]
+    TooSmall {
+        path: PathBuf,
+        disk: u32,
+        have: u64,
+        need: u64,
+    },
+    #[error(
+        "{} already exists and is not a block device; rebuild writes a new image file or \
+         onto an existing block device", path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error("cannot set up unsealing")]
+    Keys(#[source] ferry_wire::SealError),
+}
+
+impl From<Corruption> for RebuildError {
+    fn from(c: Corruption) -> Self {
+        RebuildError::Read(ScanError::Corrupt(c))
+    }
+}
+
+impl RebuildError {
+    /// The damage found in the log, if that is why the rebuild failed.
+    pub fn corruption(&self) -> Option<&Corruption> {
+        match self {
+            RebuildError::Read(ScanError::Corrupt(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> RebuildError {
+    let path = path.to_owned();
+    move |source| RebuildError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Where a disk is written.
+#[derive(Debug)]
+pub struct Target {
+    file: File,
+    path: PathBuf,
+    /// `Some(temporary path)` for a new image file, `None` for a block device.
+    partial: Option<PathBuf>,
+}
+
+impl Target {
+    /// Opens `path` for a disk of `size` bytes: an existing block device (refused if
+    /// smaller), or a new image file (refused if something exists there).
+    pub fn open(path: &Path, disk: &DiskInfo) -> Result<Self, RebuildError> {
+        let need = disk.size.0;
+        match fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_block_device() => {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .read(true)
+                    .open(path)
+                    .map_err(io_err("open", path))?;
+                let have = file
+                    .seek(SeekFrom::End(0))
+                    .map_err(io_err("measure", path))?;
+                if have < need {
+                    return Err(RebuildError::TooSmall {
+                        path: path.to_owned(),
+                        disk: disk.disk.0,
+                        have,
+                        need,
+                    });
+                }
+                Ok(Self {
+                    file,
+                    path: path.to_owned(),
+                    partial: None,
+                })
+            }
+            Ok(_) => Err(RebuildError::Exists {
+                path: path.to_owned(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut name = path.file_name().unwrap_or_default().to_os_string();
+                name.push(format!(".partial-{}", std::process::id()));
+                let partial = path.with_file_name(name);
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&partial)
+                    .map_err(io_err("create", &partial))?;
+                file.set_len(need).map_err(io_err("size", &partial))?;
+                Ok(Self {
+                    file,
+                    path: path.to_owned(),
+                    partial: Some(partial),
+                })
+            }
+            Err(e) => Err(io_err("inspect", path)(e)),
+        }
+    }
+
+    fn is_device(&self) -> bool {
+        self.partial.is_none()
+    }
+
+    fn write_at(&self, bytes: &[u8], offset: u64) -> Result<(), RebuildError> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(io_err("write", &self.path))
+    }
+
+    fn zero(&self, offset: u64, len: u64) -> Result<(), RebuildError> {
+        if offset.is_multiple_of(512)
+            && len.is_multiple_of(512)
+            && crate::sys::zero_range(&self.file, offset, len).is_ok()
+        {
+            return Ok(());
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = usize::try_from(len - done).map_or(zeros.len(), |n| n.min(zeros.len()));
+            self.write_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes the output durable and (image files) puts it in place.
+    fn finish(self) -> Result<(), RebuildError> {
+        self.file.sync_all().map_err(io_err("fsync", &self.path))?;
+        if let Some(partial) = &self.partial {
+            fs::rename(partial, &self.path).map_err(io_err("rename into place", &self.path))?;
+        }
+        Ok(())
+    }
+
+    fn abandon(self) {
+        if let Some(partial) = &self.partial {
+            let _ = fs::remove_file(partial);
+        }
+    }
+}
+
+/// One record to read, and the byte ranges of the disk it still provides.
+#[derive(Debug)]
+struct Work {
+    entry: Entry,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// What one disk's rebuild did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskReport {
+    pub records_read: u64,
+    pub bytes_written: u64,
+    pub bytes_zeroed: u64,
+}
+
+/// The plan: records (in log order) with the ranges each still provides at `point`, and
+/// the ranges no record covers. Clipped to the disk's registered size.
+fn plan(entries: &[Entry], disk: &DiskInfo, point: Seq) -> (Vec<Work>, Vec<(u64, u64)>) {
+    let upto = entries.partition_point(|e| e.seq <= point);
+    let mut map = ExtentMap::new();
+    for (i, e) in entries[..upto].iter().enumerate() {
+        if let Some((d, start, end)) = e.disk_range()
+            && d == disk.disk
+        {
+            map.insert(start.min(disk.size.0), end.min(disk.size.0), i);
+        }
+    }
+    let mut by_entry: std::collections::HashMap<usize, Vec<(u64, u64)>> = Default::default();
+    let mut gaps = Vec::new();
+    let mut cursor = 0;
+    for (start, end, i) in map.iter() {
+        if start > cursor {
+            gaps.push((cursor, start));
+        }
+        by_entry.entry(i).or_default().push((start, end));
+        cursor = end;
+    }
+    if cursor < disk.size.0 {
+        gaps.push((cursor, disk.size.0));
+    }
+    let mut work: Vec<Work> = by_entry
+        .into_iter()
+        .map(|(i, ranges)| Work {
+            entry: entries[i],
+            ranges,
+        })
+        .collect();
+    work.sort_by_key(|w| (w.entry.segment, w.entry.position));
+    (work, gaps)
+}
+
+/// Rebuilds `disk` as it was at `point` into `target`, on `threads` threads, calling
+/// `progress` with the number of disk bytes done as work completes.
+pub fn rebuild_disk(
+    log: &ServerLog,
+    disk: &DiskInfo,
+    point: Seq,
+    target: Target,
+    keys: (&DataKey, &MacKey),
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DiskReport, RebuildError> {
+    let result = rebuild_into(log, disk, point, &target, keys, threads, progress);
+    match result {
+        Ok(report) => {
+            target.finish()?;
+            Ok(report)
+        }
+        Err(e) => {
+            target.abandon();
+            Err(e)
+        }
+    }
+}
+
+fn rebuild_into(
+    log: &ServerLog,
+    disk: &DiskInfo,
+    point: Seq,
+    target: &Target,
+    (data_key, mac_key): (&DataKey, &MacKey),
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<DiskReport, RebuildError> {
+    let (work, gaps) = plan(log.entries(), disk, point);
+    let report = Mutex::new(DiskReport::default());
+    if target.is_device() {
+        for &(start, end) in &gaps {
+            target.zero(start, end - start)?;
+            report.lock().expect("not poisoned").bytes_zeroed += end - start;
+        }
+    }
+    progress(gaps.iter().map(|(s, e)| e - s).sum());
+
+    const BATCH: usize = 8;
+    let cursor = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<RebuildError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| {
+                let result = (|| -> Result<(), RebuildError> {
+                    let mut unsealer =
+                        Unsealer::new(data_key, mac_key).map_err(RebuildError::Keys)?;
+                    let mut buf = Vec::new();
+                    let mut mine = DiskReport::default();
+                    loop {
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let at = cursor.fetch_add(BATCH, Ordering::Relaxed);
+                        if at >= work.len() {
+                            break;
+                        }
+                        for w in &work[at..(at + BATCH).min(work.len())] {
+                            let done =
+                                rebuild_one(log, w, target, &mut unsealer, &mut buf, &mut mine)?;
+                            progress(done);
+                        }
+                    }
+                    let mut total = report.lock().expect("not poisoned");
+                    total.records_read += mine.records_read;
+                    total.bytes_written += mine.bytes_written;
+                    total.bytes_zeroed += mine.bytes_zeroed;
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().expect("not poisoned").get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().expect("not poisoned") {
+        return Err(e);
+    }
+    Ok(report.into_inner().expect("not poisoned"))
+}
+
+/// Reads, checks and unseals one record and writes its live ranges. Returns the disk
+/// bytes it accounted for.
+fn rebuild_one(
+    log: &ServerLog,
+    w: &Work,
+    target: &Target,
+    unsealer: &mut Unsealer,
+    buf: &mut Vec<u8>,
+    report: &mut DiskReport,
+) -> Result<u64, RebuildError> {
+    let e = &w.entry;
+    let (file, path) = log.segment_file(e.segment).ok_or_else(|| Corruption {
+        path: PathBuf::from(e.segment.file_name()),
+        offset: e.position.0,
+        reason: "the index points into a segment that is gone".into(),
+    })?;
+    let corrupt = |reason: String| Corruption {
+        path: path.clone(),
+        offset: e.position.0,
+        reason,
+    };
+    let message = segment::read_frame(file.as_ref(), &path, e.position, e.frame_len, buf)?;
+    let Message::Record(record) = &message else {
+        return Err(corrupt(format!("expected a record for seq {}", e.seq)).into());
+    };
+    if segment::entry_of(&message, e.segment, e.position, e.frame_len).as_ref() != Some(e) {
+        return Err(corrupt(format!(
+            "frame does not match its index entry (seq {})",
+            e.seq
+        ))
+        .into());
+    }
+    let record_start = record.header.offset.0;
+    let unsealed = unsealer.unseal(record).map_err(|err| {
+        corrupt(format!(
+            "record seq {}: {}",
+            e.seq,
+            segment::error_chain(&err)
+        ))
+    })?;
+    report.records_read += 1;
+    let mut done = 0;
+    for &(start, end) in &w.ranges {
+        done += end - start;
+        match &unsealed {
+            Unsealed::Data(bytes) => {
+                let from = usize::try_from(start - record_start).expect("inside a ≤1 MiB record");
+                let to = usize::try_from(end - record_start).expect("inside a ≤1 MiB record");
+                target.write_at(&bytes[from..to], start)?;
+                report.bytes_written += end - start;
+            }
+            Unsealed::Zeroes(_) | Unsealed::Discarded(_) => {
+                if target.is_device() {
+                    target.zero(start, end - start)?;
+                    report.bytes_zeroed += end - start;
+                }
+            }
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,733 @@
+//! The standby service: accepts agent connections over TCP (TLS is a later issue),
+//! authenticates them, stores what they send, and acknowledges only what is durable.
+//!
+//! Per connection:
+//!
+//! ```text
+//! Hello ──▶ server on the allow-list? else Error(UnknownServer), logged, closed
+//!       ◀── Challenge { server nonce, standby proof }
+//! Authenticate ──▶ proof checks with the auth key? else Error(AuthenticationFailed)
+//!       ◀── Welcome { last_durable }   (the log is fsynced first, so it is true)
+//! RegisterServer | Record | Barrier | Heartbeat ──▶ …   ◀── Ack { durable } …
+//! ```
+//!
+//! - **Ingest**: the session thread reads each frame, checks its CRC (frame decoding),
+//!   applies [`ServerState::ingest`] (MAC key only) and appends the frame's bytes as
+//!   received. A refused frame gets an `Error` naming why, is logged, and closes the
+//!   connection; nothing of it is stored (DESIGN.md I7).
+//! - **Group commit** (DESIGN.md I2): a sync thread per connection waits until records
+//!   have been written past the durable seq, takes a [`crate::log::SyncTicket`], runs the
+//!   fsync without holding the server's lock (the session keeps appending meanwhile), and
+//!   then acks the highest seq that fsync covered. One fsync covers every record written
+//!   before it started, however many.
+//! - **Full disk**: an append that fails for lack of space is undone, reported to the
+//!   agent once as a retryable `Error(StorageFull)` and logged; the session then retries
+//!   every [`FULL_RETRY`] without reading further, so TCP and the agent's window push back
+//!   on the agent. Acks continue for what is durable; nothing acknowledged is at risk.
+//!   When space returns, ingest resumes by itself.
+//! - **One connection per server**: a new, authenticated connection for a server
+//!   replaces the old one (shut down) — an agent that reconnects after a network break is
+//!   not locked out by its half-dead predecessor.
+//! - **Retention** runs every `clean_interval` for each allowed server, holding that
+//!   server's lock (its ingest pauses for the run).
+
+use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::retention::{self, Policy};
+use crate::server::{DataDir, DataDirLock, IngestError, Ingested, OpenError, ServerState};
+use ferry_wire::auth::{self, Exchange, Nonce, Role};
+use ferry_wire::frame::{FrameError, ReadFrameError, read_frame};
+use ferry_wire::message::{
+    Ack, Challenge, ErrorCode, ErrorMessage, Heartbeat, MAX_ERROR_TEXT, Welcome,
+};
+use ferry_wire::{AuthKey, MacKey, Message, Seq, ServerId};
+use std::collections::HashMap;
+use std::io::{self, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often a session retries an append that failed for lack of space.
+pub const FULL_RETRY: Duration = Duration::from_millis(250);
+
+/// The keys a standby holds: never the data key (DESIGN.md I6).
+#[derive(Debug, Clone)]
+pub struct StandbyKeys {
+    pub mac: MacKey,
+    pub auth: AuthKey,
+}
+
+/// The service's settings (the `ferry standby` config file maps onto this).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    /// Segment roll size in bytes. Default 64 MiB.
+    pub segment_size: u64,
+    /// The servers allowed to connect, each with its retention policy.
+    pub servers: HashMap<ServerId, Policy>,
+    /// Time between retention runs. Default 10 minutes.
+    pub clean_interval: Duration,
+    /// Time allowed for each handshake message. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl ServiceConfig {
+    pub fn new(data_dir: PathBuf, listen: String) -> Self {
+        Self {
+            data_dir,
+            listen,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            servers: HashMap::new(),
+            clean_interval: Duration::from_secs(600),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    DataDir(#[from] OpenError),
+}
+
+/// A server's state and its current connection.
+#[derive(Debug, Default)]
+struct Slot {
+    inner: Mutex<SlotInner>,
+    /// Signalled when a session appends, ends, or is replaced.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SlotInner {
+    state: Option<ServerState>,
+    /// The connection currently serving this server, and a handle to shut it down.
+    conn: Option<(u64, TcpStream)>,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ServiceConfig,
+    keys: StandbyKeys,
+    data: DataDir,
+    slots: Mutex<HashMap<ServerId, Arc<Slot>>>,
+    stop: AtomicBool,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn slot(&self, id: &ServerId) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+}
+
+/// A bound, not yet running, standby service.
+#[derive(Debug)]
+pub struct Standby {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    _lock: DataDirLock,
+}
+
+/// A standby running on background threads; [`StandbyHandle::stop`] (or drop) ends it.
+#[derive(Debug)]
+pub struct StandbyHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Standby {
+    /// Takes the data directory's lock and binds the listen address.
+    pub fn bind(config: ServiceConfig, keys: StandbyKeys) -> Result<Self, ServiceError> {
+        let data = DataDir::new(&config.data_dir);
+        let lock = data.lock()?;
+        let listener = TcpListener::bind(&config.listen).map_err(|source| ServiceError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                keys,
+                data,
+                slots: Mutex::default(),
+                stop: AtomicBool::new(false),
+                next_conn: AtomicU64::new(1),
+            }),
+            listener,
+            _lock: lock,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until the process ends.
+    pub fn run(self) {
+        let shared = self.shared.clone();
+        std::thread::Builder::new()
+            .name("ferry-retention".into())
+            .spawn(move || maintenance(&shared))
+            .expect("spawning the retention thread");
+        accept_loop(&self.listener, &self.shared);
+    }
+
+    /// Serves on background threads.
+    pub fn spawn(self) -> io::Result<StandbyHandle> {
+        let addr = self.local_addr()?;
+        let shared = self.shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("ferry-accept".into())
+            .spawn(move || self.run())?;
+        Ok(StandbyHandle {
+            shared,
+            addr,
+            accept: Some(accept),
+        })
+    }
+}
+
+impl StandbyHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, shuts every connection down and waits for the accept loop.
+    pub fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        for slot in self
+            .shared
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            if let Some((_, s)) = &slot.lock().conn {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            slot.changed.notify_all();
+        }
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for StandbyHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
+    tracing::info!(
+        listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        data_dir = %shared.config.data_dir.display(),
+        servers = shared.config.servers.len(),
+        "standby listening (plain TCP; TLS is not implemented yet)"
+    );
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ferry-session".into())
+            .spawn(move || {
+                let peer = stream
+                    .peer_addr()
+                    .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+                match session(&shared, stream, &peer) {
+                    // Refusals were logged as warnings when they happened.
+                    Err(SessionEnd::Refused(_)) | Ok(()) => {}
+                    Err(e) => tracing::info!(peer, reason = %e, "connection closed"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a session thread");
+        }
+    }
+}
+
+/// Why a session ended (for the log line; the agent was told already when it matters).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("connection lost")]
+    Io(#[source] io::Error),
+    #[error("the agent closed the connection")]
+    Closed,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("replaced by a newer connection for the same server")]
+    Replaced,
+    #[error("the standby is stopping")]
+    Stopping,
+}
+
+/// Sends an error to the agent and logs it; returns the session's end.
+fn refuse(out: &Mutex<TcpStream>, peer: &str, code: ErrorCode, message: String) -> SessionEnd {
+    tracing::warn!(peer, ?code, "{message}");
+    send_error(out, code, &message);
+    SessionEnd::Refused(message)
+}
+
+fn send_error(out: &Mutex<TcpStream>, code: ErrorCode, message: &str) {
+    let mut text: String = message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    while text.len() > MAX_ERROR_TEXT {
+        text.pop();
+    }
+    let _ = send(
+        out,
+        &Message::Error(ErrorMessage {
+            code,
+            message: text,
+        }),
+    );
+}
+
+fn send(out: &Mutex<TcpStream>, message: &Message) -> io::Result<()> {
+    let frame = message
+        .encode()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    out.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .write_all(&frame)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    crate::segment::error_chain(e)
+}
+
+fn read_next(
+    input: &mut BufReader<TcpStream>,
+    buf: &mut Vec<u8>,
+    out: &Mutex<TcpStream>,
+    peer: &str,
+) -> Result<Message, SessionEnd> {
+    match read_frame(input, buf) {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) | Err(ReadFrameError::EndInsideFrame { .. }) => Err(SessionEnd::Closed),
+        Err(ReadFrameError::Io(e)) => Err(SessionEnd::Io(e)),
+        Err(ReadFrameError::Frame(e @ FrameError::UnsupportedVersion { .. })) => Err(refuse(
+            out,
+            peer,
+            ErrorCode::UnsupportedVersion,
+            e.to_string(),
+        )),
+        Err(ReadFrameError::Frame(e)) => Err(refuse(
+            out,
+            peer,
+            ErrorCode::Malformed,
+            format!("frame refused: {}", chain(&e)),
+        )),
+    }
+}
+
+fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), SessionEnd> {
+    stream.set_nodelay(true).map_err(SessionEnd::Io)?;
+    stream
+        .set_read_timeout(Some(shared.config.handshake_timeout))
+        .map_err(SessionEnd::Io)?;
+    let out = Arc::new(Mutex::new(stream.try_clone().map_err(SessionEnd::Io)?));
+    let mut input = BufReader::with_capacity(2 << 20, stream.try_clone().map_err(SessionEnd::Io)?);
+    let mut buf = Vec::new();
+
+    // Handshake.
+    let hello = match read_next(&mut input, &mut buf, &out, peer)? {
+        Message::Hello(h) => h,
+        other => {
+            return Err(refuse(
+                &out,
+                peer,
+                ErrorCode::Malformed,
+                format!("expected Hello, got {:?}", other.frame_type()),
+            ));
+        }
+    };
+    let server = hello.server.clone();
+    if !shared.config.servers.contains_key(&server) {
+        return Err(refuse(
+            &out,
+            peer,
+            ErrorCode::UnknownServer,
+            format!(
+                "server {server} is not known to this standby; an operator must add it to \
+                 the standby's [[servers]] list"
+            ),
+        ));
+    }
+    let server_nonce = Nonce::random(&mut rand_core::OsRng);
+    let exchange = Exchange {
+        server: &server,
+        client_nonce: &hello.client_nonce,
+        server_nonce: &server_nonce,
+    };
+    send(
+        &out,
+        &Message::Challenge(Challenge {
+            server_nonce,
+            standby_proof: auth::prove(&shared.keys.auth, Role::Standby, &exchange),
+        }),
+    )
+    .map_err(SessionEnd::Io)?;
+    match read_next(&mut input, &mut buf, &out, peer)? {
+        Message::Authenticate(a)
+            if auth::check(&shared.keys.auth, Role::Agent, &exchange, &a.agent_proof) => {}
+        Message::Authenticate(_) => {
+            return Err(refuse(
+                &out,
+                peer,
+                ErrorCode::AuthenticationFailed,
+                format!(
+                    "server {server}: the agent's proof does not match this standby's auth \
+                     key (the two sides hold different site-pair keys)"
+                ),
+            ));
+        }
+        Message::Error(e) => {
+            let text = format!(
+                "server {server}: the agent refused: {:?}: {}",
+                e.code, e.message
+            );
+            tracing::warn!(peer, "{text}");
+            return Err(SessionEnd::Refused(text));
+        }
+        other => {
+            return Err(refuse(
+                &out,
+                peer,
+                ErrorCode::Malformed,
+                format!("expected Authenticate, got {:?}", other.frame_type()),
+            ));
+        }
+    }
+    stream.set_read_timeout(None).map_err(SessionEnd::Io)?;
+
+    // Take over the server: replace any older connection, open its state, make it durable.
+    let slot = shared.slot(&server);
+    let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let last_durable = {
+        let mut inner = slot.lock();
+        if let Some((_, old)) = inner.conn.take() {
+            tracing::info!(%server, "a new connection replaces the previous one");
+            let _ = old.shutdown(Shutdown::Both);
+        }
+        inner.conn = Some((conn_id, stream.try_clone().map_err(SessionEnd::Io)?));
+        slot.changed.notify_all();
+        if inner.state.is_none() {
+            match shared
+                .data
+                .open_server(&server, shared.config.segment_size, OpenMode::ReadWrite)
+            {
+                Ok((state, report)) => {
+                    for (path, torn) in &report.torn {
+                        tracing::warn!(
+                            %server, segment = %path.display(), offset = torn.offset,
+                            bytes = torn.len, "truncated a torn tail: {}", torn.reason
+                        );
+                    }
+                    inner.state = Some(state);
+                }
+                Err(e) => {
+                    inner.conn = None;
+                    return Err(refuse(
+                        &out,
+                        peer,
+                        ErrorCode::Internal,
+                        format!("cannot open the store of server {server}: {}", chain(&e)),
+                    ));
+                }
+            }
+        }
+        let state = inner.state.as_mut().expect("opened above");
+        match state.log.sync() {
+            Ok(seq) => seq,
+            Err(e) => {
+                inner.conn = None;
+                let code = if e.is_retryable() {
+                    ErrorCode::StorageFull
+                } else {
+                    ErrorCode::Internal
+                };
+                return Err(refuse(
+                    &out,
+                    peer,
+                    code,
+                    format!("server {server}: {}", chain(&e)),
+                ));
+            }
+        }
+    };
+    send(&out, &Message::Welcome(Welcome { last_durable })).map_err(SessionEnd::Io)?;
+    tracing::info!(
+        peer, %server, agent = %hello.agent_version, %last_durable, "agent connected"
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    let syncer = {
+        let (slot, out, done, server) = (slot.clone(), out.clone(), done.clone(), server.clone());
+        std::thread::Builder::new()
+            .name("ferry-sync".into())
+            .spawn(move || sync_loop(&slot, conn_id, &out, &done, &server, last_durable))
+            .map_err(SessionEnd::Io)?
+    };
+    let result = ingest_loop(
+        shared, &slot, conn_id, &mut input, &mut buf, &out, peer, &server,
+    );
+    done.store(true, Ordering::SeqCst);
+    {
+        let mut inner = slot.lock();
+        if inner.conn.as_ref().is_some_and(|(id, _)| *id == conn_id) {
+            inner.conn = None;
+        }
+    }
+    slot.changed.notify_all();
+    let _ = syncer.join();
+    result
+}
+
+fn is_current(inner: &SlotInner, conn_id: u64) -> bool {
+    inner.conn.as_ref().is_some_and(|(id, _)| *id == conn_id)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+fn ingest_loop(
+    shared: &Shared,
+    slot: &Slot,
+    conn_id: u64,
+    input: &mut BufReader<TcpStream>,
+    buf: &mut Vec<u8>,
+    out: &Mutex<TcpStream>,
+    peer: &str,
+    server: &ServerId,
+) -> Result<(), SessionEnd> {
+    let mut reported_full = false;
+    loop {
+        let message = read_next(input, buf, out, peer)?;
+        match &message {
+            Message::Heartbeat(_) => {
+                let _ = send(
+                    out,
+                    &Message::Heartbeat(Heartbeat {
+                        unix_time_ms: now_ms(),
+                    }),
+                );
+                continue;
+            }
+            Message::Error(e) => {
+                let text = format!("the agent reported {:?}: {}", e.code, e.message);
+                tracing::warn!(peer, %server, "{text}");
+                return Err(SessionEnd::Refused(text));
+            }
+            _ => {}
+        }
+        loop {
+            if shared.stop.load(Ordering::SeqCst) {
+                return Err(SessionEnd::Stopping);
+            }
+            let mut inner = slot.lock();
+            if !is_current(&inner, conn_id) {
+                return Err(SessionEnd::Replaced);
+            }
+            let state = inner.state.as_mut().expect("open while connected");
+            let result = match &message {
+                Message::RegisterServer(reg) => state.register(reg.clone()).map(|()| None),
+                _ => state.ingest(buf, &message, &shared.keys.mac).map(Some),
+            };
+            match result {
+                Ok(stored) => {
+                    if matches!(stored, Some(Ingested::Stored(_))) {
+                        slot.changed.notify_all();
+                    }
+                    if reported_full {
+                        tracing::info!(%server, "storage has room again; ingest resumed");
+                        reported_full = false;
+                    }
+                    break;
+                }
+                Err(e) if e.is_retryable() => {
+                    drop(inner);
+                    if !reported_full {
+                        reported_full = true;
+                        let text = format!(
+                            "server {server}: the standby's storage is full ({}); not \
+                             acknowledging until space is freed",
+                            chain(&e)
+                        );
+                        tracing::error!(peer, "{text}");
+                        send_error(out, ErrorCode::StorageFull, &text);
+                    }
+                    std::thread::sleep(FULL_RETRY);
+                }
+                Err(e) => return Err(refuse_ingest(out, peer, server, &e)),
+            }
+        }
+    }
+}
+
+fn refuse_ingest(
+    out: &Mutex<TcpStream>,
+    peer: &str,
+    server: &ServerId,
+    e: &IngestError,
+) -> SessionEnd {
+    refuse(
+        out,
+        peer,
+        e.code(),
+        format!("server {server}: {}", chain(e)),
+    )
+}
+
+/// Group commit: fsync whatever has been written, then ack it; repeat.
+fn sync_loop(
+    slot: &Slot,
+    conn_id: u64,
+    out: &Mutex<TcpStream>,
+    done: &AtomicBool,
+    server: &ServerId,
+    mut acked: Seq,
+) {
+    loop {
+        let ticket = {
+            let mut inner = slot.lock();
+            loop {
+                if done.load(Ordering::SeqCst) || !is_current(&inner, conn_id) {
+                    return;
+                }
+                let log = &inner.state.as_ref().expect("open while connected").log;
+                if log.last_seq() > log.durable_seq() {
+                    break;
+                }
+                inner = slot
+                    .changed
+                    .wait_timeout(inner, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            inner.state.as_mut().expect("open").log.prepare_sync()
+        };
+        if let Err(e) = ticket.run() {
+            // After a failed fsync the page cache may no longer match the disk: never ack,
+            // drop this connection, and reopen (re-verify) the log on the next one.
+            let text = format!("server {server}: {}", chain(&e));
+            tracing::error!("fsync failed, closing the connection: {text}");
+            let mut inner = slot.lock();
+            if is_current(&inner, conn_id) {
+                inner.state = None;
+                if let Some((_, s)) = inner.conn.take() {
+                    send_error(out, ErrorCode::Internal, &text);
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+            slot.changed.notify_all();
+            return;
+        }
+        let durable = {
+            let mut inner = slot.lock();
+            match inner.state.as_mut() {
+                Some(state) => {
+                    state.log.mark_durable(ticket.upto);
+                    state.log.durable_seq()
+                }
+                None => return,
+            }
+        };
+        if durable > acked {
+            if send(out, &Message::Ack(Ack { durable })).is_err() {
+                return;
+            }
+            acked = durable;
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Applies retention to every allowed server that has a store, every `clean_interval`.
+fn maintenance(shared: &Shared) {
+    loop {
+        let start = std::time::Instant::now();
+        while start.elapsed() < shared.config.clean_interval {
+            if shared.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200).min(shared.config.clean_interval));
+        }
+        for (server, policy) in &shared.config.servers {
+            if !shared.data.server_dir(server).is_dir() {
+                continue;
+            }
+            let slot = shared.slot(server);
+            let mut inner = slot.lock();
+            if inner.state.is_none() {
+                match shared.data.open_server(
+                    server,
+                    shared.config.segment_size,
+                    OpenMode::ReadWrite,
+                ) {
+                    Ok((state, _)) => inner.state = Some(state),
+                    Err(e) => {
+                        tracing::error!(%server, "retention: cannot open the store: {}", chain(&e));
+                        continue;
+                    }
+                }
+            }
+            let state = inner.state.as_mut().expect("opened above");
+            match retention::apply(state, policy, &shared.keys.mac) {
+                Ok(r) => tracing::info!(
+                    %server,
+                    dropped = r.points_dropped.len(),
+                    retained = r.points_retained,
+                    space_before = r.space_before,
+                    space_after = r.space_after,
+                    segments_removed = r.segments_removed,
+                    "retention applied"
+                ),
+                Err(e) => tracing::error!(%server, "retention failed: {}", chain(&e)),
+            }
+        }
+    }
+}

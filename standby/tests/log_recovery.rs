@@ -1,0 +1,335 @@
+//! Crash recovery and damage, without root: a torn tail written by hand is truncated and
+//! reported; damage in the middle of a segment, or in a sealed segment, is an error naming
+//! segment and offset (on open, or on rebuild) and is never skipped; a full disk (a
+//! fault-injecting directory) refuses a frame retryably and leaves nothing of it behind.
+
+mod common;
+
+use common::*;
+use ferry_replicator::sim::SimServer;
+use ferry_standby::index::SegmentNo;
+use ferry_standby::log::{LogError, OpenMode};
+use ferry_standby::rebuild::{self, Target};
+use ferry_standby::server::{IngestError, OpenError, ServerState};
+use ferry_standby::storage::{FsDir, LogDir, LogFile};
+use ferry_wire::Seq;
+use ferry_wire::message::{ErrorCode, PointKind};
+use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// A store with `records` 64 KiB records (and a barrier every 8), synced and closed.
+fn store_with(dir: &Path, records: u64) -> SimServer {
+    let keys = keys();
+    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    let mut state = registered(dir, &sim);
+    for i in 0..records {
+        let m = sim
+            .write(0, (i * 65_536) % (4 << 20), &noise(65_536, i))
+            .expect("seal");
+        feed(&mut state, &m, &keys);
+        if i % 8 == 7 {
+            feed(&mut state, &sim.barrier(PointKind::Scheduled, i).0, &keys);
+        }
+    }
+    state.log.sync().expect("sync");
+    sim
+}
+
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("log"))
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+#[test]
+fn a_torn_tail_is_truncated_and_reported_and_ingest_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let mut sim = store_with(dir.path(), 10);
+    let last = segments(dir.path()).pop().expect("a segment");
+    let whole = std::fs::metadata(&last).expect("stat").len();
+    // Half of the next frame, as a killed writer would leave it.
+    let next = sim.write(0, 0, &noise(65_536, 99)).expect("seal");
+    let frame = next.encode().expect("encode");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open segment");
+    file.write_all_at(&frame[..frame.len() / 2], whole)
+        .expect("write torn tail");
+    drop(file);
+
+    let (mut state, report) =
+        ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadWrite).expect("reopen");
+    assert_eq!(
+        report.torn.len(),
+        1,
+        "the torn tail must be reported: {report:?}"
+    );
+    let (path, torn) = &report.torn[0];
+    assert_eq!(path, &last, "the report names the segment");
+    assert_eq!(
+        torn.offset, whole,
+        "the tail starts where the last whole frame ended"
+    );
+    assert_eq!(
+        std::fs::metadata(&last).expect("stat").len(),
+        whole,
+        "tail truncated"
+    );
+    assert_eq!(
+        state.log.last_seq(),
+        Seq(11),
+        "10 records and one barrier survive"
+    );
+    // The agent resends the record that was torn; it is accepted as new.
+    feed(&mut state, &next, &keys);
+    state.log.sync().expect("sync");
+    let got = rebuild_all(&state, state.log.last_seq(), &keys, dir.path());
+    assert_disks_eq(&got, sim.disks(), "after recovery");
+}
+
+#[test]
+fn damage_in_the_middle_of_the_active_segment_is_an_error_naming_segment_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    store_with(dir.path(), 10);
+    let last = segments(dir.path()).pop().expect("a segment");
+    // The third frame of the segment: header 32 bytes, then frames; find it by scanning.
+    let (state, _) =
+        ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadOnly).expect("open");
+    let victim = state.log.entries()[2];
+    drop(state);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&last)
+        .expect("open");
+    let mut byte = [0u8; 1];
+    let at = victim.position.0 + 100;
+    file.read_exact_at(&mut byte, at).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x01], at).expect("write");
+    drop(file);
+    let err = ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadWrite)
+        .expect_err("a damaged middle must not open");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, OpenError::Log(LogError::Corrupt(c)) if c.path == last && c.offset == victim.position.0),
+        "wrong error: {text}"
+    );
+    assert!(
+        text.contains(&last.display().to_string())
+            && text.contains(&format!("offset {}", victim.position.0)),
+        "the message must name segment and offset: {text}"
+    );
+}
+
+#[test]
+fn a_changed_byte_in_a_sealed_segment_fails_rebuild_naming_segment_and_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    store_with(dir.path(), 80); // ~5 MiB: at least two sealed segments
+    let segs = segments(dir.path());
+    assert!(segs.len() >= 3, "expected rolled segments, got {segs:?}");
+    let (state, _) =
+        ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadOnly).expect("open");
+    let first = SegmentNo(1);
+    // A record of segment 1 that no later record overwrites (the last 16 records
+    // overwrite the disk's first MiB), so every rebuild from then on must read it.
+    let victim = *state
+        .log
+        .entries()
+        .iter()
+        .find(|e| {
+            e.segment == first && e.disk_range().is_some_and(|(_, start, _)| start >= 1 << 20)
+        })
+        .expect("a lasting record in segment 1");
+    drop(state);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segs[0])
+        .expect("open");
+    let at = victim.position.0 + u64::from(victim.frame_len) - 40; // inside the payload
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).expect("read");
+    file.write_all_at(&[byte[0] ^ 0x80], at).expect("write");
+    drop(file);
+
+    // The sidecar is trusted on open (fast open); the damage shows when the frame is read.
+    let (state, _) = ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadOnly)
+        .expect("a sealed segment opens from its sidecar");
+    let disk = state.registration().expect("registered").disks[0].clone();
+    let failures: Vec<String> = state
+        .points()
+        .iter()
+        .map(|p| p.seq)
+        .chain([state.log.last_seq()])
+        .filter_map(|seq| {
+            let out = dir.path().join(format!("out-{}.img", seq.0));
+            let target = Target::open(&out, &disk).expect("target");
+            match rebuild::rebuild_disk(
+                &state.log,
+                &disk,
+                seq,
+                target,
+                (&keys.data, &keys.mac),
+                2,
+                &|_| {},
+            ) {
+                Ok(_) => None,
+                Err(e) if e.corruption().is_some() => {
+                    let c = e.corruption().expect("checked");
+                    assert_eq!(c.path, segs[0], "names the damaged segment");
+                    assert_eq!(c.offset, victim.position.0, "names the damaged frame");
+                    assert!(!out.exists(), "a failed rebuild leaves no image behind");
+                    Some(c.to_string())
+                }
+                Err(other) => panic!("expected corruption, got {other}"),
+            }
+        })
+        .collect();
+    assert!(!failures.is_empty(), "no rebuild read the damaged record");
+    assert!(failures[0].contains("crc32"), "{}", failures[0]);
+}
+
+/// A directory whose files share a byte budget; writes past it fail like a full disk
+/// (after writing what fits, as a short write would).
+#[derive(Debug)]
+struct FullDisk {
+    inner: FsDir,
+    budget: Arc<AtomicI64>,
+}
+
+#[derive(Debug)]
+struct FullFile {
+    inner: Arc<dyn LogFile>,
+    budget: Arc<AtomicI64>,
+}
+
+impl LogFile for FullFile {
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
+        self.inner.read_exact_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        let left = self.budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
+        if left < buf.len() as i64 {
+            let fits = usize::try_from(left.max(0)).expect("non-negative");
+            self.inner.write_all_at(&buf[..fits], pos)?;
+            self.budget.fetch_add(buf.len() as i64, Ordering::SeqCst);
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.inner.truncate(len)
+    }
+    fn allocated(&self) -> io::Result<u64> {
+        self.inner.allocated()
+    }
+}
+
+impl LogDir for FullDisk {
+    fn describe(&self, name: &str) -> std::path::PathBuf {
+        self.inner.describe(name)
+    }
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.inner.list()
+    }
+    fn create(&self, name: &str) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(FullFile {
+            inner: self.inner.create(name)?,
+            budget: self.budget.clone(),
+        }))
+    }
+    fn open(&self, name: &str, read_only: bool) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(FullFile {
+            inner: self.inner.open(name, read_only)?,
+            budget: self.budget.clone(),
+        }))
+    }
+    fn read_small(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
+        self.inner.read_small(name, max)
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.inner.replace(name, bytes)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        self.inner.remove(name)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let budget = Arc::new(AtomicI64::new(300_000));
+    let meta: Arc<dyn LogDir> = Arc::new(FsDir::open(dir.path(), true).expect("dir"));
+    let log: Arc<dyn LogDir> = Arc::new(FullDisk {
+        inner: FsDir::open(&dir.path().join("log"), true).expect("dir"),
+        budget: budget.clone(),
+    });
+    let (mut state, _) =
+        ServerState::open_in(server(), meta, log, SEGMENT, OpenMode::ReadWrite).expect("open");
+    let mut sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    let mut stored = 0;
+    let refused = loop {
+        let m = sim
+            .write(0, stored * 65_536, &noise(65_536, stored))
+            .expect("seal");
+        let frame = m.encode().expect("encode");
+        match state.ingest(&frame, &m, &keys.mac) {
+            Ok(_) => stored += 1,
+            Err(e) => break (e, m, frame),
+        }
+    };
+    let (err, message, frame) = refused;
+    assert!(err.is_retryable(), "a full disk must be retryable: {err}");
+    assert_eq!(err.code(), ErrorCode::StorageFull);
+    assert!(
+        matches!(err, IngestError::Log(LogError::StorageFull { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        state.log.last_seq(),
+        Seq(stored),
+        "the refused record is not in the log"
+    );
+    let seg = dir.path().join("log").join(SegmentNo(1).file_name());
+    let len_before = std::fs::metadata(&seg).expect("stat").len();
+    assert!(
+        state.ingest(&frame, &message, &keys.mac).is_err(),
+        "still full"
+    );
+    assert_eq!(
+        std::fs::metadata(&seg).expect("stat").len(),
+        len_before,
+        "no partial frame kept"
+    );
+
+    budget.store(i64::MAX / 2, Ordering::SeqCst); // space is freed
+    let now = state
+        .ingest(&frame, &message, &keys.mac)
+        .expect("ingest resumes");
+    assert!(matches!(now, ferry_standby::server::Ingested::Stored(s) if s == Seq(stored + 1)));
+    state.log.sync().expect("sync");
+    let got = rebuild_all(&state, state.log.last_seq(), &keys, dir.path());
+    assert_disks_eq(&got, sim.disks(), "after the disk had room again");
+}

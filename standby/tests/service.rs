@@ -1,0 +1,331 @@
+//! The service over loopback TCP, driven by the agent's link: handshake, acks after
+//! fsync, resume from `Welcome.last_durable` with duplicates ignored, and refusals — an
+//! unknown server, a wrong key, a record with a bad MAC — that are clear on the agent's
+//! side, store nothing, and leave the standby serving.
+
+mod common;
+
+use common::*;
+use ferry_replicator::link::{Link, LinkConfig, LinkError};
+use ferry_replicator::sim::SimServer;
+use ferry_standby::log::OpenMode;
+use ferry_standby::receiver::{ServiceConfig, Standby, StandbyHandle, StandbyKeys};
+use ferry_standby::server::ServerState;
+use ferry_wire::message::{ErrorCode, PointKind};
+use ferry_wire::{MasterKey, Message, Seq, ServerId, SiteKeys};
+use std::path::Path;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn start(dir: &Path, keys: &SiteKeys) -> StandbyHandle {
+    let mut config = ServiceConfig::new(dir.to_owned(), "127.0.0.1:0".into());
+    config.segment_size = SEGMENT;
+    config.servers.insert(server(), Default::default());
+    let keys = StandbyKeys {
+        mac: keys.mac.clone(),
+        auth: keys.auth.clone(),
+    };
+    Standby::bind(config, keys)
+        .expect("the standby binds")
+        .spawn()
+        .expect("the standby starts")
+}
+
+fn connect(standby: &StandbyHandle, keys: &SiteKeys) -> Link {
+    Link::connect(
+        standby.addr(),
+        &server(),
+        &keys.auth,
+        &LinkConfig::default(),
+    )
+    .unwrap_or_else(|e| panic!("connecting: {e}"))
+}
+
+fn stored(dir: &Path) -> ServerState {
+    ServerState::open(
+        server(),
+        &dir.join("servers").join("web-1"),
+        SEGMENT,
+        OpenMode::ReadOnly,
+    )
+    .expect("the store opens")
+    .0
+}
+
+#[test]
+fn records_are_acked_after_fsync_and_a_reconnect_resumes_after_the_last_durable_seq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+    let mut sim = SimServer::new(server(), &keys, &[8 << 20]).expect("sim");
+    let mut sent = Vec::new();
+    {
+        let mut link = connect(&standby, &keys);
+        assert_eq!(
+            link.welcome_durable(),
+            Seq(0),
+            "a new server starts at seq 0"
+        );
+        link.register(sim.registration()).expect("register");
+        for i in 0..400u64 {
+            let m = sim
+                .write(0, (i % 128) * 65_536, &noise(4096, i))
+                .expect("seal");
+            link.send(&m).expect("send");
+            sent.push(m);
+        }
+        let (barrier, _) = sim.barrier(PointKind::Manual, 1);
+        link.send(&barrier).expect("send barrier");
+        sent.push(barrier);
+        let durable = link.wait_durable(sim.last_seq(), WAIT).expect("acked");
+        assert_eq!(durable, Seq(401));
+    }
+    let mut link = connect(&standby, &keys);
+    assert_eq!(
+        link.welcome_durable(),
+        Seq(401),
+        "Welcome names the last durable seq"
+    );
+    // Replaying from the start: the link skips what the standby has; a duplicate sent
+    // anyway (as a frame without window accounting) is ignored by the standby.
+    for m in &sent {
+        link.send(m).expect("replay is skipped");
+    }
+    link.send_encoded(None, &sent[10].encode().expect("encode"))
+        .expect("a raw duplicate is sent");
+    let m = sim.write(0, 0, &noise(65_536, 1000)).expect("seal");
+    link.send(&m).expect("send");
+    link.wait_durable(Seq(402), WAIT)
+        .expect("the new record is acked");
+    drop(link);
+    drop(standby);
+
+    let state = stored(dir.path());
+    let seqs: Vec<u64> = state.log.entries().iter().map(|e| e.seq.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=402).collect::<Vec<_>>(),
+        "one entry per seq, none lost"
+    );
+    let got = rebuild_all(&state, Seq(402), &keys, dir.path());
+    assert_disks_eq(&got, sim.disks(), "latest after the reconnect");
+}
+
+#[test]
+fn an_unknown_server_and_a_wrong_key_are_refused_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+    let stranger = ServerId::new("web-9").expect("name");
+    let err = Link::connect(
+        standby.addr(),
+        &stranger,
+        &keys.auth,
+        &LinkConfig::default(),
+    )
+    .expect_err("an unknown server must be refused");
+    match &err {
+        LinkError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::UnknownServer, "{message}");
+            assert!(
+                message.contains("web-9") && message.contains("not known"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(!err.is_retryable(), "an unknown server needs an operator");
+
+    let other_keys = MasterKey::from_bytes([8; 32]).derive();
+    let err = Link::connect(
+        standby.addr(),
+        &server(),
+        &other_keys.auth,
+        &LinkConfig::default(),
+    )
+    .expect_err("a wrong key must be refused");
+    assert!(
+        matches!(err, LinkError::StandbyNotAuthenticated),
+        "the agent must notice the standby's proof is wrong: {err}"
+    );
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("different keys"), "{err}");
+
+    // The standby still serves the right agent, and stored nothing for the others.
+    let link = connect(&standby, &keys);
+    assert_eq!(link.welcome_durable(), Seq(0));
+    drop(link);
+    assert!(
+        !dir.path().join("servers").join("web-9").exists(),
+        "nothing stored for web-9"
+    );
+}
+
+#[test]
+fn a_record_with_a_bad_mac_is_refused_and_not_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+    let mut sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    let mut link = connect(&standby, &keys);
+    link.register(sim.registration()).expect("register");
+    for i in 0..3u64 {
+        link.send(&sim.write(0, i * 4096, &noise(4096, i)).expect("seal"))
+            .expect("send");
+    }
+    link.wait_durable(Seq(3), WAIT).expect("acked");
+    let Message::Record(mut bad) = sim.write(0, 0, &noise(4096, 9)).expect("seal") else {
+        unreachable!("write makes a record")
+    };
+    bad.mac[0] ^= 1;
+    link.send(&Message::Record(bad)).expect("sent");
+    link.flush().expect("flushed");
+    let err = link
+        .wait_durable(Seq(4), WAIT)
+        .expect_err("a bad MAC must not be acked");
+    match &err {
+        LinkError::Refused { code, message } => {
+            assert_eq!(*code, ErrorCode::Malformed, "{message}");
+            assert!(
+                message.contains("seq 4") && message.contains("MAC"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert!(!err.is_retryable(), "a bad MAC is permanent");
+    drop(link);
+    let link = connect(&standby, &keys);
+    assert_eq!(
+        link.welcome_durable(),
+        Seq(3),
+        "the bad record was not stored"
+    );
+}
+
+#[test]
+fn group_commit_acks_many_records_per_fsync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    let mut link = connect(&standby, &keys);
+    link.register(sim.registration()).expect("register");
+    let records = 2000u64;
+    for i in 0..records {
+        let m = sim
+            .write(0, (i % 1024) * 4096, &noise(4096, i))
+            .expect("seal");
+        link.send(&m).expect("send");
+    }
+    link.wait_durable(sim.last_seq(), WAIT).expect("acked");
+    let acks = link.acks_received();
+    assert!(
+        acks * 4 < records,
+        "{acks} acks (one per fsync) for {records} records: group commit is not grouping"
+    );
+}
+
+/// A client speaking the protocol by hand: Hello, then the Challenge it gets back.
+fn raw_hello(
+    standby: &StandbyHandle,
+) -> (
+    std::net::TcpStream,
+    ferry_wire::auth::Nonce,
+    ferry_wire::message::Challenge,
+) {
+    use ferry_wire::auth::Nonce;
+    use ferry_wire::message::Hello;
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(standby.addr()).expect("connect");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let client_nonce = Nonce([5; 32]);
+    let hello = Message::Hello(Hello {
+        server: server(),
+        agent_version: "raw test client".into(),
+        client_nonce,
+    });
+    stream
+        .write_all(&hello.encode().expect("encode"))
+        .expect("send Hello");
+    match read(&mut stream) {
+        Message::Challenge(c) => (stream, client_nonce, c),
+        other => panic!("expected a Challenge, got {other:?}"),
+    }
+}
+
+fn read(stream: &mut std::net::TcpStream) -> Message {
+    let mut buf = Vec::new();
+    ferry_wire::frame::read_frame(stream, &mut buf)
+        .expect("a frame from the standby")
+        .expect("the standby closed without answering")
+}
+
+fn expect_error(stream: &mut std::net::TcpStream, code: ErrorCode, needle: &str) {
+    match read(stream) {
+        Message::Error(e) => {
+            assert_eq!(e.code, code, "{}", e.message);
+            assert!(
+                e.message.contains(needle),
+                "{:?} lacks {needle:?}",
+                e.message
+            );
+        }
+        other => panic!("expected an Error, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
+    use ferry_wire::auth::{self, Exchange, Proof, Role};
+    use ferry_wire::message::Authenticate;
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+
+    // An agent that does not hold the key (and so ignores the standby's proof).
+    let (mut stream, _, _) = raw_hello(&standby);
+    let forged = Message::Authenticate(Authenticate {
+        agent_proof: Proof([9; 32]),
+    });
+    stream
+        .write_all(&forged.encode().expect("encode"))
+        .expect("send");
+    expect_error(
+        &mut stream,
+        ErrorCode::AuthenticationFailed,
+        "different site-pair keys",
+    );
+
+    // A proper agent whose frame is damaged on the way: the CRC catches it.
+    let (mut stream, client_nonce, challenge) = raw_hello(&standby);
+    let id = server();
+    let exchange = Exchange {
+        server: &id,
+        client_nonce: &client_nonce,
+        server_nonce: &challenge.server_nonce,
+    };
+    let proof = auth::prove(&keys.auth, Role::Agent, &exchange);
+    let auth_frame = Message::Authenticate(Authenticate { agent_proof: proof });
+    stream
+        .write_all(&auth_frame.encode().expect("encode"))
+        .expect("send");
+    assert!(
+        matches!(read(&mut stream), Message::Welcome(_)),
+        "a proper agent is welcomed"
+    );
+    let sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    let mut frame = Message::RegisterServer(sim.registration())
+        .encode()
+        .expect("encode");
+    let last = frame.len() - 1;
+    frame[last] ^= 0x01;
+    stream.write_all(&frame).expect("send");
+    expect_error(&mut stream, ErrorCode::Malformed, "crc32 mismatch");
+    assert!(
+        !dir.path().join("servers/web-1/registration.json").exists(),
+        "a damaged frame changed the store"
+    );
+}
