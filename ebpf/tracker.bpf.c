@@ -117,7 +117,15 @@ struct {
     __type(value, __u64);
 } config SEC(".maps");
 
-/* Submission ids: slot 0 counts up. Slot 1 is the epoch userspace sets at first load;
+/* Per-CPU submission id counters. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} ids SEC(".maps");
+
+/* Slot 0 is unused (ids live in `ids`). Slot 1 is the epoch userspace sets at first load;
  * a restarted agent finding its epoch knows no gap opened while it was away. Slot 2 is
  * a hash of the programs, so an agent never reattaches to programs of another build. */
 struct {
@@ -199,12 +207,15 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
     if (!disk)
         return 0;
 
-    __u32 id_slot = 0;
-    __u64 *counter = bpf_map_lookup_elem(&state, &id_slot);
+    /* Ids from a per-CPU counter (no cache line shared between CPUs), tagged with the
+     * CPU in the top bits: unique, and never near the userspace synthetic ids. */
+    __u32 zero = 0;
+    __u64 *counter = bpf_map_lookup_elem(&ids, &zero);
     if (!counter)
         return 0;
+    __u64 cpu = bpf_get_smp_processor_id();
     struct inflight entry = {
-        .id = __sync_fetch_and_add(counter, 1) + 1,
+        .id = (cpu << 40) | ++*counter,
         .sector = bio->bi_iter.bi_sector,
         .sectors = sectors,
         .disk = disk->index,

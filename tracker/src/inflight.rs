@@ -32,7 +32,7 @@ impl Entry {
 pub struct InFlight {
     entries: HashMap<u64, Entry>,
     /// Ids for entries made up by userspace (lost events); counting down from the top so
-    /// they never meet the kernel's ids, which count up from 1.
+    /// they never meet the kernel's ids (CPU number << 40 | a per-CPU count from 1).
     next_synthetic: u64,
 }
 

@@ -28,7 +28,8 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("ferry_rq_complete", "block_rq_complete"),
     ("ferry_bio_complete", "block_bio_complete"),
 ];
-const MAPS: [&str; 7] = [
+const MAPS: [&str; 8] = [
+    "ids",
     "protected_disks",
     "events",
     "inflight",
@@ -45,7 +46,7 @@ pub const FALLBACK_CHUNKS: u32 = 16384;
 /// Config slots (`CONFIG_*`).
 const CONFIG_WAKEUP_BYTES: u32 = 0;
 const CONFIG_DROP_COMPLETE_PPM: u32 = 1;
-/// State slots: 0 is the submission id counter, 1 the epoch, 2 a hash of the programs.
+/// State slots: 1 the epoch, 2 a hash of the programs (0 is unused).
 const STATE_EPOCH: u32 = 1;
 const STATE_PROGRAMS: u32 = 2;
 
