@@ -2,6 +2,9 @@
 //! binary of its own: it watches every allocation of the process, and other tests would
 //! disturb the count.
 
+mod common;
+
+use common::reframe;
 use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader, MAGIC};
 use ferry_wire::{MAX_FRAME_BODY, PROTOCOL_VERSION};
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -31,21 +34,6 @@ unsafe impl GlobalAlloc for LargestAllocation {
 
 #[global_allocator]
 static ALLOCATOR: LargestAllocation = LargestAllocation;
-
-fn frame_with(frame_type: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    out.push(frame_type);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out);
-    crc.update(body);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
 
 /// bincode varint for a u64: marker 253 then 8 bytes little-endian.
 fn varint_u64(n: u64) -> Vec<u8> {
@@ -81,7 +69,7 @@ fn claimed_lengths_are_refused_before_allocating() {
         ), // server "a", version
     ];
     for (frame_type, body) in claims {
-        let bytes = frame_with(frame_type, &body);
+        let bytes = reframe(frame_type, &body);
         LARGEST.store(0, Ordering::Relaxed);
         let err = frame::decode(&bytes).expect_err("a 64 GiB claim decoded");
         let largest = LARGEST.load(Ordering::Relaxed);

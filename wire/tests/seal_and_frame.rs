@@ -2,7 +2,10 @@
 //! header, and refusal of every altered, truncated, oversized or misaddressed input.
 
 use ferry_wire::auth::{Nonce, Proof};
-use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader, MAGIC};
+mod common;
+
+use common::reframe;
+use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader};
 use ferry_wire::message::*;
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::{SealError, Unsealed, verify};
@@ -140,23 +143,6 @@ fn sample_record(k: &SiteKeys) -> SealedRecord {
     sealer(k)
         .seal(addr("web-1", 1 << 20, 42), &data, &mut rand_core::OsRng)
         .unwrap()
-}
-
-/// Rebuilds a frame around `body` with a correct CRC, as an attacker who knows the
-/// format (but not the keys) would.
-fn reframe(frame_type: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-    out.push(frame_type);
-    out.push(0);
-    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&out);
-    crc.update(body);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(body);
-    out
 }
 
 fn decode_and_unseal(bytes: &[u8], k: &SiteKeys) -> Result<Vec<u8>, String> {
