@@ -118,6 +118,8 @@ struct Segment {
 pub struct SyncTicket {
     file: Option<(Arc<dyn LogFile>, PathBuf)>,
     dir: Option<Arc<dyn LogDir>>,
+    /// The directory generation the directory fsync covers (when it runs one).
+    dir_generation: u64,
     /// Every frame up to this seq is covered once the ticket has run.
     pub upto: Seq,
 }
@@ -150,7 +152,12 @@ pub struct ServerLog {
     last_seq: Seq,
     durable_seq: Seq,
     /// A segment was created since the directory was last fsynced.
-    dir_dirty: bool,
+    /// Bumped by every change to the directory (a new segment); a sync covers the
+    /// directory up to the generation it saw. Until one succeeds, every ticket fsyncs
+    /// the directory too: a second ticket prepared while the first is in flight must not
+    /// report its seqs durable without it.
+    dir_generation: u64,
+    dir_synced: u64,
 }
 
 impl ServerLog {
@@ -271,7 +278,8 @@ impl ServerLog {
             entries,
             last_seq,
             durable_seq: if read_only { last_seq } else { Seq(0) },
-            dir_dirty: false,
+            dir_generation: 0,
+            dir_synced: 0,
         };
         let mut log = log;
         if !read_only {
@@ -388,7 +396,7 @@ impl ServerLog {
             },
         );
         self.active = Some(no);
-        self.dir_dirty = true;
+        self.dir_generation += 1;
         Ok(no)
     }
 
@@ -412,7 +420,7 @@ impl ServerLog {
     }
 
     /// The fsyncs that make everything written so far durable, to run outside the log's
-    /// lock (group commit); then call [`ServerLog::mark_durable`] with its `upto`.
+    /// lock (group commit); then call [`ServerLog::mark_durable`] with it.
     pub fn prepare_sync(&mut self) -> SyncTicket {
         let file = self.active.map(|no| {
             (
@@ -420,27 +428,28 @@ impl ServerLog {
                 self.dir.describe(&no.file_name()),
             )
         });
-        let dir = std::mem::take(&mut self.dir_dirty).then(|| self.dir.clone());
+        let dir = (self.dir_generation > self.dir_synced).then(|| self.dir.clone());
         SyncTicket {
             file,
             dir,
+            dir_generation: self.dir_generation,
             upto: self.last_seq,
         }
     }
 
     /// Records that a [`SyncTicket`] ran successfully.
-    pub fn mark_durable(&mut self, upto: Seq) {
-        self.durable_seq = self.durable_seq.max(upto);
+    pub fn mark_durable(&mut self, ticket: &SyncTicket) {
+        self.durable_seq = self.durable_seq.max(ticket.upto);
+        if ticket.dir.is_some() {
+            self.dir_synced = self.dir_synced.max(ticket.dir_generation);
+        }
     }
 
     /// Makes everything written so far durable, holding the lock (tests, cleaning, open).
     pub fn sync(&mut self) -> Result<Seq, LogError> {
         let ticket = self.prepare_sync();
-        if let Err(e) = ticket.run() {
-            self.dir_dirty |= ticket.dir.is_some();
-            return Err(e);
-        }
-        self.mark_durable(ticket.upto);
+        ticket.run()?;
+        self.mark_durable(&ticket);
         Ok(self.durable_seq)
     }
 

@@ -665,7 +665,7 @@ fn sync_loop(
             let mut inner = slot.lock();
             match inner.state.as_mut() {
                 Some(state) => {
-                    state.log.mark_durable(ticket.upto);
+                    state.log.mark_durable(&ticket);
                     state.log.durable_seq()
                 }
                 None => return,

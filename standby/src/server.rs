@@ -176,8 +176,12 @@ impl ServerState {
         mode: OpenMode,
     ) -> Result<(Self, OpenReport), OpenError> {
         let registration = read_json::<RegisterServer>(meta.as_ref(), "registration.json")?;
-        let catalog = read_json::<Catalog>(meta.as_ref(), "points.json")?.unwrap_or_default();
+        // The log first, then the catalogue: retention saves dropped points before
+        // cleaning deletes anything, so a catalogue read after the log is never older
+        // than the records the log still holds (a rebuild beside a live standby cannot
+        // resolve a point whose records were just cleaned away).
         let (log, report) = ServerLog::open(log_dir, segment_size, mode)?;
+        let catalog = read_json::<Catalog>(meta.as_ref(), "points.json")?.unwrap_or_default();
         Ok((
             Self {
                 id,
