@@ -50,6 +50,15 @@ fn readable_set(polls: &[Polled], disk: DiskId) -> RangeSet {
     set
 }
 
+/// The dirty map's ranges as a set.
+fn dirty_set(map: &ferry_tracker::dirty::DirtyMap) -> RangeSet {
+    let mut set = RangeSet::new();
+    for (r, _) in map.iter() {
+        set.insert(r);
+    }
+    set
+}
+
 fn assert_covers(set: &RangeSet, range: ByteRange, what: &str) {
     let covered: u64 = set.within(range).iter().map(ByteRange::len).sum();
     assert_eq!(covered, range.len(), "{what}: {range:?} not fully reported");
@@ -387,10 +396,7 @@ fn lost_completions_end_readable_and_suspect_and_nothing_is_lost() {
         "the sweep did not resolve every write"
     );
     let d = t.state().disk(D0);
-    let mut dirty = RangeSet::new();
-    for (r, _) in d.dirty.iter() {
-        dirty.insert(r);
-    }
+    let dirty = dirty_set(&d.dirty);
     for w in &written {
         assert_covers(&dirty, w.widen_to(4096), "a write with a lost completion");
     }
@@ -433,10 +439,7 @@ fn a_full_ring_buffer_is_counted_and_the_fallback_covers_every_write() {
         stats.counters.fallback_ranges > 0,
         "drops but no fallback ranges: {stats:?}"
     );
-    let mut dirty = RangeSet::new();
-    for (r, _) in t.state().disk(D0).dirty.iter() {
-        dirty.insert(r);
-    }
+    let dirty = dirty_set(&t.state().disk(D0).dirty);
     for w in &written {
         assert_covers(
             &dirty,
@@ -489,10 +492,7 @@ fn pinned_tracking_survives_restarts_and_reports_gaps() {
         "a clean restart on pinned programs reported a gap"
     );
     settle(&mut t, Duration::from_millis(200), Duration::from_secs(10));
-    let mut dirty = RangeSet::new();
-    for (r, _) in t.state().disk(D0).dirty.iter() {
-        dirty.insert(r);
-    }
+    let dirty = dirty_set(&t.state().disk(D0).dirty);
     for w in before.iter().chain(&during) {
         assert_covers(
             &dirty,
