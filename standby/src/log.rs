@@ -7,6 +7,11 @@
 //! - [`ServerLog::durable_seq`] only moves forward, and only past frames that an fsync
 //!   issued after they were written has covered (DESIGN.md I2). Opening a log fsyncs what
 //!   a killed process left in the page cache before calling it durable.
+//! - After a failed fsync nothing written since the last successful one is trusted: Linux
+//!   marks the pages it could not write clean, so a later fsync "succeeds" without writing
+//!   them and a reader sees bytes the disk never got. [`ServerLog::discard_unsynced`] cuts
+//!   every segment back to what an fsync covered; the log is then unusable and must be
+//!   reopened (which re-reads the cut files and fsyncs again before trusting anything).
 //! - Opening never skips a damaged frame: a torn tail of the last segment is truncated
 //!   and reported; anything else damaged is a [`Corruption`] naming segment and offset.
 //! - The in-memory index is sorted by seq with one entry per seq.
@@ -49,6 +54,8 @@ pub enum LogError {
     ReadOnly,
     #[error("seq {seq} has no entry in the index")]
     NoSuchSeq { seq: Seq },
+    #[error("an fsync of the log failed earlier; the log must be reopened")]
+    Discarded,
 }
 
 impl LogError {
@@ -111,12 +118,15 @@ pub struct OpenReport {
 struct Segment {
     file: Arc<dyn LogFile>,
     len: u64,
+    /// The length an fsync has covered: bytes below it are on stable storage.
+    synced: u64,
 }
 
 /// An fsync to run without holding the log's lock; see [`ServerLog::prepare_sync`].
 #[derive(Debug)]
 pub struct SyncTicket {
-    file: Option<(Arc<dyn LogFile>, PathBuf)>,
+    /// The active segment, its path, number and the length the fsync covers.
+    file: Option<(Arc<dyn LogFile>, PathBuf, SegmentNo, u64)>,
     dir: Option<Arc<dyn LogDir>>,
     /// The directory generation the directory fsync covers (when it runs one).
     dir_generation: u64,
@@ -127,7 +137,7 @@ pub struct SyncTicket {
 impl SyncTicket {
     /// Runs the fsyncs. On success every frame up to [`SyncTicket::upto`] is durable.
     pub fn run(&self) -> Result<(), LogError> {
-        if let Some((file, path)) = &self.file {
+        if let Some((file, path, _, _)) = &self.file {
             file.sync_data()
                 .map_err(LogError::io("fsync", path.clone()))?;
         }
@@ -158,6 +168,8 @@ pub struct ServerLog {
     /// report its seqs durable without it.
     dir_generation: u64,
     dir_synced: u64,
+    /// Set by [`ServerLog::discard_unsynced`]: nothing may be written any more.
+    discarded: bool,
 }
 
 impl ServerLog {
@@ -213,7 +225,14 @@ impl ServerLog {
             let last = i + 1 == numbers.len();
             if !last && let Some(found) = load_sidecar(dir.as_ref(), no, len) {
                 entries.extend(found);
-                segments.insert(no, Segment { file, len });
+                segments.insert(
+                    no,
+                    Segment {
+                        file,
+                        len,
+                        synced: 0,
+                    },
+                );
                 continue;
             }
             let scan = segment::scan(file.as_ref(), &path, no)?;
@@ -254,7 +273,14 @@ impl ServerLog {
                 }
             }
             entries.extend(scan.entries);
-            segments.insert(no, Segment { file, len });
+            segments.insert(
+                no,
+                Segment {
+                    file,
+                    len,
+                    synced: 0,
+                },
+            );
         }
         // One entry per seq; a seq twice means cleaning copied a frame forward and
         // stopped before deleting the old segment: the later copy is the one kept.
@@ -278,13 +304,20 @@ impl ServerLog {
             entries,
             last_seq,
             durable_seq: if read_only { last_seq } else { Seq(0) },
-            dir_generation: 0,
+            // A killed process may have created segments whose directory entries were
+            // never fsynced: the first sync covers the directory too.
+            dir_generation: 1,
             dir_synced: 0,
+            discarded: false,
         };
         let mut log = log;
         if !read_only {
             // What a killed process wrote is in the page cache, not necessarily on disk.
+            // Sealed segments were fsynced before the next one was created.
             log.sync()?;
+            for seg in log.segments.values_mut() {
+                seg.synced = seg.len;
+            }
         }
         Ok((log, report))
     }
@@ -333,6 +366,7 @@ impl ServerLog {
 
     fn writable(&self) -> Result<(), LogError> {
         match self.mode {
+            _ if self.discarded => Err(LogError::Discarded),
             OpenMode::ReadWrite => Ok(()),
             OpenMode::ReadOnly => Err(LogError::ReadOnly),
         }
@@ -393,6 +427,7 @@ impl ServerLog {
             Segment {
                 file,
                 len: SEGMENT_HEADER_LEN,
+                synced: 0,
             },
         );
         self.active = Some(no);
@@ -402,10 +437,12 @@ impl ServerLog {
 
     /// Makes a full segment durable and writes its sidecar index; it is never written again.
     fn seal(&mut self, no: SegmentNo) -> Result<(), LogError> {
-        let seg = &self.segments[&no];
+        let seg = self.segments.get_mut(&no).expect("sealing a known segment");
         seg.file
             .sync_data()
             .map_err(LogError::io("fsync", self.dir.describe(&no.file_name())))?;
+        seg.synced = seg.len;
+        let seg = &self.segments[&no];
         let mine: Vec<Entry> = self
             .entries
             .iter()
@@ -423,9 +460,12 @@ impl ServerLog {
     /// lock (group commit); then call [`ServerLog::mark_durable`] with it.
     pub fn prepare_sync(&mut self) -> SyncTicket {
         let file = self.active.map(|no| {
+            let seg = &self.segments[&no];
             (
-                self.segments[&no].file.clone(),
+                seg.file.clone(),
                 self.dir.describe(&no.file_name()),
+                no,
+                seg.len,
             )
         });
         let dir = (self.dir_generation > self.dir_synced).then(|| self.dir.clone());
@@ -439,7 +479,15 @@ impl ServerLog {
 
     /// Records that a [`SyncTicket`] ran successfully.
     pub fn mark_durable(&mut self, ticket: &SyncTicket) {
+        if self.discarded {
+            return;
+        }
         self.durable_seq = self.durable_seq.max(ticket.upto);
+        if let Some((_, _, no, len)) = &ticket.file
+            && let Some(seg) = self.segments.get_mut(no)
+        {
+            seg.synced = seg.synced.max(*len);
+        }
         if ticket.dir.is_some() {
             self.dir_synced = self.dir_synced.max(ticket.dir_generation);
         }
@@ -447,6 +495,7 @@ impl ServerLog {
 
     /// Makes everything written so far durable, holding the lock (tests, cleaning, open).
     pub fn sync(&mut self) -> Result<Seq, LogError> {
+        self.not_discarded()?;
         let ticket = self.prepare_sync();
         ticket.run()?;
         self.mark_durable(&ticket);
@@ -463,6 +512,53 @@ impl ServerLog {
             .map_err(|_| LogError::NoSuchSeq { seq: new.seq })?;
         self.entries[at] = new;
         Ok(())
+    }
+
+    fn not_discarded(&self) -> Result<(), LogError> {
+        if self.discarded {
+            return Err(LogError::Discarded);
+        }
+        Ok(())
+    }
+
+    /// After a failed fsync: cuts every segment back to the length an fsync covered
+    /// (removing segments no fsync ever covered) and makes the cut durable, so that what
+    /// a reopen reads is what the disk holds. Frames above [`ServerLog::durable_seq`] are
+    /// gone; they were never acknowledged, so the agent sends them again. The log is
+    /// unusable afterwards (every write is [`LogError::Discarded`]): drop it and reopen.
+    pub fn discard_unsynced(&mut self) -> Result<(), LogError> {
+        self.discarded = true;
+        if self.mode == OpenMode::ReadOnly {
+            return Ok(());
+        }
+        for (&no, seg) in &self.segments {
+            if seg.synced == seg.len {
+                continue;
+            }
+            let name = no.file_name();
+            let path = self.dir.describe(&name);
+            if seg.synced < SEGMENT_HEADER_LEN {
+                self.dir
+                    .remove(&name)
+                    .map_err(LogError::io("remove the unsynced segment", path))?;
+            } else {
+                seg.file
+                    .truncate(seg.synced)
+                    .map_err(LogError::io("truncate the unsynced tail of", path.clone()))?;
+                seg.file
+                    .sync_data()
+                    .map_err(LogError::io("fsync", path))?;
+            }
+            tracing::warn!(
+                segment = %self.dir.describe(&name).display(),
+                kept = seg.synced,
+                dropped = seg.len.saturating_sub(seg.synced),
+                "discarded bytes no fsync covered"
+            );
+        }
+        self.dir
+            .sync()
+            .map_err(LogError::io("fsync the directory", self.dir.describe("")))
     }
 
     /// Drops index entries (cleaning decided they are dead).

@@ -49,6 +49,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Connections allowed to be in the handshake at once; more are closed at once, so that
+/// unauthenticated peers cannot make the standby hold unbounded threads and buffers.
+pub const MAX_HANDSHAKES: usize = 64;
+
 /// How often a session retries an append that failed for lack of space.
 pub const FULL_RETRY: Duration = Duration::from_millis(250);
 
@@ -106,6 +110,10 @@ struct Slot {
     inner: Mutex<SlotInner>,
     /// Signalled when a session appends, ends, or is replaced.
     changed: Condvar,
+    /// Held around every fsync of the server's log and the handling of its failure
+    /// (taken before `inner`): once one fsync has failed, no other may report success
+    /// over the pages the kernel marked clean before the log is cut back.
+    fsync: Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -113,11 +121,40 @@ struct SlotInner {
     state: Option<ServerState>,
     /// The connection currently serving this server, and a handle to shut it down.
     conn: Option<(u64, TcpStream)>,
+    /// Set when an fsync failed and the unsynced tail could not be cut off: the page
+    /// cache may hold frames the disk lacks, so the store is not reopened by this process.
+    broken: Option<String>,
+}
+
+impl SlotInner {
+    /// After a failed fsync (or a failed cleaning run): drops the in-memory state, cutting
+    /// the log back to what fsyncs covered so that the next open reads only durable
+    /// frames. The agent resends everything above the last ack. Returns the connection
+    /// it detached (which must be closed: its session can no longer store anything).
+    fn discard_state(&mut self, server: &ServerId) -> Option<TcpStream> {
+        if let Some(mut state) = self.state.take()
+            && let Err(e) = state.log.discard_unsynced()
+        {
+            let text = format!(
+                "server {server}: after a failed fsync the log could not be cut back to its \
+                 durable length ({}); its store is closed until the standby is restarted \
+                 and the storage checked",
+                chain(&e)
+            );
+            tracing::error!("{text}");
+            self.broken = Some(text);
+        }
+        self.conn.take().map(|(_, s)| s)
+    }
 }
 
 impl Slot {
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_fsync(&self) -> MutexGuard<'_, ()> {
+        self.fsync.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -129,6 +166,8 @@ struct Shared {
     slots: Mutex<HashMap<ServerId, Arc<Slot>>>,
     stop: AtomicBool,
     next_conn: AtomicU64,
+    /// Connections not yet authenticated.
+    handshaking: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -175,6 +214,7 @@ impl Standby {
                 slots: Mutex::default(),
                 stop: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
+                handshaking: std::sync::atomic::AtomicUsize::new(0),
             }),
             listener,
             _lock: lock,
@@ -262,20 +302,29 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        if shared.handshaking.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
+            shared.handshaking.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(
+                peer = %stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+                "{MAX_HANDSHAKES} connections are already in the handshake; closing this one"
+            );
+            continue;
+        }
+        let session_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("ferry-session".into())
             .spawn(move || {
                 let peer = stream
                     .peer_addr()
                     .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-                match session(&shared, stream, &peer) {
+                match session(&session_shared, stream, &peer) {
                     // Refusals were logged as warnings when they happened.
                     Err(SessionEnd::Refused(_)) | Ok(()) => {}
                     Err(e) => tracing::info!(peer, reason = %e, "connection closed"),
                 }
             });
         if let Err(e) = spawned {
+            shared.handshaking.fetch_sub(1, Ordering::SeqCst);
             tracing::error!(error = %e, "cannot start a session thread");
         }
     }
@@ -358,7 +407,25 @@ fn read_next(
     }
 }
 
+/// Counts a connection as handshaking until dropped (or [`Handshaking::done`]).
+struct Handshaking<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
+
+impl Handshaking<'_> {
+    fn done(&mut self) {
+        if let Some(n) = self.0.take() {
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Handshaking<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), SessionEnd> {
+    let mut handshaking = Handshaking(Some(&shared.handshaking));
     stream.set_nodelay(true).map_err(SessionEnd::Io)?;
     stream
         .set_read_timeout(Some(shared.config.handshake_timeout))
@@ -436,12 +503,14 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
             ));
         }
     }
+    handshaking.done();
     stream.set_read_timeout(None).map_err(SessionEnd::Io)?;
 
     // Take over the server: replace any older connection, open its state, make it durable.
     let slot = shared.slot(&server);
     let conn_id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let last_durable = {
+        let _fsync = slot.lock_fsync();
         let mut inner = slot.lock();
         if let Some((_, old)) = inner.conn.take() {
             tracing::info!(%server, "a new connection replaces the previous one");
@@ -449,6 +518,10 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         }
         inner.conn = Some((conn_id, stream.try_clone().map_err(SessionEnd::Io)?));
         slot.changed.notify_all();
+        if let Some(text) = inner.broken.clone() {
+            inner.conn = None;
+            return Err(refuse(&out, peer, ErrorCode::Internal, text));
+        }
         if inner.state.is_none() {
             match shared
                 .data
@@ -478,7 +551,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         match state.log.sync() {
             Ok(seq) => seq,
             Err(e) => {
-                inner.conn = None;
+                inner.discard_state(&server);
                 let code = if e.is_retryable() {
                     ErrorCode::StorageFull
                 } else {
@@ -645,24 +718,30 @@ fn sync_loop(
             }
             inner.state.as_mut().expect("open").log.prepare_sync()
         };
+        let fsync = slot.lock_fsync();
         if let Err(e) = ticket.run() {
             // After a failed fsync the page cache may no longer match the disk: never ack,
-            // drop this connection, and reopen (re-verify) the log on the next one.
+            // cut the log back to what is durable, drop this connection, and reopen the
+            // log on the next one (the agent resends from the last ack).
             let text = format!("server {server}: {}", chain(&e));
             tracing::error!("fsync failed, closing the connection: {text}");
+            // Whichever connection is current now (a newer one may have replaced this one
+            // and synced "successfully" over the pages the kernel marked clean).
             let mut inner = slot.lock();
-            if is_current(&inner, conn_id) {
-                inner.state = None;
-                if let Some((_, s)) = inner.conn.take() {
-                    send_error(out, ErrorCode::Internal, &text);
-                    let _ = s.shutdown(Shutdown::Both);
-                }
+            if let Some(s) = inner.discard_state(server) {
+                send_error(out, ErrorCode::Internal, &text);
+                let _ = s.shutdown(Shutdown::Both);
             }
             slot.changed.notify_all();
             return;
         }
         let durable = {
             let mut inner = slot.lock();
+            drop(fsync);
+            if !is_current(&inner, conn_id) {
+                // The ticket may belong to a state discarded (and reopened) since.
+                return;
+            }
             match inner.state.as_mut() {
                 Some(state) => {
                     state.log.mark_durable(&ticket);
@@ -701,7 +780,11 @@ fn maintenance(shared: &Shared) {
                 continue;
             }
             let slot = shared.slot(server);
+            let _fsync = slot.lock_fsync();
             let mut inner = slot.lock();
+            if inner.broken.is_some() {
+                continue;
+            }
             if inner.state.is_none() {
                 match shared.data.open_server(
                     server,
@@ -726,7 +809,13 @@ fn maintenance(shared: &Shared) {
                     segments_removed = r.segments_removed,
                     "retention applied"
                 ),
-                Err(e) => tracing::error!(%server, "retention failed: {}", chain(&e)),
+                Err(e) => {
+                    tracing::error!(%server, "retention failed: {}", chain(&e));
+                    // It may have stopped between writing copies and fsyncing them.
+                    if let Some(s) = inner.discard_state(server) {
+                        let _ = s.shutdown(Shutdown::Both);
+                    }
+                }
             }
         }
     }

@@ -1,62 +1,122 @@
-//! Durable acks (DESIGN.md I2): what a sync reports durable includes the directory entry
-//! of every segment it covers.
+//! Durable acks (DESIGN.md I2), on simulated storage that keeps the page cache and the
+//! disk apart (`common::sim_storage`): every seq the log ever reported durable survives a
+//! power loss — when an fsync fails, when the process dies before the directory was
+//! fsynced, and when a sync runs beside an unfinished group-commit ticket.
 
 mod common;
+use common::sim_storage::SimDir;
 use common::*;
 use ferry_replicator::sim::SimServer;
-use ferry_standby::log::OpenMode;
-use ferry_standby::storage::{FsDir, LogDir, LogFile};
-use std::io;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use ferry_standby::log::LogError;
+use ferry_wire::{Message, Seq};
+use std::sync::atomic::Ordering;
 
-#[derive(Debug)]
-/// Counts directory fsyncs.
-struct Counting {
-    inner: FsDir,
-    dir_syncs: Arc<AtomicUsize>,
-}
-impl LogDir for Counting {
-    fn describe(&self, n: &str) -> std::path::PathBuf {
-        self.inner.describe(n)
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, n: &str) -> io::Result<Arc<dyn LogFile>> {
-        self.inner.create(n)
-    }
-    fn open(&self, n: &str, r: bool) -> io::Result<Arc<dyn LogFile>> {
-        self.inner.open(n, r)
-    }
-    fn read_small(&self, n: &str, m: u64) -> io::Result<Vec<u8>> {
-        self.inner.read_small(n, m)
-    }
-    fn replace(&self, n: &str, b: &[u8]) -> io::Result<()> {
-        self.inner.replace(n, b)
-    }
-    fn remove(&self, n: &str) -> io::Result<()> {
-        self.inner.remove(n)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.dir_syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync()
-    }
+/// Feeds `n` 64 KiB writes from the simulated server; returns their messages.
+fn write_some(
+    state: &mut ferry_standby::server::ServerState,
+    sim: &mut SimServer,
+    n: u64,
+    salt: u64,
+) -> Vec<Message> {
+    let keys = keys();
+    (0..n)
+        .map(|i| {
+            let m = sim
+                .write(0, (i % 64) * 65_536, &noise(65_536, salt + i))
+                .expect("seal");
+            feed(state, &m, &keys);
+            m
+        })
+        .collect()
 }
 
-use ferry_standby::server::ServerState;
+#[test]
+fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
+    let keys = keys();
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let mut state = open_sim(&meta, &log);
+    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    write_some(&mut state, &mut sim, 10, 0);
+    let durable = state.log.sync().expect("first sync");
+    assert_eq!(durable, Seq(10));
+    let model_at_durable = sim.disks().to_vec();
+
+    // Ten more frames; their fsync fails (the kernel marks the pages clean, unwritten).
+    let lost = write_some(&mut state, &mut sim, 10, 100);
+    log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
+    let err = state.log.sync().expect_err("the injected fsync failure");
+    assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+    state.log.discard_unsynced().expect("cutting back the log");
+    assert!(
+        matches!(state.log.sync(), Err(LogError::Discarded)),
+        "a discarded log refuses to report anything durable"
+    );
+    drop(state);
+
+    // The same process reopens the store: it must not see the frames the disk lacks
+    // (their bytes are still in the page cache, and an fsync now "succeeds").
+    let mut state = open_sim(&meta, &log);
+    assert_eq!(
+        state.log.durable_seq(),
+        durable,
+        "after a failed fsync the reopened log reports only what an fsync covered"
+    );
+    assert_eq!(state.log.last_seq(), durable, "the unsynced frames are gone");
+
+    // The agent resends from its last ack; those land and are acknowledged.
+    for m in &lost {
+        feed(&mut state, m, &keys);
+    }
+    let acked = state.log.sync().expect("sync after the resend");
+    assert_eq!(acked, Seq(20));
+
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let after = open_sim(&meta.after_power_loss(), &log.after_power_loss());
+    assert!(
+        after.log.last_seq() >= acked,
+        "a power loss lost acknowledged frames: {} < {acked}",
+        after.log.last_seq()
+    );
+    let got = rebuild_all(&after, Seq(10), &keys, scratch.path());
+    assert_disks_eq(&got, &model_at_durable, "at the last seq before the failure");
+    let got = rebuild_all(&after, acked, &keys, scratch.path());
+    assert_disks_eq(&got, sim.disks(), "after the resend");
+}
+
+#[test]
+fn segments_a_killed_standby_created_are_durable_before_a_restart_acks_them() {
+    let keys = keys();
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let mut state = open_sim(&meta, &log);
+    let mut sim = SimServer::new(server(), &keys, &[8 << 20]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    state.log.sync().expect("sync");
+    // Roll into a second segment without any sync, then "kill -9": drop the state.
+    let mut n = 0;
+    while state.log.segment_numbers().len() < 2 {
+        write_some(&mut state, &mut sim, 1, n);
+        n += 1;
+    }
+    drop(state);
+
+    let mut restarted = open_sim(&meta, &log);
+    let acked = restarted.log.sync().expect("sync after restart");
+    assert_eq!(acked, Seq(n), "the restart fsyncs what the killed process wrote");
+    let after = open_sim(&meta.after_power_loss(), &log.after_power_loss());
+    assert_eq!(
+        after.log.last_seq(),
+        acked,
+        "frames in a segment whose directory entry was never fsynced were acknowledged"
+    );
+}
+
 #[test]
 fn a_sync_beside_an_unfinished_ticket_still_fsyncs_the_directory() {
-    let dir = tempfile::tempdir().unwrap();
     let keys = keys();
-    let syncs = Arc::new(AtomicUsize::new(0));
-    let d: Arc<dyn LogDir> = Arc::new(Counting {
-        inner: FsDir::open(&dir.path().join("log"), true).unwrap(),
-        dir_syncs: syncs.clone(),
-    });
-    let meta: Arc<dyn LogDir> = Arc::new(FsDir::open(dir.path(), true).unwrap());
-    let (mut st, _) =
-        ServerState::open_in(server(), meta, d, SEGMENT, OpenMode::ReadWrite).unwrap();
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let syncs = &log.faults.dir_syncs;
+    let mut st = open_sim(&meta, &log);
     let mut sim = SimServer::new(server(), &keys, &[8 << 20]).unwrap();
     st.register(sim.registration()).unwrap();
     st.log.sync().unwrap();

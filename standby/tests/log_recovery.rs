@@ -5,21 +5,19 @@
 
 mod common;
 
+use common::sim_storage::SimDir;
 use common::*;
 use ferry_replicator::sim::SimServer;
 use ferry_standby::index::SegmentNo;
 use ferry_standby::log::{LogError, OpenMode};
 use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{IngestError, OpenError, ServerState};
-use ferry_standby::storage::{FsDir, LogDir, LogFile};
 use ferry_wire::Seq;
 use ferry_wire::message::{ErrorCode, PointKind};
 use std::fs::OpenOptions;
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// A store with `records` 64 KiB records (and a barrier every 8), synced and closed.
 fn store_with(dir: &Path, records: u64) -> SimServer {
@@ -200,93 +198,14 @@ fn a_changed_byte_in_a_sealed_segment_fails_rebuild_naming_segment_and_offset() 
     assert!(failures[0].contains("crc32"), "{}", failures[0]);
 }
 
-/// A directory whose files share a byte budget; writes past it fail like a full disk
-/// (after writing what fits, as a short write would).
-#[derive(Debug)]
-struct FullDisk {
-    inner: FsDir,
-    budget: Arc<AtomicI64>,
-}
-
-#[derive(Debug)]
-struct FullFile {
-    inner: Arc<dyn LogFile>,
-    budget: Arc<AtomicI64>,
-}
-
-impl LogFile for FullFile {
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-    fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> io::Result<()> {
-        self.inner.read_exact_at(buf, pos)
-    }
-    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
-        let left = self.budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
-        if left < buf.len() as i64 {
-            let fits = usize::try_from(left.max(0)).expect("non-negative");
-            self.inner.write_all_at(&buf[..fits], pos)?;
-            self.budget.fetch_add(buf.len() as i64, Ordering::SeqCst);
-            return Err(io::Error::from(io::ErrorKind::StorageFull));
-        }
-        self.inner.write_all_at(buf, pos)
-    }
-    fn sync_data(&self) -> io::Result<()> {
-        self.inner.sync_data()
-    }
-    fn truncate(&self, len: u64) -> io::Result<()> {
-        self.inner.truncate(len)
-    }
-    fn allocated(&self) -> io::Result<u64> {
-        self.inner.allocated()
-    }
-}
-
-impl LogDir for FullDisk {
-    fn describe(&self, name: &str) -> std::path::PathBuf {
-        self.inner.describe(name)
-    }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
-    }
-    fn create(&self, name: &str) -> io::Result<Arc<dyn LogFile>> {
-        Ok(Arc::new(FullFile {
-            inner: self.inner.create(name)?,
-            budget: self.budget.clone(),
-        }))
-    }
-    fn open(&self, name: &str, read_only: bool) -> io::Result<Arc<dyn LogFile>> {
-        Ok(Arc::new(FullFile {
-            inner: self.inner.open(name, read_only)?,
-            budget: self.budget.clone(),
-        }))
-    }
-    fn read_small(&self, name: &str, max: u64) -> io::Result<Vec<u8>> {
-        self.inner.read_small(name, max)
-    }
-    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.inner.replace(name, bytes)
-    }
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.inner.remove(name)
-    }
-    fn sync(&self) -> io::Result<()> {
-        self.inner.sync()
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
-    let budget = Arc::new(AtomicI64::new(300_000));
-    let meta: Arc<dyn LogDir> = Arc::new(FsDir::open(dir.path(), true).expect("dir"));
-    let log: Arc<dyn LogDir> = Arc::new(FullDisk {
-        inner: FsDir::open(&dir.path().join("log"), true).expect("dir"),
-        budget: budget.clone(),
-    });
-    let (mut state, _) =
-        ServerState::open_in(server(), meta, log, SEGMENT, OpenMode::ReadWrite).expect("open");
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let budget = &log.faults.budget;
+    budget.store(300_000, Ordering::SeqCst);
+    let mut state = open_sim(&meta, &log);
     let mut sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
     state.register(sim.registration()).expect("register");
     let mut stored = 0;
@@ -312,14 +231,14 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
         Seq(stored),
         "the refused record is not in the log"
     );
-    let seg = dir.path().join("log").join(SegmentNo(1).file_name());
-    let len_before = std::fs::metadata(&seg).expect("stat").len();
+    let (seg, _) = state.log.segment_file(SegmentNo(1)).expect("segment 1");
+    let len_before = seg.size().expect("size");
     assert!(
         state.ingest(&frame, &message, &keys.mac).is_err(),
         "still full"
     );
     assert_eq!(
-        std::fs::metadata(&seg).expect("stat").len(),
+        seg.size().expect("size"),
         len_before,
         "no partial frame kept"
     );

@@ -329,3 +329,29 @@ fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
         "a damaged frame changed the store"
     );
 }
+
+#[test]
+fn unauthenticated_connections_are_bounded_and_do_not_lock_agents_out() {
+    use ferry_standby::receiver::MAX_HANDSHAKES;
+    use std::io::Read;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let standby = start(dir.path(), &keys);
+    // Peers that connect and say nothing hold a handshake slot each.
+    let idle: Vec<_> = (0..MAX_HANDSHAKES)
+        .map(|_| std::net::TcpStream::connect(standby.addr()).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = std::net::TcpStream::connect(standby.addr()).expect("connect");
+    over.set_read_timeout(Some(WAIT)).expect("read timeout");
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        over.read(&mut byte).expect("the standby closes it"),
+        0,
+        "a connection beyond {MAX_HANDSHAKES} in the handshake must be closed at once"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let link = connect(&standby, &keys);
+    assert_eq!(link.welcome_durable(), Seq(0), "an agent gets in once they are gone");
+}

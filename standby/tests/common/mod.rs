@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub(crate) mod sim_storage;
+
 use ferry_replicator::sim::SimServer;
 pub(crate) use ferry_replicator::sim::noise;
 use ferry_standby::log::OpenMode;
@@ -10,6 +12,7 @@ use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{Ingested, ServerState};
 use ferry_wire::{MasterKey, Message, Seq, ServerId, SiteKeys};
 use std::path::Path;
+use std::sync::Arc;
 
 pub(crate) const SEGMENT: u64 = 2 << 20;
 
@@ -25,6 +28,22 @@ pub(crate) fn open(dir: &Path) -> ServerState {
     ServerState::open(server(), dir, SEGMENT, OpenMode::ReadWrite)
         .unwrap_or_else(|e| panic!("opening the store in {}: {e:?}", dir.display()))
         .0
+}
+
+/// Opens the store over simulated storage (`meta` for its small files, `log` for segments).
+pub(crate) fn open_sim(
+    meta: &Arc<sim_storage::SimDir>,
+    log: &Arc<sim_storage::SimDir>,
+) -> ServerState {
+    ServerState::open_in(
+        server(),
+        meta.clone(),
+        log.clone(),
+        SEGMENT,
+        OpenMode::ReadWrite,
+    )
+    .unwrap_or_else(|e| panic!("opening the store on simulated storage: {e:?}"))
+    .0
 }
 
 /// Encodes `message` and feeds it through the ingest rules; it must be stored.
