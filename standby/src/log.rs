@@ -120,6 +120,8 @@ struct Segment {
     len: u64,
     /// The length an fsync has covered: bytes below it are on stable storage.
     synced: u64,
+    /// The durable watermark last written into the segment's header.
+    watermark: u64,
 }
 
 /// An fsync to run without holding the log's lock; see [`ServerLog::prepare_sync`].
@@ -231,6 +233,7 @@ impl ServerLog {
                         file,
                         len,
                         synced: 0,
+                        watermark: 0,
                     },
                 );
                 continue;
@@ -279,6 +282,7 @@ impl ServerLog {
                     file,
                     len,
                     synced: 0,
+                    watermark: 0,
                 },
             );
         }
@@ -428,6 +432,7 @@ impl ServerLog {
                 file,
                 len: SEGMENT_HEADER_LEN,
                 synced: 0,
+                watermark: 0,
             },
         );
         self.active = Some(no);
@@ -458,7 +463,28 @@ impl ServerLog {
 
     /// The fsyncs that make everything written so far durable, to run outside the log's
     /// lock (group commit); then call [`ServerLog::mark_durable`] with it.
+    ///
+    /// Before the fsync, the active segment's header gets the length the previous fsyncs
+    /// covered (its durable watermark, see [`crate::segment`]): this fsync makes it
+    /// durable, and recovery after a power loss then knows where a torn tail may begin.
     pub fn prepare_sync(&mut self) -> SyncTicket {
+        if let (Some(no), false) = (self.active, self.discarded)
+            && let Some(seg) = self.segments.get_mut(&no)
+            && seg.synced > seg.watermark
+        {
+            match seg.file.write_all_at(
+                &segment::encode_watermark(seg.synced),
+                segment::WATERMARK_AT,
+            ) {
+                Ok(()) => seg.watermark = seg.synced,
+                // A stale watermark only widens what recovery treats as a torn tail.
+                Err(e) => tracing::warn!(
+                    segment = %self.dir.describe(&no.file_name()).display(),
+                    error = %e,
+                    "cannot update the segment's durable watermark"
+                ),
+            }
+        }
         let file = self.active.map(|no| {
             let seg = &self.segments[&no];
             (
@@ -545,9 +571,7 @@ impl ServerLog {
                 seg.file
                     .truncate(seg.synced)
                     .map_err(LogError::io("truncate the unsynced tail of", path.clone()))?;
-                seg.file
-                    .sync_data()
-                    .map_err(LogError::io("fsync", path))?;
+                seg.file.sync_data().map_err(LogError::io("fsync", path))?;
             }
             tracing::warn!(
                 segment = %self.dir.describe(&name).display(),

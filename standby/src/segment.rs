@@ -5,7 +5,7 @@
 //! ```text
 //!  segment file NNNNNNNNNNNNNNNNNNNN.seg (N = segment number, 20 decimal digits)
 //!  +---------------------------+---------+---------+-----+---------+
-//!  | segment header (32 bytes) | frame 1 | frame 2 | ... | frame k |
+//!  | segment header (48 bytes) | frame 1 | frame 2 | ... | frame k |
 //!  +---------------------------+---------+---------+-----+---------+
 //!
 //!  segment header, integers little-endian:
@@ -15,6 +15,10 @@
 //!  16  8  segment number (must match the file name)
 //!  24  4  reserved = 0
 //!  28  4  crc32 (IEEE) of bytes 0..28
+//!  32  8  durable watermark: a length of this segment an fsync had covered when it was
+//!         written (0 at creation); rewritten in place before each group commit
+//!  40  4  crc32 (IEEE) of bytes 32..40
+//!  44  4  reserved = 0
 //! ```
 //!
 //! Each frame is a `ferry_wire::frame` frame — magic, version, type, length, crc32 over
@@ -26,11 +30,20 @@
 //! — see [`crate::index`] — and never written again) once it passes the configured size.
 //! Log cleaning may delete a sealed segment after copying its live frames forward.
 //!
-//! Recovery ([`scan`]): a frame that does not check out is a *torn tail* when nothing
-//! whole follows it — it runs past the end of the file, or it is the last frame, or only
-//! zero bytes follow (a filesystem may extend a file with zeroes on a crash) — and the
-//! log truncates it and reports it. Anything else is *corruption*: an error naming the
-//! segment and the offset, never skipped.
+//! Recovery ([`scan`]): a frame that does not check out at or past the watermark is a
+//! *torn tail*: no fsync had covered it, so a power loss may have left anything there —
+//! zeroes, a partial frame, or garbage with whole frames after it (the kernel writes pages
+//! back in any order) — and nothing there was acknowledged before the last group commit.
+//! The log truncates it and reports it. A frame that does not check out below the
+//! watermark is *corruption*: an error naming the segment and the offset, never skipped.
+//! When the watermark itself does not check out (a torn header write), a damaged frame is
+//! a torn tail only when nothing whole follows it (it runs past the end of the file, is
+//! the last frame, or only zero bytes follow).
+//!
+//! The watermark lags one group commit (it is written before the fsync that makes it
+//! durable, and names what the previous fsync covered), so damage inside the last
+//! commit's bytes — bit rot, not a crash: those bytes were fsynced — is reported as a
+//! torn tail rather than as corruption.
 
 use crate::index::{Entry, EntryKind, SegmentNo, SegmentPos};
 use crate::storage::LogFile;
@@ -41,7 +54,9 @@ use std::path::{Path, PathBuf};
 
 /// Length of the segment header.
 pub const SEGMENT_HEADER_LEN: u64 = HEADER_BYTES as u64;
-const HEADER_BYTES: usize = 32;
+const HEADER_BYTES: usize = 48;
+/// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
+pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
 const VERSION: u16 = 1;
 
@@ -53,7 +68,26 @@ pub fn encode_header(segment: SegmentNo) -> [u8; HEADER_BYTES] {
     h[16..24].copy_from_slice(&segment.0.to_le_bytes());
     let crc = crc32fast::hash(&h[..28]);
     h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h[32..48].copy_from_slice(&encode_watermark(0));
     h
+}
+
+/// The 16 watermark bytes written at [`WATERMARK_AT`]: `len` bytes of the segment are on
+/// stable storage.
+pub fn encode_watermark(len: u64) -> [u8; 16] {
+    let mut w = [0u8; 16];
+    w[0..8].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32fast::hash(&w[0..8]);
+    w[8..12].copy_from_slice(&crc.to_le_bytes());
+    w
+}
+
+/// The watermark of a header, or `None` when it does not check out (a torn write).
+fn parse_watermark(h: &[u8]) -> Option<u64> {
+    let w = &h[32..48];
+    let crc = u32::from_le_bytes(w[8..12].try_into().expect("4 bytes"));
+    (crc32fast::hash(&w[0..8]) == crc && w[12..16] == [0; 4])
+        .then(|| u64::from_le_bytes(w[0..8].try_into().expect("8 bytes")))
 }
 
 fn check_header(h: &[u8], segment: SegmentNo) -> Result<(), String> {
@@ -283,6 +317,12 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
     }
     let header = reader.bytes(0, HEADER_BYTES).map_err(io_err)?;
     check_header(header, segment).map_err(|reason| corrupt(0, reason))?;
+    let watermark = parse_watermark(header);
+    // Whether a frame that does not check out at `pos` (ending at `end`) is a torn tail.
+    let is_tail = |reader: &mut ChunkReader<'_>, pos: u64, end: u64| match watermark {
+        Some(durable) => Ok(pos >= durable),
+        None => Ok(end >= len || reader.all_zero_from(end)?),
+    };
 
     let mut entries = Vec::new();
     let mut pos = SEGMENT_HEADER_LEN;
@@ -291,9 +331,17 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
         len: len - pos,
         reason,
     };
+    // A file that ends inside a frame: torn, unless an fsync had covered the frame.
+    let cut_short = |pos: u64, reason: String| match watermark {
+        Some(durable) if pos < durable => Err(ScanError::Corrupt(corrupt(
+            pos,
+            format!("{reason}, below the durable watermark {durable}"),
+        ))),
+        _ => Ok(torn(pos, reason)),
+    };
     while pos < len {
         if len - pos < FRAME_HEADER_LEN as u64 {
-            let t = torn(pos, "the segment ends inside a frame header".into());
+            let t = cut_short(pos, "the segment ends inside a frame header".into())?;
             return Ok(Scan {
                 entries,
                 valid_len: pos,
@@ -308,8 +356,13 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
         let header = match FrameHeader::parse(&head) {
             Ok(h) => h,
             Err(e) => {
-                if reader.all_zero_from(pos).map_err(io_err)? {
-                    let t = torn(pos, "zero bytes where a frame should start".into());
+                if is_tail(&mut reader, pos, pos).map_err(io_err)? {
+                    let what = if reader.all_zero_from(pos).map_err(io_err)? {
+                        "zero bytes where a frame should start".into()
+                    } else {
+                        format!("no frame where one should start: {e}")
+                    };
+                    let t = torn(pos, what);
                     return Ok(Scan {
                         entries,
                         valid_len: pos,
@@ -322,10 +375,10 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
         let frame_len = (FRAME_HEADER_LEN + header.body_len()) as u64;
         let end = pos + frame_len;
         if end > len {
-            let t = torn(
+            let t = cut_short(
                 pos,
                 format!("the segment ends inside a {frame_len}-byte frame"),
-            );
+            )?;
             return Ok(Scan {
                 entries,
                 valid_len: pos,
@@ -339,8 +392,8 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
         let message = match decoded {
             Ok(m) => m,
             Err(e) => {
-                if end == len || reader.all_zero_from(end).map_err(io_err)? {
-                    let t = torn(pos, format!("last frame is damaged: {}", error_chain(&e)));
+                if is_tail(&mut reader, pos, end).map_err(io_err)? {
+                    let t = torn(pos, format!("damaged frame: {}", error_chain(&e)));
                     return Ok(Scan {
                         entries,
                         valid_len: pos,

@@ -62,7 +62,11 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
         durable,
         "after a failed fsync the reopened log reports only what an fsync covered"
     );
-    assert_eq!(state.log.last_seq(), durable, "the unsynced frames are gone");
+    assert_eq!(
+        state.log.last_seq(),
+        durable,
+        "the unsynced frames are gone"
+    );
 
     // The agent resends from its last ack; those land and are acknowledged.
     for m in &lost {
@@ -79,7 +83,11 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
         after.log.last_seq()
     );
     let got = rebuild_all(&after, Seq(10), &keys, scratch.path());
-    assert_disks_eq(&got, &model_at_durable, "at the last seq before the failure");
+    assert_disks_eq(
+        &got,
+        &model_at_durable,
+        "at the last seq before the failure",
+    );
     let got = rebuild_all(&after, acked, &keys, scratch.path());
     assert_disks_eq(&got, sim.disks(), "after the resend");
 }
@@ -102,7 +110,11 @@ fn segments_a_killed_standby_created_are_durable_before_a_restart_acks_them() {
 
     let mut restarted = open_sim(&meta, &log);
     let acked = restarted.log.sync().expect("sync after restart");
-    assert_eq!(acked, Seq(n), "the restart fsyncs what the killed process wrote");
+    assert_eq!(
+        acked,
+        Seq(n),
+        "the restart fsyncs what the killed process wrote"
+    );
     let after = open_sim(&meta.after_power_loss(), &log.after_power_loss());
     assert_eq!(
         after.log.last_seq(),

@@ -19,7 +19,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-/// A store with `records` 64 KiB records (and a barrier every 8), synced and closed.
+/// A store with `records` 64 KiB records (and a barrier every 8, each followed by a group
+/// commit), synced and closed.
 fn store_with(dir: &Path, records: u64) -> SimServer {
     let keys = keys();
     let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
@@ -31,6 +32,7 @@ fn store_with(dir: &Path, records: u64) -> SimServer {
         feed(&mut state, &m, &keys);
         if i % 8 == 7 {
             feed(&mut state, &sim.barrier(PointKind::Scheduled, i).0, &keys);
+            state.log.sync().expect("sync");
         }
     }
     state.log.sync().expect("sync");
@@ -100,7 +102,7 @@ fn damage_in_the_middle_of_the_active_segment_is_an_error_naming_segment_and_off
     let dir = tempfile::tempdir().expect("tempdir");
     store_with(dir.path(), 10);
     let last = segments(dir.path()).pop().expect("a segment");
-    // The third frame of the segment: header 32 bytes, then frames; find it by scanning.
+    // The third frame of the segment, below the durable watermark.
     let (state, _) =
         ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadOnly).expect("open");
     let victim = state.log.entries()[2];
@@ -251,4 +253,48 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     state.log.sync().expect("sync");
     let got = rebuild_all(&state, state.log.last_seq(), &keys, dir.path());
     assert_disks_eq(&got, sim.disks(), "after the disk had room again");
+}
+
+#[test]
+fn after_a_power_loss_garbage_past_the_watermark_is_a_torn_tail_even_with_frames_after_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let mut sim = store_with(dir.path(), 10);
+    let durable = {
+        let mut state = open(dir.path());
+        state.log.sync().expect("sync") // writes the watermark past every stored frame
+    };
+    // Three more frames reach the page cache; no fsync covers them. The kernel wrote the
+    // first and third back before the power failed, not the second.
+    let mut state = open(dir.path());
+    for i in 0..3 {
+        let m = sim
+            .write(0, i * 65_536, &noise(65_536, 50 + i))
+            .expect("seal");
+        feed(&mut state, &m, &keys);
+    }
+    let lost = state.log.entries()[state.log.entries().len() - 2];
+    drop(state);
+    let last = segments(dir.path()).pop().expect("a segment");
+    let file = OpenOptions::new().write(true).open(&last).expect("open");
+    file.write_all_at(&vec![0u8; lost.frame_len as usize], lost.position.0)
+        .expect("zero the frame");
+    drop(file);
+
+    let (state, report) =
+        ServerState::open(server(), dir.path(), SEGMENT, OpenMode::ReadWrite).expect("reopen");
+    assert_eq!(
+        report.torn.len(),
+        1,
+        "the torn tail is reported: {report:?}"
+    );
+    assert_eq!(
+        report.torn[0].1.offset, lost.position.0,
+        "cut where the damage starts"
+    );
+    assert_eq!(
+        state.log.last_seq(),
+        Seq(durable.0 + 1),
+        "every durable frame and the whole one before the damage are kept"
+    );
 }

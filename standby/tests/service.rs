@@ -353,5 +353,9 @@ fn unauthenticated_connections_are_bounded_and_do_not_lock_agents_out() {
     drop(idle);
     std::thread::sleep(Duration::from_millis(300));
     let link = connect(&standby, &keys);
-    assert_eq!(link.welcome_durable(), Seq(0), "an agent gets in once they are gone");
+    assert_eq!(
+        link.welcome_durable(),
+        Seq(0),
+        "an agent gets in once they are gone"
+    );
 }
