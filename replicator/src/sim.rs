@@ -15,6 +15,7 @@ use ferry_wire::{
 pub struct SimServer {
     server: ServerId,
     sealer: Sealer,
+    mac_key: ferry_wire::MacKey,
     disks: Vec<Vec<u8>>,
     last_seq: Seq,
     next_point: u64,
@@ -26,6 +27,7 @@ impl SimServer {
         Ok(Self {
             server,
             sealer: Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL)?,
+            mac_key: keys.mac.clone(),
             disks: disk_sizes.iter().map(|&n| vec![0u8; n]).collect(),
             last_seq: Seq(0),
             next_point: 1,
@@ -115,13 +117,17 @@ impl SimServer {
         self.last_seq = self.last_seq.checked_next().expect("seqs never run out");
         let point = PointId(self.next_point);
         self.next_point += 1;
-        let barrier = Barrier {
-            seq: self.last_seq,
-            point,
-            kind,
-            consistent: true,
-            unix_time_ms,
-        };
+        let barrier = ferry_wire::seal::sign_barrier(
+            &self.mac_key,
+            Barrier {
+                seq: self.last_seq,
+                point,
+                kind,
+                consistent: true,
+                unix_time_ms,
+                mac: [0; 32],
+            },
+        );
         (Message::Barrier(barrier), point)
     }
 }

@@ -205,6 +205,63 @@ pub struct DiskReport {
     pub bytes_zeroed: u64,
 }
 
+/// Damage at an index entry's frame.
+fn corrupt_at(log: &ServerLog, e: &Entry, reason: String) -> Corruption {
+    Corruption {
+        path: log
+            .segment_file(e.segment)
+            .map_or_else(|| PathBuf::from(e.segment.file_name()), |(_, p)| p),
+        offset: e.position.0,
+        reason,
+    }
+}
+
+/// Reads the frame an index entry points at, checking it (CRC, decoding) and that it is
+/// the frame the entry describes.
+fn read_stored(log: &ServerLog, e: &Entry, buf: &mut Vec<u8>) -> Result<Message, RebuildError> {
+    let (file, path) = log.segment_file(e.segment).ok_or_else(|| {
+        corrupt_at(
+            log,
+            e,
+            "the index points into a segment that is gone".into(),
+        )
+    })?;
+    let message = segment::read_frame(file.as_ref(), &path, e.position, e.frame_len, buf)?;
+    if segment::entry_of(&message, e.segment, e.position, e.frame_len).as_ref() != Some(e) {
+        return Err(corrupt_at(
+            log,
+            e,
+            format!("frame does not match its index entry (seq {})", e.seq),
+        )
+        .into());
+    }
+    Ok(message)
+}
+
+/// Checks the MAC of the barrier stored at `seq` (a point's seq), so that a point altered
+/// or forged in the store is refused before anything is rebuilt from it. A seq that is
+/// not a barrier (`latest` may be a record) has nothing to check.
+pub fn verify_point(log: &ServerLog, seq: Seq, mac: &MacKey) -> Result<(), RebuildError> {
+    let Ok(at) = log.entries().binary_search_by_key(&seq, |e| e.seq) else {
+        return Ok(());
+    };
+    let e = &log.entries()[at];
+    if !matches!(e.what, crate::index::EntryKind::Barrier { .. }) {
+        return Ok(());
+    }
+    match read_stored(log, e, &mut Vec::new())? {
+        Message::Barrier(b) => ferry_wire::seal::verify_barrier(mac, &b).map_err(|err| {
+            corrupt_at(
+                log,
+                e,
+                format!("barrier seq {seq}: {}", segment::error_chain(&err)),
+            )
+            .into()
+        }),
+        _ => Err(corrupt_at(log, e, format!("expected a barrier for seq {seq}")).into()),
+    }
+}
+
 /// The plan: records (in log order) with the ranges each still provides at `point`, and
 /// the ranges no record covers. Clipped to the disk's registered size.
 fn plan(entries: &[Entry], disk: &DiskInfo, point: Seq) -> (Vec<Work>, Vec<(u64, u64)>) {
@@ -340,27 +397,11 @@ fn rebuild_one(
     report: &mut DiskReport,
 ) -> Result<u64, RebuildError> {
     let e = &w.entry;
-    let (file, path) = log.segment_file(e.segment).ok_or_else(|| Corruption {
-        path: PathBuf::from(e.segment.file_name()),
-        offset: e.position.0,
-        reason: "the index points into a segment that is gone".into(),
-    })?;
-    let corrupt = |reason: String| Corruption {
-        path: path.clone(),
-        offset: e.position.0,
-        reason,
-    };
-    let message = segment::read_frame(file.as_ref(), &path, e.position, e.frame_len, buf)?;
+    let message = read_stored(log, e, buf)?;
+    let corrupt = |reason: String| corrupt_at(log, e, reason);
     let Message::Record(record) = &message else {
         return Err(corrupt(format!("expected a record for seq {}", e.seq)).into());
     };
-    if segment::entry_of(&message, e.segment, e.position, e.frame_len).as_ref() != Some(e) {
-        return Err(corrupt(format!(
-            "frame does not match its index entry (seq {})",
-            e.seq
-        ))
-        .into());
-    }
     let record_start = record.header.offset.0;
     let unsealed = unsealer.unseal(record).map_err(|err| {
         corrupt(format!(

@@ -50,7 +50,7 @@ pub enum IngestError {
     },
     #[error("record seq {seq} covers no bytes")]
     EmptyRecord { seq: Seq },
-    #[error("record seq {seq} fails its check (wrong MAC key, or altered in transit)")]
+    #[error("record or barrier seq {seq} fails its check (wrong MAC key, or altered in transit)")]
     BadRecord {
         seq: Seq,
         #[source]
@@ -278,6 +278,8 @@ impl ServerState {
                 if b.seq <= self.log.last_seq() {
                     return Ok(Ingested::Duplicate(b.seq));
                 }
+                seal::verify_barrier(mac_key, b)
+                    .map_err(|source| IngestError::BadRecord { seq: b.seq, source })?;
                 b.seq
             }
             other => return Err(IngestError::NotStorable(other.frame_type())),

@@ -298,3 +298,61 @@ fn after_a_power_loss_garbage_past_the_watermark_is_a_torn_tail_even_with_frames
         "every durable frame and the whole one before the damage are kept"
     );
 }
+
+#[test]
+fn a_barrier_without_a_valid_mac_is_refused_on_ingest_and_on_rebuild() {
+    use ferry_standby::index::EntryKind;
+    use ferry_wire::Message;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let mut sim = store_with(dir.path(), 10);
+
+    // On ingest: a barrier whose MAC does not match its fields.
+    let mut state = open(dir.path());
+    let Message::Barrier(mut forged) = sim.barrier(PointKind::Manual, 1).0 else {
+        unreachable!("barrier() makes barriers")
+    };
+    forged.consistent = !forged.consistent;
+    let message = Message::Barrier(forged);
+    let err = state
+        .ingest(&message.encode().expect("encode"), &message, &keys.mac)
+        .expect_err("a forged barrier must be refused");
+    assert!(matches!(err, IngestError::BadRecord { .. }), "{err:?}");
+    assert_eq!(err.code(), ErrorCode::Malformed, "{err}");
+    drop(state);
+
+    // In the store: a stored point altered, with the frame's CRC recomputed.
+    let state = open(dir.path());
+    let victim = *state
+        .log
+        .entries()
+        .iter()
+        .find(|e| matches!(e.what, EntryKind::Barrier { .. }))
+        .expect("a stored barrier");
+    rebuild::verify_point(&state.log, victim.seq, &keys.mac).expect("intact point checks out");
+    let (file, _) = state.log.segment_file(victim.segment).expect("segment");
+    let mut frame = vec![0u8; victim.frame_len as usize];
+    file.read_exact_at(&mut frame, victim.position.0)
+        .expect("read");
+    let mut buf = Vec::new();
+    let Some(Message::Barrier(mut b)) =
+        ferry_wire::frame::read_frame(&mut frame.as_slice(), &mut buf).expect("decodes")
+    else {
+        panic!("expected the barrier frame")
+    };
+    b.consistent = !b.consistent;
+    let altered = Message::Barrier(b).encode().expect("encode");
+    assert_eq!(altered.len(), frame.len(), "same length");
+    file.write_all_at(&altered, victim.position.0)
+        .expect("write");
+    drop((file, state));
+    // Reopened, the index is rebuilt from the altered frame: only the MAC can tell.
+    let state = open(dir.path());
+    let err = rebuild::verify_point(&state.log, victim.seq, &keys.mac)
+        .expect_err("an altered point must be refused");
+    assert!(
+        err.to_string()
+            .contains(&format!("barrier seq {}", victim.seq)),
+        "{err}"
+    );
+}

@@ -87,6 +87,9 @@ pub struct Barrier {
     /// True when the point equals every disk at one instant (DESIGN.md I5).
     pub consistent: bool,
     pub unix_time_ms: u64,
+    /// HMAC-SHA256 with the MAC key over the fields above
+    /// ([`crate::seal::sign_barrier`]): a stored point cannot be forged or altered.
+    pub mac: [u8; 32],
 }
 
 /// Standby → agent: every record and barrier with seq ≤ `durable` is on stable storage.

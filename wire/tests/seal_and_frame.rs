@@ -339,6 +339,7 @@ fn every_message_round_trips() {
             kind: PointKind::Scheduled,
             consistent: true,
             unix_time_ms: 1_700_000_000_000,
+            mac: [3; 32],
         }),
         Message::Ack(Ack { durable: Seq(78) }),
         Message::Heartbeat(Heartbeat { unix_time_ms: 1 }),

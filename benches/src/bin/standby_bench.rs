@@ -13,7 +13,9 @@ use ferry_replicator::link::{Link, LinkConfig};
 use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::DEFAULT_ZSTD_LEVEL;
-use ferry_wire::{ByteLen, ByteOffset, DiskId, MasterKey, Message, PointId, Sealer, ServerId};
+use ferry_wire::{
+    ByteLen, ByteOffset, DiskId, MacKey, MasterKey, Message, PointId, Sealer, ServerId,
+};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -36,13 +38,13 @@ fn main() -> Result<()> {
     }
 }
 
-fn connect(addr: &str, key: &str, server: &str) -> Result<(Link, ServerId, Sealer)> {
+fn connect(addr: &str, key: &str, server: &str) -> Result<(Link, ServerId, Sealer, MacKey)> {
     let text = std::fs::read_to_string(key).with_context(|| format!("reading {key}"))?;
     let keys = MasterKey::from_text(&text)?.derive();
     let server = ServerId::new(server)?;
     let link = Link::connect(addr, &server, &keys.auth, &LinkConfig::default())?;
     let sealer = Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL)?;
-    Ok((link, server, sealer))
+    Ok((link, server, sealer, keys.mac.clone()))
 }
 
 fn register(link: &mut Link, server: &ServerId, size: u64) -> Result<()> {
@@ -66,7 +68,7 @@ fn ingest(
     corpus: &str,
 ) -> Result<()> {
     let corpus = std::fs::read(corpus).with_context(|| format!("reading {corpus}"))?;
-    let (mut link, server, mut sealer) = connect(addr, key, server)?;
+    let (mut link, server, mut sealer, _) = connect(addr, key, server)?;
     register(&mut link, &server, total as u64)?;
     let mut seq = link.welcome_durable();
     let mut frames = Vec::with_capacity(total / record);
@@ -105,7 +107,7 @@ fn ingest(
 fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
     let mut file = std::fs::File::open(image).with_context(|| format!("opening {image}"))?;
     let size = file.metadata()?.len();
-    let (mut link, server, mut sealer) = connect(addr, key, server)?;
+    let (mut link, server, mut sealer, mac) = connect(addr, key, server)?;
     register(&mut link, &server, size)?;
     let mut seq = link.welcome_durable();
     let mut buf = vec![0u8; 1 << 20];
@@ -128,13 +130,17 @@ fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
         offset += n as u64;
     }
     seq = seq.checked_next().context("seq")?;
-    link.send(&Message::Barrier(Barrier {
-        seq,
-        point: PointId(seq.0),
-        kind: PointKind::Manual,
-        consistent: true,
-        unix_time_ms: 0,
-    }))?;
+    link.send(&Message::Barrier(ferry_wire::seal::sign_barrier(
+        &mac,
+        Barrier {
+            seq,
+            point: PointId(seq.0),
+            kind: PointKind::Manual,
+            consistent: true,
+            unix_time_ms: 0,
+            mac: [0; 32],
+        },
+    )))?;
     link.wait_durable(seq, Duration::from_secs(600))?;
     println!("filled {size} bytes up to seq {seq}");
     Ok(())

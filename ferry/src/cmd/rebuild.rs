@@ -67,6 +67,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
             args.point
         );
     };
+    rebuild::verify_point(&state.log, point_seq, &keys.mac).with_context(|| {
+        format!(
+            "point {} of server {} does not check out",
+            args.point, args.server
+        )
+    })?;
     let disks: Vec<(&DiskInfo, PathBuf)> = match args.disk {
         Some(n) => {
             let disk = registration
