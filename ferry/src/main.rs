@@ -1,5 +1,4 @@
-//! The `ferry` binary: operator commands, the standby service, and (as the stages are
-//! built) the agent. Thin: each subcommand parses its arguments and calls into the
+//! The `ferry` binary: operator commands, the standby service and the agent. Thin: each subcommand parses its arguments and calls into the
 //! library crates.
 
 mod cmd;
@@ -23,6 +22,7 @@ enum Command {
     Track(cmd::track::Args),
     Check(cmd::check::Args),
     Standby(cmd::standby::Args),
+    Agent(cmd::agent::Args),
     /// Recovery points held by a standby.
     #[command(subcommand)]
     Point(cmd::point::Command),
@@ -47,7 +47,7 @@ pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let level = match cli.command {
-        Command::Standby(_) => tracing::Level::INFO,
+        Command::Standby(_) | Command::Agent(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
     };
     tracing_subscriber::fmt()
@@ -61,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Track(args) => cmd::track::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Standby(args) => cmd::standby::run(args),
+        Command::Agent(args) => cmd::agent::run(args),
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),

@@ -1,8 +1,18 @@
-//! Protected-host agent. So far only [`link`], the protocol client that ships frames to
-//! the standby (issue 4); the rest — io_uring reads, sealing, scheduling, clearing an
-//! extent only once a record read after its last write is acknowledged as durable
-//! (DESIGN.md I1) — is issue 5. [`sim`] is a simulated protected server (disks in memory)
-//! that tests and benchmarks use to drive the link and the standby.
+//! The protected-host agent: tracker events to durable records at the standby.
+//!
+//! - [`agent`]: the replication loop — pick dirty extents, read, seal, ship, clear on ack
+//!   (DESIGN.md I1), full copies after tracking gaps, consistent points.
+//! - [`read`]: `O_DIRECT` reads through io_uring (synchronous fallback).
+//! - [`seal_pool`]: sealing on every core.
+//! - [`freeze`]: FIFREEZE/FITHAW with a guard that always thaws; operator hooks.
+//! - [`link`]: the protocol client that ships frames to the standby.
+//! - [`status`]: what a running agent reports (`ferry agent status`).
+//! - [`sim`]: a simulated protected server (disks in memory) for tests and benchmarks.
 
+pub mod agent;
+pub mod freeze;
 pub mod link;
+pub mod read;
+pub mod seal_pool;
 pub mod sim;
+pub mod status;

@@ -147,6 +147,76 @@ fn resolve_mount(
     }))
 }
 
+/// Mount points whose block device lies on any of `disks` (names as in `/sys/block`),
+/// through partitions, device-mapper and md: the filesystems to freeze for a
+/// consistent point of those disks.
+pub fn mounts_on(root: &Path, disks: &[String]) -> Result<Vec<String>, CheckError> {
+    let path = root.join("proc/self/mountinfo");
+    let mountinfo = read(root, "proc/self/mountinfo")?;
+    let mut found = Vec::new();
+    for line in mountinfo.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 10 {
+            return Err(CheckError::Mountinfo {
+                path,
+                line: line.to_owned(),
+            });
+        }
+        let Some(dir) = sys_dir(root, &format!("sys/dev/block/{}", fields[2])) else {
+            continue; // not a block device (tmpfs, proc, …)
+        };
+        let mut under = BTreeSet::new();
+        whole_disks(root, &dir, 0, &mut under);
+        if disks.iter().any(|d| under.contains(d)) {
+            found.push(unescape_mount_point(fields[4]));
+        }
+    }
+    Ok(found)
+}
+
+/// Every whole disk under a mounted filesystem (names as in `/sys/block`): what an agent
+/// protects by default.
+pub fn disks_with_mounts(root: &Path) -> Result<Vec<String>, CheckError> {
+    let path = root.join("proc/self/mountinfo");
+    let mountinfo = read(root, "proc/self/mountinfo")?;
+    let mut disks = BTreeSet::new();
+    for line in mountinfo.lines().filter(|l| !l.trim().is_empty()) {
+        let Some(dev) = line.split(' ').nth(2) else {
+            return Err(CheckError::Mountinfo {
+                path,
+                line: line.to_owned(),
+            });
+        };
+        if let Some(dir) = sys_dir(root, &format!("sys/dev/block/{dev}")) {
+            whole_disks(root, &dir, 0, &mut disks);
+        }
+    }
+    Ok(disks.into_iter().collect())
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_point(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if b[i] == b'\\'
+            && let Some(d) = octal
+            && let Ok(v) = u8::try_from(
+                d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')),
+            )
+        {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn disk_size(root: &Path, name: &str) -> u64 {
     read(root, &format!("sys/class/block/{name}/size"))
         .ok()

@@ -166,6 +166,18 @@ impl DirtyMap {
         }
     }
 
+    /// Dirty bytes in words last marked at or before `generation`: what is left of a
+    /// full pass that marked everything at `generation` (grains marked again since count
+    /// as newer writes, not as the pass's remainder).
+    pub fn bytes_not_newer_than(&self, generation: Generation) -> u64 {
+        self.chunks
+            .values()
+            .flat_map(|c| c.bits.iter().zip(&c.generations))
+            .filter(|(_, g)| **g <= generation)
+            .map(|(bits, _)| u64::from(bits.count_ones()) * GRAIN)
+            .sum()
+    }
+
     /// Clears the grains of `range` whose word's generation is not newer than
     /// `read_at`: nothing marked them since the caller picked them. Returns the bytes
     /// cleared.
@@ -276,6 +288,19 @@ impl DirtyMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remainder_of_a_pass_excludes_grains_written_since() {
+        let mut m = DirtyMap::new();
+        m.mark(ByteRange::new(0, 64 << 20), Generation(1));
+        assert_eq!(m.bytes_not_newer_than(Generation(1)), 64 << 20);
+        // A write in a later word: that word no longer counts as the pass's remainder.
+        m.mark(ByteRange::new(32 << 20, (32 << 20) + 4096), Generation(2));
+        assert_eq!(m.bytes_not_newer_than(Generation(1)), (64 << 20) - (256 << 10));
+        m.clear_if_unchanged(ByteRange::new(0, 16 << 20), Generation(1));
+        assert_eq!(m.bytes_not_newer_than(Generation(1)), (48 << 20) - (256 << 10));
+        assert_eq!(m.bytes_not_newer_than(Generation(0)), 0);
+    }
     use proptest::prelude::*;
 
     const GRAINS: u64 = 64;

@@ -1,4 +1,5 @@
-//! `ferry point list`: a server's recovery points as the standby holds them.
+//! `ferry point list`: a server's recovery points as the standby holds them;
+//! `ferry point create`: ask this host's running agent for a point now.
 
 use anyhow::{Context, Result};
 use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
@@ -14,6 +15,24 @@ pub(crate) enum Command {
     ///
     /// Example: `ferry point list --data-dir /var/lib/ferry/standby --server web-1`
     List(ListArgs),
+    /// Make a recovery point now (on the protected host: asks the running agent, which
+    /// freezes, ships the remaining changes, sends the point and thaws).
+    ///
+    /// Example: `ferry point create --server web-1`
+    Create(CreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CreateArgs {
+    /// The protected server (must be the one the agent protects).
+    #[arg(long)]
+    server: ServerId,
+    /// The agent's state directory.
+    #[arg(long, default_value = crate::cmd::agent::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print JSON instead of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,7 +60,51 @@ struct Row {
 }
 
 pub(crate) fn run(command: Command) -> Result<()> {
-    let Command::List(args) = command;
+    match command {
+        Command::List(args) => list(&args),
+        Command::Create(args) => create(&args),
+    }
+}
+
+fn create(args: &CreateArgs) -> Result<()> {
+    let status = ferry_replicator::status::Status::load(&args.state_dir.join("status.json"))
+        .with_context(|| {
+            format!(
+                "no agent status in {} (is the agent running with this state_dir?)",
+                args.state_dir.display()
+            )
+        })?;
+    anyhow::ensure!(
+        status.server == args.server.as_str(),
+        "the agent in {} protects server {}, not {}",
+        args.state_dir.display(),
+        status.server,
+        args.server
+    );
+    let socket = args.state_dir.join("agent.sock");
+    let point = ferry_replicator::agent::request_point(&socket, std::time::Duration::from_secs(600))
+        .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&point)?);
+    }
+    if let Some(e) = &point.error {
+        anyhow::bail!("the point failed: {e}");
+    }
+    if !args.json {
+        println!(
+            "point {} of {} at seq {}: {}, filesystems frozen {} ms ({})",
+            point.point.unwrap_or(0),
+            args.server,
+            point.seq.unwrap_or(0),
+            if point.consistent { "consistent" } else { "crash-consistent only" },
+            point.freeze_ms,
+            if point.frozen.is_empty() { "none".to_owned() } else { point.frozen.join(", ") }
+        );
+    }
+    Ok(())
+}
+
+fn list(args: &ListArgs) -> Result<()> {
     let data = DataDir::new(&args.data_dir);
     let (state, _) = data
         .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)

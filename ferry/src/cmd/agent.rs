@@ -1,0 +1,282 @@
+//! `ferry agent`: protect this host's disks, replicating them to a standby;
+//! `ferry agent status`: what a running agent is doing.
+//!
+//! The config file, with every field's default and bounds:
+//!
+//! ```toml
+//! server = "web-1"                        # required: this server's id at the standby
+//! standby = "standby.example:7420"        # required: the standby's address
+//! key_file = "/etc/ferry/keys/pair.key"   # required: site-pair master key, mode 0600
+//! disks = ["/dev/vda"]                    # default: every whole disk under a mounted filesystem
+//! state_dir = "/var/lib/ferry/agent"      # status.json, agent.sock, tracker state
+//! pin_dir = "/sys/fs/bpf/ferry"           # the tracker's pinned programs (bpffs)
+//! point_interval_minutes = 60             # 0 = points only on demand; 1 to 10080
+//! pre_freeze = "/usr/local/bin/db-flush"  # optional, run with sh -c before freezing
+//! post_thaw = "/usr/local/bin/db-resume"  # optional, run after thawing
+//! max_freeze_ms = 5000                    # 100 to 60000: longest freeze per attempt
+//! bandwidth_mib_per_sec = 0               # 0 = unlimited
+//! auto_restart = true                     # reconnect by itself after an interruption
+//! window_mib = 64                         # 1 to 4096: unacknowledged bytes in flight
+//! zstd_level = 1                          # 1 to 19
+//! seal_threads = 0                        # 0 = every core
+//! io_uring = true                         # false: synchronous reads
+//! ```
+
+use crate::keyfile;
+use anyhow::{Context, Result, bail};
+use ferry_replicator::agent::{Agent, AgentConfig};
+use ferry_replicator::status::Status;
+use ferry_wire::ServerId;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// The agent's default state directory.
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/ferry/agent";
+
+/// Run the agent (protect this host's disks), or show a running agent's status.
+///
+/// Examples: `ferry agent --config /etc/ferry/agent.toml`,
+/// `ferry agent status`, `ferry agent status --json`
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// TOML config file (format in `ferry agent --help` and docs/agent.md).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Show what a running agent is doing: phase, progress, backlog, RPO lag, drops, last ack.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    /// The agent's state directory.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    server: ServerId,
+    standby: String,
+    key_file: PathBuf,
+    disks: Option<Vec<PathBuf>>,
+    state_dir: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    point_interval_minutes: Option<u64>,
+    pre_freeze: Option<String>,
+    post_thaw: Option<String>,
+    max_freeze_ms: Option<u64>,
+    bandwidth_mib_per_sec: Option<u64>,
+    auto_restart: Option<bool>,
+    window_mib: Option<u64>,
+    zstd_level: Option<i32>,
+    seal_threads: Option<usize>,
+    io_uring: Option<bool>,
+}
+
+fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        bail!(
+            "{name} is {value}; it must be {} to {}",
+            range.start(),
+            range.end()
+        )
+    }
+}
+
+/// Reads and checks an agent config file.
+fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid", path.display()))?;
+    let disks = match file.disks {
+        Some(d) if d.is_empty() => bail!("disks is empty: list the disks to protect, or leave it out to protect every disk under a mounted filesystem"),
+        Some(d) => d,
+        None => ferry_tracker::check::disks_with_mounts(Path::new("/"))
+            .context("cannot find the disks under the mounted filesystems")?
+            .into_iter()
+            .map(|name| PathBuf::from("/dev").join(name))
+            .collect(),
+    };
+    let state_dir = file
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let mut config = AgentConfig::new(file.server, file.standby, disks, state_dir);
+    if let Some(p) = file.pin_dir {
+        config.pin_dir = p;
+    }
+    if let Some(m) = file.point_interval_minutes {
+        config.point_interval = match m {
+            0 => None,
+            m => Some(Duration::from_secs(
+                bounded("point_interval_minutes", m, 1..=10_080)? * 60,
+            )),
+        };
+    }
+    config.pre_freeze = file.pre_freeze;
+    config.post_thaw = file.post_thaw;
+    if let Some(ms) = file.max_freeze_ms {
+        config.max_freeze = Duration::from_millis(bounded("max_freeze_ms", ms, 100..=60_000)?);
+    }
+    if let Some(b) = file.bandwidth_mib_per_sec {
+        config.bandwidth = (b > 0).then(|| b.saturating_mul(1 << 20));
+    }
+    if let Some(a) = file.auto_restart {
+        config.auto_restart = a;
+    }
+    if let Some(w) = file.window_mib {
+        config.window_bytes = bounded("window_mib", w, 1..=4096)? << 20;
+    }
+    if let Some(z) = file.zstd_level {
+        if !(1..=19).contains(&z) {
+            bail!("zstd_level is {z}; it must be 1 to 19");
+        }
+        config.zstd_level = z;
+    }
+    if let Some(t) = file.seal_threads
+        && t > 0
+    {
+        config.seal_threads = t;
+    }
+    if let Some(u) = file.io_uring {
+        config.io_uring = u;
+    }
+    Ok((config, file.key_file))
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    match args.command {
+        Some(Sub::Status(s)) => status(&s),
+        None => {
+            let Some(path) = args.config else {
+                bail!("ferry agent needs --config FILE (or: ferry agent status)");
+            };
+            run_agent(&path)
+        }
+    }
+}
+
+fn run_agent(path: &Path) -> Result<()> {
+    crate::require_root("ferry agent")?;
+    let (config, key_file) = load_config(path)?;
+    let report = ferry_tracker::check::check(Path::new("/"))
+        .context("the registration checks could not run")?;
+    if !report.refusals.is_empty() {
+        bail!(
+            "this host cannot be protected:\n  - {}",
+            report.refusals.join("\n  - ")
+        );
+    }
+    let keys = keyfile::load(&key_file)?.derive();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install the signal handlers")?;
+    }
+    tracing::info!(server = %config.server, standby = %config.standby, disks = ?config.disks, "agent starting");
+    let agent = Agent::start(config, keys, stop).context("the agent could not start")?;
+    // Scripts and tests wait for this line (stdout) to know tracking runs.
+    println!("tracking");
+    agent.run().context("the agent stopped")
+}
+
+fn status(args: &StatusArgs) -> Result<()> {
+    let path = args.state_dir.join("status.json");
+    let s = Status::load(&path).with_context(|| {
+        format!(
+            "no agent status in {} (is the agent running with this state_dir?)",
+            args.state_dir.display()
+        )
+    })?;
+    let running = Path::new(&format!("/proc/{}", s.pid)).exists();
+    if args.json {
+        let mut v = serde_json::to_value(&s)?;
+        v["running"] = running.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let phase = s.phase.map_or("unknown", |p| p.name());
+    println!(
+        "server {}  phase {}{}  standby {}",
+        s.server,
+        phase,
+        if running { "" } else { " (agent not running)" },
+        s.standby
+    );
+    println!(
+        "backlog {}  RPO lag {:.1} s  shipped {} in {} records  last ack seq {}  drops {}  catch-ups {}  reconnects {}",
+        human(s.backlog_bytes),
+        s.rpo_lag_ms as f64 / 1000.0,
+        human(s.shipped_bytes),
+        s.records_sent,
+        s.acked_seq,
+        s.drops,
+        s.catch_ups,
+        s.reconnects
+    );
+    println!("\n{:<12} {:>12} {:>12} {:>8}  GAP", "DISK", "SIZE", "DIRTY", "FULL");
+    for d in &s.disks {
+        let full = if d.full_total == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", 100.0 * d.full_done as f64 / d.full_total as f64)
+        };
+        println!(
+            "{:<12} {:>12} {:>12} {:>8}  {}",
+            d.name,
+            human(d.size),
+            human(d.dirty_bytes),
+            full,
+            d.gap.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(p) = &s.last_point {
+        match &p.error {
+            None => println!(
+                "\nlast point: id {} at seq {}, {}, frozen {} ms ({})",
+                p.point.unwrap_or(0),
+                p.seq.unwrap_or(0),
+                if p.consistent { "consistent" } else { "crash-consistent only" },
+                p.freeze_ms,
+                p.frozen.join(", ")
+            ),
+            Some(e) => println!("\nlast point FAILED: {e}"),
+        }
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error: {e}");
+    }
+    Ok(())
+}
+
+#[expect(clippy::cast_precision_loss, reason = "display only")]
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

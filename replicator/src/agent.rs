@@ -1,0 +1,918 @@
+//! The agent: continuous replication of a protected server's disks to its standby.
+//!
+//! ```text
+//!  tracker thread   every 20 ms: drain the BPF ring buffer into the TrackState
+//!                   (dirty map with generations, writes in flight, suspect ranges)
+//!  shipper (run)    pick dirty extents (≤ 1 MiB; not in flight; not already shipping)
+//!                   with the generation of the moment they were picked
+//!                   → read them (io_uring, O_DIRECT) → seal on every core
+//!                   → one ordered stream of records (Link: window of unacked bytes,
+//!                     bandwidth limit)
+//!                   → on ack of seq n: clear every extent shipped at seq ≤ n
+//!                     unless it was marked since it was picked (DESIGN.md I1)
+//! ```
+//!
+//! Invariants:
+//! - **I1.** An extent leaves the dirty map only through `clear_if_unchanged` with the
+//!   generation taken under the tracker's lock *before* it was read, after the standby
+//!   acknowledged its record as durable. A write completing after the pick has a newer
+//!   generation, so it stays dirty and is read again.
+//! - **Bounded memory.** At most one batch is read and sealed at a time and at most the
+//!   link's window is unacknowledged; the backlog of a slow standby or network stays in
+//!   the dirty map.
+//! - **Resume.** After a reconnect, records the standby has as durable are cleared;
+//!   every other pending extent is simply forgotten (it is still dirty) and read again.
+//! - **Gaps (I3).** A disk whose tracking has a gap is marked dirty whole: a full copy,
+//!   counted as a catch-up with its reason. The gap closes once every grain marked then
+//!   has been acknowledged. (Per-chunk digest comparison, to ship only what differs, is
+//!   not built yet.)
+//! - **Consistent points (I5).** Freeze every mounted filesystem on the protected disks,
+//!   drain the tracker, read the whole remaining dirty set (and every suspect range),
+//!   send the barrier, thaw — [`Frozen`] thaws on every path. A freeze that would last
+//!   longer than `max_freeze` is abandoned (thawed) and retried after shipping more.
+
+use crate::freeze::{Frozen, run_hook};
+use crate::link::{Link, LinkConfig, LinkError};
+use crate::read::{AlignedBuf, DiskReader, ReadError, ReadReq};
+use crate::seal_pool::{SealPool, SealPoolError};
+use crate::status::{DiskStatus, Phase, PointStatus, Status};
+use ferry_tracker::dirty::{GRAIN, Generation};
+use ferry_tracker::range::{ByteRange, RangeSet};
+use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
+use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
+use ferry_wire::record::RecordAddress;
+use ferry_wire::{ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How the agent runs (the `ferry agent` config file maps onto this).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: ServerId,
+    /// The standby's address (`host:port`).
+    pub standby: String,
+    /// Whole-disk block devices to protect.
+    pub disks: Vec<PathBuf>,
+    /// Status file, control socket and the tracker's saved state live here.
+    pub state_dir: PathBuf,
+    /// Where the tracker's BPF programs and maps are pinned (on bpffs).
+    pub pin_dir: PathBuf,
+    /// Time between scheduled points; `None`: only on demand.
+    pub point_interval: Option<Duration>,
+    /// Run before freezing / after thawing (`sh -c`); a failing pre-freeze hook fails the
+    /// point (nothing is frozen).
+    pub pre_freeze: Option<String>,
+    pub post_thaw: Option<String>,
+    /// Longest the filesystems may stay frozen for one attempt.
+    pub max_freeze: Duration,
+    /// Bytes per second on the link; `None`: unlimited.
+    pub bandwidth: Option<u64>,
+    /// Reconnect by itself after an interruption (else the agent stops with the error).
+    pub auto_restart: bool,
+    pub window_bytes: u64,
+    /// Largest extent per record.
+    pub extent_max: u64,
+    /// Bytes read and sealed per batch.
+    pub batch_bytes: u64,
+    pub seal_threads: usize,
+    pub zstd_level: i32,
+    pub io_uring: bool,
+}
+
+impl AgentConfig {
+    /// Defaults for everything but what identifies the server, its standby and disks.
+    pub fn new(server: ServerId, standby: String, disks: Vec<PathBuf>, state_dir: PathBuf) -> Self {
+        Self {
+            server,
+            standby,
+            disks,
+            state_dir,
+            pin_dir: PathBuf::from("/sys/fs/bpf/ferry"),
+            point_interval: Some(Duration::from_secs(3600)),
+            pre_freeze: None,
+            post_thaw: None,
+            max_freeze: Duration::from_secs(5),
+            bandwidth: None,
+            auto_restart: true,
+            window_bytes: 64 << 20,
+            extent_max: 1 << 20,
+            batch_bytes: 16 << 20,
+            seal_threads: std::thread::available_parallelism().map_or(2, usize::from),
+            zstd_level: ferry_wire::seal::DEFAULT_ZSTD_LEVEL,
+            io_uring: true,
+        }
+    }
+
+    pub fn status_path(&self) -> PathBuf {
+        self.state_dir.join("status.json")
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("agent.sock")
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Seal(#[from] SealPoolError),
+    #[error("cannot use the state directory {}", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find the filesystems mounted on the protected disks")]
+    Mounts(#[from] ferry_tracker::check::CheckError),
+}
+
+impl AgentError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, AgentError::Link(e) if e.is_retryable())
+    }
+}
+
+/// An extent sent and not yet acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: Seq,
+    disk: DiskId,
+    range: ByteRange,
+    picked_at: Generation,
+}
+
+/// A full copy of one disk in progress: everything marked at `marked_at`.
+#[derive(Debug, Clone, Copy)]
+struct FullCopy {
+    marked_at: Generation,
+    total: u64,
+}
+
+/// A running agent's connection to the standby and what it has in flight.
+struct Stream {
+    link: Link,
+    next_seq: Seq,
+}
+
+/// The agent. [`Agent::start`] starts tracking; [`Agent::run`] replicates until `stop`.
+pub struct Agent {
+    config: AgentConfig,
+    keys: SiteKeys,
+    tracker: Arc<Mutex<Tracker>>,
+    tracker_thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    reader: DiskReader,
+    pool: SealPool,
+    registration: RegisterServer,
+    sizes: Vec<u64>,
+    pending: VecDeque<Pending>,
+    shipping: Vec<RangeSet>,
+    cursor: Vec<u64>,
+    full: Vec<Option<FullCopy>>,
+    gap_reasons: Vec<Option<String>>,
+    status: Status,
+    backlog_empty_since: Instant,
+    next_point: Option<Instant>,
+    control: UnixListener,
+    limiter: Limiter,
+    last_status: Instant,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("server", &self.config.server)
+            .field("disks", &self.config.disks)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn disk_id(i: usize) -> DiskId {
+    DiskId(u32::try_from(i).expect("at most 32 disks"))
+}
+
+/// A token bucket over bytes per second (one second of burst).
+#[derive(Debug)]
+struct Limiter {
+    rate: Option<u64>,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Limiter {
+    fn new(rate: Option<u64>) -> Self {
+        Self {
+            rate,
+            tokens: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Waits until `bytes` may be sent.
+    #[expect(clippy::cast_precision_loss, reason = "rates and sizes far below 2^52")]
+    fn take(&mut self, bytes: usize) {
+        let Some(rate) = self.rate else { return };
+        let rate = rate as f64;
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(-self.tokens / rate));
+        }
+    }
+}
+
+impl Agent {
+    /// Starts tracking the disks (reattaching to pinned programs when they run), opens
+    /// them for reading and the control socket. Disks with a tracking gap are marked for
+    /// a full copy.
+    pub fn start(config: AgentConfig, keys: SiteKeys, stop: Arc<AtomicBool>) -> Result<Self, AgentError> {
+        let state_err = |source| AgentError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.state_dir).map_err(state_err)?;
+        let mut tconf = TrackerConfig::new(config.disks.clone());
+        tconf.pin_dir = Some(config.pin_dir.clone());
+        tconf.state_file = Some(config.state_dir.join("tracker.state"));
+        let tracker = Tracker::start(tconf)?;
+        let devices = tracker.devices().to_vec();
+        let sizes: Vec<u64> = devices.iter().map(|d| d.size).collect();
+        let registration = RegisterServer {
+            hostname: nix_hostname(),
+            disks: devices
+                .iter()
+                .enumerate()
+                .map(|(i, d)| DiskInfo {
+                    disk: disk_id(i),
+                    name: d.name.clone(),
+                    size: ByteLen(d.size),
+                })
+                .collect(),
+        };
+        let reader = DiskReader::open(&config.disks, config.io_uring)?;
+        let pool = SealPool::new(&keys, config.zstd_level, config.seal_threads)
+            .map_err(SealPoolError::from)?;
+        let socket = config.socket_path();
+        let _ = std::fs::remove_file(&socket);
+        let control = UnixListener::bind(&socket).map_err(state_err)?;
+        control.set_nonblocking(true).map_err(state_err)?;
+        let n = devices.len();
+        let status = Status {
+            server: config.server.to_string(),
+            pid: std::process::id(),
+            phase: Some(Phase::Starting),
+            standby: config.standby.clone(),
+            reads_io_uring: reader.uses_io_uring(),
+            disks: devices
+                .iter()
+                .map(|d| DiskStatus {
+                    name: d.name.clone(),
+                    path: d.path.display().to_string(),
+                    size: d.size,
+                    ..DiskStatus::default()
+                })
+                .collect(),
+            ..Status::default()
+        };
+        let tracker = Arc::new(Mutex::new(tracker));
+        let tracker_thread = {
+            let (tracker, stop) = (tracker.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("ferry-tracker".into())
+                .spawn(move || drain_loop(&tracker, &stop))
+                .map_err(state_err)?
+        };
+        let mut agent = Self {
+            limiter: Limiter::new(config.bandwidth),
+            next_point: config.point_interval.map(|i| Instant::now() + i),
+            config,
+            keys,
+            tracker,
+            tracker_thread: Some(tracker_thread),
+            stop,
+            reader,
+            pool,
+            registration,
+            sizes,
+            pending: VecDeque::new(),
+            shipping: vec![RangeSet::new(); n],
+            cursor: vec![0; n],
+            full: vec![None; n],
+            gap_reasons: vec![None; n],
+            status,
+            backlog_empty_since: Instant::now(),
+            control,
+            last_status: Instant::now() - Duration::from_secs(1),
+        };
+        agent.start_catch_ups();
+        agent.write_status();
+        Ok(agent)
+    }
+
+    fn lock_tracker(&self) -> MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks every disk with a tracking gap dirty whole (once per gap).
+    fn start_catch_ups(&mut self) {
+        let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..self.sizes.len() {
+            let disk = disk_id(i);
+            let Some(gap) = tracker.gap(disk).cloned() else {
+                continue;
+            };
+            if self.full[i].is_some() {
+                continue;
+            }
+            let size = self.sizes[i];
+            let state = tracker.state_mut();
+            state.mark_dirty(disk, ByteRange::new(0, size.next_multiple_of(GRAIN)));
+            self.full[i] = Some(FullCopy {
+                marked_at: state.generation(),
+                total: size,
+            });
+            self.cursor[i] = 0;
+            self.status.catch_ups += 1;
+            tracing::info!(disk = %self.registration.disks[i].name, reason = %gap.0, bytes = size, "full copy of the disk (tracking gap)");
+            self.gap_reasons[i] = Some(gap.0);
+        }
+    }
+
+    /// Replicates until `stop` is set (Ok) or an error that needs an operator.
+    pub fn run(mut self) -> Result<(), AgentError> {
+        let mut backoff = Duration::from_millis(200);
+        let result = loop {
+            if self.stop.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            let outcome = self.connect().and_then(|stream| {
+                backoff = Duration::from_millis(200);
+                self.replicate(stream)
+            });
+            match outcome {
+                Ok(()) => break Ok(()),
+                Err(e) if e.is_retryable() && self.config.auto_restart => {
+                    tracing::warn!(error = %chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
+                    self.status.phase = Some(Phase::Interrupted);
+                    self.status.last_error = Some(chain(&e));
+                    self.status.reconnects += 1;
+                    self.forget_unacked();
+                    self.write_status();
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                        self.serve_control(None);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.status.phase = Some(match &result {
+            Ok(()) => Phase::Stopped,
+            Err(e) => {
+                self.status.last_error = Some(chain(e));
+                Phase::Error
+            }
+        });
+        self.write_status();
+        let stopped = self.shutdown();
+        result.and(stopped)
+    }
+
+    /// Stops the tracker thread and saves the tracker's state (the pinned programs keep
+    /// tracking, so a restarted agent loses nothing).
+    fn shutdown(mut self) -> Result<(), AgentError> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.tracker_thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(self.config.socket_path());
+        let tracker = Arc::try_unwrap(self.tracker)
+            .expect("the tracker thread has ended")
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        tracker.stop()?;
+        Ok(())
+    }
+
+    fn connect(&mut self) -> Result<Stream, AgentError> {
+        let config = LinkConfig {
+            window_bytes: self.config.window_bytes,
+            ..LinkConfig::default()
+        };
+        let mut link = Link::connect(
+            self.config.standby.as_str(),
+            &self.config.server,
+            &self.keys.auth,
+            &config,
+        )?;
+        link.register(self.registration.clone())?;
+        let welcome = link.welcome_durable();
+        tracing::info!(standby = %self.config.standby, last_durable = %welcome, "connected to the standby");
+        // What the standby already holds is safe; the rest is read again.
+        self.apply_acks(welcome);
+        self.forget_unacked();
+        Ok(Stream {
+            link,
+            next_seq: welcome.checked_next().expect("seqs never run out"),
+        })
+    }
+
+    /// Forgets every extent sent and not acknowledged: still dirty, it is read again.
+    fn forget_unacked(&mut self) {
+        self.pending.clear();
+        for s in &mut self.shipping {
+            *s = RangeSet::new();
+        }
+    }
+
+    fn apply_acks(&mut self, durable: Seq) {
+        if self.pending.front().is_none_or(|p| p.seq > durable) {
+            return;
+        }
+        let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        let state = tracker.state_mut();
+        while let Some(p) = self.pending.front().copied() {
+            if p.seq > durable {
+                break;
+            }
+            self.pending.pop_front();
+            state
+                .disk_mut(p.disk)
+                .dirty
+                .clear_if_unchanged(p.range, p.picked_at);
+            self.shipping[p.disk.0 as usize].remove(p.range);
+        }
+        self.status.acked_seq = durable.0;
+        self.status.last_ack_unix_ms = now_ms();
+    }
+
+    fn replicate(&mut self, mut stream: Stream) -> Result<(), AgentError> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                // Give what is in flight a moment to be acknowledged.
+                let last = stream.next_seq.0.saturating_sub(1);
+                if let Ok(d) = stream.link.wait_durable(Seq(last), Duration::from_secs(5)) {
+                    self.apply_acks(d);
+                }
+                return Ok(());
+            }
+            self.apply_acks(stream.link.durable());
+            if let Some(e) = stream.link.closed() {
+                return Err(e.into());
+            }
+            self.check_full_copies();
+            self.serve_control(Some(&mut stream));
+            if self.next_point.is_some_and(|t| Instant::now() >= t) {
+                self.next_point = self.config.point_interval.map(|i| Instant::now() + i);
+                self.point(&mut stream, PointKind::Scheduled);
+            }
+            let batch = self.pick(self.config.batch_bytes, None);
+            if batch.is_empty() {
+                stream.link.flush()?;
+                self.update_status(false);
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            self.ship(&mut stream, batch)?;
+            self.update_status(false);
+        }
+    }
+
+    /// Dirty extents to read next, up to `max_bytes`, each with the generation of now.
+    /// Skips writes in flight and, per disk, the ranges in `skip` — by default those
+    /// already shipping (read again only once acknowledged, if they changed meanwhile).
+    fn pick(&mut self, max_bytes: u64, skip: Option<&[RangeSet]>) -> Vec<Pending> {
+        let tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        let state = tracker.state();
+        let picked_at = state.generation();
+        let mut out = Vec::new();
+        let mut total = 0;
+        let skip = skip.unwrap_or(&self.shipping);
+        for (i, skip) in skip.iter().enumerate() {
+            let disk = disk_id(i);
+            let in_flight = state.in_flight(disk);
+            let mut taken = RangeSet::new();
+            while total < max_bytes {
+                let Some((range, _)) = state.disk(disk).dirty.next_readable(
+                    self.cursor[i],
+                    self.config.extent_max,
+                    &[&in_flight, skip, &taken],
+                ) else {
+                    break;
+                };
+                let range = ByteRange::new(range.start, range.end.min(self.sizes[i]));
+                taken.insert(range);
+                self.cursor[i] = range.end;
+                if range.is_empty() {
+                    continue;
+                }
+                total += range.len();
+                out.push(Pending {
+                    seq: Seq(0),
+                    disk,
+                    range,
+                    picked_at,
+                });
+            }
+        }
+        out
+    }
+
+    /// Reads, seals and sends `batch`; records it as pending.
+    fn ship(&mut self, stream: &mut Stream, batch: Vec<Pending>) -> Result<(), AgentError> {
+        let mut reqs: Vec<ReadReq> = batch
+            .iter()
+            .map(|p| ReadReq {
+                disk: p.disk.0 as usize,
+                offset: p.range.start,
+                buf: AlignedBuf::new(usize::try_from(p.range.len()).expect("≤ extent_max")),
+            })
+            .collect();
+        self.reader.read(&mut reqs)?;
+        let mut seq = stream.next_seq;
+        let mut seqs = Vec::with_capacity(batch.len());
+        let items: Vec<(RecordAddress, &[u8])> = batch
+            .iter()
+            .zip(&reqs)
+            .map(|(p, r)| {
+                seqs.push(seq);
+                let addr = RecordAddress {
+                    server: self.config.server.clone(),
+                    disk: p.disk,
+                    offset: ByteOffset(p.range.start),
+                    seq,
+                };
+                seq = seq.checked_next().expect("seqs never run out");
+                (addr, &r.buf[..])
+            })
+            .collect();
+        let frames = self.pool.seal(&items)?;
+        for ((p, frame), seq) in batch.into_iter().zip(&frames).zip(seqs) {
+            self.limiter.take(frame.len());
+            self.shipping[p.disk.0 as usize].insert(p.range);
+            self.pending.push_back(Pending { seq, ..p });
+            stream.next_seq = seq.checked_next().expect("seqs never run out");
+            stream.link.send_encoded(Some(seq), frame)?;
+            self.status.shipped_bytes += p.range.len();
+            self.status.records_sent += 1;
+            self.apply_acks(stream.link.durable());
+        }
+        Ok(())
+    }
+
+    /// Closes the gaps of disks whose full copy is acknowledged whole.
+    fn check_full_copies(&mut self) {
+        if self.full.iter().all(Option::is_none) {
+            let gaps = {
+                let t = self.lock_tracker();
+                (0..self.sizes.len()).any(|i| t.gap(disk_id(i)).is_some())
+            };
+            if !gaps {
+                return;
+            }
+        }
+        self.start_catch_ups();
+        let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..self.sizes.len() {
+            let Some(full) = self.full[i] else { continue };
+            let disk = disk_id(i);
+            let left = tracker
+                .state()
+                .disk(disk)
+                .dirty
+                .bytes_not_newer_than(full.marked_at);
+            self.status.disks[i].full_total = full.total;
+            self.status.disks[i].full_done = full.total.saturating_sub(left);
+            if left == 0 {
+                tracker.close_gap(disk);
+                self.full[i] = None;
+                self.gap_reasons[i] = None;
+                tracing::info!(disk = %self.registration.disks[i].name, bytes = full.total, "full copy acknowledged; the disk is in real time");
+            }
+        }
+    }
+
+    fn update_status(&mut self, force: bool) {
+        if !force && self.last_status.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        let (dirty, drops) = {
+            let t = self.lock_tracker();
+            let dirty: Vec<u64> = (0..self.sizes.len())
+                .map(|i| t.state().disk(disk_id(i)).dirty.bytes())
+                .collect();
+            (dirty, t.stats().map(|s| s.drops).unwrap_or(0))
+        };
+        for (d, bytes) in self.status.disks.iter_mut().zip(&dirty) {
+            d.dirty_bytes = *bytes;
+        }
+        for (i, reason) in self.gap_reasons.iter().enumerate() {
+            self.status.disks[i].gap = reason.clone();
+            if self.full[i].is_none() {
+                self.status.disks[i].full_done = self.status.disks[i].full_total;
+            }
+        }
+        let pending: u64 = self.pending.iter().map(|p| p.range.len()).sum();
+        self.status.backlog_bytes = dirty.iter().sum::<u64>().max(pending);
+        if self.status.backlog_bytes == 0 {
+            self.backlog_empty_since = Instant::now();
+        }
+        self.status.rpo_lag_ms =
+            u64::try_from(self.backlog_empty_since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.status.drops = drops;
+        self.status.phase = Some(if self.full.iter().any(Option::is_some) {
+            Phase::Full
+        } else {
+            Phase::Realtime
+        });
+        self.write_status();
+    }
+
+    fn write_status(&mut self) {
+        self.status.updated_unix_ms = now_ms();
+        self.last_status = Instant::now();
+        if let Err(e) = self.status.save(&self.config.status_path()) {
+            tracing::warn!(error = %e, "cannot write the status file");
+        }
+    }
+
+    /// Answers requests on the control socket: `point` makes a manual point (only while
+    /// connected) and answers with its status as JSON.
+    fn serve_control(&mut self, mut stream: Option<&mut Stream>) {
+        while let Ok((conn, _)) = self.control.accept() {
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_err() {
+                continue;
+            }
+            let reply = match (line.trim(), stream.as_deref_mut()) {
+                ("point", Some(s)) => self.point(s, PointKind::Manual),
+                ("point", None) => PointStatus {
+                    unix_time_ms: now_ms(),
+                    error: Some(format!(
+                        "not connected to the standby at {}: {}",
+                        self.config.standby,
+                        self.status.last_error.clone().unwrap_or_default()
+                    )),
+                    ..PointStatus::default()
+                },
+                (other, _) => PointStatus {
+                    error: Some(format!("unknown request {other:?}")),
+                    ..PointStatus::default()
+                },
+            };
+            let _ = reply_json(&conn, &reply);
+        }
+    }
+
+    /// Makes a recovery point; see the module doc. Never leaves a filesystem frozen.
+    fn point(&mut self, stream: &mut Stream, kind: PointKind) -> PointStatus {
+        let started = now_ms();
+        let result = self.try_point(stream, kind);
+        let status = match result {
+            Ok(mut s) => {
+                s.unix_time_ms = started;
+                s
+            }
+            Err(e) => PointStatus {
+                unix_time_ms: started,
+                error: Some(e),
+                ..PointStatus::default()
+            },
+        };
+        match &status.error {
+            None => tracing::info!(point = ?status.point, seq = ?status.seq, consistent = status.consistent, freeze_ms = status.freeze_ms, "recovery point made"),
+            Some(e) => tracing::error!("recovery point failed: {e}"),
+        }
+        self.status.last_point = Some(status.clone());
+        self.write_status();
+        status
+    }
+
+    fn try_point(&mut self, stream: &mut Stream, kind: PointKind) -> Result<PointStatus, String> {
+        let names: Vec<String> = self.registration.disks.iter().map(|d| d.name.clone()).collect();
+        let mounts: Vec<PathBuf> = ferry_tracker::check::mounts_on(std::path::Path::new("/"), &names)
+            .map_err(|e| chain(&e))?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
+        let point = PointId(now_ms());
+        let env = [
+            ("FERRY_SERVER", self.config.server.to_string()),
+            ("FERRY_POINT", point.0.to_string()),
+        ];
+        // Ship first what can be shipped without freezing.
+        self.drain_dirty(stream, self.config.batch_bytes * 4)
+            .map_err(|e| chain(&e))?;
+        if let Some(hook) = &self.config.pre_freeze {
+            run_hook("pre-freeze", hook, &env)?;
+        }
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.frozen_barrier(stream, &mounts, point, kind) {
+                Ok(Some(s)) => break Ok(s),
+                Ok(None) if attempt < 3 => {
+                    tracing::warn!(attempt, "the remaining dirty set could not be read within the freeze limit; thawed, shipping more before retrying");
+                    if let Err(e) = self.drain_dirty(stream, u64::MAX) {
+                        break Err(chain(&e));
+                    }
+                }
+                Ok(None) => {
+                    break Err(format!(
+                        "the dirty set could not be read within {:?} of freeze in {attempt} attempts (writes outpace the link)",
+                        self.config.max_freeze
+                    ));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        if let Some(hook) = &self.config.post_thaw
+            && let Err(e) = run_hook("post-thaw", hook, &env)
+        {
+            tracing::warn!("{e}");
+        }
+        let mut status = result?;
+        let seq = Seq(status.seq.expect("a barrier was sent"));
+        stream
+            .link
+            .wait_durable(seq, Duration::from_secs(60))
+            .map_err(|e| format!("the point's barrier was not acknowledged: {}", chain(&e)))?;
+        self.apply_acks(stream.link.durable());
+        status.ok = true;
+        Ok(status)
+    }
+
+    /// Ships dirty extents until the dirty set is empty or `budget` bytes were shipped.
+    fn drain_dirty(&mut self, stream: &mut Stream, budget: u64) -> Result<(), AgentError> {
+        let mut shipped = 0;
+        while shipped < budget {
+            let batch = self.pick(self.config.batch_bytes, None);
+            if batch.is_empty() {
+                break;
+            }
+            shipped += batch.iter().map(|p| p.range.len()).sum::<u64>();
+            self.ship(stream, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Freezes, reads the remaining dirty set, sends the barrier, thaws. `Ok(None)` when
+    /// the freeze limit passed first (thawed, no barrier).
+    fn frozen_barrier(
+        &mut self,
+        stream: &mut Stream,
+        mounts: &[PathBuf],
+        point: PointId,
+        kind: PointKind,
+    ) -> Result<Option<PointStatus>, String> {
+        let started = Instant::now();
+        let frozen = Frozen::freeze(mounts).map_err(|e| chain(&e))?;
+        let all_frozen = !mounts.is_empty() && self.every_disk_has_a_mount(mounts);
+        let completed_before = {
+            let mut t = self.lock_tracker();
+            t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
+            let state = t.state_mut();
+            if all_frozen {
+                // Frozen: no write is in flight; what the tracker still counts as in flight
+                // is a completion it never saw. Readable now, as suspect.
+                state.sweep(u64::MAX);
+            }
+            for i in 0..self.sizes.len() {
+                let disk = disk_id(i);
+                let suspect: Vec<ByteRange> = state.disk(disk).suspect.iter().collect();
+                for r in suspect {
+                    state.mark_dirty(disk, r);
+                }
+                state.disk_mut(disk).suspect = RangeSet::new();
+            }
+            state.counters.completed
+        };
+        // Everything dirty is read again, shipping or not (it may have changed since it
+        // was picked); each range once.
+        let mut read = vec![RangeSet::new(); self.sizes.len()];
+        loop {
+            let batch = self.pick(self.config.batch_bytes, Some(&read));
+            if batch.is_empty() {
+                break;
+            }
+            if started.elapsed() > self.config.max_freeze {
+                drop(frozen);
+                return Ok(None);
+            }
+            for p in &batch {
+                read[p.disk.0 as usize].insert(p.range);
+            }
+            self.ship(stream, batch).map_err(|e| chain(&e))?;
+        }
+        let quiet = {
+            let mut t = self.lock_tracker();
+            t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
+            t.state().counters.completed == completed_before
+        };
+        let seq = stream.next_seq;
+        let barrier = ferry_wire::seal::sign_barrier(
+            &self.keys.mac,
+            Barrier {
+                seq,
+                point,
+                kind,
+                consistent: all_frozen || quiet,
+                unix_time_ms: now_ms(),
+                mac: [0; 32],
+            },
+        );
+        stream.next_seq = seq.checked_next().expect("seqs never run out");
+        stream
+            .link
+            .send(&Message::Barrier(barrier.clone()))
+            .and_then(|()| stream.link.flush())
+            .map_err(|e| chain(&e))?;
+        drop(frozen);
+        let freeze_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        Ok(Some(PointStatus {
+            point: Some(point.0),
+            seq: Some(seq.0),
+            consistent: barrier.consistent,
+            freeze_ms,
+            frozen: mounts.iter().map(|m| m.display().to_string()).collect(),
+            ..PointStatus::default()
+        }))
+    }
+
+    /// Whether every protected disk holds at least one of the frozen mounts.
+    fn every_disk_has_a_mount(&self, mounts: &[PathBuf]) -> bool {
+        self.registration.disks.iter().all(|d| {
+            ferry_tracker::check::mounts_on(std::path::Path::new("/"), std::slice::from_ref(&d.name))
+                .is_ok_and(|m| m.iter().any(|p| mounts.iter().any(|f| f.as_os_str() == p.as_str())))
+        })
+    }
+}
+
+fn reply_json(mut conn: &UnixStream, reply: &PointStatus) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    conn.write_all(&text)
+}
+
+/// Asks a running agent (through its control socket) to make a manual point.
+pub fn request_point(socket: &std::path::Path, timeout: Duration) -> std::io::Result<PointStatus> {
+    let mut conn = UnixStream::connect(socket)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.write_all(b"point\n")?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The tracker thread: drains the ring buffer into the state every 20 ms.
+fn drain_loop(tracker: &Mutex<Tracker>, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(20));
+        let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = t.poll(Duration::ZERO) {
+            tracing::error!(error = %chain(&e), "draining the tracker failed");
+        }
+    }
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// An error and its sources on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

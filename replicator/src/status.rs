@@ -1,0 +1,108 @@
+//! What a running agent reports: phase, progress, backlog, RPO lag, drops, last ack,
+//! catch-ups and points. Written atomically to `status.json` in the agent's state
+//! directory (twice a second) and read by `ferry agent status`.
+
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::Path;
+
+/// The phases of DESIGN.md §5 that the agent itself goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Sizing the work: tracker started, disks registered.
+    Starting,
+    /// Copying whole disks (first start, or a tracking gap).
+    Full,
+    /// Continuous replication.
+    Realtime,
+    /// The link is down; the agent reconnects by itself (auto-restart).
+    Interrupted,
+    /// Stopped on an error that needs an operator.
+    Error,
+    /// Stopped by the operator.
+    Stopped,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Full => "full",
+            Phase::Realtime => "realtime",
+            Phase::Interrupted => "interrupted",
+            Phase::Error => "error",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub name: String,
+    pub path: String,
+    pub size: u64,
+    /// Bytes dirty (changed and not yet acknowledged).
+    pub dirty_bytes: u64,
+    /// A full copy in progress: bytes to copy and bytes done.
+    pub full_total: u64,
+    pub full_done: u64,
+    /// Why the disk's tracking had a gap (what started its full copy), if it had one.
+    pub gap: Option<String>,
+}
+
+/// A recovery point the agent made (or failed to make).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointStatus {
+    pub unix_time_ms: u64,
+    pub ok: bool,
+    pub point: Option<u64>,
+    pub seq: Option<u64>,
+    pub consistent: bool,
+    /// How long the filesystems were frozen.
+    pub freeze_ms: u64,
+    pub frozen: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub server: String,
+    pub pid: u32,
+    pub phase: Option<Phase>,
+    pub standby: String,
+    pub disks: Vec<DiskStatus>,
+    /// Bytes dirty plus bytes sent and not yet acknowledged.
+    pub backlog_bytes: u64,
+    /// Time since the backlog was last empty (every write completed so far durable).
+    pub rpo_lag_ms: u64,
+    /// Payload bytes read and shipped (records), and records sent.
+    pub shipped_bytes: u64,
+    pub records_sent: u64,
+    pub acked_seq: u64,
+    pub last_ack_unix_ms: u64,
+    /// Events the ring buffer could not take (each leads to a catch-up of its range).
+    pub drops: u64,
+    /// Full copies started after a tracking gap, and their bytes.
+    pub catch_ups: u64,
+    pub reconnects: u64,
+    pub reads_io_uring: bool,
+    pub last_error: Option<String>,
+    pub last_point: Option<PointStatus>,
+    pub updated_unix_ms: u64,
+}
+
+impl Status {
+    /// Writes the status to `path` atomically (temporary file, rename).
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, path)
+    }
+
+    pub fn load(path: &Path) -> io::Result<Self> {
+        let text = std::fs::read(path)?;
+        serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
