@@ -363,3 +363,183 @@ pub(crate) fn rebuild_web1(
         .output()
         .expect("running ferry rebuild")
 }
+
+/// A bpffs directory for an agent's pinned tracker, unique to the test; the tracker
+/// pinned there is detached on drop (after the agents that used it are gone).
+#[derive(Debug)]
+pub(crate) struct PinDir(pub(crate) PathBuf);
+
+impl PinDir {
+    pub(crate) fn new(name: &str) -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/ferry-test-{name}-{}",
+            std::process::id()
+        )))
+    }
+
+    pub(crate) fn path_str(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["track", "--detach", "--pin-dir"])
+            .arg(&self.0)
+            .output();
+    }
+}
+
+/// A `ferry agent --config CONFIG` process; killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub(crate) struct AgentProcess {
+    child: Option<std::process::Child>,
+    pub(crate) state_dir: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl AgentProcess {
+    /// Starts the agent and waits until it tracks (its "tracking" line).
+    pub(crate) fn start(config: &Path, state_dir: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["agent", "--config", config.to_str().expect("utf-8 path")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ferry agent");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut first)
+            .expect("reading the agent's stdout");
+        let agent = Self {
+            child: Some(child),
+            state_dir: state_dir.to_owned(),
+            log,
+        };
+        if first.trim() != "tracking" {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            panic!("ferry agent did not start: {first:?}; log:\n{}", agent.log());
+        }
+        agent
+    }
+
+    pub(crate) fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The agent's status file.
+    pub(crate) fn status(&self) -> ferry_replicator::status::Status {
+        ferry_replicator::status::Status::load(&self.state_dir.join("status.json"))
+            .expect("reading the agent's status")
+    }
+
+    /// Waits until `done(status)`, panicking with the status and log after `timeout`.
+    pub(crate) fn wait_until(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        done: impl Fn(&ferry_replicator::status::Status) -> bool,
+    ) -> ferry_replicator::status::Status {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(s) =
+                ferry_replicator::status::Status::load(&self.state_dir.join("status.json"))
+                && done(&s)
+            {
+                return s;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "the agent never reached {what}; status: {:?}\nlog:\n{}",
+                ferry_replicator::status::Status::load(&self.state_dir.join("status.json")),
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every write so far is acknowledged (nothing dirty, nothing unacked).
+    pub(crate) fn wait_in_sync(&self, timeout: std::time::Duration) {
+        use ferry_replicator::status::Phase;
+        // The status is written every 0.5 s: wait for one written after now.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis();
+        self.wait_until("realtime with no backlog", timeout, |s| {
+            u128::from(s.updated_unix_ms) > now + 100
+                && s.phase == Some(Phase::Realtime)
+                && s.backlog_bytes == 0
+        });
+    }
+
+    /// `ferry point create` against this agent; returns its JSON reply and whether it
+    /// succeeded.
+    pub(crate) fn create_point(&self, server: &str) -> (ferry_replicator::status::PointStatus, bool) {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "point",
+                "create",
+                "--server",
+                server,
+                "--state-dir",
+                self.state_dir.to_str().expect("utf-8 path"),
+                "--json",
+            ])
+            .output()
+            .expect("running ferry point create");
+        let point = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ferry point create printed no JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (point, out.status.success())
+    }
+
+    /// SIGTERM and wait (the agent saves its state); returns the log.
+    pub(crate) fn stop(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix_pid(&child);
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        self.log()
+    }
+
+    /// kill -9 (no saved state) and reap.
+    pub(crate) fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn nix_pid(child: &std::process::Child) -> libc::pid_t {
+    libc::pid_t::try_from(child.id()).expect("a pid")
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
