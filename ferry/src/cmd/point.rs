@@ -137,7 +137,7 @@ fn list(args: &ListArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<10} {:>12}  {:<20}  {:<10}  KIND",
+        "{:<14} {:>10}  {:<20}  {:<10}  KIND",
         "ID", "SEQ", "TIME (UTC)", "CONSISTENT"
     );
     for r in &rows {
@@ -146,7 +146,7 @@ fn list(args: &ListArgs) -> Result<()> {
             other => other.to_string(),
         };
         println!(
-            "{:<10} {:>12}  {:<20}  {:<10}  {}",
+            "{:<14} {:>10}  {:<20}  {:<10}  {}",
             id,
             r.seq,
             r.time.as_deref().unwrap_or("-"),
