@@ -8,10 +8,14 @@
 //!   issued after they were written has covered (DESIGN.md I2). Opening a log fsyncs what
 //!   a killed process left in the page cache before calling it durable.
 //! - After a failed fsync nothing written since the last successful one is trusted: Linux
-//!   marks the pages it could not write clean, so a later fsync "succeeds" without writing
-//!   them and a reader sees bytes the disk never got. [`ServerLog::discard_unsynced`] cuts
-//!   every segment back to what an fsync covered; the log is then unusable and must be
-//!   reopened (which re-reads the cut files and fsyncs again before trusting anything).
+//!   reports a writeback error once per open file and marks the pages it could not write
+//!   clean, so a later fsync "succeeds" without writing them and a reader sees bytes the
+//!   disk never got. Every fsync of a log goes through one [`FsyncGate`]: once one has
+//!   failed, every later one fails too ([`LogError::FsyncFailed`], never retryable, not
+//!   even for ENOSPC). [`ServerLog::discard_unsynced`] then cuts every segment back to what
+//!   an fsync covered and drops the files' cached pages; the log is unusable and must be
+//!   reopened (which re-reads the files and fsyncs again before trusting anything). An
+//!   open whose fsync fails drops the cached pages too, so the next open reads the disk.
 //! - Opening never skips a damaged frame: a torn tail of the last segment is truncated
 //!   and reported; anything else damaged is a [`Corruption`] naming segment and offset.
 //! - The in-memory index is sorted by seq with one entry per seq.
@@ -56,6 +60,34 @@ pub enum LogError {
     NoSuchSeq { seq: Seq },
     #[error("an fsync of the log failed earlier; the log must be reopened")]
     Discarded,
+    #[error(
+        "fsync of {} failed ({reason}); nothing written since the last successful fsync is \
+         trusted: the log is cut back and reopened", path.display()
+    )]
+    FsyncFailed { path: PathBuf, reason: String },
+}
+
+/// Serialises a log's fsyncs and makes their failure sticky; see the module doc.
+#[derive(Debug, Default)]
+pub struct FsyncGate {
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+impl FsyncGate {
+    fn sync(&self, path: PathBuf, op: impl FnOnce() -> io::Result<()>) -> Result<(), LogError> {
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &*failed {
+            return Err(LogError::FsyncFailed {
+                path,
+                reason: format!("an earlier fsync failed: {reason}"),
+            });
+        }
+        op().map_err(|e| {
+            let reason = e.to_string();
+            *failed = Some(reason.clone());
+            LogError::FsyncFailed { path, reason }
+        })
+    }
 }
 
 impl LogError {
@@ -132,6 +164,7 @@ pub struct SyncTicket {
     dir: Option<Arc<dyn LogDir>>,
     /// The directory generation the directory fsync covers (when it runs one).
     dir_generation: u64,
+    gate: Arc<FsyncGate>,
     /// Every frame up to this seq is covered once the ticket has run.
     pub upto: Seq,
 }
@@ -140,12 +173,10 @@ impl SyncTicket {
     /// Runs the fsyncs. On success every frame up to [`SyncTicket::upto`] is durable.
     pub fn run(&self) -> Result<(), LogError> {
         if let Some((file, path, _, _)) = &self.file {
-            file.sync_data()
-                .map_err(LogError::io("fsync", path.clone()))?;
+            self.gate.sync(path.clone(), || file.sync_data())?;
         }
         if let Some(dir) = &self.dir {
-            dir.sync()
-                .map_err(LogError::io("fsync the directory", dir.describe("")))?;
+            self.gate.sync(dir.describe(""), || dir.sync())?;
         }
         Ok(())
     }
@@ -172,6 +203,7 @@ pub struct ServerLog {
     dir_synced: u64,
     /// Set by [`ServerLog::discard_unsynced`]: nothing may be written any more.
     discarded: bool,
+    gate: Arc<FsyncGate>,
 }
 
 impl ServerLog {
@@ -313,12 +345,18 @@ impl ServerLog {
             dir_generation: 1,
             dir_synced: 0,
             discarded: false,
+            gate: Arc::default(),
         };
         let mut log = log;
         if !read_only {
             // What a killed process wrote is in the page cache, not necessarily on disk.
             // Sealed segments were fsynced before the next one was created.
-            log.sync()?;
+            if let Err(e) = log.sync() {
+                // The pages the kernel failed to write are now clean: drop them so that the
+                // next open reads what the disk holds.
+                log.drop_caches();
+                return Err(e);
+            }
             for seg in log.segments.values_mut() {
                 seg.synced = seg.len;
             }
@@ -442,10 +480,10 @@ impl ServerLog {
 
     /// Makes a full segment durable and writes its sidecar index; it is never written again.
     fn seal(&mut self, no: SegmentNo) -> Result<(), LogError> {
+        let path = self.dir.describe(&no.file_name());
         let seg = self.segments.get_mut(&no).expect("sealing a known segment");
-        seg.file
-            .sync_data()
-            .map_err(LogError::io("fsync", self.dir.describe(&no.file_name())))?;
+        let file = seg.file.clone();
+        self.gate.sync(path, || file.sync_data())?;
         seg.synced = seg.len;
         let seg = &self.segments[&no];
         let mine: Vec<Entry> = self
@@ -499,6 +537,7 @@ impl ServerLog {
             file,
             dir,
             dir_generation: self.dir_generation,
+            gate: self.gate.clone(),
             upto: self.last_seq,
         }
     }
@@ -580,9 +619,20 @@ impl ServerLog {
                 "discarded bytes no fsync covered"
             );
         }
+        self.drop_caches();
         self.dir
             .sync()
             .map_err(LogError::io("fsync the directory", self.dir.describe("")))
+    }
+
+    /// Drops the segments' cached pages (best effort): after a failed fsync the cache may
+    /// hold bytes the disk lacks.
+    fn drop_caches(&self) {
+        for (no, seg) in &self.segments {
+            if let Err(e) = seg.file.drop_cache() {
+                tracing::warn!(segment = %no, error = %e, "cannot drop the segment's cached pages");
+            }
+        }
     }
 
     /// Drops index entries (cleaning decided they are dead).

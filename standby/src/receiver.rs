@@ -670,7 +670,13 @@ fn ingest_loop(
                     }
                     std::thread::sleep(FULL_RETRY);
                 }
-                Err(e) => return Err(refuse_ingest(out, peer, server, &e)),
+                Err(e) => {
+                    if e.needs_reopen() {
+                        inner.discard_state(server);
+                    }
+                    drop(inner);
+                    return Err(refuse_ingest(out, peer, server, &e));
+                }
             }
         }
     }

@@ -10,7 +10,7 @@
 //!
 //!  segment header, integers little-endian:
 //!  0   8  magic "FERRYSEG"
-//!  8   2  version = 1
+//!  8   2  version = 2 (version 1 had no watermark)
 //!  10  6  reserved = 0
 //!  16  8  segment number (must match the file name)
 //!  24  4  reserved = 0
@@ -58,7 +58,7 @@ const HEADER_BYTES: usize = 48;
 /// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
 pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 
 /// The header of segment `segment`.
 pub fn encode_header(segment: SegmentNo) -> [u8; HEADER_BYTES] {

@@ -89,6 +89,15 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         self.code() == ErrorCode::StorageFull
     }
+
+    /// Whether the log failed an fsync: its in-memory state must be discarded (cut back
+    /// to what is durable) and the log reopened before anything more is stored.
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            IngestError::Log(LogError::FsyncFailed { .. } | LogError::Discarded)
+        )
+    }
 }
 
 /// What happened to an accepted frame.

@@ -29,6 +29,8 @@ pub trait LogFile: Send + Sync + Debug {
     fn truncate(&self, len: u64) -> io::Result<()>;
     /// Bytes the file occupies on the storage (allocated blocks), for space reports.
     fn allocated(&self) -> io::Result<u64>;
+    /// Drops the file's clean cached pages, so that reads come from the storage.
+    fn drop_cache(&self) -> io::Result<()>;
 }
 
 /// One directory holding a log's files.
@@ -74,6 +76,14 @@ impl LogFile for FsFile {
     }
     fn allocated(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.blocks() * 512)
+    }
+    fn drop_cache(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise on an open descriptor; it only drops clean cached pages.
+        match unsafe { libc::posix_fadvise(self.0.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) } {
+            0 => Ok(()),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
     }
 }
 

@@ -46,7 +46,8 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
     let lost = write_some(&mut state, &mut sim, 10, 100);
     log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
     let err = state.log.sync().expect_err("the injected fsync failure");
-    assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+    assert!(matches!(err, LogError::FsyncFailed { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "a failed fsync is never retried in place");
     state.log.discard_unsynced().expect("cutting back the log");
     assert!(
         matches!(state.log.sync(), Err(LogError::Discarded)),
@@ -151,4 +152,50 @@ fn a_sync_beside_an_unfinished_ticket_still_fsyncs_the_directory() {
         "sync() declared {durable} durable (frames in a new segment) without fsyncing the directory"
     );
     drop(ticket);
+}
+
+#[test]
+fn a_failed_fsync_is_sticky_even_when_the_kernel_would_report_success_next() {
+    let keys = keys();
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let mut state = open_sim(&meta, &log);
+    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    write_some(&mut state, &mut sim, 4, 0);
+    log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
+    assert!(state.log.sync().is_err(), "the injected failure");
+    // The simulated kernel now reports success (the pages were marked clean): the log
+    // must not believe it.
+    let err = state.log.sync().expect_err("fsync failures are sticky");
+    assert!(matches!(err, LogError::FsyncFailed { .. }), "{err:?}");
+    assert_eq!(state.log.durable_seq(), Seq(0));
+}
+
+#[test]
+fn an_open_whose_fsync_fails_leaves_the_next_open_reading_the_disk() {
+    let keys = keys();
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let mut state = open_sim(&meta, &log);
+    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    write_some(&mut state, &mut sim, 4, 0);
+    let durable = state.log.sync().expect("sync");
+    write_some(&mut state, &mut sim, 4, 10);
+    drop(state); // killed: four frames only in the page cache
+
+    log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
+    let failed = ferry_standby::server::ServerState::open_in(
+        server(),
+        meta.clone(),
+        log.clone(),
+        SEGMENT,
+        ferry_standby::log::OpenMode::ReadWrite,
+    );
+    assert!(failed.is_err(), "the open's fsync failed");
+    let reopened = open_sim(&meta, &log);
+    assert_eq!(
+        reopened.log.durable_seq(),
+        durable,
+        "the second open must not trust pages the failed fsync left clean in the cache"
+    );
 }

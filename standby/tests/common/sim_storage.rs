@@ -144,6 +144,21 @@ impl LogFile for SimFile {
     fn allocated(&self) -> io::Result<u64> {
         Ok(self.lock().cache.len() as u64)
     }
+
+    fn drop_cache(&self) -> io::Result<()> {
+        // Clean pages are dropped; dirty ones (not yet written back) stay.
+        let mut c = self.lock();
+        let mut fresh = c.disk.clone();
+        fresh.resize(c.cache.len(), 0);
+        for &(start, end) in &c.dirty {
+            let end = end.min(fresh.len());
+            if start < end {
+                fresh[start..end].copy_from_slice(&c.cache[start..end]);
+            }
+        }
+        c.cache = fresh;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
