@@ -56,11 +56,7 @@ impl Site {
         let standby_conf = p("standby.toml");
         standby_config(&standby_conf, &data, &key, &["web-1"], 16);
         let text = std::fs::read_to_string(&standby_conf).expect("read config");
-        std::fs::write(
-            &standby_conf,
-            text.replace("127.0.0.1:0", listen),
-        )
-        .expect("write config");
+        std::fs::write(&standby_conf, text.replace("127.0.0.1:0", listen)).expect("write config");
         let disk = LoopDevice::new_sparse(&p("disk.img"), size);
         run("mkfs.ext4", &["-q", "-F", disk.path_str()]);
         let pins = PinDir::new(name);
@@ -128,7 +124,13 @@ impl Site {
 
 /// Writes `count` files of `size` pseudo-random bytes under `dir`, fsynced; returns
 /// their names and contents.
-fn write_files(dir: &Path, prefix: &str, count: usize, size: usize, seed: u64) -> Vec<(PathBuf, Vec<u8>)> {
+fn write_files(
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<(PathBuf, Vec<u8>)> {
     let mut rng = Rng(seed);
     (0..count)
         .map(|i| {
@@ -158,15 +160,25 @@ fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resu
         s.disks[0].full_total > 0 && s.disks[0].full_done == s.disks[0].full_total
     });
     assert_eq!(s.catch_ups, 1, "the first start copies the disk once");
-    assert!(s.shipped_bytes >= 128 << 20, "the full copy read the whole disk: {s:?}");
+    assert!(
+        s.shipped_bytes >= 128 << 20,
+        "the full copy read the whole disk: {s:?}"
+    );
     agent.wait_in_sync(WAIT);
 
     let mounted = site.mount();
     let during = write_files(&site.mnt, "during", 40, 256 << 10, 2);
     let (point, ok) = agent.create_point("web-1");
     assert!(ok, "point failed: {point:?}\n{}", agent.log());
-    assert!(point.consistent, "a frozen ext4 makes a consistent point: {point:?}");
-    assert_eq!(point.frozen, vec![site.mnt.display().to_string()], "{point:?}");
+    assert!(
+        point.consistent,
+        "a frozen ext4 makes a consistent point: {point:?}"
+    );
+    assert_eq!(
+        point.frozen,
+        vec![site.mnt.display().to_string()],
+        "{point:?}"
+    );
 
     // The consistent point, mounted from its rebuild, holds every file written before it.
     let image = site.rebuild(&point.point.expect("an id").to_string());
@@ -176,7 +188,11 @@ fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resu
         for (path, data) in before.iter().chain(&during) {
             let name = path.file_name().expect("a name");
             let got = std::fs::read(m.target.join(name)).expect("a file in the point");
-            assert!(got == *data, "{} differs in the point", name.to_string_lossy());
+            assert!(
+                got == *data,
+                "{} differs in the point",
+                name.to_string_lossy()
+            );
         }
     }
     drop(mounted);
@@ -194,7 +210,12 @@ fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resu
     let agent = site.agent();
     agent.wait_in_sync(WAIT);
     let s = agent.status();
-    assert_eq!(s.catch_ups, 0, "a clean restart needs no catch-up: {s:?}\n{}", agent.log());
+    assert_eq!(
+        s.catch_ups,
+        0,
+        "a clean restart needs no catch-up: {s:?}\n{}",
+        agent.log()
+    );
     assert!(
         s.shipped_bytes < 16 << 20,
         "only the changes travel after a restart, not the disk: {} bytes",
@@ -234,7 +255,10 @@ impl Proxy {
                 };
                 let mine = generation_.load(Ordering::SeqCst);
                 for (mut from, mut to) in [
-                    (client.try_clone().expect("clone"), server.try_clone().expect("clone")),
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
                     (server, client),
                 ] {
                     let generation = generation_.clone();
@@ -332,7 +356,10 @@ fn resumes_after_a_standby_kill_and_a_30s_network_cut_without_a_full_copy() {
     agent.wait_in_sync(WAIT);
     let s = agent.status();
     assert_eq!(s.catch_ups, 1, "no full copy after the first: {s:?}");
-    assert!(s.reconnects >= 2, "a reconnect after each interruption: {s:?}");
+    assert!(
+        s.reconnects >= 2,
+        "a reconnect after each interruption: {s:?}"
+    );
     let resent = s.shipped_bytes - after_full;
     assert!(
         resent < 128 << 20,
@@ -354,9 +381,8 @@ fn assert_writable(dir: &Path, limit: Duration) {
     let path = dir.join("probe");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = std::fs::write(&path, b"probe").and_then(|()| {
-            std::fs::File::open(&path).and_then(|f| f.sync_all())
-        });
+        let r = std::fs::write(&path, b"probe")
+            .and_then(|()| std::fs::File::open(&path).and_then(|f| f.sync_all()));
         let _ = tx.send(r);
     });
     match rx.recv_timeout(limit) {
@@ -382,9 +408,15 @@ fn a_failing_hook_or_an_unreachable_standby_fails_the_point_and_thaws() {
     let _m = site.mount();
 
     let (point, ok) = agent.create_point("web-1");
-    assert!(!ok, "a failing pre-freeze hook must fail the point: {point:?}");
+    assert!(
+        !ok,
+        "a failing pre-freeze hook must fail the point: {point:?}"
+    );
     let error = point.error.expect("an error");
-    assert!(error.contains("pre-freeze hook") && error.contains("database not ready"), "{error}");
+    assert!(
+        error.contains("pre-freeze hook") && error.contains("database not ready"),
+        "{error}"
+    );
     assert_writable(&site.mnt, Duration::from_secs(10));
 
     standby.kill();
@@ -447,7 +479,11 @@ fn every_consistent_point_shows_a_prefix_of_dependent_writes() {
     for id in points {
         let image = site.rebuild(&id.to_string());
         let disk = LoopDevice::attach(&image, true);
-        let m = Mount::new(disk.path_str(), &site.dir.path().join(format!("p{id}")), "ro,noload");
+        let m = Mount::new(
+            disk.path_str(),
+            &site.dir.path().join(format!("p{id}")),
+            "ro,noload",
+        );
         let bytes = std::fs::read(m.target.join("log")).expect("the log in the point");
         let block = |b: u64| &bytes[usize::try_from(b * 4096).expect("small")..][..4096];
         let value = |b: u64| u64::from_le_bytes(block(b)[..8].try_into().expect("8 bytes"));

@@ -478,7 +478,8 @@ fn pinned_tracking_survives_restarts_and_reports_gaps() {
         t.gap(D0).is_some(),
         "the first start must be a gap (nothing tracked before)"
     );
-    t.close_gap(D0);
+    let gaps = t.gap_count(D0);
+    assert!(t.close_gap(D0, gaps), "no gap was recorded since");
     let before = random_writes(&file, 20, size, &mut rng, 0);
     settle(&mut t, Duration::from_millis(200), Duration::from_secs(10));
     t.stop().expect("saving state");

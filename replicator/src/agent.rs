@@ -27,9 +27,13 @@
 //!   has been acknowledged. (Per-chunk digest comparison, to ship only what differs, is
 //!   not built yet.)
 //! - **Consistent points (I5).** Freeze every mounted filesystem on the protected disks,
-//!   drain the tracker, read the whole remaining dirty set (and every suspect range),
-//!   send the barrier, thaw — [`Frozen`] thaws on every path. A freeze that would last
-//!   longer than `max_freeze` is abandoned (thawed) and retried after shipping more.
+//!   drain the tracker, read the whole remaining dirty set (and every suspect range) into
+//!   memory, thaw, then send those records and the barrier — only local reads happen
+//!   under the freeze, and [`Frozen`] thaws on every path (and a watchdog after twice
+//!   `max_freeze`). The point is marked consistent only if no write was submitted or
+//!   completed from the freeze to the end of the reads and none was in flight. A freeze
+//!   that would pass `max_freeze` (or [`FREEZE_READ_CAP`]) is abandoned (thawed) and
+//!   retried after shipping more.
 
 use crate::freeze::{Frozen, run_hook};
 use crate::link::{Link, LinkConfig, LinkError};
@@ -49,6 +53,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most bytes read into memory while the filesystems are frozen; past it the freeze is
+/// abandoned (thawed) and retried after shipping more.
+pub const FREEZE_READ_CAP: u64 = 256 << 20;
 
 /// How the agent runs (the `ferry agent` config file maps onto this).
 #[derive(Debug, Clone)]
@@ -153,11 +161,13 @@ struct Pending {
     picked_at: Generation,
 }
 
-/// A full copy of one disk in progress: everything marked at `marked_at`.
+/// A full copy of one disk in progress: everything marked at `marked_at`, for the gap
+/// the tracker counted as its `gap_count`th.
 #[derive(Debug, Clone, Copy)]
 struct FullCopy {
     marked_at: Generation,
     total: u64,
+    gap_count: u64,
 }
 
 /// A running agent's connection to the standby and what it has in flight.
@@ -245,7 +255,11 @@ impl Agent {
     /// Starts tracking the disks (reattaching to pinned programs when they run), opens
     /// them for reading and the control socket. Disks with a tracking gap are marked for
     /// a full copy.
-    pub fn start(config: AgentConfig, keys: SiteKeys, stop: Arc<AtomicBool>) -> Result<Self, AgentError> {
+    pub fn start(
+        config: AgentConfig,
+        keys: SiteKeys,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, AgentError> {
         let state_err = |source| AgentError::StateDir {
             path: config.state_dir.clone(),
             source,
@@ -341,15 +355,18 @@ impl Agent {
             let Some(gap) = tracker.gap(disk).cloned() else {
                 continue;
             };
-            if self.full[i].is_some() {
+            let gap_count = tracker.gap_count(disk);
+            if self.full[i].is_some_and(|f| f.gap_count == gap_count) {
                 continue;
             }
+            // A new gap (or one recorded while an earlier copy ran): copy from the start.
             let size = self.sizes[i];
             let state = tracker.state_mut();
             state.mark_dirty(disk, ByteRange::new(0, size.next_multiple_of(GRAIN)));
             self.full[i] = Some(FullCopy {
                 marked_at: state.generation(),
                 total: size,
+                gap_count,
             });
             self.cursor[i] = 0;
             self.status.catch_ups += 1;
@@ -376,7 +393,6 @@ impl Agent {
                     self.status.phase = Some(Phase::Interrupted);
                     self.status.last_error = Some(chain(&e));
                     self.status.reconnects += 1;
-                    self.forget_unacked();
                     self.write_status();
                     let until = Instant::now() + backoff;
                     while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
@@ -482,11 +498,15 @@ impl Agent {
             if let Some(e) = stream.link.closed() {
                 return Err(e.into());
             }
-            self.check_full_copies();
             self.serve_control(Some(&mut stream));
             if self.next_point.is_some_and(|t| Instant::now() >= t) {
-                self.next_point = self.config.point_interval.map(|i| Instant::now() + i);
-                self.point(&mut stream, PointKind::Scheduled);
+                if self.full.iter().any(Option::is_some) {
+                    // A point during a full copy could not be consistent; try again later.
+                    self.next_point = Some(Instant::now() + Duration::from_secs(60));
+                } else {
+                    self.next_point = self.config.point_interval.map(|i| Instant::now() + i);
+                    self.point(&mut stream, PointKind::Scheduled);
+                }
             }
             let batch = self.pick(self.config.batch_bytes, None);
             if batch.is_empty() {
@@ -523,11 +543,12 @@ impl Agent {
                     break;
                 };
                 let range = ByteRange::new(range.start, range.end.min(self.sizes[i]));
+                if range.is_empty() {
+                    // Grains past the end of the disk (it shrank): nothing to read.
+                    break;
+                }
                 taken.insert(range);
                 self.cursor[i] = range.end;
-                if range.is_empty() {
-                    continue;
-                }
                 total += range.len();
                 out.push(Pending {
                     seq: Seq(0),
@@ -542,6 +563,12 @@ impl Agent {
 
     /// Reads, seals and sends `batch`; records it as pending.
     fn ship(&mut self, stream: &mut Stream, batch: Vec<Pending>) -> Result<(), AgentError> {
+        let reqs = self.read_batch(&batch)?;
+        self.send_batch(stream, batch, &reqs)
+    }
+
+    /// Reads the extents of `batch`.
+    fn read_batch(&mut self, batch: &[Pending]) -> Result<Vec<ReadReq>, AgentError> {
         let mut reqs: Vec<ReadReq> = batch
             .iter()
             .map(|p| ReadReq {
@@ -551,11 +578,21 @@ impl Agent {
             })
             .collect();
         self.reader.read(&mut reqs)?;
+        Ok(reqs)
+    }
+
+    /// Seals what `read_batch` read and sends it in order; records it as pending.
+    fn send_batch(
+        &mut self,
+        stream: &mut Stream,
+        batch: Vec<Pending>,
+        reqs: &[ReadReq],
+    ) -> Result<(), AgentError> {
         let mut seq = stream.next_seq;
         let mut seqs = Vec::with_capacity(batch.len());
         let items: Vec<(RecordAddress, &[u8])> = batch
             .iter()
-            .zip(&reqs)
+            .zip(reqs)
             .map(|(p, r)| {
                 seqs.push(seq);
                 let addr = RecordAddress {
@@ -605,8 +642,7 @@ impl Agent {
                 .bytes_not_newer_than(full.marked_at);
             self.status.disks[i].full_total = full.total;
             self.status.disks[i].full_done = full.total.saturating_sub(left);
-            if left == 0 {
-                tracker.close_gap(disk);
+            if left == 0 && tracker.close_gap(disk, full.gap_count) {
                 self.full[i] = None;
                 self.gap_reasons[i] = None;
                 tracing::info!(disk = %self.registration.disks[i].name, bytes = full.total, "full copy acknowledged; the disk is in real time");
@@ -618,6 +654,7 @@ impl Agent {
         if !force && self.last_status.elapsed() < Duration::from_millis(500) {
             return;
         }
+        self.check_full_copies();
         let (dirty, drops) = {
             let t = self.lock_tracker();
             let dirty: Vec<u64> = (0..self.sizes.len())
@@ -704,7 +741,9 @@ impl Agent {
             },
         };
         match &status.error {
-            None => tracing::info!(point = ?status.point, seq = ?status.seq, consistent = status.consistent, freeze_ms = status.freeze_ms, "recovery point made"),
+            None => {
+                tracing::info!(point = ?status.point, seq = ?status.seq, consistent = status.consistent, freeze_ms = status.freeze_ms, "recovery point made")
+            }
             Some(e) => tracing::error!("recovery point failed: {e}"),
         }
         self.status.last_point = Some(status.clone());
@@ -713,12 +752,18 @@ impl Agent {
     }
 
     fn try_point(&mut self, stream: &mut Stream, kind: PointKind) -> Result<PointStatus, String> {
-        let names: Vec<String> = self.registration.disks.iter().map(|d| d.name.clone()).collect();
-        let mounts: Vec<PathBuf> = ferry_tracker::check::mounts_on(std::path::Path::new("/"), &names)
-            .map_err(|e| chain(&e))?
-            .into_iter()
-            .map(PathBuf::from)
+        let names: Vec<String> = self
+            .registration
+            .disks
+            .iter()
+            .map(|d| d.name.clone())
             .collect();
+        let mounts: Vec<PathBuf> =
+            ferry_tracker::check::mounts_on(std::path::Path::new("/"), &names)
+                .map_err(|e| chain(&e))?
+                .into_iter()
+                .map(PathBuf::from)
+                .collect();
         let point = PointId(now_ms());
         let env = [
             ("FERRY_SERVER", self.config.server.to_string()),
@@ -735,9 +780,12 @@ impl Agent {
             attempt += 1;
             match self.frozen_barrier(stream, &mounts, point, kind) {
                 Ok(Some(s)) => break Ok(s),
-                Ok(None) if attempt < 3 => {
-                    tracing::warn!(attempt, "the remaining dirty set could not be read within the freeze limit; thawed, shipping more before retrying");
-                    if let Err(e) = self.drain_dirty(stream, u64::MAX) {
+                Ok(None) if attempt < 3 && !self.stop.load(Ordering::SeqCst) => {
+                    tracing::warn!(
+                        attempt,
+                        "the remaining dirty set could not be read within the freeze limit; thawed, shipping more before retrying"
+                    );
+                    if let Err(e) = self.drain_dirty(stream, self.config.batch_bytes * 8) {
                         break Err(chain(&e));
                     }
                 }
@@ -769,7 +817,7 @@ impl Agent {
     /// Ships dirty extents until the dirty set is empty or `budget` bytes were shipped.
     fn drain_dirty(&mut self, stream: &mut Stream, budget: u64) -> Result<(), AgentError> {
         let mut shipped = 0;
-        while shipped < budget {
+        while shipped < budget && !self.stop.load(Ordering::SeqCst) {
             let batch = self.pick(self.config.batch_bytes, None);
             if batch.is_empty() {
                 break;
@@ -780,8 +828,12 @@ impl Agent {
         Ok(())
     }
 
-    /// Freezes, reads the remaining dirty set, sends the barrier, thaws. `Ok(None)` when
-    /// the freeze limit passed first (thawed, no barrier).
+    /// Freezes, reads the remaining dirty set (and every suspect range) into memory,
+    /// thaws, then seals and sends it and the barrier: nothing but local reads happens
+    /// while the filesystems are frozen, so a slow or dead link cannot prolong a freeze.
+    /// `Ok(None)` when the freeze limit (time, or [`FREEZE_READ_CAP`] bytes) passed first
+    /// (thawed, no barrier). The point is consistent when no write was submitted or
+    /// completed between the freeze and the end of the reads and none is in flight.
     fn frozen_barrier(
         &mut self,
         stream: &mut Stream,
@@ -790,49 +842,85 @@ impl Agent {
         kind: PointKind,
     ) -> Result<Option<PointStatus>, String> {
         let started = Instant::now();
-        let frozen = Frozen::freeze(mounts).map_err(|e| chain(&e))?;
-        let all_frozen = !mounts.is_empty() && self.every_disk_has_a_mount(mounts);
-        let completed_before = {
+        let frozen = Frozen::freeze(mounts, self.config.max_freeze * 2 + Duration::from_secs(1))
+            .map_err(|e| chain(&e))?;
+        let frozen_at = ferry_tracker::sys::monotonic_ns();
+        let n = self.sizes.len();
+        // Writes submitted before the freeze are complete now; any the tracker still
+        // counts as in flight lost their completion: readable, as suspect. Suspect ranges
+        // are read inside this freeze; they are given back unless the point is consistent.
+        let (before, suspects) = {
             let mut t = self.lock_tracker();
             t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
             let state = t.state_mut();
-            if all_frozen {
-                // Frozen: no write is in flight; what the tracker still counts as in flight
-                // is a completion it never saw. Readable now, as suspect.
-                state.sweep(u64::MAX);
-            }
-            for i in 0..self.sizes.len() {
+            state.sweep(frozen_at);
+            let mut suspects = Vec::with_capacity(n);
+            for i in 0..n {
                 let disk = disk_id(i);
-                let suspect: Vec<ByteRange> = state.disk(disk).suspect.iter().collect();
-                for r in suspect {
+                let suspect = std::mem::take(&mut state.disk_mut(disk).suspect);
+                for r in suspect.iter() {
                     state.mark_dirty(disk, r);
                 }
-                state.disk_mut(disk).suspect = RangeSet::new();
+                suspects.push(suspect);
             }
-            state.counters.completed
+            (state.counters, suspects)
+        };
+        let give_back = |agent: &mut Self, suspects: Vec<RangeSet>| {
+            let mut t = agent.lock_tracker();
+            for (i, set) in suspects.into_iter().enumerate() {
+                for r in set.iter() {
+                    t.state_mut().disk_mut(disk_id(i)).suspect.insert(r);
+                }
+            }
         };
         // Everything dirty is read again, shipping or not (it may have changed since it
         // was picked); each range once.
-        let mut read = vec![RangeSet::new(); self.sizes.len()];
+        let mut read = vec![RangeSet::new(); n];
+        let mut batches = Vec::new();
+        let mut bytes = 0;
         loop {
             let batch = self.pick(self.config.batch_bytes, Some(&read));
             if batch.is_empty() {
                 break;
             }
-            if started.elapsed() > self.config.max_freeze {
+            if started.elapsed() > self.config.max_freeze || bytes > FREEZE_READ_CAP {
                 drop(frozen);
+                give_back(self, suspects);
                 return Ok(None);
             }
             for p in &batch {
                 read[p.disk.0 as usize].insert(p.range);
+                bytes += p.range.len();
             }
-            self.ship(stream, batch).map_err(|e| chain(&e))?;
+            let reqs = match self.read_batch(&batch) {
+                Ok(r) => r,
+                Err(e) => {
+                    drop(frozen);
+                    give_back(self, suspects);
+                    return Err(chain(&e));
+                }
+            };
+            batches.push((batch, reqs));
         }
         let quiet = {
             let mut t = self.lock_tracker();
             t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
-            t.state().counters.completed == completed_before
+            let now = t.state().counters;
+            now.submitted == before.submitted
+                && now.completed == before.completed
+                && now.fallback_ranges == before.fallback_ranges
+                && t.state().in_flight_count() == 0
         };
+        let frozen_mounts = frozen.mounts();
+        drop(frozen);
+        let freeze_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !quiet {
+            give_back(self, suspects);
+        }
+        for (batch, reqs) in batches {
+            self.send_batch(stream, batch, &reqs)
+                .map_err(|e| chain(&e))?;
+        }
         let seq = stream.next_seq;
         let barrier = ferry_wire::seal::sign_barrier(
             &self.keys.mac,
@@ -840,7 +928,7 @@ impl Agent {
                 seq,
                 point,
                 kind,
-                consistent: all_frozen || quiet,
+                consistent: quiet,
                 unix_time_ms: now_ms(),
                 mac: [0; 32],
             },
@@ -851,24 +939,14 @@ impl Agent {
             .send(&Message::Barrier(barrier.clone()))
             .and_then(|()| stream.link.flush())
             .map_err(|e| chain(&e))?;
-        drop(frozen);
-        let freeze_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Ok(Some(PointStatus {
             point: Some(point.0),
             seq: Some(seq.0),
             consistent: barrier.consistent,
             freeze_ms,
-            frozen: mounts.iter().map(|m| m.display().to_string()).collect(),
+            frozen: frozen_mounts,
             ..PointStatus::default()
         }))
-    }
-
-    /// Whether every protected disk holds at least one of the frozen mounts.
-    fn every_disk_has_a_mount(&self, mounts: &[PathBuf]) -> bool {
-        self.registration.disks.iter().all(|d| {
-            ferry_tracker::check::mounts_on(std::path::Path::new("/"), std::slice::from_ref(&d.name))
-                .is_ok_and(|m| m.iter().any(|p| mounts.iter().any(|f| f.as_os_str() == p.as_str())))
-        })
     }
 }
 

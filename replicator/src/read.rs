@@ -36,7 +36,8 @@ impl AlignedBuf {
         let layout = Self::layout(len);
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         Self { ptr, len }
     }
 
@@ -204,8 +205,12 @@ impl DiskReader {
             match ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(e) if is_transient(&e) => continue,
-                // Returning would free buffers the kernel may still write into.
-                Err(e) => panic!("io_uring failed with {in_flight} reads in flight: {e}"),
+                // Returning (or unwinding) would free buffers the kernel may still write
+                // into: stop the process.
+                Err(e) => {
+                    tracing::error!(error = %e, in_flight, "io_uring failed with reads in flight; aborting");
+                    std::process::abort();
+                }
             }
             for cqe in ring.completion() {
                 in_flight -= 1;

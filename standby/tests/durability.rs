@@ -47,7 +47,10 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
     log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
     let err = state.log.sync().expect_err("the injected fsync failure");
     assert!(matches!(err, LogError::FsyncFailed { .. }), "{err:?}");
-    assert!(!err.is_retryable(), "a failed fsync is never retried in place");
+    assert!(
+        !err.is_retryable(),
+        "a failed fsync is never retried in place"
+    );
     state.log.discard_unsynced().expect("cutting back the log");
     assert!(
         matches!(state.log.sync(), Err(LogError::Discarded)),

@@ -431,7 +431,10 @@ impl AgentProcess {
         };
         if first.trim() != "tracking" {
             std::thread::sleep(std::time::Duration::from_millis(300));
-            panic!("ferry agent did not start: {first:?}; log:\n{}", agent.log());
+            panic!(
+                "ferry agent did not start: {first:?}; log:\n{}",
+                agent.log()
+            );
         }
         agent
     }
@@ -488,7 +491,10 @@ impl AgentProcess {
 
     /// `ferry point create` against this agent; returns its JSON reply and whether it
     /// succeeded.
-    pub(crate) fn create_point(&self, server: &str) -> (ferry_replicator::status::PointStatus, bool) {
+    pub(crate) fn create_point(
+        &self,
+        server: &str,
+    ) -> (ferry_replicator::status::PointStatus, bool) {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
                 "point",

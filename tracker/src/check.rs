@@ -148,12 +148,13 @@ fn resolve_mount(
 }
 
 /// Mount points whose block device lies on any of `disks` (names as in `/sys/block`),
-/// through partitions, device-mapper and md: the filesystems to freeze for a
-/// consistent point of those disks.
+/// through partitions, device-mapper and md, one per filesystem: the filesystems to
+/// freeze for a consistent point of those disks.
 pub fn mounts_on(root: &Path, disks: &[String]) -> Result<Vec<String>, CheckError> {
     let path = root.join("proc/self/mountinfo");
     let mountinfo = read(root, "proc/self/mountinfo")?;
     let mut found = Vec::new();
+    let mut devices = BTreeSet::new();
     for line in mountinfo.lines().filter(|l| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(' ').collect();
         if fields.len() < 10 {
@@ -161,6 +162,11 @@ pub fn mounts_on(root: &Path, disks: &[String]) -> Result<Vec<String>, CheckErro
                 path,
                 line: line.to_owned(),
             });
+        }
+        // One mount per filesystem: a bind mount or second mount of the same device
+        // would be frozen twice (EBUSY).
+        if !devices.insert(fields[2]) {
+            continue;
         }
         let Some(dir) = sys_dir(root, &format!("sys/dev/block/{}", fields[2])) else {
             continue; // not a block device (tmpfs, proc, …)
@@ -200,12 +206,12 @@ fn unescape_mount_point(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         if b[i] == b'\\'
             && let Some(d) = octal
-            && let Ok(v) = u8::try_from(
-                d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')),
-            )
+            && let Ok(v) = u8::try_from(d.iter().fold(0u32, |acc, c| acc * 8 + u32::from(c - b'0')))
         {
             out.push(v);
             i += 4;

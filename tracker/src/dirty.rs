@@ -296,9 +296,15 @@ mod tests {
         assert_eq!(m.bytes_not_newer_than(Generation(1)), 64 << 20);
         // A write in a later word: that word no longer counts as the pass's remainder.
         m.mark(ByteRange::new(32 << 20, (32 << 20) + 4096), Generation(2));
-        assert_eq!(m.bytes_not_newer_than(Generation(1)), (64 << 20) - (256 << 10));
+        assert_eq!(
+            m.bytes_not_newer_than(Generation(1)),
+            (64 << 20) - (256 << 10)
+        );
         m.clear_if_unchanged(ByteRange::new(0, 16 << 20), Generation(1));
-        assert_eq!(m.bytes_not_newer_than(Generation(1)), (48 << 20) - (256 << 10));
+        assert_eq!(
+            m.bytes_not_newer_than(Generation(1)),
+            (48 << 20) - (256 << 10)
+        );
         assert_eq!(m.bytes_not_newer_than(Generation(0)), 0);
     }
     use proptest::prelude::*;

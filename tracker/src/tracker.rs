@@ -105,6 +105,9 @@ pub struct Tracker {
     devices: Vec<BlockDevice>,
     state: TrackState,
     gaps: Vec<Option<Gap>>,
+    /// Per disk, how many gaps were ever recorded: a full copy closes only the gap it
+    /// started for, never one recorded while it ran.
+    gap_counts: Vec<u64>,
     chunk_shift: Vec<u32>,
     fallback_seen: Vec<Vec<u64>>,
     drops_seen: u64,
@@ -163,6 +166,7 @@ impl Tracker {
         let mut tracker = Self {
             state: TrackState::new(n),
             gaps: vec![None; n],
+            gap_counts: vec![0; n],
             fallback_seen: vec![vec![0; FALLBACK_CHUNKS as usize + 1]; n],
             drops_seen: 0,
             events: 0,
@@ -175,10 +179,11 @@ impl Tracker {
         };
         tracker.reconcile(origin, saved)?;
         if let Some(reason) = unreadable {
-            for gap in &mut tracker.gaps {
-                *gap = Some(Gap(format!(
-                    "the saved tracker state could not be used: {reason}"
-                )));
+            for i in 0..n {
+                tracker.set_gap(
+                    i,
+                    format!("the saved tracker state could not be used: {reason}"),
+                );
             }
         }
         // Only now, with tracking running, is the saved state consumed: a start that
@@ -281,7 +286,9 @@ impl Tracker {
                             *slot = value;
                         }
                     }
-                    self.gaps[i] = p.gap.clone().map(Gap);
+                    if let Some(reason) = p.gap.clone() {
+                        self.set_gap(i, reason);
+                    }
                 }
                 None => {
                     let reason = if saved.is_some() {
@@ -289,7 +296,7 @@ impl Tracker {
                     } else {
                         fresh_reason
                     };
-                    self.gaps[i] = Some(Gap(reason.to_owned()));
+                    self.set_gap(i, reason.to_owned());
                     self.fallback_seen[i] = self.bpf.fallback_counters(disk.0);
                 }
             }
@@ -317,9 +324,26 @@ impl Tracker {
         self.gaps[disk.0 as usize].as_ref()
     }
 
-    /// Marks `disk`'s gap closed (the replicator finished a full catch-up).
-    pub fn close_gap(&mut self, disk: DiskId) {
-        self.gaps[disk.0 as usize] = None;
+    /// How many gaps `disk` has had: pass it to [`Tracker::close_gap`].
+    pub fn gap_count(&self, disk: DiskId) -> u64 {
+        self.gap_counts[disk.0 as usize]
+    }
+
+    /// Marks `disk`'s gap closed (the replicator finished a full catch-up that started
+    /// when [`Tracker::gap_count`] was `count`). Returns false, keeping the gap, when a
+    /// newer gap was recorded since: the catch-up must start again.
+    pub fn close_gap(&mut self, disk: DiskId, count: u64) -> bool {
+        let i = disk.0 as usize;
+        if self.gap_counts[i] != count {
+            return false;
+        }
+        self.gaps[i] = None;
+        true
+    }
+
+    fn set_gap(&mut self, i: usize, reason: String) {
+        self.gaps[i] = Some(Gap(reason));
+        self.gap_counts[i] += 1;
     }
 
     pub fn stats(&self) -> Result<TrackerStats, TrackerError> {
@@ -353,10 +377,13 @@ impl Tracker {
                     // Programs and userspace out of step: nothing in this stream can be
                     // trusted to say where writes went.
                     self.counters_malformed += 1;
-                    for gap in &mut self.gaps {
-                        *gap = Some(Gap(format!(
-                            "malformed tracker event ({e}): programs and agent out of step"
-                        )));
+                    for i in 0..self.gaps.len() {
+                        self.set_gap(
+                            i,
+                            format!(
+                                "malformed tracker event ({e}): programs and agent out of step"
+                            ),
+                        );
                     }
                     continue;
                 }
@@ -393,16 +420,16 @@ impl Tracker {
             let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
             let current = self.bpf.fallback_counters(disk.0);
             let chunk_bytes = 512u64 << self.chunk_shift[i];
-            for (chunk, (&now_count, seen)) in
-                current.iter().zip(&self.fallback_seen[i]).enumerate()
-            {
-                if now_count == *seen {
+            let seen = std::mem::take(&mut self.fallback_seen[i]);
+            for (chunk, (&now_count, &seen)) in current.iter().zip(&seen).enumerate() {
+                if now_count == seen {
                     continue;
                 }
                 if chunk == FALLBACK_CHUNKS as usize {
-                    self.gaps[i] = Some(Gap(
+                    self.set_gap(
+                        i,
                         "events lost over a range too large for the fallback counters".into(),
-                    ));
+                    );
                     continue;
                 }
                 let start = chunk as u64 * chunk_bytes;

@@ -106,7 +106,9 @@ fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
     let file: FileConfig = toml::from_str(&text)
         .with_context(|| format!("config file {} is not valid", path.display()))?;
     let disks = match file.disks {
-        Some(d) if d.is_empty() => bail!("disks is empty: list the disks to protect, or leave it out to protect every disk under a mounted filesystem"),
+        Some(d) if d.is_empty() => bail!(
+            "disks is empty: list the disks to protect, or leave it out to protect every disk under a mounted filesystem"
+        ),
         Some(d) => d,
         None => ferry_tracker::check::disks_with_mounts(Path::new("/"))
             .context("cannot find the disks under the mounted filesystems")?
@@ -230,7 +232,10 @@ fn status(args: &StatusArgs) -> Result<()> {
         s.catch_ups,
         s.reconnects
     );
-    println!("\n{:<12} {:>12} {:>12} {:>8}  GAP", "DISK", "SIZE", "DIRTY", "FULL");
+    println!(
+        "\n{:<12} {:>12} {:>12} {:>8}  GAP",
+        "DISK", "SIZE", "DIRTY", "FULL"
+    );
     for d in &s.disks {
         let full = if d.full_total == 0 {
             "-".to_owned()
@@ -252,7 +257,11 @@ fn status(args: &StatusArgs) -> Result<()> {
                 "\nlast point: id {} at seq {}, {}, frozen {} ms ({})",
                 p.point.unwrap_or(0),
                 p.seq.unwrap_or(0),
-                if p.consistent { "consistent" } else { "crash-consistent only" },
+                if p.consistent {
+                    "consistent"
+                } else {
+                    "crash-consistent only"
+                },
                 p.freeze_ms,
                 p.frozen.join(", ")
             ),

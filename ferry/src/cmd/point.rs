@@ -82,8 +82,9 @@ fn create(args: &CreateArgs) -> Result<()> {
         args.server
     );
     let socket = args.state_dir.join("agent.sock");
-    let point = ferry_replicator::agent::request_point(&socket, std::time::Duration::from_secs(600))
-        .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
+    let point =
+        ferry_replicator::agent::request_point(&socket, std::time::Duration::from_secs(600))
+            .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&point)?);
     }
@@ -96,9 +97,17 @@ fn create(args: &CreateArgs) -> Result<()> {
             point.point.unwrap_or(0),
             args.server,
             point.seq.unwrap_or(0),
-            if point.consistent { "consistent" } else { "crash-consistent only" },
+            if point.consistent {
+                "consistent"
+            } else {
+                "crash-consistent only"
+            },
             point.freeze_ms,
-            if point.frozen.is_empty() { "none".to_owned() } else { point.frozen.join(", ") }
+            if point.frozen.is_empty() {
+                "none".to_owned()
+            } else {
+                point.frozen.join(", ")
+            }
         );
     }
     Ok(())
