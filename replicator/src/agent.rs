@@ -45,7 +45,9 @@ use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
 use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
 use ferry_wire::record::RecordAddress;
-use ferry_wire::{ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys};
+use ferry_wire::{
+    ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys, error_chain,
+};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -389,9 +391,9 @@ impl Agent {
             match outcome {
                 Ok(()) => break Ok(()),
                 Err(e) if e.is_retryable() && self.config.auto_restart => {
-                    tracing::warn!(error = %chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
+                    tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
                     self.status.phase = Some(Phase::Interrupted);
-                    self.status.last_error = Some(chain(&e));
+                    self.status.last_error = Some(error_chain(&e));
                     self.status.reconnects += 1;
                     self.write_status();
                     let until = Instant::now() + backoff;
@@ -407,7 +409,7 @@ impl Agent {
         self.status.phase = Some(match &result {
             Ok(()) => Phase::Stopped,
             Err(e) => {
-                self.status.last_error = Some(chain(e));
+                self.status.last_error = Some(error_chain(e));
                 Phase::Error
             }
         });
@@ -760,7 +762,7 @@ impl Agent {
             .collect();
         let mounts: Vec<PathBuf> =
             ferry_tracker::check::mounts_on(std::path::Path::new("/"), &names)
-                .map_err(|e| chain(&e))?
+                .map_err(|e| error_chain(&e))?
                 .into_iter()
                 .map(PathBuf::from)
                 .collect();
@@ -771,7 +773,7 @@ impl Agent {
         ];
         // Ship first what can be shipped without freezing.
         self.drain_dirty(stream, self.config.batch_bytes * 4)
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         if let Some(hook) = &self.config.pre_freeze {
             run_hook("pre-freeze", hook, &env)?;
         }
@@ -786,7 +788,7 @@ impl Agent {
                         "the remaining dirty set could not be read within the freeze limit; thawed, shipping more before retrying"
                     );
                     if let Err(e) = self.drain_dirty(stream, self.config.batch_bytes * 8) {
-                        break Err(chain(&e));
+                        break Err(error_chain(&e));
                     }
                 }
                 Ok(None) => {
@@ -808,7 +810,12 @@ impl Agent {
         stream
             .link
             .wait_durable(seq, Duration::from_secs(60))
-            .map_err(|e| format!("the point's barrier was not acknowledged: {}", chain(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "the point's barrier was not acknowledged: {}",
+                    error_chain(&e)
+                )
+            })?;
         self.apply_acks(stream.link.durable());
         status.ok = true;
         Ok(status)
@@ -843,7 +850,7 @@ impl Agent {
     ) -> Result<Option<PointStatus>, String> {
         let started = Instant::now();
         let frozen = Frozen::freeze(mounts, self.config.max_freeze * 2 + Duration::from_secs(1))
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         let frozen_at = ferry_tracker::sys::monotonic_ns();
         let n = self.sizes.len();
         // Writes submitted before the freeze are complete now; any the tracker still
@@ -851,7 +858,7 @@ impl Agent {
         // are read inside this freeze; they are given back unless the point is consistent.
         let (before, suspects) = {
             let mut t = self.lock_tracker();
-            t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
+            t.poll(Duration::ZERO).map_err(|e| error_chain(&e))?;
             let state = t.state_mut();
             state.sweep(frozen_at);
             let mut suspects = Vec::with_capacity(n);
@@ -897,14 +904,14 @@ impl Agent {
                 Err(e) => {
                     drop(frozen);
                     give_back(self, suspects);
-                    return Err(chain(&e));
+                    return Err(error_chain(&e));
                 }
             };
             batches.push((batch, reqs));
         }
         let quiet = {
             let mut t = self.lock_tracker();
-            t.poll(Duration::ZERO).map_err(|e| chain(&e))?;
+            t.poll(Duration::ZERO).map_err(|e| error_chain(&e))?;
             let now = t.state().counters;
             now.submitted == before.submitted
                 && now.completed == before.completed
@@ -919,7 +926,7 @@ impl Agent {
         }
         for (batch, reqs) in batches {
             self.send_batch(stream, batch, &reqs)
-                .map_err(|e| chain(&e))?;
+                .map_err(|e| error_chain(&e))?;
         }
         let seq = stream.next_seq;
         let barrier = ferry_wire::seal::sign_barrier(
@@ -938,7 +945,7 @@ impl Agent {
             .link
             .send(&Message::Barrier(barrier.clone()))
             .and_then(|()| stream.link.flush())
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| error_chain(&e))?;
         Ok(Some(PointStatus {
             point: Some(point.0),
             seq: Some(seq.0),
@@ -972,7 +979,7 @@ fn drain_loop(tracker: &Mutex<Tracker>, stop: &AtomicBool) {
         std::thread::sleep(Duration::from_millis(20));
         let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = t.poll(Duration::ZERO) {
-            tracing::error!(error = %chain(&e), "draining the tracker failed");
+            tracing::error!(error = %error_chain(&e), "draining the tracker failed");
         }
     }
 }
@@ -981,16 +988,4 @@ fn nix_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
-}
-
-/// An error and its sources on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

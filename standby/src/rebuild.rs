@@ -254,7 +254,7 @@ pub fn verify_point(log: &ServerLog, seq: Seq, mac: &MacKey) -> Result<(), Rebui
             corrupt_at(
                 log,
                 e,
-                format!("barrier seq {seq}: {}", segment::error_chain(&err)),
+                format!("barrier seq {seq}: {}", ferry_wire::error_chain(&err)),
             )
             .into()
         }),
@@ -407,7 +407,7 @@ fn rebuild_one(
         corrupt(format!(
             "record seq {}: {}",
             e.seq,
-            segment::error_chain(&err)
+            ferry_wire::error_chain(&err)
         ))
     })?;
     report.records_read += 1;

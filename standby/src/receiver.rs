@@ -39,7 +39,7 @@ use ferry_wire::frame::{FrameError, ReadFrameError, read_frame};
 use ferry_wire::message::{
     Ack, Challenge, ErrorCode, ErrorMessage, Heartbeat, MAX_ERROR_TEXT, Welcome,
 };
-use ferry_wire::{AuthKey, MacKey, Message, Seq, ServerId};
+use ferry_wire::{AuthKey, MacKey, Message, Seq, ServerId, error_chain};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -139,7 +139,7 @@ impl SlotInner {
                 "server {server}: after a failed fsync the log could not be cut back to its \
                  durable length ({}); its store is closed until the standby is restarted \
                  and the storage checked",
-                chain(&e)
+                error_chain(&e)
             );
             tracing::error!("{text}");
             self.broken = Some(text);
@@ -378,10 +378,6 @@ fn send(out: &Mutex<TcpStream>, message: &Message) -> io::Result<()> {
         .write_all(&frame)
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    crate::segment::error_chain(e)
-}
-
 fn read_next(
     input: &mut BufReader<TcpStream>,
     buf: &mut Vec<u8>,
@@ -402,7 +398,7 @@ fn read_next(
             out,
             peer,
             ErrorCode::Malformed,
-            format!("frame refused: {}", chain(&e)),
+            format!("frame refused: {}", error_chain(&e)),
         )),
     }
 }
@@ -542,7 +538,10 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
                         &out,
                         peer,
                         ErrorCode::Internal,
-                        format!("cannot open the store of server {server}: {}", chain(&e)),
+                        format!(
+                            "cannot open the store of server {server}: {}",
+                            error_chain(&e)
+                        ),
                     ));
                 }
             }
@@ -561,7 +560,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
                     &out,
                     peer,
                     code,
-                    format!("server {server}: {}", chain(&e)),
+                    format!("server {server}: {}", error_chain(&e)),
                 ));
             }
         }
@@ -663,7 +662,7 @@ fn ingest_loop(
                         let text = format!(
                             "server {server}: the standby's storage is full ({}); not \
                              acknowledging until space is freed",
-                            chain(&e)
+                            error_chain(&e)
                         );
                         tracing::error!(peer, "{text}");
                         send_error(out, ErrorCode::StorageFull, &text);
@@ -692,7 +691,7 @@ fn refuse_ingest(
         out,
         peer,
         e.code(),
-        format!("server {server}: {}", chain(e)),
+        format!("server {server}: {}", error_chain(e)),
     )
 }
 
@@ -729,7 +728,7 @@ fn sync_loop(
             // After a failed fsync the page cache may no longer match the disk: never ack,
             // cut the log back to what is durable, drop this connection, and reopen the
             // log on the next one (the agent resends from the last ack).
-            let text = format!("server {server}: {}", chain(&e));
+            let text = format!("server {server}: {}", error_chain(&e));
             tracing::error!("fsync failed, closing the connection: {text}");
             // Whichever connection is current now (a newer one may have replaced this one
             // and synced "successfully" over the pages the kernel marked clean).
@@ -799,7 +798,7 @@ fn maintenance(shared: &Shared) {
                 ) {
                     Ok((state, _)) => inner.state = Some(state),
                     Err(e) => {
-                        tracing::error!(%server, "retention: cannot open the store: {}", chain(&e));
+                        tracing::error!(%server, "retention: cannot open the store: {}", error_chain(&e));
                         continue;
                     }
                 }
@@ -816,7 +815,7 @@ fn maintenance(shared: &Shared) {
                     "retention applied"
                 ),
                 Err(e) => {
-                    tracing::error!(%server, "retention failed: {}", chain(&e));
+                    tracing::error!(%server, "retention failed: {}", error_chain(&e));
                     // It may have stopped between writing copies and fsyncing them.
                     if let Some(s) = inner.discard_state(server) {
                         let _ = s.shutdown(Shutdown::Both);

@@ -48,7 +48,7 @@
 use crate::index::{Entry, EntryKind, SegmentNo, SegmentPos};
 use crate::storage::LogFile;
 use ferry_wire::frame::{FRAME_HEADER_LEN, FrameHeader};
-use ferry_wire::{Message, Seq};
+use ferry_wire::{Message, Seq, error_chain};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -233,18 +233,6 @@ pub fn read_frame(
         .decode_body(&buf[FRAME_HEADER_LEN..])
         .map_err(|e| corrupt(error_chain(&e)))?;
     Ok(message)
-}
-
-/// An error and its sources on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// A forward reader over a [`LogFile`] with a large buffer.

@@ -35,3 +35,16 @@ pub use keys::{AuthKey, DataKey, KeyError, MacKey, MasterKey, SiteKeys};
 pub use message::{Message, PROTOCOL_VERSION};
 pub use record::{Compression, MAX_DATA_EXTENT, RecordHeader, RecordKind, SealedRecord};
 pub use seal::{SealError, Sealer, Unsealer};
+
+/// An error and its sources on one line (`outer: cause: root cause`), for messages
+/// and logs.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

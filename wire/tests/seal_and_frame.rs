@@ -12,6 +12,7 @@ use ferry_wire::seal::{SealError, Unsealed, verify};
 use ferry_wire::{
     ByteLen, ByteOffset, Compression, DiskId, MAX_DATA_EXTENT, MAX_FRAME_BODY, MasterKey,
     PROTOCOL_VERSION, PointId, RecordKind, SealedRecord, Sealer, Seq, ServerId, SiteKeys, Unsealer,
+    error_chain,
 };
 use proptest::prelude::*;
 
@@ -525,17 +526,6 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
         .unseal(&record)
         .expect_err("decompressed size ≠ header length accepted");
     assert!(matches!(err, SealError::Decompress(_)), "{err}");
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[test]
