@@ -193,7 +193,6 @@ pub struct Agent {
     shipping: Vec<RangeSet>,
     cursor: Vec<u64>,
     full: Vec<Option<FullCopy>>,
-    gap_reasons: Vec<Option<String>>,
     status: Status,
     backlog_empty_since: Instant,
     next_point: Option<Instant>,
@@ -334,7 +333,6 @@ impl Agent {
             shipping: vec![RangeSet::new(); n],
             cursor: vec![0; n],
             full: vec![None; n],
-            gap_reasons: vec![None; n],
             status,
             backlog_empty_since: Instant::now(),
             control,
@@ -373,7 +371,6 @@ impl Agent {
             self.cursor[i] = 0;
             self.status.catch_ups += 1;
             tracing::info!(disk = %self.registration.disks[i].name, reason = %gap.0, bytes = size, "full copy of the disk (tracking gap)");
-            self.gap_reasons[i] = Some(gap.0);
         }
     }
 
@@ -646,7 +643,6 @@ impl Agent {
             self.status.disks[i].full_done = full.total.saturating_sub(left);
             if left == 0 && tracker.close_gap(disk, full.gap_count) {
                 self.full[i] = None;
-                self.gap_reasons[i] = None;
                 tracing::info!(disk = %self.registration.disks[i].name, bytes = full.total, "full copy acknowledged; the disk is in real time");
             }
         }
@@ -657,20 +653,24 @@ impl Agent {
             return;
         }
         self.check_full_copies();
-        let (dirty, drops) = {
+        let (dirty, gaps, drops) = {
             let t = self.lock_tracker();
-            let dirty: Vec<u64> = (0..self.sizes.len())
+            let disks = 0..self.sizes.len();
+            let dirty: Vec<u64> = disks
+                .clone()
                 .map(|i| t.state().disk(disk_id(i)).dirty.bytes())
                 .collect();
-            (dirty, t.stats().map(|s| s.drops).unwrap_or(0))
+            let gaps: Vec<Option<String>> = disks
+                .map(|i| t.gap(disk_id(i)).map(|g| g.0.clone()))
+                .collect();
+            (dirty, gaps, t.stats().map(|s| s.drops).unwrap_or(0))
         };
-        for (d, bytes) in self.status.disks.iter_mut().zip(&dirty) {
+        for (i, (bytes, gap)) in dirty.iter().zip(gaps).enumerate() {
+            let d = &mut self.status.disks[i];
             d.dirty_bytes = *bytes;
-        }
-        for (i, reason) in self.gap_reasons.iter().enumerate() {
-            self.status.disks[i].gap = reason.clone();
+            d.gap = gap;
             if self.full[i].is_none() {
-                self.status.disks[i].full_done = self.status.disks[i].full_total;
+                d.full_done = d.full_total;
             }
         }
         let pending: u64 = self.pending.iter().map(|p| p.range.len()).sum();

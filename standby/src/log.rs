@@ -156,6 +156,18 @@ struct Segment {
     watermark: u64,
 }
 
+impl Segment {
+    /// A segment of `len` bytes that no fsync of this process has covered yet.
+    fn new(file: Arc<dyn LogFile>, len: u64) -> Self {
+        Self {
+            file,
+            len,
+            synced: 0,
+            watermark: 0,
+        }
+    }
+}
+
 /// An fsync to run without holding the log's lock; see [`ServerLog::prepare_sync`].
 #[derive(Debug)]
 pub struct SyncTicket {
@@ -259,15 +271,7 @@ impl ServerLog {
             let last = i + 1 == numbers.len();
             if !last && let Some(found) = load_sidecar(dir.as_ref(), no, len) {
                 entries.extend(found);
-                segments.insert(
-                    no,
-                    Segment {
-                        file,
-                        len,
-                        synced: 0,
-                        watermark: 0,
-                    },
-                );
+                segments.insert(no, Segment::new(file, len));
                 continue;
             }
             let scan = segment::scan(file.as_ref(), &path, no)?;
@@ -308,15 +312,7 @@ impl ServerLog {
                 }
             }
             entries.extend(scan.entries);
-            segments.insert(
-                no,
-                Segment {
-                    file,
-                    len,
-                    synced: 0,
-                    watermark: 0,
-                },
-            );
+            segments.insert(no, Segment::new(file, len));
         }
         // One entry per seq; a seq twice means cleaning copied a frame forward and
         // stopped before deleting the old segment: the later copy is the one kept.
@@ -464,15 +460,8 @@ impl ServerLog {
             let _ = self.dir.remove(&no.file_name());
             return Err(LogError::io("write the header of", path)(e));
         }
-        self.segments.insert(
-            no,
-            Segment {
-                file,
-                len: SEGMENT_HEADER_LEN,
-                synced: 0,
-                watermark: 0,
-            },
-        );
+        self.segments
+            .insert(no, Segment::new(file, SEGMENT_HEADER_LEN));
         self.active = Some(no);
         self.dir_generation += 1;
         Ok(no)

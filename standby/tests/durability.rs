@@ -8,7 +8,9 @@ use common::sim_storage::SimDir;
 use common::*;
 use ferry_replicator::sim::SimServer;
 use ferry_standby::log::LogError;
+use ferry_standby::server::ServerState;
 use ferry_wire::{Message, Seq};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// Feeds `n` 64 KiB writes from the simulated server; returns their messages.
@@ -30,13 +32,20 @@ fn write_some(
         .collect()
 }
 
+/// A store on fresh simulated storage with a simulated server of one `disk`-byte disk
+/// registered: the metadata and log directories, the store, the server.
+fn registered_sim(disk: usize) -> (Arc<SimDir>, Arc<SimDir>, ServerState, SimServer) {
+    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let mut state = open_sim(&meta, &log);
+    let sim = SimServer::new(server(), &keys(), &[disk]).expect("sim");
+    state.register(sim.registration()).expect("register");
+    (meta, log, state, sim)
+}
+
 #[test]
 fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
     let keys = keys();
-    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
-    let mut state = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let (meta, log, mut state, mut sim) = registered_sim(4 << 20);
     write_some(&mut state, &mut sim, 10, 0);
     let durable = state.log.sync().expect("first sync");
     assert_eq!(durable, Seq(10));
@@ -98,11 +107,7 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
 
 #[test]
 fn segments_a_killed_standby_created_are_durable_before_a_restart_acks_them() {
-    let keys = keys();
-    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
-    let mut state = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[8 << 20]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let (meta, log, mut state, mut sim) = registered_sim(8 << 20);
     state.log.sync().expect("sync");
     // Roll into a second segment without any sync, then "kill -9": drop the state.
     let mut n = 0;
@@ -130,11 +135,8 @@ fn segments_a_killed_standby_created_are_durable_before_a_restart_acks_them() {
 #[test]
 fn a_sync_beside_an_unfinished_ticket_still_fsyncs_the_directory() {
     let keys = keys();
-    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
+    let (_meta, log, mut st, mut sim) = registered_sim(8 << 20);
     let syncs = &log.faults.dir_syncs;
-    let mut st = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[8 << 20]).unwrap();
-    st.register(sim.registration()).unwrap();
     st.log.sync().unwrap();
     let mut i = 0u64;
     let before = st.log.segment_numbers().len();
@@ -159,11 +161,7 @@ fn a_sync_beside_an_unfinished_ticket_still_fsyncs_the_directory() {
 
 #[test]
 fn a_failed_fsync_is_sticky_even_when_the_kernel_would_report_success_next() {
-    let keys = keys();
-    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
-    let mut state = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let (_meta, log, mut state, mut sim) = registered_sim(4 << 20);
     write_some(&mut state, &mut sim, 4, 0);
     log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
     assert!(state.log.sync().is_err(), "the injected failure");
@@ -176,18 +174,14 @@ fn a_failed_fsync_is_sticky_even_when_the_kernel_would_report_success_next() {
 
 #[test]
 fn an_open_whose_fsync_fails_leaves_the_next_open_reading_the_disk() {
-    let keys = keys();
-    let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
-    let mut state = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let (meta, log, mut state, mut sim) = registered_sim(4 << 20);
     write_some(&mut state, &mut sim, 4, 0);
     let durable = state.log.sync().expect("sync");
     write_some(&mut state, &mut sim, 4, 10);
     drop(state); // killed: four frames only in the page cache
 
     log.faults.failing_fsyncs.store(1, Ordering::SeqCst);
-    let failed = ferry_standby::server::ServerState::open_in(
+    let failed = ServerState::open_in(
         server(),
         meta.clone(),
         log.clone(),
