@@ -195,41 +195,56 @@ pub(crate) fn open_direct(path: &Path) -> std::fs::File {
 pub(crate) struct StandbyProcess {
     child: std::process::Child,
     pub(crate) addr: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log: Log,
+}
+
+/// Log lines (stderr) of a child process, collected by a thread.
+type Log = std::sync::Arc<std::sync::Mutex<String>>;
+
+fn log_text(log: &Log) -> String {
+    log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Starts `ferry ARGS` with stdout and stderr piped; collects stderr into a log and
+/// returns the child, the log and the first line of stdout (its readiness line).
+fn spawn_ferry(args: &[&str]) -> (std::process::Child, Log, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting ferry {args:?}: {e}"));
+    let log = Log::default();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut first)
+        .unwrap_or_else(|e| panic!("reading the stdout of ferry {args:?}: {e}"));
+    (child, log, first)
 }
 
 impl StandbyProcess {
     /// Starts `ferry standby --config CONFIG` and waits for it to listen.
     pub(crate) fn start(config: &Path) -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::Stdio;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["standby", "--config", config.to_str().expect("utf-8 path")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting ferry standby");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut first)
-            .expect("reading the standby's stdout");
+        let (mut child, log, first) =
+            spawn_ferry(&["standby", "--config", config.to_str().expect("utf-8 path")]);
         let Some(addr) = first.trim().strip_prefix("listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(std::time::Duration::from_millis(200));
             panic!(
                 "ferry standby did not start: {first:?}; log: {}",
-                log.lock().unwrap_or_else(|e| e.into_inner())
+                log_text(&log)
             );
         };
         Self {
@@ -241,7 +256,7 @@ impl StandbyProcess {
 
     /// The log so far.
     pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        log_text(&self.log)
     }
 
     /// Waits until the log contains `needle`, panicking with the log after `timeout`.
@@ -396,34 +411,14 @@ impl Drop for PinDir {
 pub(crate) struct AgentProcess {
     child: Option<std::process::Child>,
     pub(crate) state_dir: PathBuf,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log: Log,
 }
 
 impl AgentProcess {
     /// Starts the agent and waits until it tracks (its "tracking" line).
     pub(crate) fn start(config: &Path, state_dir: &Path) -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::Stdio;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["agent", "--config", config.to_str().expect("utf-8 path")])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting ferry agent");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut first)
-            .expect("reading the agent's stdout");
+        let (child, log, first) =
+            spawn_ferry(&["agent", "--config", config.to_str().expect("utf-8 path")]);
         let agent = Self {
             child: Some(child),
             state_dir: state_dir.to_owned(),
@@ -440,7 +435,7 @@ impl AgentProcess {
     }
 
     pub(crate) fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        log_text(&self.log)
     }
 
     /// The agent's status file.
