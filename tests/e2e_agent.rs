@@ -5,6 +5,8 @@
 //!   agent restart resumes without a full copy;
 //! - a standby kill -9 and a 30 s network cut (a TCP proxy the test controls): the agent
 //!   resumes by itself, nothing acknowledged is lost, no full copy;
+//! - an agent kill -9 mid-stream: the restarted agent catches up by digest, shipping
+//!   only what differs, and the disk rebuilds identical;
 //! - freeze safety: a failing hook and an unreachable standby fail the point, leave the
 //!   filesystem writable, and replication continues;
 //! - write order (DESIGN.md I5): every consistent point shows a prefix of dependent writes.
@@ -38,7 +40,7 @@ struct Site {
     agent_conf: PathBuf,
     state: PathBuf,
     /// Detaches the agent's pinned tracker when the test ends.
-    _pins: PinDir,
+    pins: PinDir,
     mnt: PathBuf,
     disk: LoopDevice,
 }
@@ -82,7 +84,7 @@ impl Site {
             standby_conf,
             agent_conf,
             state,
-            _pins: pins,
+            pins,
             disk,
         }
     }
@@ -373,6 +375,96 @@ fn resumes_after_a_standby_kill_and_a_30s_network_cut_without_a_full_copy() {
     let image = site.rebuild("latest");
     site.assert_identical(&image);
     drop(during);
+}
+
+#[test]
+fn an_agent_killed_mid_stream_or_rebooted_catches_up_by_digest_without_a_full_copy() {
+    const SIZE: u64 = 256 << 20;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let site = Site::new("digest", SIZE, &addr, &addr, "");
+    {
+        let _m = site.mount();
+        write_files(&site.mnt, "before", 32, 1 << 20, 11);
+    }
+    let standby = site.standby();
+    let agent = site.agent();
+    agent.wait_in_sync(WAIT);
+    let mounted = site.mount();
+
+    // kill -9 while a burst is being written and shipped, then more writes while it is
+    // down: the killed agent's dirty map is lost, the tracker's pins remain.
+    let writer = {
+        let mnt = site.mnt.clone();
+        std::thread::spawn(move || write_files(&mnt, "burst", 24, 1 << 20, 12))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    agent.kill();
+    writer.join().expect("writer");
+    write_files(&site.mnt, "while-down", 8, 1 << 20, 13);
+    let agent = site.agent();
+    let (report, shipped) = digest_catch_up(&agent, "without saving its state");
+    assert_eq!(
+        report.compared_bytes, SIZE,
+        "every chunk compared: {report:?}"
+    );
+    assert!(
+        shipped < SIZE / 4,
+        "32 MiB written around the kill; {shipped} bytes shipped is a copy of the disk"
+    );
+    let (point, ok) = agent.create_point("web-1");
+    assert!(ok, "{point:?}\n{}", agent.log());
+
+    // As after a reboot: the tracker is gone too, and what is written meanwhile is seen
+    // by nobody. Only the digest compare can find it.
+    agent.kill();
+    let detach = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["track", "--detach", "--pin-dir", site.pins.path_str()])
+        .output()
+        .expect("ferry track --detach");
+    assert!(detach.status.success(), "{detach:?}");
+    write_files(&site.mnt, "unseen", 8, 1 << 20, 14);
+    let agent = site.agent();
+    let (report, shipped) = digest_catch_up(&agent, "no tracking before this start");
+    assert!(
+        report.differing_bytes >= 8 << 20 && report.differing_bytes < SIZE / 4,
+        "the 8 MiB written unseen (and only about that) differ: {report:?}"
+    );
+    assert!(
+        shipped < SIZE / 4,
+        "{shipped} bytes shipped is a copy of the disk"
+    );
+    assert!(!standby.log().contains("panicked"), "{}", standby.log());
+
+    drop(mounted);
+    let (point, ok) = agent.create_point("web-1");
+    assert!(ok, "{point:?}\n{}", agent.log());
+    site.assert_identical(&site.rebuild("latest"));
+}
+
+/// Waits for `agent` to be in sync after a digest catch-up whose reason contains
+/// `reason`; returns its report and the bytes the agent shipped.
+fn digest_catch_up(
+    agent: &AgentProcess,
+    reason: &str,
+) -> (ferry_replicator::status::CatchUpReport, u64) {
+    agent.wait_in_sync(WAIT);
+    let s = agent.status();
+    let report = s.disks[0]
+        .last_catch_up
+        .clone()
+        .unwrap_or_else(|| panic!("a catch-up after the gap: {s:?}\n{}", agent.log()));
+    eprintln!(
+        "catch-up: {report:?}; the agent shipped {} bytes",
+        s.shipped_bytes
+    );
+    assert_eq!(s.catch_ups, 1, "one catch-up for the gap: {s:?}");
+    assert_eq!(report.method, "digest compare", "{report:?}");
+    assert!(
+        report.reason.contains(reason),
+        "the gap names its cause: {report:?}"
+    );
+    (report, s.shipped_bytes)
 }
 
 /// Runs a write + fsync on `dir` in a thread; panics unless it finishes within `limit`

@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(CORPUS as u64));
         group.sample_size(10);
         for (name, corpus) in &corpora {
-            let mut sealer = Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL).unwrap();
+            let mut sealer = Sealer::new(&keys, DEFAULT_ZSTD_LEVEL).unwrap();
             let mut rng = rand_core::OsRng;
             let addr = |i: usize| RecordAddress {
                 server: server.clone(),

@@ -22,10 +22,11 @@
 //!   the dirty map.
 //! - **Resume.** After a reconnect, records the standby has as durable are cleared;
 //!   every other pending extent is simply forgotten (it is still dirty) and read again.
-//! - **Gaps (I3).** A disk whose tracking has a gap is marked dirty whole: a full copy,
-//!   counted as a catch-up with its reason. The gap closes once every grain marked then
-//!   has been acknowledged. (Per-chunk digest comparison, to ship only what differs, is
-//!   not built yet.)
+//! - **Gaps (I3).** A disk whose tracking has a gap is caught up ([`crate::catch_up`]):
+//!   copied whole if the standby holds nothing of the server, else compared chunk by
+//!   chunk by digest and only chunks that differ are marked dirty. Each catch-up is
+//!   counted and logged with its reason and what it shipped; the gap closes once every
+//!   grain marked by it has been acknowledged.
 //! - **Consistent points (I5).** Freeze every mounted filesystem on the protected disks,
 //!   drain the tracker, read the whole remaining dirty set (and every suspect range) into
 //!   memory, thaw, then send those records and the barrier — only local reads happen
@@ -35,15 +36,17 @@
 //!   that would pass `max_freeze` (or [`FREEZE_READ_CAP`]) is abandoned (thawed) and
 //!   retried after shipping more.
 
+use crate::catch_up::{CatchUp, Method, Scan};
 use crate::freeze::{Frozen, run_hook};
 use crate::link::{Link, LinkConfig, LinkError};
 use crate::read::{AlignedBuf, DiskReader, ReadError, ReadReq};
 use crate::seal_pool::{SealPool, SealPoolError};
-use crate::status::{DiskStatus, Phase, PointStatus, Status};
+use crate::status::{CatchUpReport, DiskStatus, Phase, PointStatus, Status};
 use ferry_tracker::dirty::{GRAIN, Generation};
 use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
-use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
+use ferry_wire::digest::{CHUNK, ChunkDigest, Digester, chunk_digest};
+use ferry_wire::message::{Barrier, DigestRequest, DiskInfo, PointKind, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::{
     ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys, error_chain,
@@ -146,6 +149,8 @@ pub enum AgentError {
     },
     #[error("cannot find the filesystems mounted on the protected disks")]
     Mounts(#[from] ferry_tracker::check::CheckError),
+    #[error("the standby broke the protocol: {0}")]
+    Protocol(String),
 }
 
 impl AgentError {
@@ -161,15 +166,6 @@ struct Pending {
     disk: DiskId,
     range: ByteRange,
     picked_at: Generation,
-}
-
-/// A full copy of one disk in progress: everything marked at `marked_at`, for the gap
-/// the tracker counted as its `gap_count`th.
-#[derive(Debug, Clone, Copy)]
-struct FullCopy {
-    marked_at: Generation,
-    total: u64,
-    gap_count: u64,
 }
 
 /// A running agent's connection to the standby and what it has in flight.
@@ -192,7 +188,11 @@ pub struct Agent {
     pending: VecDeque<Pending>,
     shipping: Vec<RangeSet>,
     cursor: Vec<u64>,
-    full: Vec<Option<FullCopy>>,
+    catch_up: Vec<Option<CatchUp>>,
+    /// Whether the standby held records of this server when last connected (a gap is
+    /// then caught up by digest, else by a full copy).
+    standby_has_data: bool,
+    digester: Digester,
     status: Status,
     backlog_empty_since: Instant,
     next_point: Option<Instant>,
@@ -254,8 +254,8 @@ impl Limiter {
 
 impl Agent {
     /// Starts tracking the disks (reattaching to pinned programs when they run), opens
-    /// them for reading and the control socket. Disks with a tracking gap are marked for
-    /// a full copy.
+    /// them for reading and the control socket. Disks with a tracking gap are caught up
+    /// once connected (when it is known what the standby holds).
     pub fn start(
         config: AgentConfig,
         keys: SiteKeys,
@@ -317,6 +317,7 @@ impl Agent {
                 .spawn(move || drain_loop(&tracker, &stop))
                 .map_err(state_err)?
         };
+        let digester = Digester::new(&keys.digest);
         let mut agent = Self {
             limiter: Limiter::new(config.bandwidth),
             next_point: config.point_interval.map(|i| Instant::now() + i),
@@ -332,13 +333,14 @@ impl Agent {
             pending: VecDeque::new(),
             shipping: vec![RangeSet::new(); n],
             cursor: vec![0; n],
-            full: vec![None; n],
+            catch_up: vec![None; n],
+            standby_has_data: false,
+            digester,
             status,
             backlog_empty_since: Instant::now(),
             control,
             last_status: Instant::now() - Duration::from_secs(1),
         };
-        agent.start_catch_ups();
         agent.write_status();
         Ok(agent)
     }
@@ -347,7 +349,8 @@ impl Agent {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks every disk with a tracking gap dirty whole (once per gap).
+    /// Starts a catch-up for every disk with a tracking gap (once per gap): a digest
+    /// compare if the standby holds data of the server, else a full copy.
     fn start_catch_ups(&mut self) {
         let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..self.sizes.len() {
@@ -356,22 +359,135 @@ impl Agent {
                 continue;
             };
             let gap_count = tracker.gap_count(disk);
-            if self.full[i].is_some_and(|f| f.gap_count == gap_count) {
+            if self.catch_up[i]
+                .as_ref()
+                .is_some_and(|c| c.gap_count == gap_count)
+            {
                 continue;
             }
-            // A new gap (or one recorded while an earlier copy ran): copy from the start.
+            // A new gap (or one recorded while an earlier catch-up ran): from the start.
             let size = self.sizes[i];
-            let state = tracker.state_mut();
-            state.mark_dirty(disk, ByteRange::new(0, size.next_multiple_of(GRAIN)));
-            self.full[i] = Some(FullCopy {
-                marked_at: state.generation(),
-                total: size,
+            let (method, marked_at) = if self.standby_has_data {
+                (Method::Digest(Scan::new(size)), None)
+            } else {
+                let state = tracker.state_mut();
+                state.mark_dirty(disk, ByteRange::new(0, size.next_multiple_of(GRAIN)));
+                (Method::Full, Some(state.generation()))
+            };
+            tracing::info!(disk = %self.registration.disks[i].name, reason = %gap.0, method = method.name(), bytes = size, "catching up the disk after a tracking gap");
+            self.status.disks[i].catch_up = Some(method.name().to_owned());
+            self.catch_up[i] = Some(CatchUp {
                 gap_count,
+                reason: gap.0,
+                method,
+                started: Instant::now(),
+                shipped_at_start: self.status.disks[i].shipped_bytes,
+                marked_at,
             });
             self.cursor[i] = 0;
             self.status.catch_ups += 1;
-            tracing::info!(disk = %self.registration.disks[i].name, reason = %gap.0, bytes = size, "full copy of the disk (tracking gap)");
         }
+    }
+
+    /// Advances digest compares: marks the chunks the standby's answers show different,
+    /// then reads the next chunks of one disk and asks about them.
+    fn digest_step(&mut self, stream: &mut Stream) -> Result<(), AgentError> {
+        for reply in stream.link.take_digests() {
+            let i = reply.disk.0 as usize;
+            let Some(Some(CatchUp {
+                method: Method::Digest(scan),
+                ..
+            })) = self.catch_up.get_mut(i)
+            else {
+                return Err(AgentError::Protocol(format!(
+                    "it answered digests of disk {}, which is not being compared",
+                    reply.disk.0
+                )));
+            };
+            let differ = scan.answer(&reply).map_err(AgentError::Protocol)?;
+            let mut tracker = self.lock_tracker();
+            for r in differ {
+                let r = ByteRange::new(r.start, r.end.next_multiple_of(GRAIN));
+                tracker.state_mut().mark_dirty(reply.disk, r);
+            }
+        }
+        for i in 0..self.sizes.len() {
+            let Some(CatchUp {
+                method: Method::Digest(scan),
+                ..
+            }) = &self.catch_up[i]
+            else {
+                continue;
+            };
+            let Some((first, count)) = scan.next_request(self.config.batch_bytes / CHUNK) else {
+                continue;
+            };
+            let local = self.local_digests(i, first, count)?;
+            stream.link.send(&Message::DigestRequest(DigestRequest {
+                disk: disk_id(i),
+                first_chunk: first,
+                count,
+            }))?;
+            stream.link.flush()?;
+            if let Some(CatchUp {
+                method: Method::Digest(scan),
+                ..
+            }) = &mut self.catch_up[i]
+            {
+                scan.sent(first, local);
+            }
+            // One request per turn, so that shipping goes on alongside.
+            break;
+        }
+        for i in 0..self.sizes.len() {
+            if let Some(c) = &mut self.catch_up[i]
+                && let Method::Digest(scan) = &c.method
+                && scan.done()
+                && c.marked_at.is_none()
+            {
+                c.marked_at = Some(
+                    self.tracker
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .state()
+                        .generation(),
+                );
+                tracing::info!(disk = %self.registration.disks[i].name, compared = scan.compared, differing = scan.differing, "digest compare done; shipping what differs");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads chunks `first..first + count` of disk `i` and digests them.
+    fn local_digests(
+        &mut self,
+        i: usize,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<ChunkDigest>, AgentError> {
+        let size = self.sizes[i];
+        let mut reqs: Vec<ReadReq> = (first..first + u64::from(count))
+            .map(|c| {
+                let start = c * CHUNK;
+                let len = (start + CHUNK).min(size) - start;
+                ReadReq {
+                    disk: i,
+                    offset: start,
+                    buf: AlignedBuf::new(usize::try_from(len).expect("≤ 1 MiB")),
+                }
+            })
+            .collect();
+        self.reader.read(&mut reqs)?;
+        let mut grains = Vec::new();
+        Ok(reqs
+            .iter()
+            .map(|r| {
+                grains.clear();
+                self.digester
+                    .grains(disk_id(i), r.offset, &r.buf, &mut grains);
+                chunk_digest(&grains)
+            })
+            .collect())
     }
 
     /// Replicates until `stop` is set (Ok) or an error that needs an operator.
@@ -448,6 +564,8 @@ impl Agent {
         // What the standby already holds is safe; the rest is read again.
         self.apply_acks(welcome);
         self.forget_unacked();
+        self.standby_has_data = welcome > Seq(0);
+        self.start_catch_ups();
         Ok(Stream {
             link,
             next_seq: welcome.checked_next().expect("seqs never run out"),
@@ -455,10 +573,16 @@ impl Agent {
     }
 
     /// Forgets every extent sent and not acknowledged: still dirty, it is read again.
+    /// Digest requests without an answer are asked again.
     fn forget_unacked(&mut self) {
         self.pending.clear();
         for s in &mut self.shipping {
             *s = RangeSet::new();
+        }
+        for c in self.catch_up.iter_mut().flatten() {
+            if let Method::Digest(scan) = &mut c.method {
+                scan.reset();
+            }
         }
     }
 
@@ -499,14 +623,15 @@ impl Agent {
             }
             self.serve_control(Some(&mut stream));
             if self.next_point.is_some_and(|t| Instant::now() >= t) {
-                if self.full.iter().any(Option::is_some) {
-                    // A point during a full copy could not be consistent; try again later.
+                if self.catch_up.iter().any(Option::is_some) {
+                    // A point during a catch-up could not be consistent; try again later.
                     self.next_point = Some(Instant::now() + Duration::from_secs(60));
                 } else {
                     self.next_point = self.config.point_interval.map(|i| Instant::now() + i);
                     self.point(&mut stream, PointKind::Scheduled);
                 }
             }
+            self.digest_step(&mut stream)?;
             let batch = self.pick(self.config.batch_bytes, None);
             if batch.is_empty() {
                 stream.link.flush()?;
@@ -612,15 +737,17 @@ impl Agent {
             stream.next_seq = seq.checked_next().expect("seqs never run out");
             stream.link.send_encoded(Some(seq), frame)?;
             self.status.shipped_bytes += p.range.len();
+            self.status.disks[p.disk.0 as usize].shipped_bytes += p.range.len();
             self.status.records_sent += 1;
             self.apply_acks(stream.link.durable());
         }
         Ok(())
     }
 
-    /// Closes the gaps of disks whose full copy is acknowledged whole.
-    fn check_full_copies(&mut self) {
-        if self.full.iter().all(Option::is_none) {
+    /// Starts catch-ups for new gaps, updates their progress, and closes the gaps of
+    /// disks whose catch-up is acknowledged whole.
+    fn check_catch_ups(&mut self) {
+        if self.catch_up.iter().all(Option::is_none) {
             let gaps = {
                 let t = self.lock_tracker();
                 (0..self.sizes.len()).any(|i| t.gap(disk_id(i)).is_some())
@@ -632,18 +759,39 @@ impl Agent {
         self.start_catch_ups();
         let mut tracker = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
         for i in 0..self.sizes.len() {
-            let Some(full) = self.full[i] else { continue };
-            let disk = disk_id(i);
+            let Some(c) = &self.catch_up[i] else { continue };
+            let (disk, size) = (disk_id(i), self.sizes[i]);
+            let d = &mut self.status.disks[i];
+            d.full_total = size;
+            let Some(marked_at) = c.marked_at else {
+                if let Method::Digest(scan) = &c.method {
+                    d.full_done = scan.compared.min(size);
+                }
+                continue;
+            };
             let left = tracker
                 .state()
                 .disk(disk)
                 .dirty
-                .bytes_not_newer_than(full.marked_at);
-            self.status.disks[i].full_total = full.total;
-            self.status.disks[i].full_done = full.total.saturating_sub(left);
-            if left == 0 && tracker.close_gap(disk, full.gap_count) {
-                self.full[i] = None;
-                tracing::info!(disk = %self.registration.disks[i].name, bytes = full.total, "full copy acknowledged; the disk is in real time");
+                .bytes_not_newer_than(marked_at);
+            d.full_done = size.saturating_sub(left);
+            if left == 0 && tracker.close_gap(disk, c.gap_count) {
+                let (compared, differing) = match &c.method {
+                    Method::Full => (0, size),
+                    Method::Digest(scan) => (scan.compared, scan.differing),
+                };
+                let report = CatchUpReport {
+                    method: c.method.name().to_owned(),
+                    reason: c.reason.clone(),
+                    compared_bytes: compared,
+                    differing_bytes: differing,
+                    shipped_bytes: d.shipped_bytes - c.shipped_at_start,
+                    millis: u64::try_from(c.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                };
+                tracing::info!(disk = %d.name, method = %report.method, reason = %report.reason, compared = report.compared_bytes, differing = report.differing_bytes, shipped = report.shipped_bytes, millis = report.millis, "catch-up acknowledged; the disk is in real time");
+                d.catch_up = None;
+                d.last_catch_up = Some(report);
+                self.catch_up[i] = None;
             }
         }
     }
@@ -652,7 +800,7 @@ impl Agent {
         if !force && self.last_status.elapsed() < Duration::from_millis(500) {
             return;
         }
-        self.check_full_copies();
+        self.check_catch_ups();
         let (dirty, gaps, drops) = {
             let t = self.lock_tracker();
             let disks = 0..self.sizes.len();
@@ -669,7 +817,7 @@ impl Agent {
             let d = &mut self.status.disks[i];
             d.dirty_bytes = *bytes;
             d.gap = gap;
-            if self.full[i].is_none() {
+            if self.catch_up[i].is_none() {
                 d.full_done = d.full_total;
             }
         }
@@ -681,7 +829,7 @@ impl Agent {
         self.status.rpo_lag_ms =
             u64::try_from(self.backlog_empty_since.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.status.drops = drops;
-        self.status.phase = Some(if self.full.iter().any(Option::is_some) {
+        self.status.phase = Some(if self.catch_up.iter().any(Option::is_some) {
             Phase::Full
         } else {
             Phase::Realtime

@@ -1,7 +1,8 @@
 //! The protected-host agent: tracker events to durable records at the standby.
 //!
 //! - [`agent`]: the replication loop — pick dirty extents, read, seal, ship, clear on ack
-//!   (DESIGN.md I1), full copies after tracking gaps, consistent points.
+//!   (DESIGN.md I1), catch-ups after tracking gaps, consistent points.
+//! - [`catch_up`]: full copy or digest compare after a tracking gap (DESIGN.md I3).
 //! - [`read`]: `O_DIRECT` reads through io_uring (synchronous fallback).
 //! - [`seal_pool`]: sealing on every core.
 //! - [`freeze`]: FIFREEZE/FITHAW with a guard that always thaws; operator hooks.
@@ -10,6 +11,7 @@
 //! - [`sim`]: a simulated protected server (disks in memory) for tests and benchmarks.
 
 pub mod agent;
+mod catch_up;
 pub mod freeze;
 pub mod link;
 pub mod read;

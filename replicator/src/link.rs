@@ -9,6 +9,7 @@
 //!         ◀─ Error { StorageFull }         retryable: reported, the link stays up and
 //!                                          simply stops getting acks (back-pressure)
 //!         ◀─ Error { other }               permanent: the link is closed
+//! send(DigestRequest) ◀─ Digests             answers in request order, taken by the caller
 //! ```
 //!
 //! Frames whose seq is at or below the standby's durable seq are not sent at all, so a
@@ -20,7 +21,7 @@
 use ferry_wire::auth::{self, Exchange, Nonce, Role};
 use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
 use ferry_wire::message::{
-    Authenticate, ErrorCode, ErrorMessage, Heartbeat, Hello, RegisterServer,
+    Authenticate, Digests, ErrorCode, ErrorMessage, Heartbeat, Hello, RegisterServer,
 };
 use ferry_wire::{AuthKey, Message, Seq, ServerId};
 use std::collections::VecDeque;
@@ -126,6 +127,8 @@ struct State {
     /// Retryable refusals received while the link stays up (e.g. storage full).
     warnings: Vec<ErrorMessage>,
     acks: u64,
+    /// Answers to digest requests, in the order they arrived.
+    digests: VecDeque<Digests>,
 }
 
 #[derive(Debug, Default)]
@@ -300,6 +303,11 @@ impl Link {
     /// Retryable refusals (e.g. storage full) the standby reported since the last call.
     pub fn take_warnings(&self) -> Vec<ErrorMessage> {
         std::mem::take(&mut self.shared.lock().warnings)
+    }
+
+    /// Answers to digest requests received since the last call, in request order.
+    pub fn take_digests(&self) -> VecDeque<Digests> {
+        std::mem::take(&mut self.shared.lock().digests)
     }
 
     /// A handle that reads the link's progress from another thread (status, metrics)
@@ -480,6 +488,10 @@ fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
                 shared.changed.notify_all();
             }
             Ok(Message::Heartbeat(Heartbeat { .. })) => {}
+            Ok(Message::Digests(d)) => {
+                shared.lock().digests.push_back(d);
+                shared.changed.notify_all();
+            }
             Ok(Message::Error(e)) if e.code.is_retryable() => {
                 shared.lock().warnings.push(e);
                 shared.changed.notify_all();

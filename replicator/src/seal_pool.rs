@@ -25,7 +25,7 @@ impl SealPool {
     /// `threads` sealers (at least one).
     pub fn new(keys: &SiteKeys, zstd_level: i32, threads: usize) -> Result<Self, SealError> {
         let sealers = (0..threads.max(1))
-            .map(|_| Sealer::new(&keys.data, &keys.mac, zstd_level))
+            .map(|_| Sealer::new(keys, zstd_level))
             .collect::<Result<_, _>>()?;
         Ok(Self { sealers })
     }

@@ -26,7 +26,7 @@ impl SimServer {
     pub fn new(server: ServerId, keys: &SiteKeys, disk_sizes: &[usize]) -> Result<Self, SealError> {
         Ok(Self {
             server,
-            sealer: Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL)?,
+            sealer: Sealer::new(keys, DEFAULT_ZSTD_LEVEL)?,
             mac_key: keys.mac.clone(),
             disks: disk_sizes.iter().map(|&n| vec![0u8; n]).collect(),
             last_seq: Seq(0),

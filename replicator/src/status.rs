@@ -44,11 +44,32 @@ pub struct DiskStatus {
     pub size: u64,
     /// Bytes dirty (changed and not yet acknowledged).
     pub dirty_bytes: u64,
-    /// A full copy in progress: bytes to copy and bytes done.
+    /// A catch-up in progress (full copy or digest compare): the disk's bytes and how
+    /// many are done (compared, then acknowledged).
     pub full_total: u64,
     pub full_done: u64,
-    /// Why the disk's tracking had a gap (what started its full copy), if it had one.
+    /// Why the disk's tracking has a gap (what started its catch-up), if it has one.
     pub gap: Option<String>,
+    /// The running catch-up's method ("full copy" or "digest compare").
+    pub catch_up: Option<String>,
+    /// The last catch-up that finished.
+    pub last_catch_up: Option<CatchUpReport>,
+    /// Payload bytes of this disk read and shipped.
+    pub shipped_bytes: u64,
+}
+
+/// What a finished catch-up did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpReport {
+    pub method: String,
+    pub reason: String,
+    /// Bytes compared by digest (0 for a full copy) and bytes found different (the whole
+    /// disk for a full copy).
+    pub compared_bytes: u64,
+    pub differing_bytes: u64,
+    /// Bytes of the disk shipped while it ran (what differed, and writes meanwhile).
+    pub shipped_bytes: u64,
+    pub millis: u64,
 }
 
 /// A recovery point the agent made (or failed to make).
@@ -83,7 +104,7 @@ pub struct Status {
     pub last_ack_unix_ms: u64,
     /// Events the ring buffer could not take (each leads to a catch-up of its range).
     pub drops: u64,
-    /// Full copies started after a tracking gap, and their bytes.
+    /// Catch-ups started after a tracking gap (see each disk's `last_catch_up`).
     pub catch_ups: u64,
     pub reconnects: u64,
     pub reads_io_uring: bool,

@@ -10,12 +10,14 @@
 //! - [`points`]: recovery points from barriers.
 //! - [`retention`]: the retention policy and log cleaning.
 //! - [`rebuild`]: a disk at a point, into an image file or onto a block device.
+//! - [`digests`]: chunk digests of the latest state, for the agent's digest catch-up.
 //! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
 //!
 //! Invariants kept here (DESIGN.md): I2 — an ack names only seqs an fsync has covered;
 //! I6 — storing, verifying and cleaning use the MAC key only, the data key appears only
 //! in [`rebuild`]; I7 — a refused frame changes nothing and gets a clear error.
 
+pub mod digests;
 pub mod extent_map;
 pub mod index;
 pub mod log;

@@ -31,13 +31,16 @@
 //! - **Retention** runs every `clean_interval` for each allowed server, holding that
 //!   server's lock (its ingest pauses for the run).
 
+use crate::digests::chunk_digests;
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
 use crate::server::{DataDir, DataDirLock, IngestError, Ingested, OpenError, ServerState};
 use ferry_wire::auth::{self, Exchange, Nonce, Role};
+use ferry_wire::digest::CHUNK;
 use ferry_wire::frame::{FrameError, ReadFrameError, read_frame};
 use ferry_wire::message::{
-    Ack, Challenge, ErrorCode, ErrorMessage, Heartbeat, MAX_ERROR_TEXT, Welcome,
+    Ack, Challenge, DigestRequest, Digests, ErrorCode, ErrorMessage, Heartbeat, MAX_ERROR_TEXT,
+    Welcome,
 };
 use ferry_wire::{AuthKey, MacKey, Message, Seq, ServerId, error_chain};
 use std::collections::HashMap;
@@ -629,6 +632,12 @@ fn ingest_loop(
                 tracing::warn!(peer, %server, "{text}");
                 return Err(SessionEnd::Refused(text));
             }
+            Message::DigestRequest(req) => {
+                let reply = answer_digests(shared, slot, conn_id, *req)
+                    .map_err(|end| end.refuse(out, peer, server))?;
+                send(out, &Message::Digests(reply)).map_err(SessionEnd::Io)?;
+                continue;
+            }
             _ => {}
         }
         loop {
@@ -679,6 +688,77 @@ fn ingest_loop(
             }
         }
     }
+}
+
+/// Why a digest request got no answer.
+enum DigestRefusal {
+    End(SessionEnd),
+    Bad(String),
+}
+
+impl DigestRefusal {
+    fn refuse(self, out: &Mutex<TcpStream>, peer: &str, server: &ServerId) -> SessionEnd {
+        match self {
+            DigestRefusal::End(end) => end,
+            DigestRefusal::Bad(text) => refuse(
+                out,
+                peer,
+                ErrorCode::Malformed,
+                format!("server {server}: {text}"),
+            ),
+        }
+    }
+}
+
+/// Answers a digest request from the latest durable state: waits until every record
+/// received before it is durable (the group commit runs on its own thread), so that a
+/// chunk reported equal stays equal if the standby crashes, then reads the digests.
+fn answer_digests(
+    shared: &Shared,
+    slot: &Slot,
+    conn_id: u64,
+    req: DigestRequest,
+) -> Result<Digests, DigestRefusal> {
+    let mut inner = slot.lock();
+    let target = inner.state.as_ref().map_or(Seq(0), |s| s.log.last_seq());
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Err(DigestRefusal::End(SessionEnd::Stopping));
+        }
+        if !is_current(&inner, conn_id) {
+            return Err(DigestRefusal::End(SessionEnd::Replaced));
+        }
+        let log = &inner.state.as_ref().expect("open while connected").log;
+        if log.durable_seq() >= target {
+            break;
+        }
+        inner = slot
+            .changed
+            .wait_timeout(inner, Duration::from_millis(100))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    let state = inner.state.as_ref().expect("open while connected");
+    let disk = state
+        .registration()
+        .and_then(|r| r.disks.iter().find(|d| d.disk == req.disk))
+        .ok_or_else(|| {
+            DigestRefusal::Bad(format!(
+                "digest request for disk {}, which the server has not registered",
+                req.disk.0
+            ))
+        })?;
+    if req.first_chunk.saturating_mul(CHUNK) >= disk.size.0 {
+        return Err(DigestRefusal::Bad(format!(
+            "digest request for chunk {} of disk {}, past its end ({} bytes)",
+            req.first_chunk, req.disk.0, disk.size.0
+        )));
+    }
+    Ok(Digests {
+        disk: req.disk,
+        first_chunk: req.first_chunk,
+        chunks: chunk_digests(&state.log, disk, req.first_chunk, req.count),
+    })
 }
 
 fn refuse_ingest(
@@ -755,6 +835,8 @@ fn sync_loop(
                 None => return,
             }
         };
+        // A digest request may be waiting for this.
+        slot.changed.notify_all();
         if durable > acked {
             if send(out, &Message::Ack(Ack { durable })).is_err() {
                 return;

@@ -21,9 +21,10 @@
 //! reads `body_len` more bytes and calls [`FrameHeader::decode_body`]. [`decode`] does
 //! both for a buffer that holds exactly one frame.
 
+use crate::digest::GrainDigest;
 use crate::message::MessageError;
 use crate::message::*;
-use crate::record::MAX_DATA_EXTENT;
+use crate::record::{MAX_DATA_EXTENT, RecordHeader};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -63,6 +64,8 @@ pub enum FrameType {
     Ack = 8,
     Heartbeat = 9,
     Error = 10,
+    DigestRequest = 11,
+    Digests = 12,
 }
 
 impl FrameType {
@@ -79,6 +82,8 @@ impl FrameType {
             8 => Ack,
             9 => Heartbeat,
             10 => Error,
+            11 => DigestRequest,
+            12 => Digests,
             _ => return None,
         })
     }
@@ -214,12 +219,42 @@ impl FrameHeader {
             FrameType::Ack => Message::Ack(body_as(t, body)?),
             FrameType::Heartbeat => Message::Heartbeat(body_as(t, body)?),
             FrameType::Error => Message::Error(body_as(t, body)?),
+            FrameType::DigestRequest => Message::DigestRequest(body_as(t, body)?),
+            FrameType::Digests => Message::Digests(body_as(t, body)?),
         };
         message.check().map_err(|source| FrameError::Invalid {
             frame_type: t,
             source,
         })?;
         Ok(message)
+    }
+}
+
+impl FrameHeader {
+    /// Decodes the header and grain digests of a record frame from the first bytes of its
+    /// body, without reading (or CRC-checking) the rest: what digest catch-up needs from
+    /// a stored record. Unchecked bytes can only make a digest differ — the caller
+    /// compares the header with its index and treats a mismatch as "unknown".
+    pub fn decode_record_head(
+        &self,
+        body_prefix: &[u8],
+    ) -> Result<(RecordHeader, Vec<GrainDigest>), FrameError> {
+        if self.frame_type != FrameType::Record {
+            return Err(FrameError::Invalid {
+                frame_type: self.frame_type,
+                source: MessageError::NotARecord,
+            });
+        }
+        let t = self.frame_type;
+        let prefix = &body_prefix[..body_prefix.len().min(self.body_len())];
+        let (head, _): ((RecordHeader, Vec<GrainDigest>), usize) =
+            bincode::serde::decode_from_slice(prefix, body_config()).map_err(|source| {
+                FrameError::Body {
+                    frame_type: t,
+                    source,
+                }
+            })?;
+        Ok(head)
     }
 }
 
@@ -249,6 +284,8 @@ impl Message {
             Message::Ack(_) => FrameType::Ack,
             Message::Heartbeat(_) => FrameType::Heartbeat,
             Message::Error(_) => FrameType::Error,
+            Message::DigestRequest(_) => FrameType::DigestRequest,
+            Message::Digests(_) => FrameType::Digests,
         }
     }
 
@@ -272,6 +309,8 @@ impl Message {
             Message::Ack(m) => encode_body(m, out),
             Message::Heartbeat(m) => encode_body(m, out),
             Message::Error(m) => encode_body(m, out),
+            Message::DigestRequest(m) => encode_body(m, out),
+            Message::Digests(m) => encode_body(m, out),
         };
         if let Err(e) = body {
             out.truncate(start);

@@ -1,4 +1,4 @@
-//! Keys. One 256-bit master key per site pair; HKDF-SHA256 derives from it three
+//! Keys. One 256-bit master key per site pair; HKDF-SHA256 derives from it four
 //! independent keys:
 //!
 //! | key        | used for                                              | who holds it              |
@@ -6,6 +6,7 @@
 //! | [`DataKey`] | AES-256-CTR encryption of extent payloads            | agents; rebuild only      |
 //! | [`MacKey`]  | HMAC-SHA256 over record header and ciphertext        | agents and standby        |
 //! | [`AuthKey`] | challenge–response authentication of the link        | agents and standby        |
+//! | [`DigestKey`] | per-grain digests for digest catch-up              | agents; rebuild only      |
 //!
 //! The standby stores and verifies with the MAC key alone (DESIGN.md I6).
 //!
@@ -79,6 +80,12 @@ secret_key!(
     /// Proves an agent and a standby to each other (HMAC-SHA256 challenge–response).
     AuthKey
 );
+secret_key!(
+    /// Keys the per-grain digests that records carry and digest catch-up compares
+    /// ([`crate::digest`]). Only the agent (and rebuild) hold it: a standby that had it could
+    /// confirm guesses about the data.
+    DigestKey
+);
 
 impl MasterKey {
     /// A new random master key.
@@ -120,7 +127,7 @@ impl MasterKey {
         text
     }
 
-    /// Derives the site pair's data, MAC and auth keys.
+    /// Derives the site pair's data, MAC, auth and digest keys.
     pub fn derive(&self) -> SiteKeys {
         let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), &self.0);
         // Each key is expanded straight into its zeroize-on-drop home, never a loose copy.
@@ -132,10 +139,12 @@ impl MasterKey {
             data: DataKey([0; KEY_LEN]),
             mac: MacKey([0; KEY_LEN]),
             auth: AuthKey([0; KEY_LEN]),
+            digest: DigestKey([0; KEY_LEN]),
         };
         expand(b"ferry data key", &mut keys.data.0);
         expand(b"ferry mac key", &mut keys.mac.0);
         expand(b"ferry auth key", &mut keys.auth.0);
+        expand(b"ferry digest key", &mut keys.digest.0);
         keys
     }
 }
@@ -149,12 +158,13 @@ fn hex_value(c: u8) -> Option<u8> {
     }
 }
 
-/// The three keys derived from one master key.
+/// The keys derived from one master key.
 #[derive(Debug, Clone)]
 pub struct SiteKeys {
     pub data: DataKey,
     pub mac: MacKey,
     pub auth: AuthKey,
+    pub digest: DigestKey,
 }
 
 #[cfg(test)]
@@ -169,7 +179,13 @@ mod tests {
     fn derived_keys_differ_from_each_other_and_from_the_master() {
         let m = master(7);
         let k = m.derive();
-        let all = [m.expose(), k.data.expose(), k.mac.expose(), k.auth.expose()];
+        let all = [
+            m.expose(),
+            k.data.expose(),
+            k.mac.expose(),
+            k.auth.expose(),
+            k.digest.expose(),
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b, "two keys derived from one master are equal");

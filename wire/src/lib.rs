@@ -2,8 +2,10 @@
 //! and a standby site, or lands in the standby's log, is defined here.
 //!
 //! - [`ids`]: typed identities and units (server, disk, sequence number, byte offsets).
-//! - [`keys`]: the site pair's master key and the data, MAC and auth keys derived from it.
+//! - [`keys`]: the site pair's master key and the data, MAC, auth and digest keys derived
+//!   from it.
 //! - [`record`]: the plaintext record header that the standby stores and indexes.
+//! - [`digest`]: keyed grain digests and chunk digests, for digest catch-up.
 //! - [`seal`]: sealing an extent (zero detection → zstd → AES-256-CTR → HMAC-SHA256) and
 //!   unsealing it (MAC checked before anything is decrypted).
 //! - [`auth`]: the challenge–response proofs an agent and a standby exchange.
@@ -22,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod digest;
 pub mod frame;
 pub mod ids;
 pub mod keys;

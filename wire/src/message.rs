@@ -7,6 +7,7 @@
 //! agent → Hello ; standby → Challenge ; agent → Authenticate ; standby → Welcome
 //! agent → RegisterServer (first time, or when disks change)
 //! agent → Record | Barrier | Heartbeat …    standby → Ack | Heartbeat | Error …
+//! agent → DigestRequest                      standby → Digests   (digest catch-up)
 //! ```
 //!
 //! Bounds, checked on decode and on encode ([`Message::check`]): text fields at most
@@ -19,12 +20,13 @@
 //! answers a `Hello` of another version with [`ErrorCode::UnsupportedVersion`].
 
 use crate::auth::{Nonce, Proof};
+use crate::digest::ChunkDigest;
 use crate::ids::{ByteLen, DiskId, PointId, Seq, ServerId};
 use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Agent → standby: opens a connection for one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +106,29 @@ pub struct Heartbeat {
     pub unix_time_ms: u64,
 }
 
+/// Agent → standby: the digests of chunks `first_chunk .. first_chunk + count` of `disk`
+/// ([`crate::digest`]), as the standby's latest durable state holds them. The standby
+/// answers after every record sent before the request is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRequest {
+    pub disk: DiskId,
+    pub first_chunk: u64,
+    pub count: u32,
+}
+
+/// Standby → agent: the answer to a [`DigestRequest`], one entry per chunk asked for;
+/// `None` where the standby cannot tell (a grain pieced together from several records),
+/// which the agent treats as different.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digests {
+    pub disk: DiskId,
+    pub first_chunk: u64,
+    pub chunks: Vec<Option<ChunkDigest>>,
+}
+
+/// Most chunks one [`DigestRequest`] may ask for.
+pub const MAX_DIGEST_CHUNKS: u32 = 1024;
+
 /// What went wrong, in a form the other side can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorCode {
@@ -143,6 +168,8 @@ pub enum Message {
     Ack(Ack),
     Heartbeat(Heartbeat),
     Error(ErrorMessage),
+    DigestRequest(DigestRequest),
+    Digests(Digests),
 }
 
 /// Longest free-text field (host name, software version, disk name), in bytes.
@@ -167,6 +194,10 @@ pub enum MessageError {
     TooManyDisks { count: usize },
     #[error("invalid record")]
     Record(#[from] crate::record::HeaderError),
+    #[error("expected a record")]
+    NotARecord,
+    #[error("digest request or answer covers {count} chunks (1 to {MAX_DIGEST_CHUNKS})")]
+    DigestCount { count: u64 },
 }
 
 fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), MessageError> {
@@ -179,6 +210,13 @@ fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), Message
     }
     if text.chars().any(char::is_control) {
         return Err(MessageError::ControlCharacter { field });
+    }
+    Ok(())
+}
+
+fn check_digest_count(count: u64) -> Result<(), MessageError> {
+    if count == 0 || count > u64::from(MAX_DIGEST_CHUNKS) {
+        return Err(MessageError::DigestCount { count });
     }
     Ok(())
 }
@@ -202,6 +240,8 @@ impl Message {
             }
             Message::Record(r) => Ok(r.check()?),
             Message::Error(e) => check_text("error message", &e.message, MAX_ERROR_TEXT),
+            Message::DigestRequest(r) => check_digest_count(u64::from(r.count)),
+            Message::Digests(d) => check_digest_count(d.chunks.len() as u64),
             Message::Challenge(_)
             | Message::Authenticate(_)
             | Message::Welcome(_)

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  offset  size  field
-//!  0       8     domain tag  "FRYREC01"
+//!  0       8     domain tag  "FRYREC02"
 //!  8       1     kind          0 data, 1 zero, 2 discard
 //!  9       1     compression   0 none, 1 zstd
 //!  10      4     disk
@@ -22,7 +22,12 @@
 //!  59      n     server name   ASCII
 //! ```
 //!
-//! MAC = HMAC-SHA256(mac key, header bytes above ‖ payload).
+//! MAC = HMAC-SHA256(mac key, header bytes above ‖ grain digests ‖ payload).
+//!
+//! A data record carries, in plaintext, one 16-byte digest per grain it overlaps
+//! ([`crate::digest`]): keyed with a key the standby does not hold, they let digest
+//! catch-up compare the standby's latest state with the source. Zero and discard records
+//! carry none.
 //!
 //! Bounds: a data record covers 1 to [`MAX_DATA_EXTENT`] bytes; stored raw, its payload
 //! is exactly that long; compressed, it is shorter and not empty (sealing stores raw bytes
@@ -30,6 +35,7 @@
 //! compression and an all-zero IV, and may cover any range that does not run past
 //! `u64::MAX`. [`RecordHeader::check`] enforces this on every decoded record.
 
+use crate::digest::{GrainDigest, grains_overlapped};
 use crate::ids::{ByteLen, ByteOffset, DiskId, MAX_NAME_LEN, Seq, ServerId};
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +48,7 @@ pub const MAC_LEN: usize = 32;
 /// Length of the AES-CTR IV.
 pub const IV_LEN: usize = 16;
 
-const DOMAIN_TAG: &[u8; 8] = b"FRYREC01";
+const DOMAIN_TAG: &[u8; 8] = b"FRYREC02";
 const MAC_INPUT_FIXED: usize = 59;
 /// Upper bound on [`RecordHeader::mac_input`]'s length.
 pub const MAC_INPUT_MAX: usize = MAC_INPUT_FIXED + MAX_NAME_LEN;
@@ -118,6 +124,12 @@ pub enum HeaderError {
     UnexpectedIv { kind: RecordKind },
     #[error("payload of {stored} bytes does not match the header's payload length {declared}")]
     PayloadLenMismatch { declared: u32, stored: usize },
+    #[error("{kind:?} record carries {found} grain digests; it must carry {expected}")]
+    DigestCount {
+        kind: RecordKind,
+        found: usize,
+        expected: u64,
+    },
 }
 
 impl RecordHeader {
@@ -196,19 +208,34 @@ impl RecordHeader {
     }
 }
 
-/// A header, its payload and the MAC over both: what travels and what is stored.
+/// A header, its grain digests, its payload and the MAC over them: what travels and what
+/// is stored. The digests come before the payload, so a reader that wants only them can
+/// stop early.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedRecord {
     pub header: RecordHeader,
+    pub digests: Vec<GrainDigest>,
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     pub mac: [u8; MAC_LEN],
 }
 
 impl SealedRecord {
-    /// Checks the header's bounds and that the payload is as long as it declares.
+    /// Checks the header's bounds, that a data record has one digest per grain (others
+    /// none), and that the payload is as long as it declares.
     pub fn check(&self) -> Result<(), HeaderError> {
         self.header.check()?;
+        let expected = match self.header.kind {
+            RecordKind::Data => grains_overlapped(self.header.offset.0, self.header.length.0),
+            RecordKind::Zero | RecordKind::Discard => 0,
+        };
+        if self.digests.len() as u64 != expected {
+            return Err(HeaderError::DigestCount {
+                kind: self.header.kind,
+                found: self.digests.len(),
+                expected,
+            });
+        }
         if self.payload.len() != self.header.payload_len as usize {
             return Err(HeaderError::PayloadLenMismatch {
                 declared: self.header.payload_len,

@@ -4,15 +4,16 @@
 //! 1. all-zero data → a [`RecordKind::Zero`] record with no payload;
 //! 2. else zstd at the configured level, kept only if it shrinks the data (else stored raw);
 //! 3. AES-256-CTR with a fresh random 128-bit IV (the initial counter block);
-//! 4. HMAC-SHA256 over the authenticated header bytes and the ciphertext
-//!    ([`RecordHeader::mac_input`]).
+//! 4. HMAC-SHA256 over the authenticated header bytes, the grain digests of the plaintext
+//!    ([`crate::digest`]) and the ciphertext ([`RecordHeader::mac_input`]).
 //!
 //! Unseal checks the header's bounds and the MAC (in constant time) before it decrypts or
 //! decompresses anything, and refuses output that is not exactly the header's length.
 //! [`verify`] needs only the MAC key: the standby uses it to store records it can never read.
 
+use crate::digest::{Digester, GrainDigest};
 use crate::ids::ByteLen;
-use crate::keys::{DataKey, MacKey};
+use crate::keys::{DataKey, MacKey, SiteKeys};
 use crate::message::{Barrier, PointKind};
 use crate::record::{
     Compression, HeaderError, IV_LEN, MAC_INPUT_MAX, MAX_DATA_EXTENT, RecordAddress, RecordHeader,
@@ -50,12 +51,20 @@ pub enum SealError {
     Zstd(#[source] std::io::Error),
 }
 
-fn mac_of(key: &MacKey, header: &RecordHeader, payload: &[u8]) -> HmacSha256 {
+fn mac_of(
+    key: &MacKey,
+    header: &RecordHeader,
+    digests: &[GrainDigest],
+    payload: &[u8],
+) -> HmacSha256 {
     let mut input = [0u8; MAC_INPUT_MAX];
     let n = header.mac_input(&mut input);
     let mut mac =
         <HmacSha256 as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
     mac.update(&input[..n]);
+    for d in digests {
+        mac.update(d);
+    }
     mac.update(payload);
     mac
 }
@@ -68,7 +77,7 @@ fn keystream(cipher: &Aes256, iv: &[u8; IV_LEN]) -> Aes256Ctr {
 /// Checks a record's bounds and MAC with the MAC key alone.
 pub fn verify(key: &MacKey, record: &SealedRecord) -> Result<(), SealError> {
     record.check()?;
-    mac_of(key, &record.header, &record.payload)
+    mac_of(key, &record.header, &record.digests, &record.payload)
         .verify_slice(&record.mac)
         .map_err(|_| SealError::BadMac)
 }
@@ -104,7 +113,7 @@ pub fn verify_barrier(key: &MacKey, barrier: &Barrier) -> Result<(), SealError> 
         .map_err(|_| SealError::BadMac)
 }
 
-fn is_all_zero(data: &[u8]) -> bool {
+pub(crate) fn is_all_zero(data: &[u8]) -> bool {
     // Fold in 64-byte chunks so the compiler can vectorise; exit at the first non-zero chunk.
     let mut chunks = data.chunks_exact(64);
     let chunks_zero = chunks.all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0);
@@ -116,6 +125,7 @@ fn is_all_zero(data: &[u8]) -> bool {
 pub struct Sealer {
     cipher: Aes256,
     mac_key: MacKey,
+    digester: Digester,
     compressor: zstd::bulk::Compressor<'static>,
 }
 
@@ -126,7 +136,8 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    pub fn new(data_key: &DataKey, mac_key: &MacKey, zstd_level: i32) -> Result<Self, SealError> {
+    /// A sealer with the site pair's data, MAC and digest keys.
+    pub fn new(keys: &SiteKeys, zstd_level: i32) -> Result<Self, SealError> {
         let range = zstd::compression_level_range();
         if !range.contains(&zstd_level) {
             return Err(SealError::BadLevel {
@@ -136,8 +147,9 @@ impl Sealer {
             });
         }
         Ok(Self {
-            cipher: Aes256::new(data_key.expose().into()),
-            mac_key: mac_key.clone(),
+            cipher: Aes256::new(keys.data.expose().into()),
+            mac_key: keys.mac.clone(),
+            digester: Digester::new(&keys.digest),
             compressor: zstd::bulk::Compressor::new(zstd_level).map_err(SealError::Zstd)?,
         })
     }
@@ -170,6 +182,9 @@ impl Sealer {
         iv: [u8; IV_LEN],
     ) -> Result<SealedRecord, SealError> {
         let length = ByteLen(data.len() as u64);
+        let mut digests = Vec::with_capacity(data.len().div_ceil(4096) + 1);
+        self.digester
+            .grains(addr.disk, addr.offset.0, data, &mut digests);
         // Compress into a buffer one byte shorter than the data: zstd fails when the
         // output would not fit, which is exactly the "does not shrink" case.
         let mut payload = Vec::with_capacity(data.len() - 1);
@@ -194,12 +209,13 @@ impl Sealer {
             payload_len: u32::try_from(payload.len()).expect("payload ≤ MAX_DATA_EXTENT"),
         };
         header.check()?;
-        let mac = mac_of(&self.mac_key, &header, &payload)
+        let mac = mac_of(&self.mac_key, &header, &digests, &payload)
             .finalize()
             .into_bytes()
             .into();
         Ok(SealedRecord {
             header,
+            digests,
             payload,
             mac,
         })
@@ -233,12 +249,13 @@ impl Sealer {
             payload_len: 0,
         };
         header.check()?;
-        let mac = mac_of(&self.mac_key, &header, &[])
+        let mac = mac_of(&self.mac_key, &header, &[], &[])
             .finalize()
             .into_bytes()
             .into();
         Ok(SealedRecord {
             header,
+            digests: Vec::new(),
             payload: Vec::new(),
             mac,
         })

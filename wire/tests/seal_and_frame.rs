@@ -30,7 +30,7 @@ fn addr(server: &str, offset: u64, seq: u64) -> RecordAddress {
 }
 
 fn sealer(k: &SiteKeys) -> Sealer {
-    Sealer::new(&k.data, &k.mac, 1).unwrap()
+    Sealer::new(k, 1).unwrap()
 }
 
 fn unsealer(k: &SiteKeys) -> Unsealer {
@@ -117,7 +117,7 @@ proptest! {
     }
 
     #[test]
-    fn altered_header_is_refused(data in prop::collection::vec(any::<u8>(), 1..2048), which in 0usize..7) {
+    fn altered_header_is_refused(data in prop::collection::vec(any::<u8>(), 1..2048), which in 0usize..8) {
         let k = keys(1);
         let record = sealer(&k).seal(addr("web-1", 8192, 10), &data, &mut rand_core::OsRng).unwrap();
         let mut moved = record.clone();
@@ -129,7 +129,9 @@ proptest! {
             3 => h.server = ServerId::new("web-2").unwrap(),
             4 => h.iv[0] ^= 1,
             5 => h.compression = if h.compression == Compression::Zstd { Compression::None } else { Compression::Zstd },
-            _ => { h.length = ByteLen(h.length.0 + 1); }
+            6 => { h.length = ByteLen(h.length.0 + 1); }
+            // The grain digests the standby compares for catch-up are authenticated too.
+            _ => if let Some(d) = moved.digests.first_mut() { d[0] ^= 1 } else { moved.header.seq = Seq(0) },
         }
         let err = unsealer(&k).unseal(&moved).expect_err("a record replayed under another header was accepted");
         // Refused by the MAC, or earlier by the header's own consistency rules.
@@ -445,18 +447,18 @@ fn sealed_format_matches_golden_vectors() {
     let golden = [
         (
             &raw,
-            "edf180ab4724856ba8269eead41835e05f397ca63f4774ba1285d0a4e185d128",
-            "02def390",
+            "303050457a83c455527a9026c85a6030b171e29817865b996d492eb4ab77a053",
+            "d2f50d60",
         ),
         (
             &zstd,
-            "769f5f1c42275a278fa5518abeff8cc8adc659de8345c66dcba60388dd21642c",
-            "371dbae6",
+            "b5667044e74d6c588c8a1e1a7b91d09964e70d8b7683042c30292c02e1027919",
+            "13641259",
         ),
         (
             &zero,
-            "e08d926d0d6de07c49a4cfe4e1edf6712eacc2223f7243901402555f8d796af2",
-            "371ef2b6",
+            "13b99871e0b74156d60399a121453e3b268f20ca79fd262a7b4f9151785dc88e",
+            "71d33704",
         ),
     ];
     let actual: Vec<_> = golden
@@ -489,6 +491,9 @@ fn remac(k: &SiteKeys, record: &mut SealedRecord) {
     let n = record.header.mac_input(&mut input);
     let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(k.mac.expose()).unwrap();
     mac.update(&input[..n]);
+    for d in &record.digests {
+        mac.update(d);
+    }
     mac.update(&record.payload);
     record.mac = mac.finalize().into_bytes().into();
 }
@@ -506,6 +511,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
     assert_eq!(record.header.compression, Compression::Zstd);
     // Longer than the data: zstd stops short of it. (Shorter: zstd runs out of room.)
     record.header.length = ByteLen(8193);
+    record.digests.push(ferry_wire::digest::ZERO_GRAIN);
     remac(&k, &mut record);
     let err = unsealer(&k)
         .unseal(&record)
@@ -521,6 +527,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
         "{err}"
     );
     record.header.length = ByteLen(8191);
+    record.digests.pop();
     remac(&k, &mut record);
     let err = unsealer(&k)
         .unseal(&record)
@@ -695,4 +702,30 @@ fn frames_read_from_a_stream_keep_their_bytes_and_stop_cleanly() {
             "cut at {cut}: {err}"
         );
     }
+}
+
+#[test]
+fn a_record_head_decodes_from_a_prefix_of_its_frame() {
+    let k = keys(1);
+    let data = compressible(3 * 4096 + 100, 4);
+    let record = sealer(&k)
+        .seal(addr("web-1", 8192, 5), &data, &mut rand_core::OsRng)
+        .unwrap();
+    assert_eq!(record.digests.len(), 4);
+    let bytes = Message::Record(record.clone()).encode().unwrap();
+    let header = FrameHeader::parse(bytes[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+    // Header and digests only: far less than the frame.
+    let prefix = &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 256 + 4 * 16];
+    let (head, digests) = header.decode_record_head(prefix).unwrap();
+    assert_eq!(head, record.header);
+    assert_eq!(digests, record.digests);
+    let heartbeat = Message::Heartbeat(ferry_wire::message::Heartbeat { unix_time_ms: 1 })
+        .encode()
+        .unwrap();
+    let other = FrameHeader::parse(heartbeat[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
+    assert!(
+        other
+            .decode_record_head(&heartbeat[FRAME_HEADER_LEN..])
+            .is_err()
+    );
 }

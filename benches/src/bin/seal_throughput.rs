@@ -43,7 +43,7 @@ fn main() -> Result<()> {
 
 fn seal_median(data: &[u8], extent: usize, runs: usize) -> Result<(f64, usize)> {
     let keys = MasterKey::generate(&mut rand_core::OsRng).derive();
-    let mut sealer = Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL)?;
+    let mut sealer = Sealer::new(&keys, DEFAULT_ZSTD_LEVEL)?;
     let server = ServerId::new("bench")?;
     let mut rng = rand_core::OsRng;
     let mut rates = Vec::with_capacity(runs);

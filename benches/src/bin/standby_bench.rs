@@ -43,7 +43,7 @@ fn connect(addr: &str, key: &str, server: &str) -> Result<(Link, ServerId, Seale
     let keys = MasterKey::from_text(&text)?.derive();
     let server = ServerId::new(server)?;
     let link = Link::connect(addr, &server, &keys.auth, &LinkConfig::default())?;
-    let sealer = Sealer::new(&keys.data, &keys.mac, DEFAULT_ZSTD_LEVEL)?;
+    let sealer = Sealer::new(&keys, DEFAULT_ZSTD_LEVEL)?;
     Ok((link, server, sealer, keys.mac.clone()))
 }
 

@@ -233,23 +233,39 @@ fn status(args: &StatusArgs) -> Result<()> {
         s.reconnects
     );
     println!(
-        "\n{:<12} {:>12} {:>12} {:>8}  GAP",
-        "DISK", "SIZE", "DIRTY", "FULL"
+        "\n{:<12} {:>12} {:>12} {:>20}  GAP",
+        "DISK", "SIZE", "DIRTY", "CATCH-UP"
     );
     for d in &s.disks {
-        let full = if d.full_total == 0 {
-            "-".to_owned()
-        } else {
-            format!("{:.0}%", 100.0 * d.full_done as f64 / d.full_total as f64)
+        let catch_up = match &d.catch_up {
+            Some(method) if d.full_total > 0 => format!(
+                "{method} {:.0}%",
+                100.0 * d.full_done as f64 / d.full_total as f64
+            ),
+            _ => "-".to_owned(),
         };
         println!(
-            "{:<12} {:>12} {:>12} {:>8}  {}",
+            "{:<12} {:>12} {:>12} {:>20}  {}",
             d.name,
             human(d.size),
             human(d.dirty_bytes),
-            full,
+            catch_up,
             d.gap.as_deref().unwrap_or("-")
         );
+    }
+    for d in &s.disks {
+        if let Some(c) = &d.last_catch_up {
+            println!(
+                "last catch-up of {}: {} ({}): {} compared, {} differed, {} shipped, {:.1} s",
+                d.name,
+                c.method,
+                c.reason,
+                human(c.compared_bytes),
+                human(c.differing_bytes),
+                human(c.shipped_bytes),
+                c.millis as f64 / 1000.0
+            );
+        }
     }
     if let Some(p) = &s.last_point {
         match &p.error {

@@ -82,7 +82,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
 
 fn export(args: ExportArgs) -> Result<()> {
     let keys = keyfile::load(&args.key)?.derive();
-    let mut sealer = Sealer::new(&keys.data, &keys.mac, args.zstd_level)?;
+    let mut sealer = Sealer::new(&keys, args.zstd_level)?;
     let mut device = File::open(&args.device)
         .with_context(|| format!("cannot open {}", args.device.display()))?;
     let size = device.seek(SeekFrom::End(0))?;
