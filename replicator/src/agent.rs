@@ -194,7 +194,6 @@ pub struct Agent {
     standby_has_data: bool,
     digester: Digester,
     status: Status,
-    backlog_empty_since: Instant,
     next_point: Option<Instant>,
     control: UnixListener,
     limiter: Limiter,
@@ -269,6 +268,10 @@ impl Agent {
         let mut tconf = TrackerConfig::new(config.disks.clone());
         tconf.pin_dir = Some(config.pin_dir.clone());
         tconf.state_file = Some(config.state_dir.join("tracker.state"));
+        // A completion that never reaches BPF leaves its write unshipped until the sweep:
+        // sweep after 1 s, not 5 (an early sweep costs only a re-read: the completion, if
+        // it comes, marks the range dirty again).
+        tconf.sweep_after = Duration::from_secs(1);
         let tracker = Tracker::start(tconf)?;
         let devices = tracker.devices().to_vec();
         let sizes: Vec<u64> = devices.iter().map(|d| d.size).collect();
@@ -337,7 +340,6 @@ impl Agent {
             standby_has_data: false,
             digester,
             status,
-            backlog_empty_since: Instant::now(),
             control,
             last_status: Instant::now() - Duration::from_secs(1),
         };
@@ -801,7 +803,7 @@ impl Agent {
             return;
         }
         self.check_catch_ups();
-        let (dirty, gaps, drops) = {
+        let (dirty, gaps, drops, dirty_since) = {
             let t = self.lock_tracker();
             let disks = 0..self.sizes.len();
             let dirty: Vec<u64> = disks
@@ -811,7 +813,8 @@ impl Agent {
             let gaps: Vec<Option<String>> = disks
                 .map(|i| t.gap(disk_id(i)).map(|g| g.0.clone()))
                 .collect();
-            (dirty, gaps, t.stats().map(|s| s.drops).unwrap_or(0))
+            let drops = t.stats().map(|s| s.drops).unwrap_or(0);
+            (dirty, gaps, drops, t.state().dirty_since_ns())
         };
         for (i, (bytes, gap)) in dirty.iter().zip(gaps).enumerate() {
             let d = &mut self.status.disks[i];
@@ -823,11 +826,11 @@ impl Agent {
         }
         let pending: u64 = self.pending.iter().map(|p| p.range.len()).sum();
         self.status.backlog_bytes = dirty.iter().sum::<u64>().max(pending);
-        if self.status.backlog_bytes == 0 {
-            self.backlog_empty_since = Instant::now();
-        }
-        self.status.rpo_lag_ms =
-            u64::try_from(self.backlog_empty_since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Sent extents stay dirty until acknowledged: the oldest dirty change is the
+        // oldest change the standby does not hold durably.
+        self.status.rpo_lag_ms = dirty_since.map_or(0, |since| {
+            ferry_tracker::sys::monotonic_ns().saturating_sub(since) / 1_000_000
+        });
         self.status.drops = drops;
         self.status.phase = Some(if self.catch_up.iter().any(Option::is_some) {
             Phase::Full

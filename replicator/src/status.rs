@@ -95,7 +95,9 @@ pub struct Status {
     pub disks: Vec<DiskStatus>,
     /// Bytes dirty plus bytes sent and not yet acknowledged.
     pub backlog_bytes: u64,
-    /// Time since the backlog was last empty (every write completed so far durable).
+    /// How long the oldest change the standby does not hold durably has waited (since
+    /// its submission, to within the tracker's 20 ms drain): the data a failover now would
+    /// lose is at most this old. 0 when everything is durable.
     pub rpo_lag_ms: u64,
     /// Payload bytes read and shipped (records), and records sent.
     pub shipped_bytes: u64,

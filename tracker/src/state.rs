@@ -11,12 +11,19 @@
 //!   and in flight as of when the loss was seen, so it becomes readable only after the
 //!   sweep age, as suspect.
 //! - An entry older than the sweep age becomes readable as suspect.
+//! - A clock of (generation, time) samples, one per [`TrackState::tick`] that saw new
+//!   marks, tells how long the oldest unshipped change has waited: the RPO lag.
 
 use crate::dirty::{DirtyMap, Generation};
 use crate::event::{Event, Kind, Op};
 use crate::inflight::InFlight;
 use crate::range::{ByteRange, RangeSet};
 use ferry_wire::DiskId;
+use std::collections::VecDeque;
+
+/// Clock samples kept: at one per 20 ms drain, the last 20 minutes; an older change is
+/// reported as at least that old.
+const CLOCK_SAMPLES: usize = 60_000;
 
 /// One protected disk's tracking state.
 #[derive(Debug, Default)]
@@ -54,6 +61,8 @@ pub struct TrackState {
     disks: Vec<DiskState>,
     inflight: InFlight,
     generation: Generation,
+    /// (generation, monotonic ns) at each tick that saw new marks, oldest first.
+    clock: VecDeque<(Generation, u64)>,
     pub counters: Counters,
 }
 
@@ -68,6 +77,7 @@ impl TrackState {
             disks: (0..disks).map(|_| DiskState::default()).collect(),
             inflight: InFlight::new(),
             generation: Generation::default(),
+            clock: VecDeque::new(),
             counters: Counters::default(),
         }
     }
@@ -145,6 +155,34 @@ impl TrackState {
         self.inflight.len()
     }
 
+    /// Records that the generation was still the current one at `now_ns`: a sample
+    /// `(g, t)` says that every later generation came after `t`.
+    pub fn tick(&mut self, now_ns: u64) {
+        match self.clock.back_mut() {
+            Some((g, t)) if *g == self.generation => *t = now_ns,
+            _ => {
+                self.clock.push_back((self.generation, now_ns));
+                if self.clock.len() > CLOCK_SAMPLES {
+                    self.clock.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Since when (monotonic ns) the oldest change still dirty on any disk has waited,
+    /// or `None` when nothing is dirty: the last tick at which its generation did not
+    /// exist yet — never after the change, at most one tick before it. (A change older
+    /// than every sample is dated by the oldest sample.)
+    pub fn dirty_since_ns(&self) -> Option<u64> {
+        let g = self
+            .disks
+            .iter()
+            .filter_map(|d| d.dirty.dirty_since())
+            .min()?;
+        let before = self.clock.partition_point(|&(sg, _)| sg < g);
+        self.clock.get(before.saturating_sub(1)).map(|&(_, t)| t)
+    }
+
     /// The current generation: what a reader records when it picks a range.
     pub fn generation(&self) -> Generation {
         self.generation
@@ -154,6 +192,42 @@ impl TrackState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_oldest_dirty_change_is_dated_by_the_tick_before_it_was_seen() {
+        let mut s = TrackState::new(1);
+        assert_eq!(s.dirty_since_ns(), None);
+        s.tick(50);
+        s.mark_dirty(DiskId(0), ByteRange::new(0, 4096));
+        s.tick(100);
+        s.mark_dirty(DiskId(0), ByteRange::new(1 << 20, (1 << 20) + 4096));
+        s.tick(200);
+        assert_eq!(
+            s.dirty_since_ns(),
+            Some(50),
+            "the first change, by the tick before it"
+        );
+        let g = s.generation();
+        s.disk_mut(DiskId(0))
+            .dirty
+            .clear_if_unchanged(ByteRange::new(0, 4096), g);
+        assert_eq!(s.dirty_since_ns(), Some(100), "now the second change");
+        s.disk_mut(DiskId(0))
+            .dirty
+            .clear_if_unchanged(ByteRange::new(0, 2 << 20), g);
+        assert_eq!(s.dirty_since_ns(), None, "nothing left to wait for");
+        // A quiet spell: the clock keeps up, so a change after it is not dated back.
+        s.tick(300);
+        s.tick(5000);
+        s.mark_dirty(DiskId(0), ByteRange::new(0, 4096));
+        assert_eq!(
+            s.dirty_since_ns(),
+            Some(5000),
+            "seen by no tick yet: the last tick"
+        );
+        s.tick(5020);
+        assert_eq!(s.dirty_since_ns(), Some(5000), "seen: the tick before");
+    }
 
     fn ev(id: u64, kind: Kind, start: u64, end: u64, t: u64) -> Event {
         Event {

@@ -404,6 +404,7 @@ impl Tracker {
                 .unwrap_or(u64::MAX),
         );
         self.state.sweep(cutoff);
+        self.state.tick(monotonic_ns());
         Ok(polled)
     }
 
