@@ -15,7 +15,11 @@
 # The protected disk is in memory (tmpfs) so that the host disk measures the standby's
 # appends and fsyncs, not the source's writeback; the standby's data directory is on
 # the host disk (/var/tmp). FERRY_BENCH_DISK_DIR=/var/tmp puts the protected disk's
-# backing file on the host disk too (a dd baseline that reads a real disk).
+# backing file on the host disk too (a dd baseline that reads a real disk);
+# FERRY_BENCH_STANDBY_DIR=/dev/shm puts the standby's data in memory (what ferry's CPU
+# path can do when the standby's disk is not the limit). A second baseline, `dd
+# oflag=direct conv=fsync` writing the disk's bytes into the standby's directory, shows
+# what that disk can take.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
@@ -26,7 +30,7 @@ mib="${1:-1024}"
 seconds="${2:-15}"
 cargo build --release --locked -q -p ferry
 ferry="$PWD/target/release/ferry"
-work="$(mktemp -d /var/tmp/ferry-bench.XXXXXX)"
+work="$(mktemp -d "${FERRY_BENCH_STANDBY_DIR:-/var/tmp}/ferry-bench.XXXXXX")"
 shm="$(mktemp -d "${FERRY_BENCH_DISK_DIR:-/dev/shm}/ferry-bench.XXXXXX")"
 pins="/sys/fs/bpf/ferry-bench-$$"
 disk="" standby="" agent=""
@@ -65,7 +69,7 @@ EOF
 printf 'machine: %s, %s cores, %s GiB RAM; disk %s MiB (loop over a file on %s), standby data on %s\n' \
     "$(uname -r)" "$(nproc)" "$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) >> 20))" "$mib" \
     "$(df --output=source "$shm" | tail -1)" \
-    "$(df --output=source /var/tmp | tail -1)"
+    "$(df --output=source "$work" | tail -1)"
 
 fio_rate() { # BS RW [extra fio args] -> MiB/s fio saw
     fio --name=w --filename="$disk" --rw="$2" --bs="$1" --ioengine=io_uring --iodepth=32 \
@@ -85,6 +89,9 @@ done
 sync; echo 3 >/proc/sys/vm/drop_caches
 t0=$(now); dd if="$disk" of=/dev/null bs=1M iflag=direct status=none; t1=$(now)
 dd_rate=$(echo "$mib / ($t1 - $t0)" | bc -l)
+t0=$(now); dd if="$disk" of="$work/dd-write" bs=1M oflag=direct conv=fsync status=none; t1=$(now)
+ddw_rate=$(echo "$mib / ($t1 - $t0)" | bc -l)
+rm -f "$work/dd-write"
 t0=$(now)
 "$ferry" agent --config "$work/agent.toml" >"$work/agent.out" 2>"$work/agent.log" &
 agent=$!
@@ -92,8 +99,11 @@ until grep -q tracking "$work/agent.out" 2>/dev/null; do sleep 0.02; done
 wait_in_sync
 t1=$(now)
 full_rate=$(echo "$mib / ($t1 - $t0)" | bc -l)
-printf 'full sync: ferry %.0f MiB/s (%.2f s, start to acknowledged), dd %.0f MiB/s, ratio %.2f\n' \
-    "$full_rate" "$(echo "$t1 - $t0" | bc -l)" "$dd_rate" "$(echo "$full_rate / $dd_rate" | bc -l)"
+cpu() { awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+printf 'CPU seconds during the full sync: agent %s, standby %s\n' "$(cpu "$agent")" "$(cpu "$standby")"
+printf 'full sync: ferry %.0f MiB/s (%.2f s, start to acknowledged); dd reading the disk %.0f MiB/s (ratio %.2f); dd writing it to the standby'"'"'s directory %.0f MiB/s (ratio %.2f)\n' \
+    "$full_rate" "$(echo "$t1 - $t0" | bc -l)" "$dd_rate" "$(echo "$full_rate / $dd_rate" | bc -l)" \
+    "$ddw_rate" "$(echo "$full_rate / $ddw_rate" | bc -l)"
 
 for spec in "4k randwrite" "64k write"; do
     t0=$(now)

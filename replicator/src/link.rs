@@ -13,7 +13,10 @@
 //! ```
 //!
 //! Frames whose seq is at or below the standby's durable seq are not sent at all, so a
-//! caller resuming after a reconnect may replay from anywhere before it. Every error says
+//! caller resuming after a reconnect may replay from anywhere before it. Sending only
+//! queues a frame (after waiting for room in the window); a writer thread puts frames on
+//! the socket in order, flushing whenever the queue runs dry, so the caller reads and
+//! seals the next batch while the previous one travels. Every error says
 //! whether retrying (reconnecting, with backoff) can help: [`LinkError::is_retryable`].
 //! The link does not keep frames for resending; the caller (the replicator) re-reads
 //! what was not acknowledged. Plain TCP for now; TLS is a later issue.
@@ -27,6 +30,7 @@ use ferry_wire::{AuthKey, Message, Seq, ServerId};
 use std::collections::VecDeque;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -127,6 +131,8 @@ struct State {
     /// Retryable refusals received while the link stays up (e.g. storage full).
     warnings: Vec<ErrorMessage>,
     acks: u64,
+    /// Frames queued and not yet written and flushed to the socket.
+    unwritten: u64,
     /// Answers to digest requests, in the order they arrived.
     digests: VecDeque<Digests>,
 }
@@ -146,14 +152,19 @@ impl Shared {
 /// A connected, authenticated link for one server.
 #[derive(Debug)]
 pub struct Link {
-    writer: BufWriter<TcpStream>,
+    /// Frames for the writer thread (`None` once dropping).
+    queue: Option<SyncSender<Vec<u8>>>,
     socket: TcpStream,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
     window: u64,
     welcome: Seq,
-    encoded: Vec<u8>,
 }
+
+/// Frames the writer thread may hold queued; the window (bytes) is what really bounds
+/// memory.
+const QUEUE_FRAMES: usize = 1024;
 
 fn write_message(w: &mut impl Write, message: &Message) -> Result<(), LinkError> {
     let frame = message
@@ -274,14 +285,22 @@ impl Link {
                 .spawn(move || receive(input, &shared))
                 .map_err(io)?
         };
+        let (queue, frames) = sync_channel(QUEUE_FRAMES);
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("ferry-link-tx".into())
+                .spawn(move || transmit(&frames, out, &shared))
+                .map_err(io)?
+        };
         Ok(Self {
-            writer: BufWriter::with_capacity(1 << 20, out),
+            queue: Some(queue),
             socket: stream,
             shared,
             reader: Some(reader),
+            writer: Some(writer),
             window: config.window_bytes.max(1),
             welcome: welcome.last_durable,
-            encoded: Vec::new(),
         })
     }
 
@@ -326,21 +345,23 @@ impl Link {
     /// Sends one message. Records and barriers count against the window (this blocks
     /// while it is full) and are skipped when the standby already has their seq.
     pub fn send(&mut self, message: &Message) -> Result<(), LinkError> {
-        let mut encoded = std::mem::take(&mut self.encoded);
-        encoded.clear();
-        let result = message
-            .encode_into(&mut encoded)
-            .map_err(|e| LinkError::Frame(Arc::new(e)))
-            .and_then(|()| self.send_encoded(seq_of(message), &encoded));
-        self.encoded = encoded;
-        result
+        let frame = message
+            .encode()
+            .map_err(|e| LinkError::Frame(Arc::new(e)))?;
+        self.send_frame(seq_of(message), frame)
     }
 
     /// Sends an already encoded frame (`seq` for records and barriers, else `None`).
     pub fn send_encoded(&mut self, seq: Option<Seq>, frame: &[u8]) -> Result<(), LinkError> {
+        self.send_frame(seq, frame.to_vec())
+    }
+
+    /// Queues an encoded frame for the writer thread (`seq` for records and barriers,
+    /// else `None`), after waiting for room in the window.
+    pub fn send_frame(&mut self, seq: Option<Seq>, frame: Vec<u8>) -> Result<(), LinkError> {
         let len = frame.len() as u64;
+        let mut state = self.shared.lock();
         if let Some(seq) = seq {
-            let mut state = self.shared.lock();
             if seq <= state.durable {
                 return Ok(());
             }
@@ -348,45 +369,53 @@ impl Link {
                 && state.in_flight_bytes > 0
                 && state.in_flight_bytes + len > self.window
             {
-                drop(state);
-                // What is buffered here must reach the standby before acks can come back.
-                self.writer
-                    .flush()
-                    .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))?;
-                state = self.shared.lock();
-                if state.in_flight_bytes > 0 && state.in_flight_bytes + len > self.window {
-                    state = self
-                        .shared
-                        .changed
-                        .wait_timeout(state, Duration::from_millis(200))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+                state = self
+                    .shared
+                    .changed
+                    .wait_timeout(state, Duration::from_millis(200))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
+        }
+        if let Some(e) = &state.closed {
+            return Err(e.clone());
+        }
+        if let Some(seq) = seq {
+            state.in_flight.push_back((seq, len));
+            state.in_flight_bytes += len;
+        }
+        state.unwritten += 1;
+        drop(state);
+        let queued = self.queue.as_ref().is_some_and(|q| q.send(frame).is_ok());
+        if queued {
+            Ok(())
+        } else {
+            Err(self.fail(LinkError::Closed))
+        }
+    }
+
+    /// Waits until every queued frame is written to the socket and flushed.
+    pub fn flush(&mut self) -> Result<(), LinkError> {
+        let mut state = self.shared.lock();
+        loop {
             if let Some(e) = &state.closed {
                 return Err(e.clone());
             }
-            state.in_flight.push_back((seq, len));
-            state.in_flight_bytes += len;
-        } else if let Some(e) = &self.shared.lock().closed {
-            return Err(e.clone());
+            if state.unwritten == 0 {
+                return Ok(());
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        self.writer
-            .write_all(frame)
-            .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))
     }
 
-    /// Pushes buffered frames onto the network.
-    pub fn flush(&mut self) -> Result<(), LinkError> {
-        self.writer
-            .flush()
-            .map_err(|e| self.fail(LinkError::Io(Arc::new(e))))
-    }
-
-    /// Waits until the standby has acknowledged `seq` as durable (flushing first), or
-    /// `timeout` passes. Returns the durable seq.
+    /// Waits until the standby has acknowledged `seq` as durable, or `timeout` passes
+    /// (the writer thread flushes queued frames by itself). Returns the durable seq.
     pub fn wait_durable(&mut self, seq: Seq, timeout: Duration) -> Result<Seq, LinkError> {
-        self.flush()?;
         let deadline = Instant::now() + timeout;
         let mut state = self.shared.lock();
         loop {
@@ -417,7 +446,9 @@ impl Link {
     fn fail(&self, err: LinkError) -> LinkError {
         // The receiving side usually knows better (the standby's Error frame).
         let mut state = self.shared.lock();
-        state.closed.get_or_insert(err).clone()
+        let closed = state.closed.get_or_insert(err).clone();
+        self.shared.changed.notify_all();
+        closed
     }
 }
 
@@ -446,12 +477,52 @@ impl LinkMonitor {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        let _ = self.writer.flush();
+        // Frames still queued are dropped: whatever was not acknowledged is resent.
+        self.queue = None;
         let _ = self.socket.shutdown(Shutdown::Both);
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
+        for t in [self.writer.take(), self.reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = t.join();
         }
     }
+}
+
+/// The writing thread: frames from the queue onto the socket, in order, flushed whenever
+/// the queue runs dry; an error closes the link.
+fn transmit(frames: &Receiver<Vec<u8>>, out: TcpStream, shared: &Shared) {
+    let mut w = BufWriter::with_capacity(1 << 20, out);
+    let mut written = 0u64;
+    loop {
+        let frame = match frames.try_recv() {
+            Ok(f) => f,
+            Err(TryRecvError::Empty) => {
+                if let Err(e) = w.flush() {
+                    return fail_shared(shared, LinkError::Io(Arc::new(e)));
+                }
+                let mut state = shared.lock();
+                state.unwritten -= written;
+                written = 0;
+                shared.changed.notify_all();
+                drop(state);
+                match frames.recv() {
+                    Ok(f) => f,
+                    Err(_) => return,
+                }
+            }
+            Err(TryRecvError::Disconnected) => return,
+        };
+        if let Err(e) = w.write_all(&frame) {
+            return fail_shared(shared, LinkError::Io(Arc::new(e)));
+        }
+        written += 1;
+    }
+}
+
+fn fail_shared(shared: &Shared, err: LinkError) {
+    shared.lock().closed.get_or_insert(err);
+    shared.changed.notify_all();
 }
 
 fn seq_of(message: &Message) -> Option<Seq> {
