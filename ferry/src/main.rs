@@ -3,6 +3,7 @@
 
 mod cmd;
 mod keyfile;
+mod sd_notify;
 
 use clap::{Parser, Subcommand};
 
