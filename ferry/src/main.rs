@@ -31,6 +31,9 @@ enum Command {
     /// Retention and log cleaning at a standby.
     #[command(subcommand)]
     Retention(cmd::retention::Command),
+    /// Write man pages or shell completions (used to build the packages).
+    #[command(subcommand, hide = true)]
+    Generate(cmd::generate::Command),
 }
 
 /// Fails with a clear message unless running as root (the tracker, mounts and freezes
@@ -66,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),
+        Command::Generate(command) => cmd::generate::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
