@@ -3,6 +3,8 @@
 
 mod cmd;
 mod keyfile;
+#[cfg(test)]
+mod packaged_configs;
 mod sd_notify;
 
 use clap::{Parser, Subcommand};

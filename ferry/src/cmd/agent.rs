@@ -100,7 +100,7 @@ fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Resu
 }
 
 /// Reads and checks an agent config file.
-fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
+pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: FileConfig = toml::from_str(&text)

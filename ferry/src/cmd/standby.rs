@@ -99,7 +99,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 /// Reads the config file (if any) and the flags, and checks every setting; returns the
 /// service's config and the key file to load.
-fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
+pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
