@@ -3,6 +3,9 @@
 
 mod cmd;
 mod keyfile;
+#[cfg(test)]
+mod packaged_configs;
+mod sd_notify;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +33,9 @@ enum Command {
     /// Retention and log cleaning at a standby.
     #[command(subcommand)]
     Retention(cmd::retention::Command),
+    /// Write man pages or shell completions (used to build the packages).
+    #[command(subcommand, hide = true)]
+    Generate(cmd::generate::Command),
 }
 
 /// Fails with a clear message unless running as root (the tracker, mounts and freezes
@@ -65,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),
+        Command::Generate(command) => cmd::generate::run(command),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -100,7 +100,7 @@ fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Resu
 }
 
 /// Reads and checks an agent config file.
-fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
+pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: FileConfig = toml::from_str(&text)
@@ -193,8 +193,12 @@ fn run_agent(path: &Path) -> Result<()> {
     }
     tracing::info!(server = %config.server, standby = %config.standby, disks = ?config.disks, "agent starting");
     let agent = Agent::start(config, keys, stop).context("the agent could not start")?;
-    // Scripts and tests wait for this line (stdout) to know tracking runs.
+    // Scripts and tests wait for this line (stdout) to know tracking runs; systemd waits
+    // for the notification. Ready means tracking, not connected: writes are recorded from
+    // here on even while the standby is unreachable (the agent reconnects by itself), so
+    // a standby outage must not fail the agent's start.
     println!("tracking");
+    crate::sd_notify::ready_or_warn("tracking");
     agent.run().context("the agent stopped")
 }
 

@@ -2,6 +2,7 @@
 
 pub(crate) mod agent;
 pub(crate) mod check;
+pub(crate) mod generate;
 pub(crate) mod keygen;
 pub(crate) mod point;
 pub(crate) mod rebuild;

@@ -80,6 +80,26 @@ struct ServerEntry {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
+    let (config, key_file) = load_config(args)?;
+    let keys = keyfile::load(&key_file)?.derive();
+    // The data key is dropped (and zeroized) here: the standby never needs it.
+    let keys = StandbyKeys {
+        mac: keys.mac.clone(),
+        auth: keys.auth.clone(),
+    };
+    let standby = Standby::bind(config, keys)?;
+    let status = format!("listening on {}", standby.local_addr()?);
+    // Scripts and tests wait for this line (stdout) to know the service is up; systemd
+    // waits for the notification.
+    println!("{status}");
+    crate::sd_notify::ready_or_warn(&status);
+    standby.run();
+    Ok(())
+}
+
+/// Reads the config file (if any) and the flags, and checks every setting; returns the
+/// service's config and the key file to load.
+pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -139,19 +159,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
         );
     }
 
-    let keys = keyfile::load(&key_file)?.derive();
-    // The data key is dropped (and zeroized) here: the standby never needs it.
-    let keys = StandbyKeys {
-        mac: keys.mac.clone(),
-        auth: keys.auth.clone(),
-    };
     let mut config = ServiceConfig::new(data_dir, listen);
     config.segment_size = segment_size;
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
-    let standby = Standby::bind(config, keys)?;
-    // Scripts and tests wait for this line (stdout) to know the service is up.
-    println!("listening on {}", standby.local_addr()?);
-    standby.run();
-    Ok(())
+    Ok((config, key_file))
 }
