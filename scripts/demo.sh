@@ -10,6 +10,8 @@
 #   → a consistent recovery point (filesystem frozen, remaining changes shipped, thawed)
 #   → the standby is killed (kill -9) while the server keeps writing; it comes back and
 #     the agent resumes by itself, without a full copy
+#   → the agent is killed (kill -9) while the server writes: restarted, it compares chunk
+#     digests with the standby and ships only what differs
 #   → the point and the latest state are rebuilt at the standby and checked file by file
 #     (a drill, by hand; `ferry drill` comes with the DR operations).
 set -euo pipefail
@@ -82,9 +84,14 @@ pin_dir = "$pins"
 point_interval_minutes = 0
 EOF
 cat "$work/agent.toml"
-"$ferry" agent --config "$work/agent.toml" >"$work/agent.out" 2>"$work/agent.log" &
-pids+=($!)
-until grep -q tracking "$work/agent.out" 2>/dev/null; do sleep 0.05; done
+start_agent() {
+    : >"$work/agent.out"
+    "$ferry" agent --config "$work/agent.toml" >"$work/agent.out" 2>>"$work/agent.log" &
+    agent=$!
+    pids+=("$agent")
+    until grep -q tracking "$work/agent.out" 2>/dev/null; do sleep 0.05; done
+}
+start_agent
 start=$(date +%s.%N)
 wait_in_sync
 echo "full copy of 512 MiB done in $(echo "$(date +%s.%N) - $start" | bc -l | xargs printf '%.2f') s"
@@ -107,11 +114,22 @@ echo "agent phase while the standby is down: $(json 's["phase"]')"
 start_standby
 wait_in_sync
 echo "resumed: $(json 's["reconnects"]') reconnect(s), $(( ($(json 's["shipped_bytes"]') - shipped_before) >> 20 )) MiB shipped since the point (24 MiB written) — no full copy"
+
+step "6. the agent is killed (kill -9) while the server writes; restarted, it catches up by digest"
+head -c 32M /dev/urandom >"$work/mnt-web1/burst.bin" &
+writer=$!
+sleep 0.3
+{ kill -9 "$agent" && wait "$agent"; } 2>/dev/null || true
+wait "$writer"
+sync
+start_agent
+wait_in_sync
+json '"after kill -9: %s — %d MiB compared, %d MiB differed, %d MiB shipped, %.1f s (gap: %s)" % ((lambda c: (c["method"], c["compared_bytes"] >> 20, c["differing_bytes"] >> 20, c["shipped_bytes"] >> 20, c["millis"] / 1000, c["reason"]))(s["disks"][0]["last_catch_up"]))'
 (cd "$work/mnt-web1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/sums-latest"
 "$ferry" point create --server web-1 --state-dir "$work/agent"
 "$ferry" point list --data-dir "$work/standby" --server web-1
 
-step "6. at the standby: rebuild the first point and mount it (a drill, by hand): every file checked"
+step "7. at the standby: rebuild the first point and mount it (a drill, by hand): every file checked"
 "$ferry" rebuild --data-dir "$work/standby" --server web-1 --point "$point" \
     --key "$work/pair.key" --out "$work/point.img"
 copy="$(losetup --find --show --read-only "$work/point.img")"
@@ -121,13 +139,13 @@ mount -o ro,noload "$copy" "$work/mnt-drill"
     echo "point $point: all $(wc -l <"$work/sums-point") files verified"
 umount "$work/mnt-drill"
 
-step "7. and the latest point, taken after the outage"
+step "8. and the latest point, taken after the outage and the agent's restart"
 "$ferry" rebuild --data-dir "$work/standby" --server web-1 --point latest \
     --key "$work/pair.key" --out "$work/latest.img"
 copy="$(losetup --find --show --read-only "$work/latest.img")"
 loops+=("$copy")
 mount -o ro,noload "$copy" "$work/mnt-drill"
 (cd "$work/mnt-drill" && sha256sum --quiet -c "$work/sums-latest") &&
-    echo "latest: all $(wc -l <"$work/sums-latest") files verified, including those written during the outage"
+    echo "latest: all $(wc -l <"$work/sums-latest") files verified, including those written during the outage and around the kill"
 
-step "done: protection, real-time replication, consistent points, resume and rebuild work end to end (drills, failover and failback as commands come next)"
+step "done: protection, real-time replication, consistent points, resume, digest catch-up and rebuild work end to end (drills, failover and failback as commands come next)"

@@ -7,6 +7,9 @@
 //!   resumes by itself, nothing acknowledged is lost, no full copy;
 //! - an agent kill -9 mid-stream: the restarted agent catches up by digest, shipping
 //!   only what differs, and the disk rebuilds identical;
+//! - convergence: fio random writes with verification during the full copy (through an
+//!   agent kill -9 in the middle of it) and real time, within the bandwidth limit, then a
+//!   point identical to the disk;
 //! - freeze safety: a failing hook and an unreachable standby fail the point, leave the
 //!   filesystem writable, and replication continues;
 //! - write order (DESIGN.md I5): every consistent point shows a prefix of dependent writes.
@@ -465,6 +468,87 @@ fn digest_catch_up(
         "the gap names its cause: {report:?}"
     );
     (report, s.shipped_bytes)
+}
+
+#[test]
+fn converges_under_fio_with_verify_through_a_kill_in_the_full_copy_within_the_bandwidth_limit() {
+    const SIZE: u64 = 256 << 20;
+    const LIMIT: u64 = 48 << 20;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let site = Site::new(
+        "fio",
+        SIZE,
+        &addr,
+        &addr,
+        &format!("bandwidth_mib_per_sec = {}", LIMIT >> 20),
+    );
+    let mounted = site.mount();
+    // Incompressible data before protection: its full copy takes seconds at the limit.
+    write_files(&site.mnt, "before", 96, 1 << 20, 21);
+    let standby = site.standby();
+    // fio writes at random and reads its blocks back to verify them the whole time.
+    let fio = std::process::Command::new("fio")
+        .args([
+            "--name=converge",
+            &format!("--directory={}", site.mnt.display()),
+            "--size=48M",
+            "--rw=randwrite",
+            "--bs=4k",
+            "--ioengine=io_uring",
+            "--iodepth=8",
+            "--direct=1",
+            "--verify=crc32c",
+            "--verify_backlog=512",
+            "--verify_fatal=1",
+            "--time_based",
+            "--runtime=12",
+            "--output=/dev/null",
+        ])
+        .spawn()
+        .expect("fio (installed by scripts/test.sh)");
+    let agent = site.agent();
+    agent.wait_until("the full copy under way", WAIT, |s| {
+        s.shipped_bytes >= 16 << 20
+    });
+    agent.kill();
+    let agent = site.agent();
+    let started = Instant::now();
+    let fio_status = fio.wait_with_output().expect("waiting for fio");
+    assert!(
+        fio_status.status.success(),
+        "fio's verification failed: {fio_status:?}"
+    );
+    agent.wait_in_sync(WAIT);
+    let elapsed = started.elapsed().as_secs_f64();
+    let s = agent.status();
+    let report = s.disks[0].last_catch_up.clone().expect("a catch-up");
+    assert_eq!(report.method, "digest compare", "{report:?}");
+    eprintln!("catch-up: {report:?}; {} bytes shipped in {elapsed:.1} s", s.shipped_bytes);
+    assert_eq!(report.compared_bytes, SIZE, "{report:?}");
+    assert!(
+        report.differing_bytes < SIZE / 2,
+        "what the killed agent had copied, and the never-written rest, did not travel \
+         again: {report:?}"
+    );
+    // Payload bytes (incompressible, so about the bytes on the wire) within the limit,
+    // with one second of burst.
+    #[expect(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+    let allowed = LIMIT as f64 * (elapsed + 1.5);
+    #[expect(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+    let shipped = s.shipped_bytes as f64;
+    assert!(
+        shipped <= allowed,
+        "{} bytes shipped in {elapsed:.1} s is over the {} MiB/s limit",
+        s.shipped_bytes,
+        LIMIT >> 20
+    );
+    assert!(!standby.log().contains("panicked"), "{}", standby.log());
+
+    drop(mounted);
+    let (point, ok) = agent.create_point("web-1");
+    assert!(ok, "{point:?}\n{}", agent.log());
+    site.assert_identical(&site.rebuild("latest"));
 }
 
 /// Runs a write + fsync on `dir` in a thread; panics unless it finishes within `limit`
