@@ -12,14 +12,18 @@
 //! - [`rebuild`]: a disk at a point, into an image file or onto a block device.
 //! - [`digests`]: chunk digests of the latest state, for the agent's digest catch-up.
 //! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
+//! - [`lifecycle`]: a protected server's states and the steps between them (DESIGN.md §5).
+//! - [`catalog`]: the site pairs and protected servers, persisted.
 //!
 //! Invariants kept here (DESIGN.md): I2 — an ack names only seqs an fsync has covered;
 //! I6 — storing, verifying and cleaning use the MAC key only, the data key appears only
 //! in [`rebuild`]; I7 — a refused frame changes nothing and gets a clear error.
 
+pub mod catalog;
 pub mod digests;
 pub mod extent_map;
 pub mod index;
+pub mod lifecycle;
 pub mod log;
 pub mod points;
 pub mod rebuild;
