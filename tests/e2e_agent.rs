@@ -524,7 +524,10 @@ fn converges_under_fio_with_verify_through_a_kill_in_the_full_copy_within_the_ba
     let s = agent.status();
     let report = s.disks[0].last_catch_up.clone().expect("a catch-up");
     assert_eq!(report.method, "digest compare", "{report:?}");
-    eprintln!("catch-up: {report:?}; {} bytes shipped in {elapsed:.1} s", s.shipped_bytes);
+    eprintln!(
+        "catch-up: {report:?}; {} bytes shipped in {elapsed:.1} s",
+        s.shipped_bytes
+    );
     assert_eq!(report.compared_bytes, SIZE, "{report:?}");
     assert!(
         report.differing_bytes < SIZE / 2,
