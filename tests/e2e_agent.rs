@@ -501,6 +501,7 @@ fn converges_under_fio_with_verify_through_a_kill_in_the_full_copy_within_the_ba
             "--verify=crc32c",
             "--verify_backlog=512",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--time_based",
             "--runtime=12",
             "--output=/dev/null",

@@ -193,6 +193,8 @@ pub struct Agent {
     /// then caught up by digest, else by a full copy).
     standby_has_data: bool,
     digester: Digester,
+    /// Digest requests sent so far (each request's id; answers echo it).
+    digest_requests: u64,
     status: Status,
     next_point: Option<Instant>,
     control: UnixListener,
@@ -339,6 +341,7 @@ impl Agent {
             catch_up: vec![None; n],
             standby_has_data: false,
             digester,
+            digest_requests: 0,
             status,
             control,
             last_status: Instant::now() - Duration::from_secs(1),
@@ -370,7 +373,7 @@ impl Agent {
             // A new gap (or one recorded while an earlier catch-up ran): from the start.
             let size = self.sizes[i];
             let (method, marked_at) = if self.standby_has_data {
-                (Method::Digest(Scan::new(size)), None)
+                (Method::Digest(Scan::new(size, self.digest_requests)), None)
             } else {
                 let state = tracker.state_mut();
                 state.mark_dirty(disk, ByteRange::new(0, size.next_multiple_of(GRAIN)));
@@ -406,7 +409,10 @@ impl Agent {
                     reply.disk.0
                 )));
             };
-            let differ = scan.answer(&reply).map_err(AgentError::Protocol)?;
+            let Some(differ) = scan.answer(&reply).map_err(AgentError::Protocol)? else {
+                // An answer to a scan a newer gap replaced.
+                continue;
+            };
             let mut tracker = self.lock_tracker();
             for r in differ {
                 let r = ByteRange::new(r.start, r.end.next_multiple_of(GRAIN));
@@ -425,18 +431,20 @@ impl Agent {
                 continue;
             };
             let local = self.local_digests(i, first, count)?;
+            self.digest_requests += 1;
+            let request = self.digest_requests;
             stream.link.send(&Message::DigestRequest(DigestRequest {
+                request,
                 disk: disk_id(i),
                 first_chunk: first,
                 count,
             }))?;
-            stream.link.flush()?;
             if let Some(CatchUp {
                 method: Method::Digest(scan),
                 ..
             }) = &mut self.catch_up[i]
             {
-                scan.sent(first, local);
+                scan.sent(request, first, local);
             }
             // One request per turn, so that shipping goes on alongside.
             break;
@@ -858,7 +866,26 @@ impl Agent {
             if BufReader::new(&conn).read_line(&mut line).is_err() {
                 continue;
             }
+            let catching_up = self
+                .catch_up
+                .iter()
+                .zip(&self.registration.disks)
+                .find_map(|(c, d)| c.as_ref().map(|c| (d.name.clone(), c.method.name())));
             let reply = match (line.trim(), stream.as_deref_mut()) {
+                // Until a catch-up is acknowledged, the standby may lack changes made
+                // during the gap: no point could be consistent (DESIGN.md I5).
+                ("point", Some(_)) if catching_up.is_some() => {
+                    let (disk, method) = catching_up.expect("checked");
+                    PointStatus {
+                        unix_time_ms: now_ms(),
+                        error: Some(format!(
+                            "disk {disk} is catching up after a tracking gap ({method}); a \
+                             point now could not hold every change: try again once it is in \
+                             real time (`ferry agent status`)"
+                        )),
+                        ..PointStatus::default()
+                    }
+                }
                 ("point", Some(s)) => self.point(s, PointKind::Manual),
                 ("point", None) => PointStatus {
                     unix_time_ms: now_ms(),

@@ -61,20 +61,24 @@ pub(crate) struct CatchUp {
 #[derive(Debug, Clone)]
 pub(crate) struct Scan {
     size: u64,
+    /// The agent's last request id when the scan started: answers up to it belong to
+    /// an older scan.
+    after_request: u64,
     chunks: u64,
     /// The next chunk to read and ask about.
     next_chunk: u64,
-    /// Requests sent, in order: first chunk and the local digests.
-    awaiting: VecDeque<(u64, Vec<ChunkDigest>)>,
+    /// Requests sent, in order: request id, first chunk and the local digests.
+    awaiting: VecDeque<(u64, u64, Vec<ChunkDigest>)>,
     /// Bytes compared so far, and bytes found different.
     pub(crate) compared: u64,
     pub(crate) differing: u64,
 }
 
 impl Scan {
-    pub(crate) fn new(size: u64) -> Self {
+    pub(crate) fn new(size: u64, after_request: u64) -> Self {
         Self {
             size,
+            after_request,
             chunks: size.div_ceil(CHUNK),
             next_chunk: 0,
             awaiting: VecDeque::new(),
@@ -93,25 +97,35 @@ impl Scan {
         Some((self.next_chunk, u32::try_from(count).unwrap_or(u32::MAX)))
     }
 
-    /// A request for the chunks from `first` was sent, with the local digests.
-    pub(crate) fn sent(&mut self, first: u64, local: Vec<ChunkDigest>) {
+    /// Request `request` for the chunks from `first` was sent, with the local digests.
+    /// Request ids grow: a newer scan's are larger than an older one's.
+    pub(crate) fn sent(&mut self, request: u64, first: u64, local: Vec<ChunkDigest>) {
         self.next_chunk = first + local.len() as u64;
-        self.awaiting.push_back((first, local));
+        self.awaiting.push_back((request, first, local));
     }
 
     /// Compares an answer with the local digests of the oldest request and returns the
-    /// byte ranges that differ. An answer that is not for that request is a protocol
-    /// error.
-    pub(crate) fn answer(&mut self, reply: &Digests) -> Result<Vec<ByteRange>, String> {
-        let Some((first, local)) = self.awaiting.pop_front() else {
+    /// byte ranges that differ; `None` for an answer to a request older than this scan's
+    /// (made by a scan that a newer gap replaced: ignored). Any other answer that is not
+    /// for the oldest request is a protocol error.
+    pub(crate) fn answer(&mut self, reply: &Digests) -> Result<Option<Vec<ByteRange>>, String> {
+        if reply.request <= self.after_request {
+            return Ok(None);
+        }
+        let Some((request, first, local)) = self.awaiting.pop_front() else {
             return Err(format!(
-                "the standby answered a digest request for chunk {} that was not made",
-                reply.first_chunk
+                "the standby answered digest request {} that was not made",
+                reply.request
             ));
         };
-        if reply.first_chunk != first || reply.chunks.len() != local.len() {
+        if reply.request != request
+            || reply.first_chunk != first
+            || reply.chunks.len() != local.len()
+        {
             return Err(format!(
-                "the standby answered chunks {}..+{} where {first}..+{} were asked for",
+                "the standby answered request {} for chunks {}..+{} where request {request} \
+                 for {first}..+{} was expected",
+                reply.request,
                 reply.first_chunk,
                 reply.chunks.len(),
                 local.len()
@@ -131,12 +145,12 @@ impl Scan {
                 _ => differ.push(range),
             }
         }
-        Ok(differ)
+        Ok(Some(differ))
     }
 
     /// The link was lost: requests without an answer are asked again.
     pub(crate) fn reset(&mut self) {
-        if let Some(&(first, _)) = self.awaiting.front() {
+        if let Some(&(_, first, _)) = self.awaiting.front() {
             self.next_chunk = first;
         }
         self.awaiting.clear();
@@ -153,8 +167,9 @@ mod tests {
     use super::*;
     use ferry_wire::DiskId;
 
-    fn reply(first: u64, chunks: Vec<Option<ChunkDigest>>) -> Digests {
+    fn reply(request: u64, first: u64, chunks: Vec<Option<ChunkDigest>>) -> Digests {
         Digests {
+            request,
             disk: DiskId(0),
             first_chunk: first,
             chunks,
@@ -165,17 +180,21 @@ mod tests {
     fn only_chunks_that_differ_or_are_unknown_are_returned_and_neighbours_merge() {
         // 3.5 chunks: the last one is short.
         let size = 3 * CHUNK + CHUNK / 2;
-        let mut scan = Scan::new(size);
+        let mut scan = Scan::new(size, 0);
         assert_eq!(scan.next_request(2), Some((0, 2)));
-        scan.sent(0, vec![[1; 32], [2; 32]]);
+        scan.sent(1, 0, vec![[1; 32], [2; 32]]);
         assert_eq!(scan.next_request(8), Some((2, 2)));
-        scan.sent(2, vec![[3; 32], [4; 32]]);
+        scan.sent(2, 2, vec![[3; 32], [4; 32]]);
         assert_eq!(scan.next_request(8), None, "all chunks asked");
         let differ = scan
-            .answer(&reply(0, vec![Some([1; 32]), Some([9; 32])]))
+            .answer(&reply(1, 0, vec![Some([1; 32]), Some([9; 32])]))
+            .unwrap()
             .unwrap();
         assert_eq!(differ, vec![ByteRange::new(CHUNK, 2 * CHUNK)]);
-        let differ = scan.answer(&reply(2, vec![None, Some([5; 32])])).unwrap();
+        let differ = scan
+            .answer(&reply(2, 2, vec![None, Some([5; 32])]))
+            .unwrap()
+            .unwrap();
         assert_eq!(differ, vec![ByteRange::new(2 * CHUNK, size)]);
         assert!(scan.done());
         assert_eq!(scan.compared, size);
@@ -183,21 +202,34 @@ mod tests {
     }
 
     #[test]
-    fn answers_out_of_turn_are_refused_and_a_reset_asks_again() {
-        let mut scan = Scan::new(8 * CHUNK);
-        scan.sent(0, vec![[1; 32]; 4]);
-        scan.sent(4, vec![[1; 32]; 2]);
-        assert!(scan.answer(&reply(4, vec![None, None])).is_err());
-        let mut scan = Scan::new(8 * CHUNK);
-        scan.sent(0, vec![[1; 32]; 4]);
+    fn answers_out_of_turn_are_refused_a_replaced_scans_are_ignored_and_a_reset_asks_again() {
+        let mut scan = Scan::new(8 * CHUNK, 0);
+        scan.sent(1, 0, vec![[1; 32]; 4]);
+        scan.sent(2, 4, vec![[1; 32]; 2]);
         assert!(
-            scan.answer(&reply(0, vec![None; 3])).is_err(),
+            scan.answer(&reply(2, 4, vec![None, None])).is_err(),
+            "out of turn"
+        );
+        let mut scan = Scan::new(8 * CHUNK, 0);
+        scan.sent(1, 0, vec![[1; 32]; 4]);
+        assert!(
+            scan.answer(&reply(1, 0, vec![None; 3])).is_err(),
             "short answer"
         );
-        let mut scan = Scan::new(8 * CHUNK);
-        scan.sent(0, vec![[1; 32]; 4]);
-        scan.sent(4, vec![[1; 32]; 2]);
-        scan.answer(&reply(0, vec![Some([1; 32]); 4])).unwrap();
+        // A newer gap replaced the scan that made requests 1 and 2: their answers, even
+        // for the same chunks, are not taken as the new scan's.
+        let mut scan = Scan::new(8 * CHUNK, 2);
+        scan.sent(3, 0, vec![[1; 32]; 4]);
+        assert_eq!(scan.answer(&reply(1, 0, vec![Some([1; 32]); 4])), Ok(None));
+        assert!(!scan.done());
+        assert_eq!(
+            scan.answer(&reply(3, 0, vec![Some([1; 32]); 4])),
+            Ok(Some(vec![]))
+        );
+        let mut scan = Scan::new(8 * CHUNK, 0);
+        scan.sent(1, 0, vec![[1; 32]; 4]);
+        scan.sent(2, 4, vec![[1; 32]; 2]);
+        scan.answer(&reply(1, 0, vec![Some([1; 32]); 4])).unwrap();
         scan.reset();
         assert_eq!(
             scan.next_request(8),

@@ -492,6 +492,15 @@ impl Drop for Link {
 /// The writing thread: frames from the queue onto the socket, in order, flushed whenever
 /// the queue runs dry; an error closes the link.
 fn transmit(frames: &Receiver<Vec<u8>>, out: TcpStream, shared: &Shared) {
+    /// However the thread ends (even by a panic), the link is closed, so that nothing
+    /// waits for frames that will never be written.
+    struct CloseOnExit<'a>(&'a Shared);
+    impl Drop for CloseOnExit<'_> {
+        fn drop(&mut self) {
+            fail_shared(self.0, LinkError::Closed);
+        }
+    }
+    let _close = CloseOnExit(shared);
     let mut w = BufWriter::with_capacity(1 << 20, out);
     let mut written = 0u64;
     loop {

@@ -39,8 +39,19 @@ pub struct ProtectedServer {
     pub id: ServerId,
     pub pair: String,
     pub state: State,
-    /// Why the server is in `error`.
+    /// Why the last operation or event on the server failed, until an operation succeeds.
     pub error: Option<String>,
+}
+
+impl ProtectedServer {
+    /// The state as the operator sees it: `error` while a failure is unresolved.
+    pub fn shown_state(&self) -> &'static str {
+        if self.error.is_some() {
+            "error"
+        } else {
+            self.state.name()
+        }
+    }
 }
 
 /// Why a catalogue change was refused.
@@ -78,6 +89,11 @@ pub enum CatalogError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "{} is a control catalogue of version {found}; this ferry reads version {VERSION}",
+        path.display()
+    )]
+    Version { path: PathBuf, found: u32 },
     #[error("{} is not a valid control catalogue", path.display())]
     Corrupt {
         path: PathBuf,
@@ -113,6 +129,12 @@ impl Catalog {
                         path: path.to_owned(),
                         source,
                     })?;
+                if d.version != VERSION {
+                    return Err(CatalogError::Version {
+                        path: path.to_owned(),
+                        found: d.version,
+                    });
+                }
                 (d.pairs, d.servers)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), Vec::new()),
@@ -199,21 +221,16 @@ impl Catalog {
         let s = self.server(id)?;
         if !matches!(
             s.state,
-            State::Installing | State::Initialized | State::Error | State::FailedBack
+            State::Installing | State::Initialized | State::FailedBack
         ) {
             return Err(CatalogError::ServerBusy(s.id.clone(), s.state));
         }
         self.change(|c| c.servers.retain(|s| s.id.as_str() != id))
     }
 
-    /// Applies a lifecycle step to a server (with the reason, for [`Step::Fail`]) and
-    /// returns its new state.
-    pub fn step(
-        &mut self,
-        id: &str,
-        step: Step,
-        reason: Option<String>,
-    ) -> Result<State, CatalogError> {
+    /// Applies a lifecycle step to a server and returns its new state; a step that
+    /// succeeds clears the server's error.
+    pub fn step(&mut self, id: &str, step: Step) -> Result<State, CatalogError> {
         let s = self.server(id)?;
         let next = s
             .state
@@ -222,19 +239,33 @@ impl Catalog {
                 server: s.id.clone(),
                 source,
             })?;
-        if next == s.state && step != Step::Fail {
+        if next == s.state && s.error.is_none() {
             return Ok(next);
         }
-        self.change(|c| {
-            let s = c
-                .servers
-                .iter_mut()
-                .find(|s| s.id.as_str() == id)
-                .expect("checked above");
+        self.edit_server(id, |s| {
             s.state = next;
-            s.error = if next == State::Error { reason } else { None };
+            s.error = None;
         })?;
         Ok(next)
+    }
+
+    /// Records why an operation or event failed; the server keeps its state.
+    pub fn fail(&mut self, id: &str, reason: String) -> Result<(), CatalogError> {
+        self.server(id)?;
+        self.edit_server(id, |s| s.error = Some(reason))
+    }
+
+    fn edit_server(
+        &mut self,
+        id: &str,
+        f: impl FnOnce(&mut ProtectedServer),
+    ) -> Result<(), CatalogError> {
+        self.change(|c| {
+            f(c.servers
+                .iter_mut()
+                .find(|s| s.id.as_str() == id)
+                .expect("the caller found the server"));
+        })
     }
 
     fn pair(&self, name: &str) -> Result<&Pair, CatalogError> {
@@ -252,9 +283,20 @@ impl Catalog {
             servers: self.servers.clone(),
         };
         f(&mut next);
-        next.save()?;
-        *self = next;
-        Ok(())
+        let replaced = next.save();
+        // Once the new file is in place it is what a restart reads: keep it in memory
+        // too, even if making the rename durable failed (that is still reported).
+        if matches!(
+            replaced,
+            Ok(())
+                | Err(CatalogError::Io {
+                    action: "fsync the directory of",
+                    ..
+                })
+        ) {
+            *self = next;
+        }
+        replaced
     }
 
     fn save(&self) -> Result<(), CatalogError> {
@@ -305,8 +347,8 @@ mod tests {
         let mut c = Catalog::open(&path).unwrap();
         c.create_pair(pair("prod.eu-1")).unwrap();
         c.add_server("prod.eu-1", id("web-1")).unwrap();
-        c.step("web-1", Step::AgentRegistered, None).unwrap();
-        c.step("web-1", Step::ReplicationStart, None).unwrap();
+        c.step("web-1", Step::AgentRegistered).unwrap();
+        c.step("web-1", Step::ReplicationStart).unwrap();
         let on_disk = std::fs::read(&path).unwrap();
 
         for (what, err) in [
@@ -325,12 +367,9 @@ mod tests {
             ("busy", c.remove_server("web-1").unwrap_err()),
             (
                 "unknown server",
-                c.step("db-9", Step::ReplicationStart, None).unwrap_err(),
+                c.step("db-9", Step::ReplicationStart).unwrap_err(),
             ),
-            (
-                "not allowed",
-                c.step("web-1", Step::FailoverStart, None).unwrap_err(),
-            ),
+            ("not allowed", c.step("web-1", Step::Register).unwrap_err()),
         ] {
             let text = ferry_wire::error_chain(&err);
             assert!(!text.is_empty(), "{what}");
@@ -357,13 +396,22 @@ mod tests {
         assert_eq!(again.servers(), c.servers());
         assert_eq!(again.server("web-1").unwrap().state, State::Starting);
 
-        c.step("web-1", Step::Fail, Some("disk gone".into()))
-            .unwrap();
+        c.fail("web-1", "disk gone".into()).unwrap();
+        let failed = Catalog::open(&path).unwrap();
+        let s = failed.server("web-1").unwrap();
+        assert_eq!(
+            (s.shown_state(), s.state, s.error.as_deref()),
+            ("error", State::Starting, Some("disk gone")),
+            "an error is shown over the state it happened in, and persists"
+        );
+        assert!(c.step("web-1", Step::Register).is_err());
         assert_eq!(
             c.server("web-1").unwrap().error.as_deref(),
             Some("disk gone")
         );
-        c.step("web-1", Step::ReplicationStop, None).unwrap();
+        c.step("web-1", Step::ReplicationStop).unwrap();
+        let s = c.server("web-1").unwrap();
+        assert_eq!((s.shown_state(), s.error.as_deref()), ("initialized", None));
         c.remove_server("web-1").unwrap();
         c.delete_pair("prod.eu-1").unwrap();
         assert!(Catalog::open(&path).unwrap().pairs().is_empty());

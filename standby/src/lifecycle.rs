@@ -18,8 +18,10 @@
 //!
 //! `interrupted` (the link is down; the agent reconnects by itself when auto-restart is
 //! on) can follow any replicating phase, forward or reverse, and is left by the agent's
-//! next phase report; `error` (with a reason) can follow any state and is left only by an
-//! operator's `replication stop` (forward) or `reverse start` (reverse) once fixed.
+//! next phase report. An *error* is not a state of its own: it is a reason shown over the
+//! state the server is in (so nothing forgets where the server was), the operations of
+//! that state stay allowed, and the first one that succeeds clears it (the catalogue
+//! keeps the flag, [`crate::catalog`]).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -44,7 +46,6 @@ pub enum State {
     FailedBack,
     Interrupted,
     ReverseInterrupted,
-    Error,
 }
 
 /// A phase an agent reports while it replicates.
@@ -80,8 +81,6 @@ pub enum Step {
     Failback,
     /// Protect the server forward again after a failback, without a full copy.
     Register,
-    /// Something failed and needs an operator.
-    Fail,
 }
 
 impl Step {
@@ -102,7 +101,6 @@ impl Step {
             Step::Reverse(_) => "reverse replication progress",
             Step::Failback => "failback",
             Step::Register => "register",
-            Step::Fail => "failure",
         }
     }
 
@@ -154,7 +152,6 @@ impl State {
             State::FailedBack => "failed-back",
             State::Interrupted => "interrupted",
             State::ReverseInterrupted => "reverse-interrupted",
-            State::Error => "error",
         }
     }
 
@@ -205,18 +202,19 @@ impl State {
             Phase::Interrupted => S::ReverseInterrupted,
         };
         Some(match (self, step) {
-            (_, Step::Fail) => S::Error,
             (S::Installing | S::Initialized, Step::AgentRegistered) => S::Initialized,
             (S::Initialized, Step::ReplicationStart) => S::Starting,
-            (s, Step::ReplicationStop) if s.replicating() || s == S::Error => S::Initialized,
+            (s, Step::ReplicationStop) if s.replicating() => S::Initialized,
             (s, Step::Forward(p)) if s.replicating() => forward(p),
-            (S::Full | S::Realtime | S::Interrupted, Step::DrillStart) => self,
-            (S::Realtime | S::Interrupted, Step::FailoverStart) => S::FailingOver,
+            // Both need a recovery point, which the service checks: a server whose
+            // first point exists can be recovered whatever phase its replication is in.
+            (s, Step::DrillStart) if s.replicating() => s,
+            (s, Step::FailoverStart) if s.replicating() => S::FailingOver,
             (S::FailingOver, Step::InstanceUp) => S::FailedOver,
             (S::FailedOver, Step::ChangePoint) => S::FailingOver,
             (S::FailedOver, Step::FailoverConfirm) => S::FailoverConfirmed,
             (S::FailoverConfirmed, Step::ReverseRegister) => S::ReverseRegistered,
-            (S::ReverseRegistered | S::Error, Step::ReverseStart) => S::ReverseStarting,
+            (S::ReverseRegistered, Step::ReverseStart) => S::ReverseStarting,
             (s, Step::Reverse(p)) if s.reverse_replicating() => reverse(p),
             (S::ReverseRealtime, Step::Failback) => S::FailingBack,
             (S::FailingBack, Step::InstanceUp) => S::FailedBack,
@@ -236,7 +234,7 @@ impl fmt::Display for State {
 mod tests {
     use super::*;
 
-    const ALL: [State; 17] = [
+    const ALL: [State; 16] = [
         State::Installing,
         State::Initialized,
         State::Starting,
@@ -253,7 +251,6 @@ mod tests {
         State::FailedBack,
         State::Interrupted,
         State::ReverseInterrupted,
-        State::Error,
     ];
 
     #[test]
@@ -290,13 +287,13 @@ mod tests {
 
     #[test]
     fn a_refusal_names_the_state_and_exactly_the_operations_that_would_be_allowed() {
-        let err = State::Full.apply(Step::FailoverStart).unwrap_err();
+        let err = State::Initialized.apply(Step::FailoverStart).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("failover start is not allowed while the server is full"),
+            text.contains("failover start is not allowed while the server is initialized"),
             "{text}"
         );
-        assert_eq!(err.allowed, vec!["replication stop", "drill start"]);
+        assert_eq!(err.allowed, vec!["replication start", "agent registration"]);
         for state in ALL {
             for op in Step::OPERATIONS {
                 match state.apply(op) {
@@ -315,14 +312,10 @@ mod tests {
     }
 
     #[test]
-    fn failover_needs_replication_that_has_reached_real_time_once_and_stops_it() {
-        for state in [
-            State::Installing,
-            State::Initialized,
-            State::Starting,
-            State::Full,
-        ] {
+    fn failover_stops_forward_replication_and_reverse_needs_a_confirmed_failover() {
+        for state in [State::Installing, State::Initialized] {
             assert!(state.apply(Step::FailoverStart).is_err(), "{state}");
+            assert!(state.apply(Step::DrillStart).is_err(), "{state}");
         }
         for state in [
             State::FailingOver,
@@ -335,11 +328,10 @@ mod tests {
             );
             assert!(state.apply(Step::Forward(Phase::Realtime)).is_err());
         }
-        assert_eq!(
-            State::Error.apply(Step::ReplicationStop),
-            Ok(State::Initialized),
-            "an operator can recover a server in error"
-        );
+        for state in ALL {
+            let reverse = state.apply(Step::ReverseStart).is_ok();
+            assert_eq!(reverse, state == State::ReverseRegistered, "{state}");
+        }
     }
 
     #[test]

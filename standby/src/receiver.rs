@@ -755,6 +755,7 @@ fn answer_digests(
         )));
     }
     Ok(Digests {
+        request: req.request,
         disk: req.disk,
         first_chunk: req.first_chunk,
         chunks: chunk_digests(&state.log, disk, req.first_chunk, req.count),

@@ -111,6 +111,8 @@ pub struct Heartbeat {
 /// answers after every record sent before the request is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestRequest {
+    /// The agent's id for the request, echoed in the answer.
+    pub request: u64,
     pub disk: DiskId,
     pub first_chunk: u64,
     pub count: u32,
@@ -121,6 +123,7 @@ pub struct DigestRequest {
 /// which the agent treats as different.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digests {
+    pub request: u64,
     pub disk: DiskId,
     pub first_chunk: u64,
     pub chunks: Vec<Option<ChunkDigest>>,
