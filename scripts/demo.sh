@@ -101,7 +101,7 @@ step "4. the server keeps writing; a consistent recovery point (freeze → ship 
 cp -a /usr/share/common-licenses "$work/mnt-web1/licenses" 2>/dev/null || cp -a /etc "$work/mnt-web1/etc-copy"
 head -c 16M /dev/urandom >"$work/mnt-web1/more.bin"
 (cd "$work/mnt-web1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/sums-point"
-"$ferry" point create --server web-1 --state-dir "$work/agent"
+"$ferry" agent point --server web-1 --state-dir "$work/agent"
 point="$(json 's["last_point"]["point"]')"
 
 step "5. the standby is killed (kill -9) while the server writes; it restarts; the agent resumes by itself"
@@ -126,7 +126,7 @@ start_agent
 wait_in_sync
 json '"after kill -9: %s — %d MiB compared, %d MiB differed, %d MiB shipped, %.1f s (gap: %s)" % ((lambda c: (c["method"], c["compared_bytes"] >> 20, c["differing_bytes"] >> 20, c["shipped_bytes"] >> 20, c["millis"] / 1000, c["reason"]))(s["disks"][0]["last_catch_up"]))'
 (cd "$work/mnt-web1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) >"$work/sums-latest"
-"$ferry" point create --server web-1 --state-dir "$work/agent"
+"$ferry" agent point --server web-1 --state-dir "$work/agent"
 "$ferry" point list --data-dir "$work/standby" --server web-1
 
 step "7. at the standby: rebuild the first point and mount it (a drill, by hand): every file checked"

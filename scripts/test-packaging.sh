@@ -258,7 +258,7 @@ fi
 phase() { ct ferry agent status --json | grep -q '"phase": "realtime"'; }
 wait_for 60 "the agent did not reach realtime: $(ct ferry agent status 2>&1 || true)" phase
 ct dd if=/dev/urandom of="$loop" bs=64k count=32 seek=300 oflag=direct status=none
-ct ferry point create --server ct-1 >/dev/null 2>"$work/point.log" || fail "ferry point create failed: $(cat "$work/point.log")"
+ct ferry agent point --server ct-1 >/dev/null 2>"$work/point.log" || fail "ferry agent point failed: $(cat "$work/point.log")"
 ct ferry rebuild --data-dir /var/lib/ferry/standby --server ct-1 --point latest \
     --key /etc/ferry/keys/pair.key --out /var/tmp/ct-1.img >/dev/null 2>"$work/rebuild.log" \
     || fail "ferry rebuild failed: $(cat "$work/rebuild.log")"

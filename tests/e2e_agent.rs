@@ -127,29 +127,6 @@ impl Site {
     }
 }
 
-/// Writes `count` files of `size` pseudo-random bytes under `dir`, fsynced; returns
-/// their names and contents.
-fn write_files(
-    dir: &Path,
-    prefix: &str,
-    count: usize,
-    size: usize,
-    seed: u64,
-) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut rng = Rng(seed);
-    (0..count)
-        .map(|i| {
-            let path = dir.join(format!("{prefix}-{i}"));
-            let mut data = vec![0u8; size];
-            rng.fill(&mut data);
-            let mut f = std::fs::File::create(&path).expect("create");
-            f.write_all(&data).expect("write");
-            f.sync_all().expect("fsync");
-            (path, data)
-        })
-        .collect()
-}
-
 #[test]
 fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resumes() {
     let port = free_port();

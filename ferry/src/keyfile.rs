@@ -20,26 +20,49 @@ const MAX_KEY_FILE: u64 = 256;
 
 /// Loads the master key from `path`, refusing unsafe permissions and malformed content.
 pub(crate) fn load(path: &Path) -> Result<MasterKey> {
+    let text = read_secret(path, "key file")?;
+    MasterKey::from_text(&text)
+        .with_context(|| format!("key file {} is not a ferry key", path.display()))
+}
+
+/// Loads the control API's token from `path` (same permission rules as a key file; any
+/// 16 to 256 printable characters, e.g. a file made by `ferry keygen`).
+pub(crate) fn load_token(path: &Path) -> Result<Zeroizing<String>> {
+    let text = read_secret(path, "token file")?;
+    let token = Zeroizing::new(text.trim().to_owned());
+    if token.len() < 16 || token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!(
+            "token file {} must hold one token of 16 to 256 printable characters without \
+             spaces (make one with `ferry keygen --out {}`)",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Reads a small secret file of mode 0600 (or stricter).
+fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
     let file =
-        File::open(path).with_context(|| format!("cannot open key file {}", path.display()))?;
+        File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))?;
     let meta = file
         .metadata()
-        .with_context(|| format!("cannot stat key file {}", path.display()))?;
+        .with_context(|| format!("cannot stat {what} {}", path.display()))?;
     if !meta.is_file() {
-        bail!("key file {} is not a regular file", path.display());
+        bail!("{what} {} is not a regular file", path.display());
     }
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(
-            "key file {} has mode {mode:04o}: group or others can access it; \
-             run `chmod 600 {}` (and consider the key exposed)",
+            "{what} {} has mode {mode:04o}: group or others can access it; \
+             run `chmod 600 {}` (and consider the secret exposed)",
             path.display(),
             path.display()
         );
     }
     if meta.len() > MAX_KEY_FILE {
         bail!(
-            "key file {} is {} bytes long; a ferry key file is 64 hex digits and a newline",
+            "{what} {} is {} bytes long; a ferry key file is 64 hex digits and a newline",
             path.display(),
             meta.len()
         );
@@ -47,9 +70,8 @@ pub(crate) fn load(path: &Path) -> Result<MasterKey> {
     let mut text = Zeroizing::new(String::new());
     file.take(MAX_KEY_FILE)
         .read_to_string(&mut text)
-        .with_context(|| format!("cannot read key file {}", path.display()))?;
-    MasterKey::from_text(&text)
-        .with_context(|| format!("key file {} is not a ferry key", path.display()))
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    Ok(text)
 }
 
 /// Writes `key` to `path` with mode 0600. Refuses an existing file unless `force`.

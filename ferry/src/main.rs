@@ -1,6 +1,7 @@
 //! The `ferry` binary: operator commands, the standby service and the agent. Thin: each subcommand parses its arguments and calls into the
 //! library crates.
 
+mod api;
 mod cmd;
 mod keyfile;
 #[cfg(test)]
@@ -26,6 +27,15 @@ enum Command {
     Check(cmd::check::Args),
     Standby(cmd::standby::Args),
     Agent(cmd::agent::Args),
+    /// Site pairs (at the standby site's control API).
+    #[command(subcommand)]
+    Pair(cmd::pair::Command),
+    /// Protected servers (at the standby site's control API).
+    #[command(subcommand)]
+    Server(cmd::server::Command),
+    /// A protected server's replication (at the standby site's control API).
+    #[command(subcommand)]
+    Replication(cmd::replication::Command),
     /// Recovery points held by a standby.
     #[command(subcommand)]
     Point(cmd::point::Command),
@@ -68,6 +78,9 @@ fn main() -> std::process::ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Standby(args) => cmd::standby::run(args),
         Command::Agent(args) => cmd::agent::run(args),
+        Command::Pair(command) => cmd::pair::run(command),
+        Command::Server(command) => cmd::server::run(command),
+        Command::Replication(command) => cmd::replication::run(command),
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),

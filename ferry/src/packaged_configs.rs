@@ -50,7 +50,13 @@ fn load_agent(path: &Path) -> (AgentConfig, PathBuf) {
         .unwrap_or_else(|e| panic!("the agent refuses {}: {e:#}", path.display()))
 }
 
-fn load_standby(path: &Path) -> (ferry_standby::receiver::ServiceConfig, PathBuf) {
+fn load_standby(
+    path: &Path,
+) -> (
+    ferry_standby::receiver::ServiceConfig,
+    PathBuf,
+    Option<cmd::standby::ControlConfig>,
+) {
     let config = path.to_str().expect("utf-8 path");
     let cli = crate::Cli::try_parse_from(["ferry", "standby", "--config", config])
         .expect("parsing the standby's command line");
@@ -130,7 +136,11 @@ fn packaged_agent_config_loads_with_every_commented_setting_enabled() {
 #[test]
 fn packaged_standby_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/standby.toml");
-    let (config, key_file) = load_standby(&path);
+    let (config, key_file, control) = load_standby(&path);
+    assert!(
+        control.is_none(),
+        "the control API is served once the admin enables it"
+    );
     let defaults = ferry_standby::receiver::ServiceConfig::new(PathBuf::new(), String::new());
     assert_eq!(key_file, Path::new("/etc/ferry/keys/pair.key"));
     assert_eq!(config.data_dir, Path::new("/var/lib/ferry/standby"));
@@ -147,7 +157,17 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
 fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/standby.toml"));
     let file = temp_config(&text);
-    let (config, _) = load_standby(file.path());
+    let (config, _, control) = load_standby(file.path());
+    let control = control.expect("[control] is in the packaged config");
+    assert_eq!(control.listen, crate::api::DEFAULT_CONTROL);
+    assert_eq!(
+        control.token_file,
+        Path::new(crate::api::DEFAULT_TOKEN_FILE)
+    );
+    assert_eq!(
+        config.storage_classes.get("ssd").map(PathBuf::as_path),
+        Some(Path::new("/srv/ferry-ssd"))
+    );
     let web = "web-1".parse().expect("server id");
     let db = "db-1".parse().expect("server id");
     assert_eq!(config.servers.get(&web), Some(&Policy::default()));

@@ -46,7 +46,10 @@ use ferry_tracker::dirty::{GRAIN, Generation};
 use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
 use ferry_wire::digest::{CHUNK, ChunkDigest, Digester, chunk_digest};
-use ferry_wire::message::{Barrier, DigestRequest, DiskInfo, PointKind, RegisterServer};
+use ferry_wire::message::{
+    Barrier, DigestRequest, DiskInfo, PointKind, PointResult, Progress, RegisterServer,
+    ReplicationPhase,
+};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::{
     ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys, error_chain,
@@ -62,6 +65,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Most bytes read into memory while the filesystems are frozen; past it the freeze is
 /// abandoned (thawed) and retried after shipping more.
 pub const FREEZE_READ_CAP: u64 = 256 << 20;
+
+/// How often an agent whose standby takes no records yet asks again.
+pub const PAUSED_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the agent tells the standby its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How the agent runs (the `ferry agent` config file maps onto this).
 #[derive(Debug, Clone)]
@@ -200,6 +209,7 @@ pub struct Agent {
     control: UnixListener,
     limiter: Limiter,
     last_status: Instant,
+    last_progress: Instant,
 }
 
 impl std::fmt::Debug for Agent {
@@ -345,6 +355,7 @@ impl Agent {
             status,
             control,
             last_status: Instant::now() - Duration::from_secs(1),
+            last_progress: Instant::now() - PROGRESS_EVERY,
         };
         agent.write_status();
         Ok(agent)
@@ -513,17 +524,22 @@ impl Agent {
             });
             match outcome {
                 Ok(()) => break Ok(()),
+                Err(AgentError::Link(e)) if e.is_paused() => {
+                    if self.status.phase != Some(Phase::Waiting) {
+                        tracing::info!(reason = %error_chain(&e), "the standby takes no records now; tracking goes on, asking again every {PAUSED_RETRY:?}");
+                    }
+                    self.status.phase = Some(Phase::Waiting);
+                    self.status.last_error = Some(error_chain(&e));
+                    self.write_status();
+                    self.idle(PAUSED_RETRY);
+                }
                 Err(e) if e.is_retryable() && self.config.auto_restart => {
                     tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
                     self.status.phase = Some(Phase::Interrupted);
                     self.status.last_error = Some(error_chain(&e));
                     self.status.reconnects += 1;
                     self.write_status();
-                    let until = Instant::now() + backoff;
-                    while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
-                        self.serve_control(None);
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                    self.idle(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => break Err(e),
@@ -539,6 +555,15 @@ impl Agent {
         self.write_status();
         let stopped = self.shutdown();
         result.and(stopped)
+    }
+
+    /// Waits `time` while disconnected, answering the control socket.
+    fn idle(&mut self, time: Duration) {
+        let until = Instant::now() + time;
+        while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+            self.serve_control(None);
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops the tracker thread and saves the tracker's state (the pinned programs keep
@@ -632,6 +657,20 @@ impl Agent {
                 return Err(e.into());
             }
             self.serve_control(Some(&mut stream));
+            for request in stream.link.take_point_requests() {
+                let status = self.manual_point(Some(&mut stream));
+                stream.link.send(&Message::PointResult(PointResult {
+                    request: request.request,
+                    point: status.point.filter(|_| status.ok).map(PointId),
+                    consistent: status.consistent,
+                    freeze_ms: status.freeze_ms,
+                    error: status.error,
+                }))?;
+            }
+            if self.last_progress.elapsed() >= PROGRESS_EVERY {
+                self.last_progress = Instant::now();
+                stream.link.send(&Message::Progress(self.progress()))?;
+            }
             if self.next_point.is_some_and(|t| Instant::now() >= t) {
                 if self.catch_up.iter().any(Option::is_some) {
                     // A point during a catch-up could not be consistent; try again later.
@@ -866,42 +905,60 @@ impl Agent {
             if BufReader::new(&conn).read_line(&mut line).is_err() {
                 continue;
             }
-            let catching_up = self
-                .catch_up
-                .iter()
-                .zip(&self.registration.disks)
-                .find_map(|(c, d)| c.as_ref().map(|c| (d.name.clone(), c.method.name())));
-            let reply = match (line.trim(), stream.as_deref_mut()) {
-                // Until a catch-up is acknowledged, the standby may lack changes made
-                // during the gap: no point could be consistent (DESIGN.md I5).
-                ("point", Some(_)) if catching_up.is_some() => {
-                    let (disk, method) = catching_up.expect("checked");
-                    PointStatus {
-                        unix_time_ms: now_ms(),
-                        error: Some(format!(
-                            "disk {disk} is catching up after a tracking gap ({method}); a \
-                             point now could not hold every change: try again once it is in \
-                             real time (`ferry agent status`)"
-                        )),
-                        ..PointStatus::default()
-                    }
-                }
-                ("point", Some(s)) => self.point(s, PointKind::Manual),
-                ("point", None) => PointStatus {
-                    unix_time_ms: now_ms(),
-                    error: Some(format!(
-                        "not connected to the standby at {}: {}",
-                        self.config.standby,
-                        self.status.last_error.clone().unwrap_or_default()
-                    )),
-                    ..PointStatus::default()
-                },
-                (other, _) => PointStatus {
+            let reply = match line.trim() {
+                "point" => self.manual_point(stream.as_deref_mut()),
+                other => PointStatus {
                     error: Some(format!("unknown request {other:?}")),
                     ..PointStatus::default()
                 },
             };
             let _ = reply_json(&conn, &reply);
+        }
+    }
+
+    /// A point an operator asked for (on the control socket or through the standby):
+    /// refused while disconnected or while a disk catches up.
+    fn manual_point(&mut self, stream: Option<&mut Stream>) -> PointStatus {
+        let catching_up = self
+            .catch_up
+            .iter()
+            .zip(&self.registration.disks)
+            .find_map(|(c, d)| c.as_ref().map(|c| (d.name.clone(), c.method.name())));
+        let refused = |error| PointStatus {
+            unix_time_ms: now_ms(),
+            error: Some(error),
+            ..PointStatus::default()
+        };
+        match (stream, catching_up) {
+            (None, _) => refused(format!(
+                "not connected to the standby at {}: {}",
+                self.config.standby,
+                self.status.last_error.clone().unwrap_or_default()
+            )),
+            // Until a catch-up is acknowledged, the standby may lack changes made during
+            // the gap: no point could be consistent (DESIGN.md I5).
+            (Some(_), Some((disk, method))) => refused(format!(
+                "disk {disk} is catching up after a tracking gap ({method}); a point now \
+                 could not hold every change: try again once it is in real time (`ferry \
+                 agent status`)"
+            )),
+            (Some(s), None) => self.point(s, PointKind::Manual),
+        }
+    }
+
+    /// What the standby is told about replication's progress.
+    fn progress(&self) -> Progress {
+        let disks = &self.status.disks;
+        Progress {
+            phase: if self.catch_up.iter().any(Option::is_some) {
+                ReplicationPhase::Full
+            } else {
+                ReplicationPhase::Realtime
+            },
+            full_done: disks.iter().map(|d| d.full_done).sum(),
+            full_total: disks.iter().map(|d| d.full_total).sum(),
+            backlog_bytes: self.status.backlog_bytes,
+            rpo_lag_ms: self.status.rpo_lag_ms,
         }
     }
 

@@ -10,6 +10,9 @@
 //!                                          simply stops getting acks (back-pressure)
 //!         ◀─ Error { other }               permanent: the link is closed
 //! send(DigestRequest) ◀─ Digests             answers in request order, taken by the caller
+//!         ◀─ PointRequest                  an operator asked for a point; taken by the caller
+//!         ◀─ Error { Paused }              the standby takes no records now (replication
+//!                                          not started or stopped): the link is closed
 //! ```
 //!
 //! Frames whose seq is at or below the standby's durable seq are not sent at all, so a
@@ -24,7 +27,7 @@
 use ferry_wire::auth::{self, Exchange, Nonce, Role};
 use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
 use ferry_wire::message::{
-    Authenticate, Digests, ErrorCode, ErrorMessage, Heartbeat, Hello, RegisterServer,
+    Authenticate, Digests, ErrorCode, ErrorMessage, Heartbeat, Hello, PointRequest, RegisterServer,
 };
 use ferry_wire::{AuthKey, Message, Seq, ServerId};
 use std::collections::VecDeque;
@@ -104,6 +107,18 @@ impl LinkError {
         }
     }
 
+    /// Whether the standby refused because it takes no records of the server now: not
+    /// an interruption, the agent waits for the operator.
+    pub fn is_paused(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Refused {
+                code: ErrorCode::Paused,
+                ..
+            }
+        )
+    }
+
     fn from_read(e: ReadFrameError) -> Self {
         match e {
             ReadFrameError::Io(e) if is_timeout(&e) => LinkError::Timeout(Duration::ZERO),
@@ -135,6 +150,8 @@ struct State {
     unwritten: u64,
     /// Answers to digest requests, in the order they arrived.
     digests: VecDeque<Digests>,
+    /// Points the standby asked for, not yet taken.
+    point_requests: Vec<PointRequest>,
 }
 
 #[derive(Debug, Default)]
@@ -327,6 +344,11 @@ impl Link {
     /// Answers to digest requests received since the last call, in request order.
     pub fn take_digests(&self) -> VecDeque<Digests> {
         std::mem::take(&mut self.shared.lock().digests)
+    }
+
+    /// Points the standby asked for since the last call.
+    pub fn take_point_requests(&self) -> Vec<PointRequest> {
+        std::mem::take(&mut self.shared.lock().point_requests)
     }
 
     /// A handle that reads the link's progress from another thread (status, metrics)
@@ -571,6 +593,9 @@ fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
             Ok(Message::Digests(d)) => {
                 shared.lock().digests.push_back(d);
                 shared.changed.notify_all();
+            }
+            Ok(Message::PointRequest(r)) => {
+                shared.lock().point_requests.push(r);
             }
             Ok(Message::Error(e)) if e.code.is_retryable() => {
                 shared.lock().warnings.push(e);

@@ -16,6 +16,9 @@ pub enum Phase {
     Full,
     /// Continuous replication.
     Realtime,
+    /// Connected, but the standby takes no records yet (its operator has not started
+    /// replication, or stopped it); tracking goes on and the agent asks again.
+    Waiting,
     /// The link is down; the agent reconnects by itself (auto-restart).
     Interrupted,
     /// Stopped on an error that needs an operator.
@@ -30,6 +33,7 @@ impl Phase {
             Phase::Starting => "starting",
             Phase::Full => "full",
             Phase::Realtime => "realtime",
+            Phase::Waiting => "waiting",
             Phase::Interrupted => "interrupted",
             Phase::Error => "error",
             Phase::Stopped => "stopped",

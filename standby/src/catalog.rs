@@ -10,6 +10,7 @@
 //! was.
 
 use crate::lifecycle::{NotAllowed, State, Step};
+use crate::retention::Policy;
 use ferry_wire::ServerId;
 use ferry_wire::ids::{NameError, validate_name};
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,26 @@ pub struct ProtectedServer {
     pub state: State,
     /// Why the last operation or event on the server failed, until an operation succeeds.
     pub error: Option<String>,
+    /// How its replication runs, from the last `replication start`.
+    #[serde(default)]
+    pub replication: Option<Replication>,
+}
+
+/// How a server's replication runs (`replication start`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replication {
+    /// Which points are kept (retention thins scheduled points to one per interval).
+    pub policy: Policy,
+    /// Where the replica is stored: a storage class of the standby's config.
+    pub storage_class: String,
+    /// The address agents send to (the standby's replication network), for the record.
+    pub replication_network: Option<String>,
+    /// The network drill and failover instances are attached to.
+    pub recovery_network: Option<String>,
+    /// Whether replication resumes by itself after an interruption; when off, an
+    /// interrupted server waits for `replication start`.
+    pub auto_restart: bool,
 }
 
 impl ProtectedServer {
@@ -212,6 +233,7 @@ impl Catalog {
                 pair: pair.to_owned(),
                 state: State::Installing,
                 error: None,
+                replication: None,
             });
         })
     }
@@ -231,6 +253,17 @@ impl Catalog {
     /// Applies a lifecycle step to a server and returns its new state; a step that
     /// succeeds clears the server's error.
     pub fn step(&mut self, id: &str, step: Step) -> Result<State, CatalogError> {
+        self.step_and(id, step, |_| {})
+    }
+
+    /// Applies a step and, in the same durable change, `edit` (e.g. the settings the
+    /// step takes).
+    pub fn step_and(
+        &mut self,
+        id: &str,
+        step: Step,
+        edit: impl FnOnce(&mut ProtectedServer),
+    ) -> Result<State, CatalogError> {
         let s = self.server(id)?;
         let next = s
             .state
@@ -239,13 +272,14 @@ impl Catalog {
                 server: s.id.clone(),
                 source,
             })?;
-        if next == s.state && s.error.is_none() {
+        let mut edited = s.clone();
+        edited.state = next;
+        edited.error = None;
+        edit(&mut edited);
+        if edited == *s {
             return Ok(next);
         }
-        self.edit_server(id, |s| {
-            s.state = next;
-            s.error = None;
-        })?;
+        self.edit_server(id, |s| *s = edited)?;
         Ok(next)
     }
 

@@ -14,12 +14,15 @@
 //! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
 //! - [`lifecycle`]: a protected server's states and the steps between them (DESIGN.md §5).
 //! - [`catalog`]: the site pairs and protected servers, persisted.
+//! - [`control`]: the operator's view and operations joined with the agents' reports;
+//!   which servers' records are taken.
 //!
 //! Invariants kept here (DESIGN.md): I2 — an ack names only seqs an fsync has covered;
 //! I6 — storing, verifying and cleaning use the MAC key only, the data key appears only
 //! in [`rebuild`]; I7 — a refused frame changes nothing and gets a clear error.
 
 pub mod catalog;
+pub mod control;
 pub mod digests;
 pub mod extent_map;
 pub mod index;

@@ -203,7 +203,9 @@ impl State {
         };
         Some(match (self, step) {
             (S::Installing | S::Initialized, Step::AgentRegistered) => S::Initialized,
-            (S::Initialized, Step::ReplicationStart) => S::Starting,
+            // From `interrupted`: an operator restarts replication that does not restart
+            // by itself (auto-restart off).
+            (S::Initialized | S::Interrupted, Step::ReplicationStart) => S::Starting,
             (s, Step::ReplicationStop) if s.replicating() => S::Initialized,
             (s, Step::Forward(p)) if s.replicating() => forward(p),
             // Both need a recovery point, which the service checks: a server whose

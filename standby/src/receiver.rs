@@ -4,7 +4,8 @@
 //! Per connection:
 //!
 //! ```text
-//! Hello ──▶ server on the allow-list? else Error(UnknownServer), logged, closed
+//! Hello ──▶ server on the allow-list or in the control catalogue? else
+//!           Error(UnknownServer), logged, closed
 //!       ◀── Challenge { server nonce, standby proof }
 //! Authenticate ──▶ proof checks with the auth key? else Error(AuthenticationFailed)
 //!       ◀── Welcome { last_durable }   (the log is fsynced first, so it is true)
@@ -30,7 +31,12 @@
 //!   not locked out by its half-dead predecessor.
 //! - **Retention** runs every `clean_interval` for each allowed server, holding that
 //!   server's lock (its ingest pauses for the run).
+//! - **Control** ([`crate::control`]): a server the operator manages registers, reports
+//!   its progress and answers point requests through its session; its records are taken
+//!   only while its state replicates — otherwise the agent is told `Paused` (after its
+//!   registration is stored) and the connection ends once the agent closes it.
 
+use crate::control::{Control, PointView};
 use crate::digests::chunk_digests;
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
@@ -59,6 +65,10 @@ pub const MAX_HANDSHAKES: usize = 64;
 /// How often a session retries an append that failed for lack of space.
 pub const FULL_RETRY: Duration = Duration::from_millis(250);
 
+/// How long a paused session waits for its agent to close the connection after being
+/// told (so that the agent reads the reason before its writes could meet a reset).
+const PAUSED_LINGER: Duration = Duration::from_secs(2);
+
 /// The keys a standby holds: never the data key (DESIGN.md I6).
 #[derive(Debug, Clone)]
 pub struct StandbyKeys {
@@ -79,6 +89,9 @@ pub struct ServiceConfig {
     pub clean_interval: Duration,
     /// Time allowed for each handshake message. Default 10 s.
     pub handshake_timeout: Duration,
+    /// Where replicas of each storage class live ("standard", the default, is
+    /// `data_dir`).
+    pub storage_classes: HashMap<String, PathBuf>,
 }
 
 impl ServiceConfig {
@@ -90,6 +103,7 @@ impl ServiceConfig {
             servers: HashMap::new(),
             clean_interval: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
+            storage_classes: HashMap::new(),
         }
     }
 }
@@ -105,6 +119,8 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     DataDir(#[from] OpenError),
+    #[error(transparent)]
+    Control(#[from] crate::catalog::CatalogError),
 }
 
 /// A server's state and its current connection.
@@ -171,6 +187,7 @@ struct Shared {
     next_conn: AtomicU64,
     /// Connections not yet authenticated.
     handshaking: std::sync::atomic::AtomicUsize,
+    control: Arc<Control>,
 }
 
 impl Shared {
@@ -205,6 +222,10 @@ impl Standby {
     pub fn bind(config: ServiceConfig, keys: StandbyKeys) -> Result<Self, ServiceError> {
         let data = DataDir::new(&config.data_dir);
         let lock = data.lock()?;
+        let control = Arc::new(Control::open(
+            &config.data_dir,
+            config.storage_classes.clone(),
+        )?);
         let listener = TcpListener::bind(&config.listen).map_err(|source| ServiceError::Bind {
             addr: config.listen.clone(),
             source,
@@ -218,6 +239,7 @@ impl Standby {
                 stop: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
                 handshaking: std::sync::atomic::AtomicUsize::new(0),
+                control,
             }),
             listener,
             _lock: lock,
@@ -226,6 +248,11 @@ impl Standby {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The site's control plane (served by the HTTP API).
+    pub fn control(&self) -> Arc<Control> {
+        self.shared.control.clone()
     }
 
     /// Serves until the process ends.
@@ -346,6 +373,40 @@ enum SessionEnd {
     Replaced,
     #[error("the standby is stopping")]
     Stopping,
+    /// The server's records are not taken now (the reason is for the agent).
+    #[error("paused: {0}")]
+    Paused(String),
+}
+
+/// Tells the agent why its records are not taken and waits (briefly) for it to close the
+/// connection, discarding what it sent meanwhile.
+fn paused(
+    out: &Mutex<TcpStream>,
+    input: &mut BufReader<TcpStream>,
+    peer: &str,
+    server: &ServerId,
+    reason: String,
+) -> SessionEnd {
+    tracing::info!(peer, %server, "{reason}");
+    send_error(out, ErrorCode::Paused, &reason);
+    let deadline = std::time::Instant::now() + PAUSED_LINGER;
+    let _ = input
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 64 << 10];
+    while std::time::Instant::now() < deadline {
+        match io::Read::read(input, &mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    SessionEnd::Refused(reason)
 }
 
 /// Sends an error to the agent and logs it; returns the session's end.
@@ -446,14 +507,14 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         }
     };
     let server = hello.server.clone();
-    if !shared.config.servers.contains_key(&server) {
+    if !shared.config.servers.contains_key(&server) && !shared.control.manages(&server) {
         return Err(refuse(
             &out,
             peer,
             ErrorCode::UnknownServer,
             format!(
-                "server {server} is not known to this standby; an operator must add it to \
-                 the standby's [[servers]] list"
+                "server {server} is not known to this standby; an operator adds it with \
+                 `ferry server add` (or to the standby's [[servers]] list)"
             ),
         ));
     }
@@ -569,6 +630,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         }
     };
     send(&out, &Message::Welcome(Welcome { last_durable })).map_err(SessionEnd::Io)?;
+    shared.control.connected(&server, conn_id, out.clone());
     tracing::info!(
         peer, %server, agent = %hello.agent_version, %last_durable, "agent connected"
     );
@@ -584,6 +646,11 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
     let result = ingest_loop(
         shared, &slot, conn_id, &mut input, &mut buf, &out, peer, &server,
     );
+    let result = match result {
+        Err(SessionEnd::Paused(reason)) => Err(paused(&out, &mut input, peer, &server, reason)),
+        other => other,
+    };
+    shared.control.disconnected(&server, conn_id);
     done.store(true, Ordering::SeqCst);
     {
         let mut inner = slot.lock();
@@ -638,6 +705,21 @@ fn ingest_loop(
                 send(out, &Message::Digests(reply)).map_err(SessionEnd::Io)?;
                 continue;
             }
+            Message::Progress(p) => {
+                if let Err(e) = shared.control.progress(server, *p) {
+                    tracing::error!(%server, "cannot record progress: {}", error_chain(&e));
+                }
+                continue;
+            }
+            Message::PointResult(r) => {
+                shared.control.point_result(server, r.clone());
+                continue;
+            }
+            Message::Record(_) | Message::Barrier(_) => {
+                if let Some(reason) = shared.control.paused(server) {
+                    return Err(SessionEnd::Paused(reason));
+                }
+            }
             _ => {}
         }
         loop {
@@ -654,9 +736,30 @@ fn ingest_loop(
                 _ => state.ingest(buf, &message, &shared.keys.mac).map(Some),
             };
             match result {
+                Ok(None) => {
+                    // A registration: stored; the operator sees the server initialized.
+                    drop(inner);
+                    if let Err(e) = shared.control.registered(server) {
+                        return Err(refuse(
+                            out,
+                            peer,
+                            ErrorCode::Internal,
+                            format!("server {server}: {}", error_chain(&e)),
+                        ));
+                    }
+                    if let Some(reason) = shared.control.paused(server) {
+                        return Err(SessionEnd::Paused(reason));
+                    }
+                    break;
+                }
                 Ok(stored) => {
                     if matches!(stored, Some(Ingested::Stored(_))) {
                         slot.changed.notify_all();
+                        if let Message::Barrier(b) = &message {
+                            shared
+                                .control
+                                .point_stored(server, PointView::of_barrier(b));
+                        }
                     }
                     if reported_full {
                         tracing::info!(%server, "storage has room again; ingest resumed");
@@ -863,7 +966,14 @@ fn maintenance(shared: &Shared) {
             }
             std::thread::sleep(Duration::from_millis(200).min(shared.config.clean_interval));
         }
-        for (server, policy) in &shared.config.servers {
+        let mut policies: Vec<(ServerId, Policy)> = shared
+            .config
+            .servers
+            .iter()
+            .map(|(s, p)| (s.clone(), *p))
+            .collect();
+        policies.extend(shared.control.policies());
+        for (server, policy) in &policies {
             if !shared.data.server_dir(server).is_dir() {
                 continue;
             }

@@ -195,6 +195,8 @@ pub(crate) fn open_direct(path: &Path) -> std::fs::File {
 pub(crate) struct StandbyProcess {
     child: std::process::Child,
     pub(crate) addr: String,
+    /// The control API's address, when the config has a `[control]` section.
+    pub(crate) control: Option<String>,
     log: Log,
 }
 
@@ -238,7 +240,11 @@ impl StandbyProcess {
     pub(crate) fn start(config: &Path) -> Self {
         let (mut child, log, first) =
             spawn_ferry(&["standby", "--config", config.to_str().expect("utf-8 path")]);
-        let Some(addr) = first.trim().strip_prefix("listening on ") else {
+        let (first, control) = match first.trim().split_once("; control API on ") {
+            Some((data, control)) => (data.to_owned(), Some(control.to_owned())),
+            None => (first.trim().to_owned(), None),
+        };
+        let Some(addr) = first.strip_prefix("listening on ") else {
             let _ = child.kill();
             let _ = child.wait();
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -249,6 +255,7 @@ impl StandbyProcess {
         };
         Self {
             addr: addr.to_owned(),
+            control,
             child,
             log,
         }
@@ -492,8 +499,8 @@ impl AgentProcess {
     ) -> (ferry_replicator::status::PointStatus, bool) {
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
+                "agent",
                 "point",
-                "create",
                 "--server",
                 server,
                 "--state-dir",
@@ -543,4 +550,27 @@ impl Drop for AgentProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// Writes `count` files of `size` pseudo-random bytes under `dir`, fsynced; returns
+/// their names and contents.
+pub(crate) fn write_files(
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+    size: usize,
+    seed: u64,
+) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut rng = Rng(seed);
+    (0..count)
+        .map(|i| {
+            let path = dir.join(format!("{prefix}-{i}"));
+            let mut data = vec![0u8; size];
+            rng.fill(&mut data);
+            let mut f = std::fs::File::create(&path).expect("create");
+            std::io::Write::write_all(&mut f, &data).expect("write");
+            f.sync_all().expect("fsync");
+            (path, data)
+        })
+        .collect()
 }

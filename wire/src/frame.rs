@@ -66,6 +66,9 @@ pub enum FrameType {
     Error = 10,
     DigestRequest = 11,
     Digests = 12,
+    Progress = 13,
+    PointRequest = 14,
+    PointResult = 15,
 }
 
 impl FrameType {
@@ -84,6 +87,9 @@ impl FrameType {
             10 => Error,
             11 => DigestRequest,
             12 => Digests,
+            13 => Progress,
+            14 => PointRequest,
+            15 => PointResult,
             _ => return None,
         })
     }
@@ -221,6 +227,9 @@ impl FrameHeader {
             FrameType::Error => Message::Error(body_as(t, body)?),
             FrameType::DigestRequest => Message::DigestRequest(body_as(t, body)?),
             FrameType::Digests => Message::Digests(body_as(t, body)?),
+            FrameType::Progress => Message::Progress(body_as(t, body)?),
+            FrameType::PointRequest => Message::PointRequest(body_as(t, body)?),
+            FrameType::PointResult => Message::PointResult(body_as(t, body)?),
         };
         message.check().map_err(|source| FrameError::Invalid {
             frame_type: t,
@@ -286,6 +295,9 @@ impl Message {
             Message::Error(_) => FrameType::Error,
             Message::DigestRequest(_) => FrameType::DigestRequest,
             Message::Digests(_) => FrameType::Digests,
+            Message::Progress(_) => FrameType::Progress,
+            Message::PointRequest(_) => FrameType::PointRequest,
+            Message::PointResult(_) => FrameType::PointResult,
         }
     }
 
@@ -311,6 +323,9 @@ impl Message {
             Message::Error(m) => encode_body(m, out),
             Message::DigestRequest(m) => encode_body(m, out),
             Message::Digests(m) => encode_body(m, out),
+            Message::Progress(m) => encode_body(m, out),
+            Message::PointRequest(m) => encode_body(m, out),
+            Message::PointResult(m) => encode_body(m, out),
         };
         if let Err(e) = body {
             out.truncate(start);

@@ -8,6 +8,11 @@
 //! agent → RegisterServer (first time, or when disks change)
 //! agent → Record | Barrier | Heartbeat …    standby → Ack | Heartbeat | Error …
 //! agent → DigestRequest                      standby → Digests   (digest catch-up)
+//! agent → Progress (about once a second)
+//!                                            standby → PointRequest (an operator asked)
+//! agent → PointResult (once the point's barrier is durable, or it failed)
+//!                                            standby → Error(Paused) when the server's
+//!                                            replication is not started (or stopped)
 //! ```
 //!
 //! Bounds, checked on decode and on encode ([`Message::check`]): text fields at most
@@ -26,7 +31,7 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Agent → standby: opens a connection for one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +134,46 @@ pub struct Digests {
     pub chunks: Vec<Option<ChunkDigest>>,
 }
 
+/// What an agent is doing, as DESIGN.md §5 shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReplicationPhase {
+    /// Copying or comparing whole disks (first start, or a tracking gap).
+    Full,
+    /// Continuous replication.
+    Realtime,
+}
+
+/// Agent → standby: where replication is; about once a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: ReplicationPhase,
+    /// Bytes of the running full copy or digest compare done, of the total.
+    pub full_done: u64,
+    pub full_total: u64,
+    /// Bytes changed and not yet durable at the standby.
+    pub backlog_bytes: u64,
+    /// Age of the oldest change the standby does not hold durably.
+    pub rpo_lag_ms: u64,
+}
+
+/// Standby → agent: make a manual recovery point now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointRequest {
+    /// The standby's id for the request, echoed in the result.
+    pub request: u64,
+}
+
+/// Agent → standby: the outcome of a [`PointRequest`]: the point, once its barrier is
+/// durable, or why none was made (`error`, for the operator).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PointResult {
+    pub request: u64,
+    pub point: Option<PointId>,
+    pub consistent: bool,
+    pub freeze_ms: u64,
+    pub error: Option<String>,
+}
+
 /// Most chunks one [`DigestRequest`] may ask for.
 pub const MAX_DIGEST_CHUNKS: u32 = 1024;
 
@@ -141,6 +186,9 @@ pub enum ErrorCode {
     Malformed,
     StorageFull,
     Internal,
+    /// The standby takes no records of this server now: its replication is not started,
+    /// was stopped, or the server failed over. The agent keeps tracking and asks again.
+    Paused,
 }
 
 impl ErrorCode {
@@ -173,6 +221,9 @@ pub enum Message {
     Error(ErrorMessage),
     DigestRequest(DigestRequest),
     Digests(Digests),
+    Progress(Progress),
+    PointRequest(PointRequest),
+    PointResult(PointResult),
 }
 
 /// Longest free-text field (host name, software version, disk name), in bytes.
@@ -245,12 +296,18 @@ impl Message {
             Message::Error(e) => check_text("error message", &e.message, MAX_ERROR_TEXT),
             Message::DigestRequest(r) => check_digest_count(u64::from(r.count)),
             Message::Digests(d) => check_digest_count(d.chunks.len() as u64),
+            Message::PointResult(r) => r
+                .error
+                .as_deref()
+                .map_or(Ok(()), |e| check_text("point error", e, MAX_ERROR_TEXT)),
             Message::Challenge(_)
             | Message::Authenticate(_)
             | Message::Welcome(_)
             | Message::Barrier(_)
             | Message::Ack(_)
-            | Message::Heartbeat(_) => Ok(()),
+            | Message::Heartbeat(_)
+            | Message::Progress(_)
+            | Message::PointRequest(_) => Ok(()),
         }
     }
 }

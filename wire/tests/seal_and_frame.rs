@@ -350,6 +350,33 @@ fn every_message_round_trips() {
             code: ErrorCode::StorageFull,
             message: "disk full".into(),
         }),
+        Message::DigestRequest(DigestRequest {
+            request: 3,
+            disk: DiskId(1),
+            first_chunk: 7,
+            count: 2,
+        }),
+        Message::Digests(Digests {
+            request: 3,
+            disk: DiskId(1),
+            first_chunk: 7,
+            chunks: vec![None, Some([5; 32])],
+        }),
+        Message::Progress(Progress {
+            phase: ReplicationPhase::Full,
+            full_done: 1 << 20,
+            full_total: 8 << 20,
+            backlog_bytes: 4096,
+            rpo_lag_ms: 12,
+        }),
+        Message::PointRequest(PointRequest { request: 9 }),
+        Message::PointResult(PointResult {
+            request: 9,
+            point: Some(PointId(5)),
+            consistent: true,
+            freeze_ms: 40,
+            error: None,
+        }),
     ];
     let mut stream = Vec::new();
     for m in &messages {
@@ -448,17 +475,17 @@ fn sealed_format_matches_golden_vectors() {
         (
             &raw,
             "303050457a83c455527a9026c85a6030b171e29817865b996d492eb4ab77a053",
-            "d2f50d60",
+            "55232c5e",
         ),
         (
             &zstd,
             "b5667044e74d6c588c8a1e1a7b91d09964e70d8b7683042c30292c02e1027919",
-            "13641259",
+            "7164f2c6",
         ),
         (
             &zero,
             "13b99871e0b74156d60399a121453e3b268f20ca79fd262a7b4f9151785dc88e",
-            "71d33704",
+            "fc5b4f92",
         ),
     ];
     let actual: Vec<_> = golden

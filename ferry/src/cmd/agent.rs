@@ -22,6 +22,7 @@
 //! io_uring = true                         # false: synchronous reads
 //! ```
 
+use crate::cmd::human_bytes;
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
 use ferry_replicator::agent::{Agent, AgentConfig};
@@ -39,7 +40,7 @@ pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/ferry/agent";
 /// Run the agent (protect this host's disks), or show a running agent's status.
 ///
 /// Examples: `ferry agent --config /etc/ferry/agent.toml`,
-/// `ferry agent status`, `ferry agent status --json`
+/// `ferry agent status`, `ferry agent status --json`, `ferry agent point --server web-1`
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
@@ -54,6 +55,25 @@ pub(crate) struct Args {
 enum Sub {
     /// Show what a running agent is doing: phase, progress, backlog, RPO lag, drops, last ack.
     Status(StatusArgs),
+    /// Make a recovery point now, asking this host's running agent (the agent freezes,
+    /// ships the remaining changes, sends the point and thaws). From the standby site:
+    /// `ferry point create`.
+    ///
+    /// Example: `ferry agent point --server web-1`
+    Point(PointArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PointArgs {
+    /// The protected server (must be the one the agent protects).
+    #[arg(long)]
+    server: ServerId,
+    /// The agent's state directory.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Print JSON instead of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,6 +185,7 @@ pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
 pub(crate) fn run(args: Args) -> Result<()> {
     match args.command {
         Some(Sub::Status(s)) => status(&s),
+        Some(Sub::Point(p)) => point(&p),
         None => {
             let Some(path) = args.config else {
                 bail!("ferry agent needs --config FILE (or: ferry agent status)");
@@ -202,6 +223,53 @@ fn run_agent(path: &Path) -> Result<()> {
     agent.run().context("the agent stopped")
 }
 
+fn point(args: &PointArgs) -> Result<()> {
+    let status = ferry_replicator::status::Status::load(&args.state_dir.join("status.json"))
+        .with_context(|| {
+            format!(
+                "no agent status in {} (is the agent running with this state_dir?)",
+                args.state_dir.display()
+            )
+        })?;
+    anyhow::ensure!(
+        status.server == args.server.as_str(),
+        "the agent in {} protects server {}, not {}",
+        args.state_dir.display(),
+        status.server,
+        args.server
+    );
+    let socket = args.state_dir.join("agent.sock");
+    let point =
+        ferry_replicator::agent::request_point(&socket, std::time::Duration::from_secs(600))
+            .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&point)?);
+    }
+    if let Some(e) = &point.error {
+        anyhow::bail!("the point failed: {e}");
+    }
+    if !args.json {
+        println!(
+            "point {} of {} at seq {}: {}, filesystems frozen {} ms ({})",
+            point.point.unwrap_or(0),
+            args.server,
+            point.seq.unwrap_or(0),
+            if point.consistent {
+                "consistent"
+            } else {
+                "crash-consistent only"
+            },
+            point.freeze_ms,
+            if point.frozen.is_empty() {
+                "none".to_owned()
+            } else {
+                point.frozen.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
 fn status(args: &StatusArgs) -> Result<()> {
     let path = args.state_dir.join("status.json");
     let s = Status::load(&path).with_context(|| {
@@ -227,9 +295,9 @@ fn status(args: &StatusArgs) -> Result<()> {
     );
     println!(
         "backlog {}  RPO lag {:.1} s  shipped {} in {} records  last ack seq {}  drops {}  catch-ups {}  reconnects {}",
-        human(s.backlog_bytes),
+        human_bytes(s.backlog_bytes),
         s.rpo_lag_ms as f64 / 1000.0,
-        human(s.shipped_bytes),
+        human_bytes(s.shipped_bytes),
         s.records_sent,
         s.acked_seq,
         s.drops,
@@ -251,8 +319,8 @@ fn status(args: &StatusArgs) -> Result<()> {
         println!(
             "{:<12} {:>12} {:>12} {:>20}  {}",
             d.name,
-            human(d.size),
-            human(d.dirty_bytes),
+            human_bytes(d.size),
+            human_bytes(d.dirty_bytes),
             catch_up,
             d.gap.as_deref().unwrap_or("-")
         );
@@ -264,9 +332,9 @@ fn status(args: &StatusArgs) -> Result<()> {
                 d.name,
                 c.method,
                 c.reason,
-                human(c.compared_bytes),
-                human(c.differing_bytes),
-                human(c.shipped_bytes),
+                human_bytes(c.compared_bytes),
+                human_bytes(c.differing_bytes),
+                human_bytes(c.shipped_bytes),
                 c.millis as f64 / 1000.0
             );
         }
@@ -292,20 +360,4 @@ fn status(args: &StatusArgs) -> Result<()> {
         println!("last error: {e}");
     }
     Ok(())
-}
-
-#[expect(clippy::cast_precision_loss, reason = "display only")]
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

@@ -1,22 +1,23 @@
-//! `ferry point list`: a server's recovery points as the standby holds them;
-//! `ferry point create`: ask this host's running agent for a point now.
+//! `ferry point list|create`: a server's recovery points, through the standby's control
+//! API (or, with `--data-dir`, read straight from a standby's store on this machine).
 
+use crate::api::client::ControlArgs;
 use anyhow::{Context, Result};
+use ferry_standby::control::{PointView, point_views};
 use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use ferry_standby::server::DataDir;
 use ferry_wire::ServerId;
-use ferry_wire::message::PointKind;
-use serde::Serialize;
-use std::path::PathBuf;
+use ferry_wire::message::PointResult;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
     /// List a server's retained recovery points, oldest first, and "latest".
     ///
-    /// Example: `ferry point list --data-dir /var/lib/ferry/standby --server web-1`
+    /// Examples: `ferry point list --server web-1`,
+    /// `ferry point list --server web-1 --data-dir /var/lib/ferry/standby` (offline)
     List(ListArgs),
-    /// Make a recovery point now (on the protected host: asks the running agent, which
-    /// freezes, ships the remaining changes, sends the point and thaws).
+    /// Make a recovery point now: the standby asks the server's agent, which freezes,
+    /// ships the remaining changes, sends the point and thaws.
     ///
     /// Example: `ferry point create --server web-1`
     Create(CreateArgs),
@@ -24,39 +25,23 @@ pub(crate) enum Command {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CreateArgs {
-    /// The protected server (must be the one the agent protects).
+    /// The protected server.
     #[arg(long)]
     server: ServerId,
-    /// The agent's state directory.
-    #[arg(long, default_value = crate::cmd::agent::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Print JSON instead of a line of text.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ListArgs {
-    /// The standby's data directory.
-    #[arg(long)]
-    data_dir: PathBuf,
     /// The protected server.
     #[arg(long)]
     server: ServerId,
-    /// Print JSON instead of a table.
+    /// Read the points from this standby data directory instead of asking the control API.
     #[arg(long)]
-    json: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct Row {
-    /// A point id, or "latest".
-    id: serde_json::Value,
-    seq: u64,
-    unix_time_ms: Option<u64>,
-    time: Option<String>,
-    consistent: bool,
-    kind: &'static str,
+    data_dir: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    control: ControlArgs,
 }
 
 pub(crate) fn run(command: Command) -> Result<()> {
@@ -67,81 +52,40 @@ pub(crate) fn run(command: Command) -> Result<()> {
 }
 
 fn create(args: &CreateArgs) -> Result<()> {
-    let status = ferry_replicator::status::Status::load(&args.state_dir.join("status.json"))
-        .with_context(|| {
-            format!(
-                "no agent status in {} (is the agent running with this state_dir?)",
-                args.state_dir.display()
-            )
-        })?;
-    anyhow::ensure!(
-        status.server == args.server.as_str(),
-        "the agent in {} protects server {}, not {}",
-        args.state_dir.display(),
-        status.server,
-        args.server
-    );
-    let socket = args.state_dir.join("agent.sock");
-    let point =
-        ferry_replicator::agent::request_point(&socket, std::time::Duration::from_secs(600))
-            .with_context(|| format!("cannot reach the agent at {}", socket.display()))?;
-    if args.json {
+    let client = args.control.connect()?;
+    let point: PointResult = client.post(&format!("/v1/servers/{}/points", args.server), &())?;
+    if args.control.json {
         println!("{}", serde_json::to_string_pretty(&point)?);
+        return Ok(());
     }
-    if let Some(e) = &point.error {
-        anyhow::bail!("the point failed: {e}");
-    }
-    if !args.json {
-        println!(
-            "point {} of {} at seq {}: {}, filesystems frozen {} ms ({})",
-            point.point.unwrap_or(0),
-            args.server,
-            point.seq.unwrap_or(0),
-            if point.consistent {
-                "consistent"
-            } else {
-                "crash-consistent only"
-            },
-            point.freeze_ms,
-            if point.frozen.is_empty() {
-                "none".to_owned()
-            } else {
-                point.frozen.join(", ")
-            }
-        );
-    }
+    println!(
+        "point {} of {}: {}, filesystems frozen {} ms",
+        point.point.map_or(0, |p| p.0),
+        args.server,
+        if point.consistent {
+            "consistent"
+        } else {
+            "crash-consistent only"
+        },
+        point.freeze_ms
+    );
     Ok(())
 }
 
 fn list(args: &ListArgs) -> Result<()> {
-    let data = DataDir::new(&args.data_dir);
-    let (state, _) = data
-        .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
-        .with_context(|| format!("cannot read the store of server {}", args.server))?;
-    let mut rows: Vec<Row> = state
-        .points()
-        .iter()
-        .map(|p| Row {
-            id: p.id.0.into(),
-            seq: p.seq.0,
-            unix_time_ms: Some(p.unix_time_ms),
-            time: Some(utc_time(p.unix_time_ms)),
-            consistent: p.consistent,
-            kind: match p.kind {
-                PointKind::Scheduled => "scheduled",
-                PointKind::Manual => "manual",
-            },
-        })
-        .collect();
-    rows.push(Row {
-        id: "latest".into(),
-        seq: state.log.last_seq().0,
-        unix_time_ms: None,
-        time: None,
-        consistent: false,
-        kind: "latest",
-    });
-    if args.json {
+    let rows: Vec<PointView> = match &args.data_dir {
+        Some(dir) => {
+            let (state, _) = DataDir::new(dir)
+                .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+                .with_context(|| format!("cannot read the store of server {}", args.server))?;
+            point_views(&state)
+        }
+        None => args
+            .control
+            .connect()?
+            .get(&format!("/v1/servers/{}/points", args.server))?,
+    };
+    if args.control.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
@@ -150,15 +94,11 @@ fn list(args: &ListArgs) -> Result<()> {
         "ID", "SEQ", "TIME (UTC)", "CONSISTENT"
     );
     for r in &rows {
-        let id = match &r.id {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
         println!(
             "{:<14} {:>10}  {:<20}  {:<10}  {}",
-            id,
+            r.id.map_or_else(|| "latest".to_owned(), |id| id.to_string()),
             r.seq,
-            r.time.as_deref().unwrap_or("-"),
+            r.unix_time_ms.map_or_else(|| "-".to_owned(), utc_time),
             if r.consistent { "yes" } else { "no" },
             r.kind
         );
@@ -167,7 +107,7 @@ fn list(args: &ListArgs) -> Result<()> {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC for a Unix time in milliseconds.
-fn utc_time(unix_ms: u64) -> String {
+pub(crate) fn utc_time(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm), in unsigned terms.

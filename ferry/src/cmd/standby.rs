@@ -14,7 +14,14 @@
 //! interval_hours = 1                    # 1 to 720
 //! keep = 24                             # 1 to 10000
 //!
-//! [[servers]]                           # the allow-list: only these may connect
+//! [control]                             # the control API; without it, none is served
+//! listen = "127.0.0.1:7421"             # default; keep it on loopback or a private network
+//! token_file = "/etc/ferry/keys/control.token"  # required in [control]; mode 0600
+//!
+//! [storage_classes]                     # more places for replicas ("standard" is data_dir)
+//! ssd = "/srv/ferry-ssd"
+//!
+//! [[servers]]                           # static servers: replicate as soon as they connect
 //! id = "web-1"
 //! [[servers]]
 //! id = "db-1"
@@ -70,6 +77,22 @@ struct FileConfig {
     retention: Policy,
     #[serde(default)]
     servers: Vec<ServerEntry>,
+    control: Option<ControlConfig>,
+    #[serde(default)]
+    storage_classes: HashMap<String, PathBuf>,
+}
+
+/// The `[control]` section: where the control API listens and its token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ControlConfig {
+    #[serde(default = "default_control")]
+    pub listen: String,
+    pub token_file: PathBuf,
+}
+
+fn default_control() -> String {
+    crate::api::DEFAULT_CONTROL.to_owned()
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,7 +103,17 @@ struct ServerEntry {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let (config, key_file) = load_config(args)?;
+    let (config, key_file, control) = load_config(args)?;
+    let api = match &control {
+        Some(c) => {
+            let token = keyfile::load_token(&c.token_file)?;
+            let server = tiny_http::Server::http(&c.listen).map_err(|e| {
+                anyhow::anyhow!("cannot listen for the control API on {}: {e}", c.listen)
+            })?;
+            Some((server, token))
+        }
+        None => None,
+    };
     let keys = keyfile::load(&key_file)?.derive();
     // The data key is dropped (and zeroized) here: the standby never needs it.
     let keys = StandbyKeys {
@@ -88,7 +121,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
         auth: keys.auth.clone(),
     };
     let standby = Standby::bind(config, keys)?;
-    let status = format!("listening on {}", standby.local_addr()?);
+    let mut status = format!("listening on {}", standby.local_addr()?);
+    if let Some((server, token)) = api {
+        status += &format!("; control API on {}", server.server_addr());
+        let control = standby.control();
+        std::thread::Builder::new()
+            .name("ferry-api".into())
+            .spawn(move || crate::api::server::serve(server, control, token))
+            .context("cannot start the control API")?;
+    } else {
+        tracing::info!("no [control] section: the control API is not served");
+    }
     // Scripts and tests wait for this line (stdout) to know the service is up; systemd
     // waits for the notification.
     println!("{status}");
@@ -99,7 +142,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 /// Reads the config file (if any) and the flags, and checks every setting; returns the
 /// service's config and the key file to load.
-pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
+pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<ControlConfig>)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -153,9 +196,28 @@ pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
     for id in args.servers {
         servers.entry(id).or_insert(file.retention);
     }
-    if servers.is_empty() {
+    if servers.is_empty() && file.control.is_none() {
         tracing::warn!(
-            "no servers are allowed: add [[servers]] to the config file or pass --server"
+            "no servers can connect: add [[servers]] to the config file, pass --server, or \
+             serve the control API ([control]) and add them with `ferry server add`"
+        );
+    }
+    for (name, dir) in &file.storage_classes {
+        ferry_wire::ids::validate_name(name)
+            .with_context(|| format!("storage class {name:?} of the config file"))?;
+        if !dir.is_absolute() {
+            bail!(
+                "storage class {name}: {} is not an absolute path",
+                dir.display()
+            );
+        }
+    }
+    if let Some(c) = &file.control
+        && c.listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        bail!(
+            "[control] listen is {:?}; it must be an address:port such as 127.0.0.1:7421",
+            c.listen
         );
     }
 
@@ -163,5 +225,6 @@ pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf)> {
     config.segment_size = segment_size;
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
-    Ok((config, key_file))
+    config.storage_classes = file.storage_classes;
+    Ok((config, key_file, file.control))
 }

@@ -1,0 +1,48 @@
+//! The control API of a standby site: HTTP/1.1 + JSON, served by `ferry standby` on its
+//! own address (loopback by default) and used by the operator commands (`ferry pair`,
+//! `ferry server`, `ferry replication`, `ferry point`, …). Every request carries
+//! `Authorization: Bearer <token>` (the token file of the standby's `[control]`
+//! config); every error is `{"error": "<message naming the problem>"}` with a 4xx/5xx
+//! status. The endpoints are listed in `docs/api.md`; [`server`] routes them onto
+//! [`ferry_standby::control::Control`], [`client`] calls them.
+//!
+//! The request bodies are defined here, once, for both sides.
+
+pub(crate) mod client;
+pub(crate) mod server;
+
+use serde::{Deserialize, Serialize};
+
+/// Default control address of a standby, and of the operator commands.
+pub(crate) const DEFAULT_CONTROL: &str = "127.0.0.1:7421";
+/// Default token file of both sides.
+pub(crate) const DEFAULT_TOKEN_FILE: &str = "/etc/ferry/keys/control.token";
+
+/// `POST /v1/servers`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AddServer {
+    pub pair: String,
+    pub server: String,
+}
+
+/// `POST /v1/servers/{id}/replication/start`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartReplication {
+    /// Hours between kept scheduled points (1 to 720).
+    pub interval_hours: u32,
+    /// Points kept (1 to 10000).
+    pub keep: u32,
+    /// A storage class of the standby's config ("standard" is its data directory).
+    pub storage_class: String,
+    pub replication_network: Option<String>,
+    pub recovery_network: Option<String>,
+    pub auto_restart: bool,
+}
+
+/// An error as the API returns it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,601 @@
+//! The control plane of a standby site: the operator's view of its protected servers
+//! ([`crate::catalog`], persisted) joined with what their agents report live, and the
+//! rules that tie the two to the data path ([`crate::receiver`]):
+//!
+//! - A server is served if the standby's config lists it (*static*: no lifecycle, it
+//!   replicates as soon as its agent connects) or the catalogue holds it (*managed*).
+//! - A managed server's first registration moves it from `installing` to `initialized`.
+//! - A managed server's records are taken only while its state replicates
+//!   ([`State::replicating`]); otherwise the agent is told [`ErrorCode::Paused`] with the
+//!   reason and keeps tracking until it is. A step that ends replication (stop,
+//!   failover) is durable before the connection is closed, and every record after it is
+//!   refused: nothing reaches a log after the operator stopped it.
+//! - The agent's progress reports move `starting` → `full` → `realtime`; a lost
+//!   connection makes a replicating server `interrupted` (with auto-restart off it then
+//!   waits for `replication start`).
+//! - A point an operator asks for travels to the agent as a `PointRequest`; the answer is
+//!   its `PointResult`.
+//!
+//! [`ErrorCode::Paused`]: ferry_wire::message::ErrorCode::Paused
+
+use crate::catalog::{Catalog, CatalogError, Pair, ProtectedServer, Replication};
+use crate::lifecycle::{Phase, State, Step};
+use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::retention::Policy;
+use crate::server::{DataDir, OpenError, ServerState};
+use ferry_wire::message::PointKind;
+use ferry_wire::message::{PointRequest, PointResult, Progress, ReplicationPhase};
+use ferry_wire::{Message, ServerId};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A session's way to send to its agent (shared with the receiver's session).
+pub type Outbound = Arc<Mutex<TcpStream>>;
+
+/// What an agent reported last, and its connection.
+#[derive(Debug, Default)]
+struct Live {
+    conn: Option<(u64, Outbound)>,
+    progress: Option<(Progress, u64)>,
+    /// Point requests sent and their results, once they arrive.
+    points: HashMap<u64, Option<PointResult>>,
+    /// The newest point stored (read from the store the first time it is asked for).
+    last_point: Option<PointView>,
+}
+
+/// A server as the operator sees it now.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ServerView {
+    #[serde(flatten)]
+    pub server: ProtectedServer,
+    /// `state`, or `error` while an error is unresolved.
+    pub shown_state: String,
+    pub connected: bool,
+    /// The agent's last progress report (and when it came, Unix ms).
+    pub progress: Option<ProgressView>,
+    pub last_point: Option<PointView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProgressView {
+    pub phase: String,
+    pub full_done: u64,
+    pub full_total: u64,
+    pub backlog_bytes: u64,
+    pub rpo_lag_ms: u64,
+    pub unix_time_ms: u64,
+}
+
+/// A recovery point as the operator sees it; the last row is "latest" (`id` is `None`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PointView {
+    pub id: Option<u64>,
+    pub seq: u64,
+    pub unix_time_ms: Option<u64>,
+    pub consistent: bool,
+    /// "scheduled", "manual" or "latest".
+    pub kind: String,
+}
+
+impl PointView {
+    /// The point a stored barrier makes.
+    pub fn of_barrier(b: &ferry_wire::message::Barrier) -> Self {
+        Self {
+            id: Some(b.point.0),
+            seq: b.seq.0,
+            unix_time_ms: Some(b.unix_time_ms),
+            consistent: b.consistent,
+            kind: kind_name(b.kind).to_owned(),
+        }
+    }
+}
+
+fn kind_name(kind: PointKind) -> &'static str {
+    match kind {
+        PointKind::Scheduled => "scheduled",
+        PointKind::Manual => "manual",
+    }
+}
+
+/// The retained points of a server's store, oldest first, then "latest".
+pub fn point_views(state: &ServerState) -> Vec<PointView> {
+    let mut rows: Vec<PointView> = state
+        .points()
+        .iter()
+        .map(|p| PointView {
+            id: Some(p.id.0),
+            seq: p.seq.0,
+            unix_time_ms: Some(p.unix_time_ms),
+            consistent: p.consistent,
+            kind: kind_name(p.kind).to_owned(),
+        })
+        .collect();
+    rows.push(PointView {
+        id: None,
+        seq: state.log.last_seq().0,
+        unix_time_ms: None,
+        consistent: false,
+        kind: "latest".to_owned(),
+    });
+    rows
+}
+
+/// Why an operator's operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("server {0} is {1}: points are made only while it replicates")]
+    NotReplicating(ServerId, State),
+    #[error("the agent of server {0} is not connected; a point needs it")]
+    NotConnected(ServerId),
+    #[error("the agent of server {0} did not answer within {1:?}")]
+    Timeout(ServerId, Duration),
+    #[error("the agent of server {0} could not make the point: {1}")]
+    Failed(ServerId, String),
+    #[error("cannot read the store of server {0}")]
+    Store(ServerId, #[source] OpenError),
+    #[error("no storage class {class:?}; this standby has: {}", known.join(", "))]
+    UnknownStorageClass { class: String, known: Vec<String> },
+    #[error(
+        "the replica of server {server} is in storage class {current:?}; moving a replica to \
+         another class ({wanted:?}) is not supported: keep {current:?}"
+    )]
+    ClassChange {
+        server: ServerId,
+        current: String,
+        wanted: String,
+    },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The catalogue, the live reports, and the rules above.
+#[derive(Debug)]
+pub struct Control {
+    data: DataDir,
+    storage_classes: HashMap<String, std::path::PathBuf>,
+    catalog: Mutex<Catalog>,
+    /// Managed servers' states, for the ingest path (read per record).
+    states: RwLock<HashMap<ServerId, Gate>>,
+    live: Mutex<HashMap<ServerId, Live>>,
+    changed: Condvar,
+    next_request: AtomicU64,
+}
+
+/// What the ingest path needs to know of a managed server.
+#[derive(Debug, Clone, Copy)]
+struct Gate {
+    state: State,
+    auto_restart: bool,
+}
+
+impl Gate {
+    fn of(s: &ProtectedServer) -> Self {
+        Self {
+            state: s.state,
+            auto_restart: s.replication.as_ref().is_none_or(|r| r.auto_restart),
+        }
+    }
+
+    fn takes_records(self) -> bool {
+        self.state.replicating() && (self.auto_restart || self.state != State::Interrupted)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Control {
+    /// Loads the catalogue of the standby whose data directory is `data_dir`
+    /// (`control.json` there).
+    pub fn open(
+        data_dir: &Path,
+        storage_classes: HashMap<String, std::path::PathBuf>,
+    ) -> Result<Self, CatalogError> {
+        let catalog = Catalog::open(&data_dir.join("control.json"))?;
+        let states = catalog
+            .servers()
+            .iter()
+            .map(|s| (s.id.clone(), Gate::of(s)))
+            .collect();
+        Ok(Self {
+            data: DataDir::new(data_dir),
+            storage_classes,
+            catalog: Mutex::new(catalog),
+            states: RwLock::new(states),
+            live: Mutex::default(),
+            changed: Condvar::new(),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    fn catalog(&self) -> MutexGuard<'_, Catalog> {
+        self.catalog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<ServerId, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn gate(&self, id: &ServerId) -> Option<Gate> {
+        self.states
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Makes the ingest path see the catalogue's states; closes the connection of a
+    /// server whose records are no longer taken.
+    fn publish(&self, catalog: &Catalog) {
+        let mut kick = Vec::new();
+        {
+            let mut states = self.states.write().unwrap_or_else(|e| e.into_inner());
+            states.clear();
+            for s in catalog.servers() {
+                let gate = Gate::of(s);
+                if !gate.takes_records() {
+                    kick.push(s.id.clone());
+                }
+                states.insert(s.id.clone(), gate);
+            }
+        }
+        let live = self.live();
+        for id in kick {
+            if let Some((_, out)) = live.get(&id).and_then(|l| l.conn.as_ref()) {
+                let _ = out
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Runs a change of the catalogue and publishes the result.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Catalog) -> Result<T, CatalogError>,
+    ) -> Result<T, CatalogError> {
+        let mut catalog = self.catalog();
+        let result = f(&mut catalog);
+        self.publish(&catalog);
+        result
+    }
+
+    // --- the data path's questions and reports -------------------------------------
+
+    /// Whether this standby serves `id` as a managed server.
+    pub fn manages(&self, id: &ServerId) -> bool {
+        self.gate(id).is_some()
+    }
+
+    /// Why records of `id` are not taken now (`None`: they are, or `id` is static).
+    pub fn paused(&self, id: &ServerId) -> Option<String> {
+        let gate = self.gate(id)?;
+        if gate.takes_records() {
+            return None;
+        }
+        Some(match gate.state {
+            State::Installing | State::Initialized => format!(
+                "replication of server {id} is not started (it is {}): an operator runs \
+                 `ferry replication start --server {id}`",
+                gate.state
+            ),
+            State::Interrupted => format!(
+                "replication of server {id} was interrupted and auto-restart is off: an \
+                 operator runs `ferry replication start --server {id}`"
+            ),
+            other => format!("server {id} is {other}: this standby takes no records of it"),
+        })
+    }
+
+    /// The agent registered its disks: an `installing` server becomes `initialized`.
+    pub fn registered(&self, id: &ServerId) -> Result<(), CatalogError> {
+        if self.gate(id).is_some_and(|g| g.state == State::Installing) {
+            self.change(|c| c.step(id.as_str(), Step::AgentRegistered))?;
+        }
+        Ok(())
+    }
+
+    /// A session for `id` started (it replaces any earlier one).
+    pub fn connected(&self, id: &ServerId, conn: u64, out: Outbound) {
+        self.live().entry(id.clone()).or_default().conn = Some((conn, out));
+    }
+
+    /// The session `conn` of `id` ended: a replicating server is `interrupted` unless a
+    /// newer session took over.
+    pub fn disconnected(&self, id: &ServerId, conn: u64) {
+        {
+            let mut live = self.live();
+            let Some(l) = live.get_mut(id) else { return };
+            if l.conn.as_ref().is_none_or(|(c, _)| *c != conn) {
+                return;
+            }
+            l.conn = None;
+        }
+        self.changed.notify_all();
+        if self
+            .gate(id)
+            .is_some_and(|g| matches!(g.state, State::Starting | State::Full | State::Realtime))
+            && let Err(e) = self.change(|c| c.step(id.as_str(), Step::Forward(Phase::Interrupted)))
+        {
+            tracing::error!(server = %id, "cannot record the interruption: {}", ferry_wire::error_chain(&e));
+        }
+    }
+
+    /// The agent's progress: kept for the operator, and it moves the server's phase.
+    pub fn progress(&self, id: &ServerId, p: Progress) -> Result<(), CatalogError> {
+        self.live().entry(id.clone()).or_default().progress = Some((p, now_ms()));
+        let phase = match p.phase {
+            ReplicationPhase::Full => Phase::Full,
+            ReplicationPhase::Realtime => Phase::Realtime,
+        };
+        let want = match phase {
+            Phase::Full => State::Full,
+            _ => State::Realtime,
+        };
+        match self.gate(id) {
+            Some(g) if g.state.replicating() && g.state != want => self
+                .change(|c| c.step(id.as_str(), Step::Forward(phase)))
+                .map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// A barrier of `id` was stored: its point is the newest.
+    pub fn point_stored(&self, id: &ServerId, point: PointView) {
+        self.live().entry(id.clone()).or_default().last_point = Some(point);
+    }
+
+    /// The agent's answer to a point request.
+    pub fn point_result(&self, id: &ServerId, result: PointResult) {
+        if let Some(slot) = self
+            .live()
+            .get_mut(id)
+            .and_then(|l| l.points.get_mut(&result.request))
+        {
+            *slot = Some(result);
+        }
+        self.changed.notify_all();
+    }
+
+    // --- the operator's operations --------------------------------------------------
+
+    pub fn pairs(&self) -> Vec<Pair> {
+        self.catalog().pairs().to_vec()
+    }
+
+    pub fn create_pair(&self, pair: Pair) -> Result<(), CatalogError> {
+        self.change(|c| c.create_pair(pair))
+    }
+
+    pub fn delete_pair(&self, name: &str) -> Result<(), CatalogError> {
+        self.change(|c| c.delete_pair(name))
+    }
+
+    pub fn add_server(&self, pair: &str, id: ServerId) -> Result<(), CatalogError> {
+        self.change(|c| c.add_server(pair, id))
+    }
+
+    pub fn remove_server(&self, id: &str) -> Result<(), CatalogError> {
+        self.change(|c| c.remove_server(id))
+    }
+
+    /// Every managed server as the operator sees it.
+    pub fn servers(&self) -> Vec<ServerView> {
+        let servers = self.catalog().servers().to_vec();
+        for s in &servers {
+            let known = self
+                .live()
+                .get(&s.id)
+                .is_some_and(|l| l.last_point.is_some());
+            if !known && let Ok(points) = self.points(s.id.as_str()) {
+                let newest = points.into_iter().rev().find(|p| p.id.is_some());
+                self.live().entry(s.id.clone()).or_default().last_point = newest;
+            }
+        }
+        let live = self.live();
+        servers
+            .into_iter()
+            .map(|server| {
+                let l = live.get(&server.id);
+                ServerView {
+                    shown_state: server.shown_state().to_owned(),
+                    connected: l.is_some_and(|l| l.conn.is_some()),
+                    progress: l.and_then(|l| l.progress).map(|(p, at)| ProgressView {
+                        phase: match p.phase {
+                            ReplicationPhase::Full => "full",
+                            ReplicationPhase::Realtime => "realtime",
+                        }
+                        .to_owned(),
+                        full_done: p.full_done,
+                        full_total: p.full_total,
+                        backlog_bytes: p.backlog_bytes,
+                        rpo_lag_ms: p.rpo_lag_ms,
+                        unix_time_ms: at,
+                    }),
+                    last_point: l.and_then(|l| l.last_point.clone()),
+                    server,
+                }
+            })
+            .collect()
+    }
+
+    pub fn server(&self, id: &str) -> Result<ServerView, CatalogError> {
+        self.catalog().server(id)?;
+        Ok(self
+            .servers()
+            .into_iter()
+            .find(|s| s.server.id.as_str() == id)
+            .expect("checked above"))
+    }
+
+    /// Applies an operator's step (or records why it failed, see [`Control::fail`]).
+    pub fn step(&self, id: &str, step: Step) -> Result<State, CatalogError> {
+        self.change(|c| c.step(id, step))
+    }
+
+    /// Starts replication with `settings`, placing the replica in its storage class.
+    pub fn start_replication(
+        &self,
+        id: &str,
+        settings: Replication,
+    ) -> Result<State, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        server
+            .state
+            .apply(Step::ReplicationStart)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: server.id.clone(),
+                source,
+            })?;
+        self.place(&server, &settings.storage_class)?;
+        Ok(self.change(|c| {
+            c.step_and(id, Step::ReplicationStart, |s| {
+                s.replication = Some(settings)
+            })
+        })?)
+    }
+
+    /// Puts the store of `server` in `class`: "standard" is the data directory; another
+    /// class's store is `<class dir>/servers/<id>`, reached through a symbolic link at
+    /// the usual place. A store that exists stays where it is.
+    fn place(&self, server: &ProtectedServer, class: &str) -> Result<(), ControlError> {
+        let class_dir = match class {
+            "standard" => None,
+            other => Some(self.storage_classes.get(other).ok_or_else(|| {
+                let mut known: Vec<String> = self.storage_classes.keys().cloned().collect();
+                known.push("standard".to_owned());
+                known.sort();
+                ControlError::UnknownStorageClass {
+                    class: other.to_owned(),
+                    known,
+                }
+            })?),
+        };
+        let link = self.data.server_dir(&server.id);
+        if std::fs::symlink_metadata(&link).is_ok() {
+            let current = server
+                .replication
+                .as_ref()
+                .map_or("standard", |r| r.storage_class.as_str());
+            if current != class {
+                return Err(ControlError::ClassChange {
+                    server: server.id.clone(),
+                    current: current.to_owned(),
+                    wanted: class.to_owned(),
+                });
+            }
+            return Ok(());
+        }
+        let Some(class_dir) = class_dir else {
+            return Ok(());
+        };
+        let io = |action, path: &Path| {
+            let path = path.to_owned();
+            move |source| ControlError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let target = class_dir.join("servers").join(server.id.as_str());
+        std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+        let parent = link.parent().expect("a server directory has a parent");
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        std::os::unix::fs::symlink(&target, &link).map_err(io("link", &link))?;
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", parent))
+    }
+
+    /// Records that an operation on `id` failed; its state stays.
+    pub fn fail(&self, id: &str, reason: String) -> Result<(), CatalogError> {
+        self.change(|c| c.fail(id, reason))
+    }
+
+    /// The retention policy of every managed server replication was started for.
+    pub fn policies(&self) -> Vec<(ServerId, Policy)> {
+        self.catalog()
+            .servers()
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.replication.as_ref()?.policy)))
+            .collect()
+    }
+
+    /// The retained points of a managed server.
+    pub fn points(&self, id: &str) -> Result<Vec<PointView>, ControlError> {
+        let server = self.catalog().server(id)?.id.clone();
+        let (state, _) = self
+            .data
+            .open_server(&server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .map_err(|e| ControlError::Store(server.clone(), e))?;
+        Ok(point_views(&state))
+    }
+
+    /// Asks the agent of `id` for a point now and waits for its answer.
+    pub fn request_point(&self, id: &str, timeout: Duration) -> Result<PointResult, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        let gate = Gate::of(&server);
+        if !gate.takes_records() {
+            return Err(ControlError::NotReplicating(server.id, server.state));
+        }
+        let request = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let mut live = self.live();
+        let (conn, out) = live
+            .get(&server.id)
+            .and_then(|l| l.conn.clone())
+            .ok_or_else(|| ControlError::NotConnected(server.id.clone()))?;
+        let frame = Message::PointRequest(PointRequest { request })
+            .encode()
+            .expect("a point request encodes");
+        out.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&frame)
+            .map_err(|_| ControlError::NotConnected(server.id.clone()))?;
+        live.entry(server.id.clone())
+            .or_default()
+            .points
+            .insert(request, None);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let entry = live.get_mut(&server.id).expect("inserted above");
+            if let Some(Some(result)) = entry.points.get(&request) {
+                let result = result.clone();
+                entry.points.remove(&request);
+                return match result.error {
+                    Some(e) => Err(ControlError::Failed(server.id, e)),
+                    None => Ok(result),
+                };
+            }
+            if entry.conn.as_ref().is_none_or(|(c, _)| *c != conn) {
+                entry.points.remove(&request);
+                return Err(ControlError::NotConnected(server.id));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                entry.points.remove(&request);
+                return Err(ControlError::Timeout(server.id, timeout));
+            }
+            live = self
+                .changed
+                .wait_timeout(live, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
