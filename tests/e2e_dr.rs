@@ -8,7 +8,13 @@
 //!   wrong token: a clear error, and nothing changes;
 //! - the catalogue survives a kill -9 of the standby; the agent resumes by itself;
 //! - replication stop: the standby takes no record (the agent waits, tracking); start
-//!   again: only what changed travels, no full copy.
+//!   again: only what changed travels, no full copy;
+//! - drills: bad scripts, points and a failing script are clear errors (a failed drill
+//!   stays for inspection, `clean` removes it); a drill of the latest state, checked by
+//!   its script against the source's files, while replication goes on in real time;
+//! - failover at the latest state (replication stops: the agent is paused), a change of
+//!   point to an earlier one (its files, without the later ones; "latest" only once),
+//!   confirm; what each state refuses.
 
 mod support;
 
@@ -371,4 +377,245 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
     console.ok(&["server", "remove", "web-1"]);
     console.ok(&["pair", "delete", "prod.eu"]);
     assert_eq!(console.json(&["pair", "list"]), Value::Array(vec![]));
+}
+
+/// Brings web-1 of `site` to real time through the operator's commands.
+fn protect(site: &Site) -> (StandbyProcess, Console, AgentProcess) {
+    let (standby, console) = site.standby();
+    console.ok(&[
+        "pair",
+        "create",
+        "prod.eu",
+        "--kind",
+        "zone-to-zone",
+        "--primary",
+        "zone-a",
+        "--secondary",
+        "zone-b",
+    ]);
+    console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    let agent = site.agent();
+    console.wait_state("web-1", "initialized");
+    console.ok(&["replication", "start", "web-1"]);
+    console.wait_state("web-1", "realtime");
+    agent.wait_in_sync(WAIT);
+    (standby, console, agent)
+}
+
+/// A post-launch script that mounts the instance's first device read-only and checks
+/// the files `manifest` lists (sha256sum format), and that `absent` files are not there.
+fn check_script(dir: &std::path::Path, name: &str, manifest: &str, absent: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let manifest_path = dir.join(format!("{name}.sha256"));
+    std::fs::write(&manifest_path, manifest).expect("write manifest");
+    let absent: String = absent
+        .iter()
+        .map(|f| {
+            format!("test ! -e \"$m/{f}\" || {{ echo \"{f} should not be there\"; fail=1; }}\n")
+        })
+        .collect();
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nset -u\necho \"instance $FERRY_INSTANCE point $FERRY_POINT devices $FERRY_DEVICES\"\n\
+             m=\"$FERRY_INSTANCE_DIR/mnt\"\nmkdir -p \"$m\"\nmount -o ro,noload \"$FERRY_DEVICE_0\" \"$m\" || exit 2\n\
+             fail=0\n(cd \"$m\" && sha256sum -c {:?}) || fail=1\n{absent}umount \"$m\"\nexit $fail\n",
+            manifest_path.to_str().expect("utf-8")
+        ),
+    )
+    .expect("write script");
+    run("chmod", &["755", path.to_str().expect("utf-8")]);
+    path
+}
+
+/// sha256sum lines for `files` (by file name).
+fn manifest(files: &[(PathBuf, Vec<u8>)]) -> String {
+    files
+        .iter()
+        .map(|(path, data)| {
+            let name = path.file_name().expect("a name").to_string_lossy();
+            let tmp = tempfile::NamedTempFile::new().expect("temp");
+            std::fs::write(tmp.path(), data).expect("write");
+            let sum = run("sha256sum", &[tmp.path().to_str().expect("utf-8")]);
+            format!(
+                "{}  {name}\n",
+                sum.split_whitespace().next().expect("a sum")
+            )
+        })
+        .collect()
+}
+
+/// Detaches the loop devices of the instances left running (a confirmed failover's
+/// instance is production: nothing but the test removes it).
+struct Detach(Vec<String>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", d])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirmed() {
+    let site = Site::new("dr-failover", 256 << 20, free_port());
+    let (_standby, console, agent) = protect(&site);
+    let first = {
+        let _m = site.mount();
+        write_files(&site.mnt, "first", 4, 1 << 20, 11)
+    };
+    let p1 = console.json(&["point", "create", "--server", "web-1"])["point"]
+        .as_u64()
+        .expect("a point id")
+        .to_string();
+    let second = {
+        let _m = site.mount();
+        write_files(&site.mnt, "second", 4, 1 << 20, 12)
+    };
+    agent.wait_in_sync(WAIT);
+    let scripts = site.dir.path();
+    let mut both = first.clone();
+    both.extend(second.clone());
+
+    // Bad drills: clear errors, nothing made.
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        "/nonexistent/check.sh",
+    ]);
+    assert!(
+        e.contains("/nonexistent/check.sh") && e.contains("not executable"),
+        "{e}"
+    );
+    let e = console.refused(&["drill", "start", "web-1"]);
+    assert!(e.contains("needs a post-launch script"), "{e}");
+    let ok_script = check_script(scripts, "check-latest.sh", &manifest(&both), &[]);
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--point",
+        "12345",
+        "--script",
+        ok_script.to_str().unwrap(),
+    ]);
+    assert!(e.contains("no retained point 12345"), "{e}");
+    let failing = check_script(scripts, "check-wrong.sh", &manifest(&second), &["first-0"]);
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--point",
+        &p1,
+        "--script",
+        failing.to_str().unwrap(),
+    ]);
+    assert!(e.contains("exited with 1") && e.contains("FAILED"), "{e}");
+    assert_eq!(
+        console.json(&["drill", "status", "web-1"])["instances"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "a drill whose script failed stays for inspection"
+    );
+    console.ok(&["drill", "clean", "web-1"]);
+
+    // A drill of the latest state while writes go on: replication is untouched.
+    let drill = console.json(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        ok_script.to_str().unwrap(),
+    ]);
+    assert_eq!(drill["script"]["exit_code"], 0, "{drill}");
+    let during = {
+        let _m = site.mount();
+        write_files(&site.mnt, "during-drill", 2, 1 << 20, 13)
+    };
+    agent.wait_in_sync(WAIT);
+    let status = console.json(&["drill", "status", "web-1"]);
+    assert_eq!(status["server"]["state"], "realtime", "{status}");
+    let device = drill["disks"][0]["device"]
+        .as_str()
+        .expect("a device")
+        .to_owned();
+    assert!(std::path::Path::new(&device).exists());
+    console.ok(&["drill", "clean", "web-1"]);
+    assert!(
+        !run("losetup", &["-a"]).contains(drill["dir"].as_str().expect("dir")),
+        "the drill's devices are detached"
+    );
+    assert!(!std::path::Path::new(drill["dir"].as_str().expect("dir")).exists());
+
+    // Failover at the latest state: replication stops, the files are all there.
+    both.extend(during);
+    let all_script = check_script(scripts, "check-all.sh", &manifest(&both), &[]);
+    let e = console.refused(&["failover", "confirm", "web-1"]);
+    assert!(e.contains("is realtime"), "{e}");
+    let failover = console.json(&[
+        "failover",
+        "start",
+        "web-1",
+        "--script",
+        all_script.to_str().unwrap(),
+    ]);
+    let mut detach = Detach(vec![
+        failover["disks"][0]["device"].as_str().unwrap().into(),
+    ]);
+    assert_eq!(failover["script"]["exit_code"], 0, "{failover}");
+    assert_eq!(console.server("web-1")["state"], "failed-over");
+    agent.wait_until("paused by the failover", WAIT, |s| {
+        s.phase == Some(ferry_replicator::status::Phase::Waiting)
+    });
+    let e = console.refused(&["replication", "start", "web-1"]);
+    assert!(e.contains("failed-over"), "{e}");
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        all_script.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("drill start is not allowed while the server is failed-over"),
+        "{e}"
+    );
+
+    // Change point: the earlier point, without the later files.
+    let e = console.refused(&[
+        "failover",
+        "change-point",
+        "web-1",
+        "--script",
+        all_script.to_str().unwrap(),
+    ]);
+    assert!(e.contains("only once"), "{e}");
+    let p1_script = check_script(scripts, "check-p1.sh", &manifest(&first), &["second-0"]);
+    let changed = console.json(&[
+        "failover",
+        "change-point",
+        "web-1",
+        "--point",
+        &p1,
+        "--script",
+        p1_script.to_str().unwrap(),
+    ]);
+    detach
+        .0
+        .push(changed["disks"][0]["device"].as_str().unwrap().into());
+    assert_eq!(changed["script"]["exit_code"], 0, "{changed}");
+    assert_eq!(changed["point"].as_u64().map(|p| p.to_string()), Some(p1));
+    assert!(
+        !std::path::Path::new(failover["dir"].as_str().unwrap()).exists(),
+        "the instance at the latest point was replaced"
+    );
+    let s = console.json(&["failover", "confirm", "web-1"]);
+    assert_eq!(s["state"], "failover-confirmed", "{s}");
+    assert_eq!(s["instance"], changed["id"], "{s}");
 }

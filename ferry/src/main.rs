@@ -36,6 +36,12 @@ enum Command {
     /// A protected server's replication (at the standby site's control API).
     #[command(subcommand)]
     Replication(cmd::replication::Command),
+    /// Drills: a point brought up beside running replication (at the standby site).
+    #[command(subcommand)]
+    Drill(cmd::instance::DrillCommand),
+    /// Failover: stop replication and bring a point up as production (at the standby site).
+    #[command(subcommand)]
+    Failover(cmd::instance::FailoverCommand),
     /// Recovery points held by a standby.
     #[command(subcommand)]
     Point(cmd::point::Command),
@@ -81,6 +87,8 @@ fn main() -> std::process::ExitCode {
         Command::Pair(command) => cmd::pair::run(command),
         Command::Server(command) => cmd::server::run(command),
         Command::Replication(command) => cmd::replication::run(command),
+        Command::Drill(command) => cmd::instance::drill(command),
+        Command::Failover(command) => cmd::instance::failover(command),
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),

@@ -45,6 +45,9 @@ pub struct ProtectedServer {
     /// How its replication runs, from the last `replication start`.
     #[serde(default)]
     pub replication: Option<Replication>,
+    /// The instance that runs the server at this site after a failover.
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 /// How a server's replication runs (`replication start`).
@@ -234,6 +237,7 @@ impl Catalog {
                 state: State::Installing,
                 error: None,
                 replication: None,
+                instance: None,
             });
         })
     }
@@ -279,26 +283,28 @@ impl Catalog {
         if edited == *s {
             return Ok(next);
         }
-        self.edit_server(id, |s| *s = edited)?;
+        self.edit(id, |s| *s = edited)?;
         Ok(next)
     }
 
     /// Records why an operation or event failed; the server keeps its state.
     pub fn fail(&mut self, id: &str, reason: String) -> Result<(), CatalogError> {
         self.server(id)?;
-        self.edit_server(id, |s| s.error = Some(reason))
+        self.edit(id, |s| s.error = Some(reason))
     }
 
-    fn edit_server(
+    /// Changes a server's record (not its state: that takes a [`Step`]).
+    pub fn edit(
         &mut self,
         id: &str,
         f: impl FnOnce(&mut ProtectedServer),
     ) -> Result<(), CatalogError> {
+        self.server(id)?;
         self.change(|c| {
             f(c.servers
                 .iter_mut()
                 .find(|s| s.id.as_str() == id)
-                .expect("the caller found the server"));
+                .expect("checked above"));
         })
     }
 

@@ -19,23 +19,31 @@
 //! [`ErrorCode::Paused`]: ferry_wire::message::ErrorCode::Paused
 
 use crate::catalog::{Catalog, CatalogError, Pair, ProtectedServer, Replication};
+use crate::instance::{Instance, InstanceError, Instances, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::Policy;
 use crate::server::{DataDir, OpenError, ServerState};
 use ferry_wire::message::PointKind;
 use ferry_wire::message::{PointRequest, PointResult, Progress, ReplicationPhase};
-use ferry_wire::{Message, ServerId};
+use ferry_wire::{Message, ServerId, SiteKeys};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A session's way to send to its agent (shared with the receiver's session).
 pub type Outbound = Arc<Mutex<TcpStream>>;
+
+/// Loads the site pair's keys when an instance is rebuilt (the data key is needed then
+/// and only then, DESIGN.md I6); the error says why it could not.
+pub type KeyLoader = Box<dyn Fn() -> Result<SiteKeys, String> + Send + Sync>;
+
+/// Longest a failover waits for the forward agent's session to end.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// What an agent reported last, and its connection.
 #[derive(Debug, Default)]
@@ -158,12 +166,29 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error("the site pair's key is not available to rebuild: {0}")]
+    Keys(String),
+    #[error(
+        "the post-launch script of {} exited with {}; its output ends with:\n{}\n(the \
+         instance stays for inspection: `ferry drill status`, then `ferry drill clean`)",
+        .0.id,
+        .0.script.as_ref().and_then(|s| s.exit_code).map_or_else(|| "no status (killed)".to_owned(), |c| c.to_string()),
+        .0.script.as_ref().map_or("", |s| s.output.trim_end())
+    )]
+    ScriptFailed(Box<Instance>),
+    #[error("\"latest\" can be used only once, by `failover start`; choose an earlier point")]
+    LatestUsed,
+    #[error("the agent of server {0} is still connected after {1:?}; failover needs it stopped")]
+    StillConnected(ServerId, Duration),
 }
 
 /// The catalogue, the live reports, and the rules above.
-#[derive(Debug)]
 pub struct Control {
     data: DataDir,
+    instances: Instances,
+    keys: OnceLock<KeyLoader>,
     storage_classes: HashMap<String, std::path::PathBuf>,
     catalog: Mutex<Catalog>,
     /// Managed servers' states, for the ingest path (read per record).
@@ -171,6 +196,15 @@ pub struct Control {
     live: Mutex<HashMap<ServerId, Live>>,
     changed: Condvar,
     next_request: AtomicU64,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("data", &self.data)
+            .field("keys", &self.keys.get().map(|_| "loader"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the ingest path needs to know of a managed server.
@@ -214,6 +248,8 @@ impl Control {
             .collect();
         Ok(Self {
             data: DataDir::new(data_dir),
+            instances: Instances::new(data_dir),
+            keys: OnceLock::new(),
             storage_classes,
             catalog: Mutex::new(catalog),
             states: RwLock::new(states),
@@ -597,5 +633,157 @@ impl Control {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    // --- instances: drills and failovers --------------------------------------------
+
+    /// Sets how the keys are loaded for rebuilding instances (once, at start).
+    pub fn set_key_loader(&self, loader: KeyLoader) {
+        let _ = self.keys.set(loader);
+    }
+
+    fn load_keys(&self) -> Result<SiteKeys, ControlError> {
+        let loader = self
+            .keys
+            .get()
+            .ok_or_else(|| ControlError::Keys("this standby has no key file".to_owned()))?;
+        loader().map_err(ControlError::Keys)
+    }
+
+    /// Every instance of `id`.
+    pub fn instances(&self, id: &str) -> Result<Vec<Instance>, ControlError> {
+        let server = self.catalog().server(id)?.id.clone();
+        Ok(self
+            .instances
+            .list()?
+            .into_iter()
+            .filter(|i| i.server == server)
+            .collect())
+    }
+
+    /// Brings up a drill of `id` beside its running replication (the state stays).
+    pub fn drill_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        server
+            .state
+            .apply(Step::DrillStart)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: server.id.clone(),
+                source,
+            })?;
+        Instances::check(&spec)?;
+        let keys = self.load_keys()?;
+        let instance = self
+            .instances
+            .launch(Kind::Drill, &server.id, spec, &keys)?;
+        if !instance.launched() {
+            return Err(ControlError::ScriptFailed(Box::new(instance)));
+        }
+        Ok(instance)
+    }
+
+    /// Cleans the drills of `id` (or only `instance`); returns what was removed.
+    pub fn drill_clean(
+        &self,
+        id: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<Instance>, ControlError> {
+        let drills: Vec<Instance> = self
+            .instances(id)?
+            .into_iter()
+            .filter(|i| i.kind == Kind::Drill && instance.is_none_or(|want| i.id == want))
+            .collect();
+        if let Some(want) = instance
+            && drills.is_empty()
+        {
+            return Err(InstanceError::Unknown(want.to_owned()).into());
+        }
+        drills
+            .into_iter()
+            .map(|i| Ok(self.instances.clean(&i.id)?))
+            .collect()
+    }
+
+    /// Fails over: replication stops (durably, the agent's session ends), the point is
+    /// brought up as the production instance.
+    pub fn failover_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        Instances::check(&spec)?;
+        let keys = self.load_keys()?;
+        let server = self.catalog().server(id)?.id.clone();
+        self.change(|c| c.step(id, Step::FailoverStart))?;
+        self.wait_disconnected(&server)?;
+        self.bring_up(id, &server, spec, &keys)
+    }
+
+    /// Replaces the failover instance by one at an earlier point.
+    pub fn failover_change_point(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        if spec.point == "latest" {
+            return Err(ControlError::LatestUsed);
+        }
+        Instances::check(&spec)?;
+        let keys = self.load_keys()?;
+        let current = self.catalog().server(id)?.clone();
+        self.change(|c| c.step(id, Step::ChangePoint))?;
+        if let Some(old) = &current.instance {
+            match self.instances.clean(old) {
+                Ok(_) | Err(InstanceError::Unknown(_)) => {}
+                Err(e) => return Err(self.failed(id, e.into())),
+            }
+        }
+        self.change(|c| c.edit(id, |s| s.instance = None))?;
+        self.bring_up(id, &current.id, spec, &keys)
+    }
+
+    /// Confirms the failover: the instance is production; drills are released.
+    pub fn failover_confirm(&self, id: &str) -> Result<State, ControlError> {
+        let state = self.change(|c| c.step(id, Step::FailoverConfirm))?;
+        self.drill_clean(id, None)?;
+        Ok(state)
+    }
+
+    fn bring_up(
+        &self,
+        id: &str,
+        server: &ServerId,
+        spec: Spec,
+        keys: &SiteKeys,
+    ) -> Result<Instance, ControlError> {
+        let instance = match self.instances.launch(Kind::Failover, server, spec, keys) {
+            Ok(i) if i.launched() => i,
+            Ok(i) => return Err(self.failed(id, ControlError::ScriptFailed(Box::new(i)))),
+            Err(e) => return Err(self.failed(id, e.into())),
+        };
+        let up = instance.id.clone();
+        self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = Some(up)))?;
+        Ok(instance)
+    }
+
+    /// Records `e` as the server's error and returns it.
+    fn failed(&self, id: &str, e: ControlError) -> ControlError {
+        if let Err(record) = self.fail(id, ferry_wire::error_chain(&e)) {
+            tracing::error!(
+                server = id,
+                "cannot record a failure: {}",
+                ferry_wire::error_chain(&record)
+            );
+        }
+        e
+    }
+
+    fn wait_disconnected(&self, id: &ServerId) -> Result<(), ControlError> {
+        let deadline = Instant::now() + DISCONNECT_WAIT;
+        let mut live = self.live();
+        while live.get(id).is_some_and(|l| l.conn.is_some()) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ControlError::StillConnected(id.clone(), DISCONNECT_WAIT));
+            }
+            live = self
+                .changed
+                .wait_timeout(live, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
     }
 }

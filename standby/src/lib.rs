@@ -14,6 +14,8 @@
 //! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
 //! - [`lifecycle`]: a protected server's states and the steps between them (DESIGN.md §5).
 //! - [`catalog`]: the site pairs and protected servers, persisted.
+//! - [`instance`]: drill and failover instances: a point rebuilt into image files,
+//!   attached as loop devices, and a launcher (script or qemu).
 //! - [`control`]: the operator's view and operations joined with the agents' reports;
 //!   which servers' records are taken.
 //!
@@ -26,6 +28,7 @@ pub mod control;
 pub mod digests;
 pub mod extent_map;
 pub mod index;
+pub mod instance;
 pub mod lifecycle;
 pub mod log;
 pub mod points;

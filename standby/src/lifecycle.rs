@@ -213,7 +213,9 @@ impl State {
             (s, Step::DrillStart) if s.replicating() => s,
             (s, Step::FailoverStart) if s.replicating() => S::FailingOver,
             (S::FailingOver, Step::InstanceUp) => S::FailedOver,
-            (S::FailedOver, Step::ChangePoint) => S::FailingOver,
+            // From failing-over too: a failover whose instance did not come up is
+            // retried at another point.
+            (S::FailingOver | S::FailedOver, Step::ChangePoint) => S::FailingOver,
             (S::FailedOver, Step::FailoverConfirm) => S::FailoverConfirmed,
             (S::FailoverConfirmed, Step::ReverseRegister) => S::ReverseRegistered,
             (S::ReverseRegistered, Step::ReverseStart) => S::ReverseStarting,

@@ -5,6 +5,7 @@
 use super::{AddServer, ErrorBody, StartReplication};
 use ferry_standby::catalog::{CatalogError, Pair, Replication};
 use ferry_standby::control::{Control, ControlError};
+use ferry_standby::instance::{InstanceError, Spec};
 use ferry_standby::lifecycle::Step;
 use ferry_standby::retention::Policy;
 use ferry_wire::{ServerId, error_chain};
@@ -66,7 +67,24 @@ impl From<ControlError> for ApiError {
                 Self::new(409, error_chain(&e))
             }
             ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
-            ControlError::UnknownStorageClass { .. } => Self::new(400, error_chain(&e)),
+            ControlError::UnknownStorageClass { .. } | ControlError::LatestUsed => {
+                Self::new(400, error_chain(&e))
+            }
+            ControlError::Instance(i) => {
+                let status = match &i {
+                    InstanceError::Script(_)
+                    | InstanceError::NoScript
+                    | InstanceError::Size(..)
+                    | InstanceError::BadPoint(_) => 400,
+                    InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
+                    InstanceError::NotRegistered(_) => 409,
+                    _ => 500,
+                };
+                Self::new(status, error_chain(&i))
+            }
+            ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
+            ControlError::StillConnected(..) => Self::new(409, error_chain(&e)),
+            ControlError::Keys(_) => Self::new(500, error_chain(&e)),
             ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
             ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
                 Self::new(500, error_chain(&e))
@@ -232,6 +250,27 @@ fn route(request: &mut Request, control: &Control) -> Reply {
         (Method::Get, ["v1", "servers", id, "points"]) => ok(control.points(id)?),
         (Method::Post, ["v1", "servers", id, "points"]) => {
             ok(control.request_point(id, POINT_TIMEOUT)?)
+        }
+        (Method::Get, ["v1", "servers", id, "instances"]) => ok(control.instances(id)?),
+        (Method::Post, ["v1", "servers", id, "drills"]) => {
+            let spec: Spec = body(request)?;
+            ok(control.drill_start(id, spec)?)
+        }
+        (Method::Delete, ["v1", "servers", id, "drills"]) => ok(control.drill_clean(id, None)?),
+        (Method::Delete, ["v1", "servers", id, "drills", instance]) => {
+            ok(control.drill_clean(id, Some(instance))?)
+        }
+        (Method::Post, ["v1", "servers", id, "failover", "start"]) => {
+            let spec: Spec = body(request)?;
+            ok(control.failover_start(id, spec)?)
+        }
+        (Method::Post, ["v1", "servers", id, "failover", "change-point"]) => {
+            let spec: Spec = body(request)?;
+            ok(control.failover_change_point(id, spec)?)
+        }
+        (Method::Post, ["v1", "servers", id, "failover", "confirm"]) => {
+            control.failover_confirm(id)?;
+            ok(control.server(id)?)
         }
         (_, ["v1", ..]) => Err(ApiError::new(
             404,

@@ -3,6 +3,7 @@
 pub(crate) mod agent;
 pub(crate) mod check;
 pub(crate) mod generate;
+pub(crate) mod instance;
 pub(crate) mod keygen;
 pub(crate) mod pair;
 pub(crate) mod point;

@@ -121,6 +121,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
         auth: keys.auth.clone(),
     };
     let standby = Standby::bind(config, keys)?;
+    // Drills and failovers rebuild points: the key file is read again then, and the data
+    // key lives only as long as that rebuild.
+    standby.control().set_key_loader(Box::new(move || {
+        keyfile::load(&key_file)
+            .map(|k| k.derive())
+            .map_err(|e| format!("{e:#}"))
+    }));
     let mut status = format!("listening on {}", standby.local_addr()?);
     if let Some((server, token)) = api {
         status += &format!("; control API on {}", server.server_addr());

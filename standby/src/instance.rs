@@ -1,0 +1,670 @@
+//! Instances: a server brought up at the standby site from one of its recovery points,
+//! for a drill (a disposable copy beside running replication) or a failover (the copy
+//! becomes production).
+//!
+//! Bringing one up: the point's disks are rebuilt into sparse image files in the
+//! instance's directory (`DATA/instances/<id>/disk-N.img`; every record MAC-checked,
+//! the barrier too), attached as loop devices (`losetup -P`, so partitions appear), and a
+//! launcher runs:
+//! - `script`: the post-launch script, with the instance in its environment
+//!   (`FERRY_INSTANCE`, `FERRY_KIND`, `FERRY_SERVER`, `FERRY_POINT`, `FERRY_SEQ`,
+//!   `FERRY_DEVICES` space-separated in disk order, `FERRY_DEVICE_<N>`,
+//!   `FERRY_INSTANCE_DIR`, `FERRY_NETWORK`, `FERRY_IP`); its output goes to
+//!   `script.log`, its exit status is recorded; it must finish within
+//!   [`SCRIPT_TIMEOUT`];
+//! - `qemu`: boots the first disk with `qemu-system-x86_64` ([`qemu_command`]) with the
+//!   chosen CPUs, memory and network, serial console in `console.log`; a post-launch
+//!   script, if given, runs after the boot starts.
+//!
+//! The instance is described in `instance.json` (written atomically) so that a restarted
+//! standby still knows it. Cleaning stops the VM, unmounts whatever is mounted from the
+//! instance's devices, detaches them and removes the directory — everything bringing it
+//! up created. Bringing one up that fails cleans what it had made.
+
+use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::points::{self, PointSelector};
+use crate::rebuild::{self, Target};
+use crate::server::DataDir;
+use ferry_wire::{ServerId, SiteKeys, error_chain};
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Longest a post-launch script may run.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Most output of a script kept in `instance.json` (the whole is in `script.log`).
+pub const OUTPUT_TAIL: usize = 16 << 10;
+
+/// What an instance is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Drill,
+    Failover,
+}
+
+/// How the instance is run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Launcher {
+    Script,
+    Qemu,
+}
+
+/// What the operator chose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    /// A point id, or "latest" (the newest state the standby holds).
+    pub point: String,
+    pub launcher: Launcher,
+    /// The post-launch script (required for the script launcher).
+    pub script: Option<PathBuf>,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// Network to attach the instance to (qemu: "user", or a bridge name).
+    pub network: Option<String>,
+    /// Address for the instance (given to the script and to the VM through fw_cfg
+    /// `opt/ferry/ip`).
+    pub ip: Option<String>,
+}
+
+/// One disk of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    pub disk: u32,
+    /// The protected device's name.
+    pub name: String,
+    pub image: PathBuf,
+    pub device: String,
+}
+
+/// A post-launch script's run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptRun {
+    pub script: PathBuf,
+    /// `None`: killed (timeout or signal).
+    pub exit_code: Option<i32>,
+    pub output: String,
+    pub log: PathBuf,
+    pub millis: u64,
+}
+
+/// A VM the qemu launcher started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vm {
+    pub pid: u32,
+    pub console: PathBuf,
+    pub command: Vec<String>,
+}
+
+/// An instance as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub kind: Kind,
+    pub server: ServerId,
+    pub spec: Spec,
+    /// The point's id (`None` for "latest") and the seq it was rebuilt at.
+    pub point: Option<u64>,
+    pub seq: u64,
+    pub dir: PathBuf,
+    pub disks: Vec<Disk>,
+    pub script: Option<ScriptRun>,
+    pub vm: Option<Vm>,
+    pub created_unix_ms: u64,
+    /// Time to rebuild the disks, and from the request to the launcher's end (the RTO).
+    pub rebuild_ms: u64,
+    pub ready_ms: u64,
+}
+
+impl Instance {
+    /// Whether the launcher succeeded (the script exited 0, the VM started).
+    pub fn launched(&self) -> bool {
+        self.script.as_ref().is_none_or(|s| s.exit_code == Some(0))
+    }
+}
+
+/// Why an instance could not be brought up or cleaned.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("the post-launch script {} does not exist or is not executable", .0.display())]
+    Script(PathBuf),
+    #[error("the script launcher needs a post-launch script (--script)")]
+    NoScript,
+    #[error("cpus must be 1 to 64 and memory 128 to 262144 MiB (got {0} CPUs, {1} MiB)")]
+    Size(u32, u32),
+    #[error("{0:?} is not a point: use a point id from `ferry point list` or \"latest\"")]
+    BadPoint(String),
+    #[error("server {0} has no retained point {1}; see `ferry point list --server {0}`")]
+    NoPoint(ServerId, String),
+    #[error("server {0} has not registered its disks yet")]
+    NotRegistered(ServerId),
+    #[error("cannot read the store of server {0}")]
+    Store(ServerId, #[source] crate::server::OpenError),
+    #[error(transparent)]
+    Rebuild(#[from] rebuild::RebuildError),
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {output}")]
+    Tool { command: String, output: String },
+    #[error("no instance {0}")]
+    Unknown(String),
+    #[error("instance {} of {} is not valid", .0.display(), "instance.json")]
+    Corrupt(PathBuf, #[source] serde_json::Error),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstanceError {
+    let path = path.to_owned();
+    move |source| InstanceError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs a system tool, returning its stdout, or its stderr as the error.
+fn tool(program: &str, args: &[&str]) -> Result<String, InstanceError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| InstanceError::Tool {
+            command: program.to_owned(),
+            output: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(InstanceError::Tool {
+            command: format!("{program} {}", args.join(" ")),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// The instances of a standby site, under `DATA/instances`.
+#[derive(Debug)]
+pub struct Instances {
+    data: DataDir,
+    root: PathBuf,
+}
+
+impl Instances {
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            data: DataDir::new(data_dir),
+            root: data_dir.join("instances"),
+        }
+    }
+
+    /// Every instance, oldest first.
+    pub fn list(&self) -> Result<Vec<Instance>, InstanceError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_err("list", &self.root)(e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(io_err("list", &self.root))?.path();
+            if let Some(i) = Self::load(&path)? {
+                out.push(i);
+            }
+        }
+        out.sort_by_key(|i| (i.created_unix_ms, i.id.clone()));
+        Ok(out)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Instance, InstanceError> {
+        Self::load(&self.root.join(id))?.ok_or_else(|| InstanceError::Unknown(id.to_owned()))
+    }
+
+    fn load(dir: &Path) -> Result<Option<Instance>, InstanceError> {
+        let file = dir.join("instance.json");
+        match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| InstanceError::Corrupt(file, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &file)(e)),
+        }
+    }
+
+    /// Checks what can be checked before anything is made.
+    pub fn check(spec: &Spec) -> Result<PointSelector, InstanceError> {
+        if !(1..=64).contains(&spec.cpus) || !(128..=262_144).contains(&spec.memory_mib) {
+            return Err(InstanceError::Size(spec.cpus, spec.memory_mib));
+        }
+        match (&spec.launcher, &spec.script) {
+            (Launcher::Script, None) => return Err(InstanceError::NoScript),
+            (_, Some(script)) if !is_executable(script) => {
+                return Err(InstanceError::Script(script.clone()));
+            }
+            _ => {}
+        }
+        spec.point
+            .parse()
+            .map_err(|_| InstanceError::BadPoint(spec.point.clone()))
+    }
+
+    /// Brings up an instance of `server` (see the module doc). `keys` holds the data
+    /// key, needed to rebuild. On error nothing of the instance is left.
+    pub fn launch(
+        &self,
+        kind: Kind,
+        server: &ServerId,
+        spec: Spec,
+        keys: &SiteKeys,
+    ) -> Result<Instance, InstanceError> {
+        let started = Instant::now();
+        let selector = Self::check(&spec)?;
+        let (state, _) = self
+            .data
+            .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .map_err(|e| InstanceError::Store(server.clone(), e))?;
+        let registration = state
+            .registration()
+            .ok_or_else(|| InstanceError::NotRegistered(server.clone()))?
+            .clone();
+        let seq = points::resolve(&state.points(), state.log.last_seq(), selector)
+            .ok_or_else(|| InstanceError::NoPoint(server.clone(), spec.point.clone()))?;
+        rebuild::verify_point(&state.log, seq, &keys.mac)?;
+        let created = now_ms();
+        let id = format!(
+            "{}-{server}-{created}",
+            match kind {
+                Kind::Drill => "drill",
+                Kind::Failover => "failover",
+            }
+        );
+        let dir = self.root.join(&id);
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let mut instance = Instance {
+            id,
+            kind,
+            server: server.clone(),
+            point: match selector {
+                PointSelector::Latest => None,
+                PointSelector::Id(p) => Some(p.0),
+            },
+            spec,
+            seq: seq.0,
+            dir: dir.clone(),
+            disks: Vec::new(),
+            script: None,
+            vm: None,
+            created_unix_ms: created,
+            rebuild_ms: 0,
+            ready_ms: 0,
+        };
+        let result = (|| {
+            let threads = std::thread::available_parallelism().map_or(2, usize::from);
+            for disk in &registration.disks {
+                let image = dir.join(format!("disk-{}.img", disk.disk.0));
+                rebuild::rebuild_disk(
+                    &state.log,
+                    disk,
+                    seq,
+                    Target::open(&image, disk)?,
+                    (&keys.data, &keys.mac),
+                    threads,
+                    &|_| {},
+                )?;
+                let image_text = image.to_string_lossy().into_owned();
+                let device = tool("losetup", &["-P", "-f", "--show", &image_text])?;
+                instance.disks.push(Disk {
+                    disk: disk.disk.0,
+                    name: disk.name.clone(),
+                    image,
+                    device,
+                });
+            }
+            instance.rebuild_ms = millis(started.elapsed());
+            if instance.spec.launcher == Launcher::Qemu {
+                instance.vm = Some(start_vm(&instance)?);
+            }
+            if let Some(script) = instance.spec.script.clone() {
+                instance.script = Some(run_script(&instance, &script)?);
+            }
+            instance.ready_ms = millis(started.elapsed());
+            save(&instance)
+        })();
+        match result {
+            Ok(()) => Ok(instance),
+            Err(e) => {
+                if let Err(clean) = clean_instance(&instance) {
+                    tracing::error!(instance = %instance.id, "cleaning a failed launch: {}", error_chain(&clean));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes an instance and everything bringing it up made.
+    pub fn clean(&self, id: &str) -> Result<Instance, InstanceError> {
+        let instance = self.get(id)?;
+        clean_instance(&instance)?;
+        Ok(instance)
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn save(instance: &Instance) -> Result<(), InstanceError> {
+    let path = instance.dir.join("instance.json");
+    let tmp = instance.dir.join("instance.json.tmp");
+    let text = serde_json::to_vec_pretty(instance).expect("an instance serializes");
+    std::fs::write(&tmp, text).map_err(io_err("write", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err("replace", &path))
+}
+
+/// The environment a post-launch script gets.
+fn script_env(instance: &Instance) -> Vec<(String, String)> {
+    let devices: Vec<&str> = instance.disks.iter().map(|d| d.device.as_str()).collect();
+    let mut env = vec![
+        ("FERRY_INSTANCE".to_owned(), instance.id.clone()),
+        (
+            "FERRY_KIND".to_owned(),
+            match instance.kind {
+                Kind::Drill => "drill",
+                Kind::Failover => "failover",
+            }
+            .to_owned(),
+        ),
+        ("FERRY_SERVER".to_owned(), instance.server.to_string()),
+        (
+            "FERRY_POINT".to_owned(),
+            instance
+                .point
+                .map_or_else(|| "latest".to_owned(), |p| p.to_string()),
+        ),
+        ("FERRY_SEQ".to_owned(), instance.seq.to_string()),
+        ("FERRY_DEVICES".to_owned(), devices.join(" ")),
+        (
+            "FERRY_INSTANCE_DIR".to_owned(),
+            instance.dir.to_string_lossy().into_owned(),
+        ),
+        (
+            "FERRY_NETWORK".to_owned(),
+            instance.spec.network.clone().unwrap_or_default(),
+        ),
+        (
+            "FERRY_IP".to_owned(),
+            instance.spec.ip.clone().unwrap_or_default(),
+        ),
+    ];
+    for d in &instance.disks {
+        env.push((format!("FERRY_DEVICE_{}", d.disk), d.device.clone()));
+    }
+    env
+}
+
+/// Runs the post-launch script to its end (or [`SCRIPT_TIMEOUT`]).
+fn run_script(instance: &Instance, script: &Path) -> Result<ScriptRun, InstanceError> {
+    let started = Instant::now();
+    let log = instance.dir.join("script.log");
+    let out = std::fs::File::create(&log).map_err(io_err("create", &log))?;
+    let err = out.try_clone().map_err(io_err("open", &log))?;
+    let mut child = Command::new(script)
+        .envs(script_env(instance))
+        .current_dir(&instance.dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(io_err("run", script))?;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(io_err("wait for", script))? {
+            break Some(status);
+        }
+        if started.elapsed() > SCRIPT_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut output = String::new();
+    if let Ok(f) = std::fs::File::open(&log) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        let skip = len.saturating_sub(OUTPUT_TAIL as u64);
+        let mut bytes = Vec::new();
+        let mut f = f;
+        if std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(skip)).is_ok() {
+            let _ = f.read_to_end(&mut bytes);
+        }
+        output = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    Ok(ScriptRun {
+        script: script.to_owned(),
+        exit_code: status.and_then(|s| s.code()),
+        output,
+        log,
+        millis: millis(started.elapsed()),
+    })
+}
+
+/// The qemu command line that boots `disks` (the first one is the boot disk).
+pub fn qemu_command(id: &str, spec: &Spec, disks: &[String], dir: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "qemu-system-x86_64".into(),
+        "-name".into(),
+        format!("ferry-{id}"),
+        "-machine".into(),
+        "q35,accel=kvm:tcg".into(),
+        "-smp".into(),
+        spec.cpus.to_string(),
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-display".into(),
+        "none".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-serial".into(),
+        format!("file:{}", dir.join("console.log").display()),
+        "-daemonize".into(),
+        "-pidfile".into(),
+        dir.join("qemu.pid").display().to_string(),
+    ];
+    for (i, disk) in disks.iter().enumerate() {
+        args.push("-drive".into());
+        args.push(format!(
+            "file={disk},format=raw,if=virtio,cache=none,index={i}{}",
+            if i == 0 { ",media=disk" } else { "" }
+        ));
+    }
+    args.extend(["-boot".into(), "c".into()]);
+    match spec.network.as_deref() {
+        None | Some("none") => args.extend(["-nic".into(), "none".into()]),
+        Some("user") => args.extend(["-nic".into(), "user,model=virtio-net-pci".into()]),
+        Some(bridge) => args.extend([
+            "-nic".into(),
+            format!("bridge,br={bridge},model=virtio-net-pci"),
+        ]),
+    }
+    if let Some(ip) = &spec.ip {
+        args.extend(["-fw_cfg".into(), format!("name=opt/ferry/ip,string={ip}")]);
+    }
+    args
+}
+
+fn start_vm(instance: &Instance) -> Result<Vm, InstanceError> {
+    let devices: Vec<String> = instance.disks.iter().map(|d| d.device.clone()).collect();
+    let command = qemu_command(&instance.id, &instance.spec, &devices, &instance.dir);
+    let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
+    tool(&command[0], &args)?;
+    let pidfile = instance.dir.join("qemu.pid");
+    let pid = std::fs::read_to_string(&pidfile)
+        .map_err(io_err("read", &pidfile))?
+        .trim()
+        .parse()
+        .map_err(|_| InstanceError::Tool {
+            command: command[0].clone(),
+            output: format!("{} holds no pid", pidfile.display()),
+        })?;
+    Ok(Vm {
+        pid,
+        console: instance.dir.join("console.log"),
+        command,
+    })
+}
+
+/// Stops the VM, unmounts the devices' filesystems, detaches them, removes the directory.
+fn clean_instance(instance: &Instance) -> Result<(), InstanceError> {
+    if let Some(vm) = &instance.vm
+        && let Ok(pid) = i32::try_from(vm.pid)
+    {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+            for _ in 0..100 {
+                if nix::sys::signal::kill(pid, None).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for disk in &instance.disks {
+        unmount_device(&disk.device)?;
+        if backs(&disk.device, &disk.image) {
+            tool("losetup", &["-d", &disk.device])?;
+        }
+    }
+    match std::fs::remove_dir_all(&instance.dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", &instance.dir)(e)),
+    }
+}
+
+/// Whether loop `device` is still attached to `image` (a restarted machine may have
+/// given the name to another file).
+fn backs(device: &str, image: &Path) -> bool {
+    let name = device.trim_start_matches("/dev/");
+    std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file"))
+        .is_ok_and(|f| Path::new(f.trim()) == image)
+}
+
+/// Unmounts every filesystem mounted from `device` or one of its partitions.
+fn unmount_device(device: &str) -> Result<(), InstanceError> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(io_err("read", Path::new("/proc/self/mounts")))?;
+    let mut targets: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (source, target) = (f.next()?, f.next()?);
+            let rest = source.strip_prefix(device)?;
+            (rest.is_empty() || rest.starts_with('p')).then_some(target)
+        })
+        .collect();
+    // Deepest first.
+    targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+    for target in targets {
+        let target = target.replace("\\040", " ");
+        if nix::mount::umount(target.as_str()).is_err() {
+            nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH)
+                .map_err(|e| io_err("unmount", Path::new(&target))(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            point: "latest".into(),
+            launcher: Launcher::Qemu,
+            script: None,
+            cpus: 2,
+            memory_mib: 2048,
+            network: Some("br0".into()),
+            ip: Some("10.0.0.5/24".into()),
+        }
+    }
+
+    #[test]
+    fn the_qemu_command_boots_the_first_disk_with_the_chosen_size_and_network() {
+        let disks = vec!["/dev/loop7".to_owned(), "/dev/loop8".to_owned()];
+        let cmd = qemu_command("drill-web-1-1", &spec(), &disks, Path::new("/i"));
+        let text = cmd.join(" ");
+        for want in [
+            "qemu-system-x86_64 -name ferry-drill-web-1-1",
+            "-smp 2 -m 2048",
+            "-serial file:/i/console.log",
+            "-daemonize -pidfile /i/qemu.pid",
+            "-drive file=/dev/loop7,format=raw,if=virtio,cache=none,index=0,media=disk",
+            "-drive file=/dev/loop8,format=raw,if=virtio,cache=none,index=1 ",
+            "-boot c",
+            "-nic bridge,br=br0,model=virtio-net-pci",
+            "-fw_cfg name=opt/ferry/ip,string=10.0.0.5/24",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from {text}");
+        }
+        let user = Spec {
+            network: Some("user".into()),
+            ip: None,
+            ..spec()
+        };
+        let text = qemu_command("x", &user, &disks, Path::new("/i")).join(" ");
+        assert!(text.contains("-nic user,model=virtio-net-pci"), "{text}");
+        assert!(!text.contains("fw_cfg"), "{text}");
+        let none = Spec {
+            network: None,
+            ..spec()
+        };
+        let text = qemu_command("x", &none, &disks, Path::new("/i")).join(" ");
+        assert!(text.contains("-nic none"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_spec_is_refused_before_anything_is_made() {
+        let bad = [
+            Spec { cpus: 0, ..spec() },
+            Spec {
+                memory_mib: 64,
+                ..spec()
+            },
+            Spec {
+                launcher: Launcher::Script,
+                ..spec()
+            },
+            Spec {
+                script: Some("/nonexistent/check.sh".into()),
+                ..spec()
+            },
+            Spec {
+                point: "yesterday".into(),
+                ..spec()
+            },
+        ];
+        for s in bad {
+            let err = Instances::check(&s).unwrap_err().to_string();
+            assert!(!err.is_empty());
+        }
+        assert_eq!(Instances::check(&spec()).unwrap(), PointSelector::Latest);
+    }
+}
