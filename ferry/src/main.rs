@@ -42,6 +42,17 @@ enum Command {
     /// Failover: stop replication and bring a point up as production (at the standby site).
     #[command(subcommand)]
     Failover(cmd::instance::FailoverCommand),
+    /// Reverse replication of a failed-over server back to its original site.
+    #[command(subcommand)]
+    Reverse(cmd::instance::ReverseCommand),
+    /// Bring a reverse-replicated server up at its original site again.
+    ///
+    /// Example: `ferry failback web-1 --script /srv/failback/up.sh`
+    Failback(cmd::instance::StartArgs),
+    /// Protect a failed-back server forward again (no full copy).
+    ///
+    /// Example: `ferry register web-1`
+    Register(cmd::instance::ServerArgs),
     /// Recovery points held by a standby.
     #[command(subcommand)]
     Point(cmd::point::Command),
@@ -89,6 +100,9 @@ fn main() -> std::process::ExitCode {
         Command::Replication(command) => cmd::replication::run(command),
         Command::Drill(command) => cmd::instance::drill(command),
         Command::Failover(command) => cmd::instance::failover(command),
+        Command::Reverse(command) => cmd::instance::reverse(command),
+        Command::Failback(args) => cmd::instance::failback(args),
+        Command::Register(args) => cmd::instance::register(args),
         Command::Point(command) => cmd::point::run(command),
         Command::Rebuild(args) => cmd::rebuild::run(args),
         Command::Retention(command) => cmd::retention::run(command),

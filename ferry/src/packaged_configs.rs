@@ -55,7 +55,7 @@ fn load_standby(
 ) -> (
     ferry_standby::receiver::ServiceConfig,
     PathBuf,
-    Option<cmd::standby::ControlConfig>,
+    Option<cmd::standby::ControlSettings>,
 ) {
     let config = path.to_str().expect("utf-8 path");
     let cli = crate::Cli::try_parse_from(["ferry", "standby", "--config", config])
@@ -158,7 +158,11 @@ fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/standby.toml"));
     let file = temp_config(&text);
     let (config, _, control) = load_standby(file.path());
-    let control = control.expect("[control] is in the packaged config");
+    let (control, sites) = control.expect("[control] is in the packaged config");
+    assert_eq!(
+        sites.get("eu-west").map(|s| s.data.as_str()),
+        Some("10.0.0.5:7420")
+    );
     assert_eq!(control.listen, crate::api::DEFAULT_CONTROL);
     assert_eq!(
         control.token_file,

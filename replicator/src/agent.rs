@@ -47,7 +47,7 @@ use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
 use ferry_wire::digest::{CHUNK, ChunkDigest, Digester, chunk_digest};
 use ferry_wire::message::{
-    Barrier, DigestRequest, DiskInfo, PointKind, PointResult, Progress, RegisterServer,
+    Barrier, DigestRequest, DiskInfo, ErrorCode, PointKind, PointResult, Progress, RegisterServer,
     ReplicationPhase,
 };
 use ferry_wire::record::RecordAddress;
@@ -594,12 +594,22 @@ impl Agent {
             &config,
         )?;
         link.register(self.registration.clone())?;
+        if let Some(reason) = link.welcome().paused.clone() {
+            // Nothing is shipped and no catch-up starts until the standby takes records
+            // (it may then also hold what a catch-up compares against).
+            link.flush()?;
+            return Err(LinkError::Refused {
+                code: ErrorCode::Paused,
+                message: reason,
+            }
+            .into());
+        }
         let welcome = link.welcome_durable();
         tracing::info!(standby = %self.config.standby, last_durable = %welcome, "connected to the standby");
         // What the standby already holds is safe; the rest is read again.
         self.apply_acks(welcome);
         self.forget_unacked();
-        self.standby_has_data = welcome > Seq(0);
+        self.standby_has_data = link.welcome().digests;
         self.start_catch_ups();
         Ok(Stream {
             link,

@@ -28,6 +28,7 @@ use ferry_wire::auth::{self, Exchange, Nonce, Role};
 use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
 use ferry_wire::message::{
     Authenticate, Digests, ErrorCode, ErrorMessage, Heartbeat, Hello, PointRequest, RegisterServer,
+    Welcome,
 };
 use ferry_wire::{AuthKey, Message, Seq, ServerId};
 use std::collections::VecDeque;
@@ -176,7 +177,7 @@ pub struct Link {
     reader: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
     window: u64,
-    welcome: Seq,
+    welcome: Welcome,
 }
 
 /// Frames the writer thread may hold queued; the window (bytes) is what really bounds
@@ -317,13 +318,18 @@ impl Link {
             reader: Some(reader),
             writer: Some(writer),
             window: config.window_bytes.max(1),
-            welcome: welcome.last_durable,
+            welcome,
         })
     }
 
     /// The standby's last durable seq when this link connected: resume after it.
     pub fn welcome_durable(&self) -> Seq {
-        self.welcome
+        self.welcome.last_durable
+    }
+
+    /// What the standby said when this link connected.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
     }
 
     /// The highest seq the standby has acknowledged as durable so far.

@@ -48,6 +48,27 @@ pub struct ProtectedServer {
     /// The instance that runs the server at this site after a failover.
     #[serde(default)]
     pub instance: Option<String>,
+    /// Reverse replication of the failed-over instance back to the original site.
+    #[serde(default)]
+    pub reverse: Option<Reverse>,
+}
+
+/// Reverse replication: an agent at this site protects the failover instance's devices
+/// and ships them to the standby of the pair's primary site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reverse {
+    /// The site replicated back to (the pair's primary).
+    pub site: String,
+    /// Onto the original machine's disks (only differences travel).
+    pub original_machine: bool,
+    /// The reverse agent's process, config and state.
+    pub agent_pid: Option<u32>,
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub pin_dir: Option<PathBuf>,
+    /// The last point of the reverse replica, taken for the failback.
+    pub final_point: Option<u64>,
 }
 
 /// How a server's replication runs (`replication start`).
@@ -65,6 +86,11 @@ pub struct Replication {
     /// Whether replication resumes by itself after an interruption; when off, an
     /// interrupted server waits for `replication start`.
     pub auto_restart: bool,
+    /// The disks this site will restore the server onto, which already hold most of
+    /// its data (reverse replication onto the original machine): compared by digest so
+    /// only what differs travels, and written over at failback.
+    #[serde(default)]
+    pub original_disks: Vec<std::path::PathBuf>,
 }
 
 impl ProtectedServer {
@@ -238,6 +264,7 @@ impl Catalog {
                 error: None,
                 replication: None,
                 instance: None,
+                reverse: None,
             });
         })
     }

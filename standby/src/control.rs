@@ -18,6 +18,10 @@
 //!
 //! [`ErrorCode::Paused`]: ferry_wire::message::ErrorCode::Paused
 
+mod reverse;
+
+pub use reverse::{Peers, ReverseTools};
+
 use crate::catalog::{Catalog, CatalogError, Pair, ProtectedServer, Replication};
 use crate::instance::{Instance, InstanceError, Instances, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
@@ -67,6 +71,8 @@ pub struct ServerView {
     /// The agent's last progress report (and when it came, Unix ms).
     pub progress: Option<ProgressView>,
     pub last_point: Option<PointView>,
+    /// The reverse agent's status (its `ferry agent status --json`), while it runs.
+    pub reverse_agent: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -166,6 +172,8 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{} is not a block device (an original disk must be one)", .0.display())]
+    NotADisk(std::path::PathBuf),
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error("the site pair's key is not available to rebuild: {0}")]
@@ -182,6 +190,8 @@ pub enum ControlError {
     LatestUsed,
     #[error("the agent of server {0} is still connected after {1:?}; failover needs it stopped")]
     StillConnected(ServerId, Duration),
+    #[error("reverse replication: {0}")]
+    Reverse(String),
 }
 
 /// The catalogue, the live reports, and the rules above.
@@ -189,6 +199,9 @@ pub struct Control {
     data: DataDir,
     instances: Instances,
     keys: OnceLock<KeyLoader>,
+    reverse_tools: OnceLock<ReverseTools>,
+    /// Reverse agents this process started (reaped when stopped).
+    reverse_agents: Mutex<HashMap<ServerId, std::process::Child>>,
     storage_classes: HashMap<String, std::path::PathBuf>,
     catalog: Mutex<Catalog>,
     /// Managed servers' states, for the ingest path (read per record).
@@ -250,6 +263,8 @@ impl Control {
             data: DataDir::new(data_dir),
             instances: Instances::new(data_dir),
             keys: OnceLock::new(),
+            reverse_tools: OnceLock::new(),
+            reverse_agents: Mutex::default(),
             storage_classes,
             catalog: Mutex::new(catalog),
             states: RwLock::new(states),
@@ -433,6 +448,19 @@ impl Control {
 
     /// Every managed server as the operator sees it.
     pub fn servers(&self) -> Vec<ServerView> {
+        let ids: Vec<ServerId> = self
+            .catalog()
+            .servers()
+            .iter()
+            .map(|s| s.id.clone())
+            .collect();
+        for id in &ids {
+            self.refresh_reverse(id);
+        }
+        let reverse: HashMap<ServerId, serde_json::Value> = ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), self.reverse_view(id)?)))
+            .collect();
         let servers = self.catalog().servers().to_vec();
         for s in &servers {
             let known = self
@@ -465,6 +493,7 @@ impl Control {
                         unix_time_ms: at,
                     }),
                     last_point: l.and_then(|l| l.last_point.clone()),
+                    reverse_agent: reverse.get(&server.id).cloned(),
                     server,
                 }
             })
@@ -499,6 +528,12 @@ impl Control {
                 server: server.id.clone(),
                 source,
             })?;
+        for disk in &settings.original_disks {
+            use std::os::unix::fs::FileTypeExt;
+            if !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device()) {
+                return Err(ControlError::NotADisk(disk.clone()));
+            }
+        }
         self.place(&server, &settings.storage_class)?;
         Ok(self.change(|c| {
             c.step_and(id, Step::ReplicationStart, |s| {
@@ -562,6 +597,13 @@ impl Control {
     /// Records that an operation on `id` failed; its state stays.
     pub fn fail(&self, id: &str, reason: String) -> Result<(), CatalogError> {
         self.change(|c| c.fail(id, reason))
+    }
+
+    /// The disks a managed server's latest state is laid over, if any.
+    pub fn baseline(&self, id: &ServerId) -> Option<Vec<std::path::PathBuf>> {
+        let catalog = self.catalog();
+        let r = catalog.server(id.as_str()).ok()?.replication.as_ref()?;
+        (!r.original_disks.is_empty()).then(|| r.original_disks.clone())
     }
 
     /// The retention policy of every managed server replication was started for.
@@ -642,7 +684,7 @@ impl Control {
         let _ = self.keys.set(loader);
     }
 
-    fn load_keys(&self) -> Result<SiteKeys, ControlError> {
+    pub fn load_keys(&self) -> Result<SiteKeys, ControlError> {
         let loader = self
             .keys
             .get()
@@ -675,7 +717,7 @@ impl Control {
         let keys = self.load_keys()?;
         let instance = self
             .instances
-            .launch(Kind::Drill, &server.id, spec, &keys)?;
+            .launch(Kind::Drill, &server.id, spec, &keys, &[])?;
         if !instance.launched() {
             return Err(ControlError::ScriptFailed(Box::new(instance)));
         }
@@ -748,7 +790,10 @@ impl Control {
         spec: Spec,
         keys: &SiteKeys,
     ) -> Result<Instance, ControlError> {
-        let instance = match self.instances.launch(Kind::Failover, server, spec, keys) {
+        let instance = match self
+            .instances
+            .launch(Kind::Failover, server, spec, keys, &[])
+        {
             Ok(i) if i.launched() => i,
             Ok(i) => return Err(self.failed(id, ControlError::ScriptFailed(Box::new(i)))),
             Err(e) => return Err(self.failed(id, e.into())),

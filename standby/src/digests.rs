@@ -14,16 +14,80 @@
 //!
 //! The caller answers only once every record it has received is durable, so a chunk
 //! reported equal stays equal after a crash of the standby.
+//!
+//! A server to be restored onto disks that already hold most of its data (reverse
+//! replication onto the original machine) has a [`Baseline`]: the grains no record
+//! covers read back as the baseline disk's bytes, so their digests are computed from it —
+//! with the digest key, which only this case needs (the standby reads that plaintext
+//! anyway, it is the disk it will write).
 
 use crate::extent_map::ExtentMap;
 use crate::index::{Entry, EntryKind};
 use crate::log::ServerLog;
+use ferry_wire::digest::Digester;
 use ferry_wire::digest::{
     CHUNK, ChunkDigest, GRAIN, GrainDigest, ZERO_GRAIN, chunk_digest, grains_overlapped,
 };
 use ferry_wire::message::DiskInfo;
-use ferry_wire::{FRAME_HEADER_LEN, FrameHeader, RecordKind};
+use ferry_wire::{DigestKey, FRAME_HEADER_LEN, FrameHeader, RecordKind};
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+/// The disks a server's latest state is laid over (disk N is the N-th device).
+#[derive(Debug)]
+pub struct Baseline {
+    disks: Vec<(PathBuf, File, u64)>,
+    digester: Digester,
+}
+
+impl Baseline {
+    /// Opens the baseline devices (read-only).
+    pub fn open(paths: &[PathBuf], key: &DigestKey) -> std::io::Result<Self> {
+        let disks = paths
+            .iter()
+            .map(|p| {
+                let file = File::open(p)?;
+                let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))?;
+                Ok((p.clone(), file, size))
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self {
+            disks,
+            digester: Digester::new(key),
+        })
+    }
+
+    /// Why `disk` cannot be laid over this baseline, if it cannot.
+    pub fn check(&self, disk: &DiskInfo) -> Result<(), String> {
+        match self.disks.get(disk.disk.0 as usize) {
+            None => Err(format!(
+                "no original disk is given for disk {}",
+                disk.disk.0
+            )),
+            Some((path, _, size)) if *size < disk.size.0 => Err(format!(
+                "original disk {} is {size} bytes, smaller than disk {} ({} bytes)",
+                path.display(),
+                disk.disk.0,
+                disk.size.0
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn grain(&self, disk: &DiskInfo, start: u64, end: u64) -> Option<GrainDigest> {
+        let (path, file, _) = self.disks.get(disk.disk.0 as usize)?;
+        let mut buf = vec![0u8; usize::try_from(end - start).ok()?];
+        if let Err(e) = file.read_exact_at(&mut buf, start) {
+            tracing::error!(disk = %path.display(), offset = start, "cannot read the original disk: {e}; its chunk is reported unknown");
+            return None;
+        }
+        let mut out = Vec::with_capacity(1);
+        self.digester.grains(disk.disk, start, &buf, &mut out);
+        out.first().copied()
+    }
+}
 
 /// Bytes of a record frame that hold its header (bincode: server name ≤ 60 bytes, the
 /// rest fixed fields with varints) and the length of its digest list.
@@ -36,6 +100,7 @@ pub fn chunk_digests(
     disk: &DiskInfo,
     first_chunk: u64,
     count: u32,
+    baseline: Option<&Baseline>,
 ) -> Vec<Option<ChunkDigest>> {
     let size = disk.size.0;
     let lo = first_chunk.saturating_mul(CHUNK).min(size);
@@ -80,7 +145,10 @@ pub fn chunk_digests(
                     }
                 }
                 Some(&(start, _, _)) if start < span_end => known = false,
-                _ => grains.push(ZERO_GRAIN),
+                _ => match baseline.map_or(Some(ZERO_GRAIN), |b| b.grain(disk, g, span_end)) {
+                    Some(d) => grains.push(d),
+                    None => known = false,
+                },
             }
             g = span_end;
         }

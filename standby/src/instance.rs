@@ -43,6 +43,18 @@ pub const OUTPUT_TAIL: usize = 16 << 10;
 pub enum Kind {
     Drill,
     Failover,
+    /// The server back at its original site, from the reverse replica.
+    Failback,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Drill => "drill",
+            Kind::Failover => "failover",
+            Kind::Failback => "failback",
+        }
+    }
 }
 
 /// How the instance is run.
@@ -155,6 +167,8 @@ pub enum InstanceError {
     },
     #[error("{command} failed: {output}")]
     Tool { command: String, output: String },
+    #[error("no original disk is given for disk {0}")]
+    NoOriginal(u32),
     #[error("no instance {0}")]
     Unknown(String),
     #[error("instance {} of {} is not valid", .0.display(), "instance.json")]
@@ -264,13 +278,17 @@ impl Instances {
     }
 
     /// Brings up an instance of `server` (see the module doc). `keys` holds the data
-    /// key, needed to rebuild. On error nothing of the instance is left.
+    /// key, needed to rebuild. With `onto`, the point is laid over those block devices
+    /// (disk N onto the N-th; only what the log holds is written) and they are the
+    /// instance's devices, instead of new images. On error nothing of the instance is
+    /// left (but what was written onto `onto`).
     pub fn launch(
         &self,
         kind: Kind,
         server: &ServerId,
         spec: Spec,
         keys: &SiteKeys,
+        onto: &[PathBuf],
     ) -> Result<Instance, InstanceError> {
         let started = Instant::now();
         let selector = Self::check(&spec)?;
@@ -286,13 +304,7 @@ impl Instances {
             .ok_or_else(|| InstanceError::NoPoint(server.clone(), spec.point.clone()))?;
         rebuild::verify_point(&state.log, seq, &keys.mac)?;
         let created = now_ms();
-        let id = format!(
-            "{}-{server}-{created}",
-            match kind {
-                Kind::Drill => "drill",
-                Kind::Failover => "failover",
-            }
-        );
+        let id = format!("{}-{server}-{created}", kind.name());
         let dir = self.root.join(&id);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         let mut instance = Instance {
@@ -316,18 +328,32 @@ impl Instances {
         let result = (|| {
             let threads = std::thread::available_parallelism().map_or(2, usize::from);
             for disk in &registration.disks {
-                let image = dir.join(format!("disk-{}.img", disk.disk.0));
+                let (image, target) = match onto.get(disk.disk.0 as usize) {
+                    Some(device) => (device.clone(), Target::overlay(device, disk)?),
+                    None if !onto.is_empty() => {
+                        return Err(InstanceError::NoOriginal(disk.disk.0));
+                    }
+                    None => {
+                        let image = dir.join(format!("disk-{}.img", disk.disk.0));
+                        let target = Target::open(&image, disk)?;
+                        (image, target)
+                    }
+                };
                 rebuild::rebuild_disk(
                     &state.log,
                     disk,
                     seq,
-                    Target::open(&image, disk)?,
+                    target,
                     (&keys.data, &keys.mac),
                     threads,
                     &|_| {},
                 )?;
-                let image_text = image.to_string_lossy().into_owned();
-                let device = tool("losetup", &["-P", "-f", "--show", &image_text])?;
+                let device = if onto.is_empty() {
+                    let image_text = image.to_string_lossy().into_owned();
+                    tool("losetup", &["-P", "-f", "--show", &image_text])?
+                } else {
+                    image.to_string_lossy().into_owned()
+                };
                 instance.disks.push(Disk {
                     disk: disk.disk.0,
                     name: disk.name.clone(),
@@ -382,14 +408,7 @@ fn script_env(instance: &Instance) -> Vec<(String, String)> {
     let devices: Vec<&str> = instance.disks.iter().map(|d| d.device.as_str()).collect();
     let mut env = vec![
         ("FERRY_INSTANCE".to_owned(), instance.id.clone()),
-        (
-            "FERRY_KIND".to_owned(),
-            match instance.kind {
-                Kind::Drill => "drill",
-                Kind::Failover => "failover",
-            }
-            .to_owned(),
-        ),
+        ("FERRY_KIND".to_owned(), instance.kind.name().to_owned()),
         ("FERRY_SERVER".to_owned(), instance.server.to_string()),
         (
             "FERRY_POINT".to_owned(),

@@ -220,7 +220,8 @@ impl State {
             (S::FailoverConfirmed, Step::ReverseRegister) => S::ReverseRegistered,
             (S::ReverseRegistered, Step::ReverseStart) => S::ReverseStarting,
             (s, Step::Reverse(p)) if s.reverse_replicating() => reverse(p),
-            (S::ReverseRealtime, Step::Failback) => S::FailingBack,
+            // From failing-back too: a failback whose instance did not come up is retried.
+            (S::ReverseRealtime | S::FailingBack, Step::Failback) => S::FailingBack,
             (S::FailingBack, Step::InstanceUp) => S::FailedBack,
             (S::FailedBack, Step::Register) => S::Initialized,
             _ => return None,

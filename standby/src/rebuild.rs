@@ -57,6 +57,8 @@ pub enum RebuildError {
          onto an existing block device", path.display()
     )]
     Exists { path: PathBuf },
+    #[error("{} is not a block device; only a device can be overlaid", path.display())]
+    NotADevice { path: PathBuf },
     #[error("cannot set up unsealing")]
     Keys(#[source] ferry_wire::SealError),
 }
@@ -93,6 +95,9 @@ pub struct Target {
     path: PathBuf,
     /// `Some(temporary path)` for a new image file, `None` for a block device.
     partial: Option<PathBuf>,
+    /// Bytes no record provides keep what the device holds (an overlay), instead of
+    /// being zeroed.
+    keep_gaps: bool,
 }
 
 impl Target {
@@ -122,6 +127,7 @@ impl Target {
                     file,
                     path: path.to_owned(),
                     partial: None,
+                    keep_gaps: false,
                 })
             }
             Ok(_) => Err(RebuildError::Exists {
@@ -141,10 +147,28 @@ impl Target {
                     file,
                     path: path.to_owned(),
                     partial: Some(partial),
+                    keep_gaps: false,
                 })
             }
             Err(e) => Err(io_err("inspect", path)(e)),
         }
+    }
+
+    /// Opens the block device at `path` to lay the point over it: only the bytes records
+    /// provide are written; the rest keeps the device's content (a disk restored onto
+    /// the machine whose differences reverse replication shipped).
+    pub fn overlay(path: &Path, disk: &DiskInfo) -> Result<Self, RebuildError> {
+        let target = Self::open(path, disk)?;
+        if !target.is_device() {
+            target.abandon();
+            return Err(RebuildError::NotADevice {
+                path: path.to_owned(),
+            });
+        }
+        Ok(Self {
+            keep_gaps: true,
+            ..target
+        })
     }
 
     fn is_device(&self) -> bool {
@@ -333,7 +357,7 @@ fn rebuild_into(
 ) -> Result<DiskReport, RebuildError> {
     let (work, gaps) = plan(log.entries(), disk, point);
     let report = Mutex::new(DiskReport::default());
-    if target.is_device() {
+    if target.is_device() && !target.keep_gaps {
         for &(start, end) in &gaps {
             target.zero(start, end - start)?;
             report.lock().expect("not poisoned").bytes_zeroed += end - start;

@@ -37,7 +37,7 @@
 //!   registration is stored) and the connection ends once the agent closes it.
 
 use crate::control::{Control, PointView};
-use crate::digests::chunk_digests;
+use crate::digests::{Baseline, chunk_digests};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
 use crate::server::{DataDir, DataDirLock, IngestError, Ingested, OpenError, ServerState};
@@ -629,7 +629,12 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
             }
         }
     };
-    send(&out, &Message::Welcome(Welcome { last_durable })).map_err(SessionEnd::Io)?;
+    let welcome = Welcome {
+        last_durable,
+        digests: last_durable > Seq(0) || shared.control.baseline(&server).is_some(),
+        paused: shared.control.paused(&server),
+    };
+    send(&out, &Message::Welcome(welcome)).map_err(SessionEnd::Io)?;
     shared.control.connected(&server, conn_id, out.clone());
     tracing::info!(
         peer, %server, agent = %hello.agent_version, %last_durable, "agent connected"
@@ -682,6 +687,7 @@ fn ingest_loop(
     server: &ServerId,
 ) -> Result<(), SessionEnd> {
     let mut reported_full = false;
+    let mut baseline = None;
     loop {
         let message = read_next(input, buf, out, peer)?;
         match &message {
@@ -700,7 +706,7 @@ fn ingest_loop(
                 return Err(SessionEnd::Refused(text));
             }
             Message::DigestRequest(req) => {
-                let reply = answer_digests(shared, slot, conn_id, *req)
+                let reply = answer_digests(shared, slot, conn_id, server, *req, &mut baseline)
                     .map_err(|end| end.refuse(out, peer, server))?;
                 send(out, &Message::Digests(reply)).map_err(SessionEnd::Io)?;
                 continue;
@@ -820,8 +826,21 @@ fn answer_digests(
     shared: &Shared,
     slot: &Slot,
     conn_id: u64,
+    server: &ServerId,
     req: DigestRequest,
+    baseline: &mut Option<Baseline>,
 ) -> Result<Digests, DigestRefusal> {
+    if baseline.is_none()
+        && let Some(paths) = shared.control.baseline(server)
+    {
+        let keys = shared
+            .control
+            .load_keys()
+            .map_err(|e| DigestRefusal::Bad(error_chain(&e)))?;
+        *baseline = Some(Baseline::open(&paths, &keys.digest).map_err(|e| {
+            DigestRefusal::Bad(format!("cannot open the original disks {paths:?}: {e}"))
+        })?);
+    }
     let mut inner = slot.lock();
     let target = inner.state.as_ref().map_or(Seq(0), |s| s.log.last_seq());
     loop {
@@ -851,6 +870,9 @@ fn answer_digests(
                 req.disk.0
             ))
         })?;
+    if let Some(b) = baseline {
+        b.check(disk).map_err(DigestRefusal::Bad)?;
+    }
     if req.first_chunk.saturating_mul(CHUNK) >= disk.size.0 {
         return Err(DigestRefusal::Bad(format!(
             "digest request for chunk {} of disk {}, past its end ({} bytes)",
@@ -861,7 +883,13 @@ fn answer_digests(
         request: req.request,
         disk: req.disk,
         first_chunk: req.first_chunk,
-        chunks: chunk_digests(&state.log, disk, req.first_chunk, req.count),
+        chunks: chunk_digests(
+            &state.log,
+            disk,
+            req.first_chunk,
+            req.count,
+            baseline.as_ref(),
+        ),
     })
 }
 

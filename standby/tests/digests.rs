@@ -80,7 +80,7 @@ fn run(ops: &[Op], aligned: bool, unsent: &[Op]) {
         feed(&mut state, &message, &keys);
     }
     state.log.sync().unwrap();
-    let theirs = chunk_digests(&state.log, &disk, 0, 4);
+    let theirs = chunk_digests(&state.log, &disk, 0, 4, None);
     let ours = local_digests(&sim.disks()[0], &digester);
     assert_eq!(theirs.len(), 4);
     for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
@@ -139,7 +139,7 @@ fn a_never_written_disk_digests_as_zeroes_and_requests_are_clipped_to_its_end() 
     let sim = SimServer::new(server(), &keys, &[SIZE]).unwrap();
     let state = registered(dir.path(), &sim);
     let disk = sim.registration().disks[0].clone();
-    let theirs = chunk_digests(&state.log, &disk, 2, 1000);
+    let theirs = chunk_digests(&state.log, &disk, 2, 1000, None);
     let ours = local_digests(&vec![0; SIZE], &Digester::new(&keys.digest));
     assert_eq!(theirs, vec![Some(ours[2]), Some(ours[3])]);
 }

@@ -60,6 +60,13 @@ pub struct Authenticate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     pub last_durable: Seq,
+    /// The standby can answer digest requests for this server's disks (it holds records
+    /// of it, or the disks it will be restored onto): a tracking gap is caught up by
+    /// digest, not by a full copy.
+    pub digests: bool,
+    /// Why the standby takes no records of this server now (see [`ErrorCode::Paused`]);
+    /// the agent registers and waits.
+    pub paused: Option<String>,
 }
 
 /// One disk of a protected server.

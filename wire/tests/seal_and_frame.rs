@@ -326,6 +326,8 @@ fn every_message_round_trips() {
         }),
         Message::Welcome(Welcome {
             last_durable: Seq(77),
+            digests: true,
+            paused: Some("not started".into()),
         }),
         Message::RegisterServer(RegisterServer {
             hostname: "db1".into(),

@@ -23,6 +23,34 @@ pub(crate) struct ControlArgs {
     pub json: bool,
 }
 
+/// Other sites' control APIs, for reverse replication (the standby's `[sites]`).
+#[derive(Debug)]
+pub(crate) struct HttpPeers {
+    pub sites: std::collections::HashMap<String, crate::cmd::standby::SiteConfig>,
+}
+
+impl ferry_standby::control::Peers for HttpPeers {
+    fn data_address(&self, site: &str) -> Option<String> {
+        self.sites.get(site).map(|s| s.data.clone())
+    }
+
+    fn call(
+        &self,
+        site: &str,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let s = self
+            .sites
+            .get(site)
+            .ok_or_else(|| format!("site {site} is not in this standby's [sites]"))?;
+        Client::new(&s.control, &s.token_file)
+            .and_then(|c| c.request(method, path, Some(body)))
+            .map_err(|e| format!("{e:#}"))
+    }
+}
+
 /// A connection to one standby's control API.
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -33,53 +61,68 @@ pub(crate) struct Client {
 
 impl ControlArgs {
     pub(crate) fn connect(&self) -> Result<Client> {
-        let token = keyfile::load_token(&self.token_file)?;
+        Client::new(&self.control, &self.token_file)
+    }
+}
+
+impl Client {
+    /// A client of the control API at `control` (host:port), with the token in `token_file`.
+    pub(crate) fn new(control: &str, token_file: &std::path::Path) -> Result<Self> {
+        let token = keyfile::load_token(token_file)?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .build()
             .into();
         Ok(Client {
-            base: format!("http://{}", self.control),
+            base: format!("http://{control}"),
             token,
             agent,
         })
     }
-}
 
-impl Client {
     pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let request = self.agent.get(format!("{}{path}", self.base));
-        self.finish(
-            "GET",
-            path,
-            request.header("Authorization", self.bearer()).call(),
-        )
+        self.request("GET", path, None::<&()>)
     }
 
     pub(crate) fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
-        let request = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Authorization", self.bearer())
-            .header("Content-Type", "application/json");
-        let body = serde_json::to_string(body).expect("request bodies serialize");
-        self.finish("POST", path, request.send(body))
+        self.request("POST", path, Some(body))
     }
 
     pub(crate) fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let request = self.agent.delete(format!("{}{path}", self.base));
-        self.finish(
-            "DELETE",
-            path,
-            request.header("Authorization", self.bearer()).call(),
-        )
+        self.request("DELETE", path, None::<&()>)
     }
 
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.token.as_str())
+    /// `method path` (GET, POST or DELETE), with a JSON body for POST.
+    pub(crate) fn request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        let url = format!("{}{path}", self.base);
+        let bearer = format!("Bearer {}", self.token.as_str());
+        let response = match method {
+            "POST" => {
+                let body = body.map_or_else(
+                    || "null".to_owned(),
+                    |b| serde_json::to_string(b).expect("request bodies serialize"),
+                );
+                self.agent
+                    .post(&url)
+                    .header("Authorization", &bearer)
+                    .header("Content-Type", "application/json")
+                    .send(body)
+            }
+            "DELETE" => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &bearer)
+                .call(),
+            _ => self.agent.get(&url).header("Authorization", &bearer).call(),
+        };
+        self.finish(method, path, response)
     }
-
     fn finish<T: DeserializeOwned>(
         &self,
         method: &str,

@@ -39,10 +39,22 @@ pub(crate) struct StartReplication {
     pub replication_network: Option<String>,
     pub recovery_network: Option<String>,
     pub auto_restart: bool,
+    /// Block devices at this site that already hold most of the server's data (reverse
+    /// replication onto the original machine; disk N is the N-th).
+    #[serde(default)]
+    pub original_disks: Vec<std::path::PathBuf>,
 }
 
 /// An error as the API returns it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ErrorBody {
     pub error: String,
+}
+
+/// `POST /v1/servers/{id}/reverse/start`
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartReverse {
+    /// Onto the original machine's disks: only what differs travels.
+    pub original_machine: bool,
 }

@@ -67,9 +67,9 @@ impl From<ControlError> for ApiError {
                 Self::new(409, error_chain(&e))
             }
             ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
-            ControlError::UnknownStorageClass { .. } | ControlError::LatestUsed => {
-                Self::new(400, error_chain(&e))
-            }
+            ControlError::UnknownStorageClass { .. }
+            | ControlError::LatestUsed
+            | ControlError::NotADisk(_) => Self::new(400, error_chain(&e)),
             ControlError::Instance(i) => {
                 let status = match &i {
                     InstanceError::Script(_)
@@ -85,6 +85,7 @@ impl From<ControlError> for ApiError {
             ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
             ControlError::StillConnected(..) => Self::new(409, error_chain(&e)),
             ControlError::Keys(_) => Self::new(500, error_chain(&e)),
+            ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
             ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
             ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
                 Self::new(500, error_chain(&e))
@@ -239,6 +240,7 @@ fn route(request: &mut Request, control: &Control) -> Reply {
                     replication_network: start.replication_network,
                     recovery_network: start.recovery_network,
                     auto_restart: start.auto_restart,
+                    original_disks: start.original_disks,
                 },
             )?;
             ok(control.server(id)?)
@@ -267,6 +269,27 @@ fn route(request: &mut Request, control: &Control) -> Reply {
         (Method::Post, ["v1", "servers", id, "failover", "change-point"]) => {
             let spec: Spec = body(request)?;
             ok(control.failover_change_point(id, spec)?)
+        }
+        (Method::Post, ["v1", "servers", id, "reverse", "register"]) => {
+            control.reverse_register(id)?;
+            ok(control.server(id)?)
+        }
+        (Method::Post, ["v1", "servers", id, "reverse", "start"]) => {
+            let start: super::StartReverse = body(request)?;
+            control.reverse_start(id, start.original_machine)?;
+            ok(control.server(id)?)
+        }
+        (Method::Post, ["v1", "servers", id, "failback"]) => {
+            let spec: Spec = body(request)?;
+            ok(control.failback(id, spec)?)
+        }
+        (Method::Post, ["v1", "servers", id, "register"]) => {
+            control.register(id)?;
+            ok(control.server(id)?)
+        }
+        (Method::Post, ["v1", "servers", id, "restore"]) => {
+            let spec: Spec = body(request)?;
+            ok(control.restore(id, spec)?)
         }
         (Method::Post, ["v1", "servers", id, "failover", "confirm"]) => {
             control.failover_confirm(id)?;

@@ -1,5 +1,6 @@
-//! `ferry drill start|status|clean` and `ferry failover start|change-point|confirm`: a
-//! server brought up at the standby site from a recovery point (`docs/api.md`).
+//! `ferry drill start|status|clean`, `ferry failover start|change-point|confirm`,
+//! `ferry reverse register|start`, `ferry failback` and `ferry register`: a server
+//! brought up from a recovery point, replicated back and brought home (`docs/api.md`).
 
 use crate::api::client::{Client, ControlArgs};
 use crate::cmd::server::print_one;
@@ -91,6 +92,31 @@ pub(crate) enum FailoverCommand {
     Confirm(ServerArgs),
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum ReverseCommand {
+    /// Register the failed-over server at the pair's primary site (its standby, a peer
+    /// in this standby's [sites]) for reverse replication.
+    ///
+    /// Example: `ferry reverse register web-1`
+    Register(ServerArgs),
+    /// Replicate the failed-over instance back to the primary site. With
+    /// --original-machine the original server's disks are the target: only chunks that
+    /// differ travel.
+    ///
+    /// Example: `ferry reverse start web-1 --original-machine`
+    Start(ReverseStartArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReverseStartArgs {
+    server: String,
+    /// Onto the original machine's disks (only the differences travel).
+    #[arg(long)]
+    original_machine: bool,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct StartArgs {
     server: String,
@@ -176,6 +202,41 @@ pub(crate) fn failover(command: FailoverCommand) -> Result<()> {
             print_one(&s, a.control.json)
         }
     }
+}
+
+pub(crate) fn reverse(command: ReverseCommand) -> Result<()> {
+    let (s, json): (ServerView, bool) = match command {
+        ReverseCommand::Register(a) => (
+            a.control
+                .connect()?
+                .post(&format!("/v1/servers/{}/reverse/register", a.server), &())?,
+            a.control.json,
+        ),
+        ReverseCommand::Start(a) => (
+            a.control.connect()?.post(
+                &format!("/v1/servers/{}/reverse/start", a.server),
+                &crate::api::StartReverse {
+                    original_machine: a.original_machine,
+                },
+            )?,
+            a.control.json,
+        ),
+    };
+    print_one(&s, json)
+}
+
+/// `ferry failback`: bring the server up at its original site from the reverse replica.
+pub(crate) fn failback(a: StartArgs) -> Result<()> {
+    start(a, "failback")
+}
+
+/// `ferry register`: protect the failed-back server forward again.
+pub(crate) fn register(a: ServerArgs) -> Result<()> {
+    let s: ServerView = a
+        .control
+        .connect()?
+        .post(&format!("/v1/servers/{}/register", a.server), &())?;
+    print_one(&s, a.control.json)
 }
 
 fn start(a: StartArgs, endpoint: &str) -> Result<()> {

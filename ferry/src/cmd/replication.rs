@@ -62,6 +62,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
                 replication_network: a.replication_network,
                 recovery_network: a.recovery_network,
                 auto_restart: !a.no_auto_restart,
+                original_disks: Vec::new(),
             };
             let path = format!("/v1/servers/{}/replication/start", a.server);
             (a.control.connect()?.post(&path, &body)?, a.control.json)

@@ -21,6 +21,11 @@
 //! [storage_classes]                     # more places for replicas ("standard" is data_dir)
 //! ssd = "/srv/ferry-ssd"
 //!
+//! [sites.eu-west]                       # peer sites: reverse replication goes there
+//! data = "10.0.0.5:7420"                # its standby's data address
+//! control = "10.0.0.5:7421"             # its control API
+//! token_file = "/etc/ferry/keys/eu-west.token"  # its control API's token; mode 0600
+//!
 //! [[servers]]                           # static servers: replicate as soon as they connect
 //! id = "web-1"
 //! [[servers]]
@@ -80,6 +85,20 @@ struct FileConfig {
     control: Option<ControlConfig>,
     #[serde(default)]
     storage_classes: HashMap<String, PathBuf>,
+    #[serde(default)]
+    sites: HashMap<String, SiteConfig>,
+}
+
+/// A peer site (`[sites.NAME]`): reverse replication ships there and is driven there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SiteConfig {
+    /// Its standby's data address (host:port), where the reverse agent sends.
+    pub data: String,
+    /// Its standby's control API (host:port).
+    pub control: String,
+    /// The token of its control API (mode 0600).
+    pub token_file: PathBuf,
 }
 
 /// The `[control]` section: where the control API listens and its token.
@@ -105,7 +124,7 @@ struct ServerEntry {
 pub(crate) fn run(args: Args) -> Result<()> {
     let (config, key_file, control) = load_config(args)?;
     let api = match &control {
-        Some(c) => {
+        Some((c, _)) => {
             let token = keyfile::load_token(&c.token_file)?;
             let server = tiny_http::Server::http(&c.listen).map_err(|e| {
                 anyhow::anyhow!("cannot listen for the control API on {}: {e}", c.listen)
@@ -123,11 +142,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let standby = Standby::bind(config, keys)?;
     // Drills and failovers rebuild points: the key file is read again then, and the data
     // key lives only as long as that rebuild.
+    let loader_key = key_file.clone();
     standby.control().set_key_loader(Box::new(move || {
-        keyfile::load(&key_file)
+        keyfile::load(&loader_key)
             .map(|k| k.derive())
             .map_err(|e| format!("{e:#}"))
     }));
+    if let Some((_, sites)) = control {
+        standby
+            .control()
+            .set_reverse_tools(ferry_standby::control::ReverseTools {
+                ferry: std::env::current_exe().context("cannot find the ferry executable")?,
+                key_file,
+                pin_root: PathBuf::from("/sys/fs/bpf"),
+                peers: Box::new(crate::api::client::HttpPeers { sites }),
+            });
+    }
     let mut status = format!("listening on {}", standby.local_addr()?);
     if let Some((server, token)) = api {
         status += &format!("; control API on {}", server.server_addr());
@@ -149,7 +179,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 /// Reads the config file (if any) and the flags, and checks every setting; returns the
 /// service's config and the key file to load.
-pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<ControlConfig>)> {
+/// The `[control]` section and the peer sites it drives.
+pub(crate) type ControlSettings = (ControlConfig, HashMap<String, SiteConfig>);
+
+pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<ControlSettings>)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -233,5 +266,5 @@ pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
     config.storage_classes = file.storage_classes;
-    Ok((config, key_file, file.control))
+    Ok((config, key_file, file.control.map(|c| (c, file.sites))))
 }

@@ -1,0 +1,527 @@
+//! Reverse replication, failback and registering forward again (DESIGN.md §1.8), run by
+//! the standby site that holds the failed-over instance:
+//!
+//! - `reverse register`: the pair's primary site's standby (a peer, reached through its
+//!   control API) is told of the server (pair and server added there);
+//! - `reverse start [--original-machine]`: a reverse agent — the same `ferry agent`,
+//!   tracker and all — protects the instance's devices and ships to the peer; the peer
+//!   starts taking its records (with the original machine's disks as the baseline its
+//!   digests are computed over, so only what differs travels). The agent's phases move
+//!   the server through `reverse-starting`, `reverse-full`, `reverse-realtime`;
+//! - `failback`: a last point of the reverse replica, the reverse agent stopped, and the
+//!   peer restores that point (onto the original disks, writing only what the reverse
+//!   replica holds) and runs the launcher; then this site's instance is released;
+//! - `register`: the server is `initialized` here again; its own agent resumes forward
+//!   protection, catching up by digest (no full copy).
+
+use super::{Control, ControlError};
+use crate::catalog::{CatalogError, Reverse};
+use crate::instance::{Instance, Kind, Spec};
+use crate::lifecycle::{Phase, State, Step};
+use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use ferry_wire::{ServerId, error_chain};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest the peer may take to see the reverse agent's registration, and the reverse
+/// agent to make the failback's point.
+const PEER_WAIT: Duration = Duration::from_secs(60);
+const POINT_WAIT: Duration = Duration::from_secs(600);
+
+/// Another site's control API.
+pub trait Peers: Send + Sync {
+    /// The site's data address (where agents send), if this standby knows the site.
+    fn data_address(&self, site: &str) -> Option<String>;
+    /// `method path` with a JSON body at `site`; the answer, or the error's message.
+    fn call(&self, site: &str, method: &str, path: &str, body: &Value) -> Result<Value, String>;
+}
+
+/// What reverse replication needs from the program that runs the standby.
+pub struct ReverseTools {
+    /// The `ferry` executable: the reverse agent is `ferry agent`.
+    pub ferry: PathBuf,
+    /// The site pair's key file, which the reverse agent uses.
+    pub key_file: PathBuf,
+    /// Where reverse agents pin their trackers (a bpffs directory).
+    pub pin_root: PathBuf,
+    pub peers: Box<dyn Peers>,
+}
+
+impl std::fmt::Debug for ReverseTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseTools")
+            .field("ferry", &self.ferry)
+            .field("key_file", &self.key_file)
+            .field("pin_root", &self.pin_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Sets what reverse replication needs (once, at start).
+    pub fn set_reverse_tools(&self, tools: ReverseTools) {
+        let _ = self.reverse_tools.set(tools);
+    }
+
+    fn tools(&self) -> Result<&ReverseTools, ControlError> {
+        self.reverse_tools.get().ok_or_else(|| {
+            ControlError::Reverse("this standby cannot run reverse replication".into())
+        })
+    }
+
+    fn peer(
+        &self,
+        site: &str,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ControlError> {
+        self.tools()?
+            .peers
+            .call(site, method, path, body)
+            .map_err(|e| ControlError::Reverse(format!("site {site}: {method} {path}: {e}")))
+    }
+
+    /// Registers the server at the pair's primary site for reverse replication.
+    pub fn reverse_register(&self, id: &str) -> Result<State, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        server
+            .state
+            .apply(Step::ReverseRegister)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: server.id.clone(),
+                source,
+            })?;
+        let pair = self
+            .catalog()
+            .pairs()
+            .iter()
+            .find(|p| p.name == server.pair)
+            .cloned()
+            .ok_or_else(|| CatalogError::UnknownPair(server.pair.clone()))?;
+        let site = pair.primary.clone();
+        if self.tools()?.peers.data_address(&site).is_none() {
+            return Err(ControlError::Reverse(format!(
+                "site {site} (the primary of pair {}) is not in this standby's [sites]: add its \
+                 data and control addresses and token file",
+                pair.name
+            )));
+        }
+        let mirrored = json!({
+            "name": pair.name, "kind": pair.kind,
+            "primary": pair.secondary, "secondary": pair.primary,
+        });
+        tolerate_exists(self.peer(&site, "POST", "/v1/pairs", &mirrored))?;
+        let add = json!({ "pair": pair.name, "server": server.id });
+        tolerate_exists(self.peer(&site, "POST", "/v1/servers", &add))?;
+        let reverse = Reverse {
+            site,
+            original_machine: false,
+            agent_pid: None,
+            config: None,
+            state_dir: None,
+            pin_dir: None,
+            final_point: None,
+        };
+        Ok(self.change(|c| c.step_and(id, Step::ReverseRegister, |s| s.reverse = Some(reverse)))?)
+    }
+
+    /// Starts the reverse agent on the instance's devices, and the peer's replication.
+    pub fn reverse_start(&self, id: &str, original_machine: bool) -> Result<State, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        server
+            .state
+            .apply(Step::ReverseStart)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: server.id.clone(),
+                source,
+            })?;
+        let mut reverse = server.reverse.clone().expect("reverse-registered has it");
+        let instance = self.failover_instance(&server.id, server.instance.as_deref())?;
+        let tools = self.tools()?;
+        let address = tools.peers.data_address(&reverse.site).ok_or_else(|| {
+            ControlError::Reverse(format!("site {} is not in [sites]", reverse.site))
+        })?;
+        let original_disks: Vec<String> = if original_machine {
+            let (state, _) = self
+                .data
+                .open_server(&server.id, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+                .map_err(|e| ControlError::Store(server.id.clone(), e))?;
+            let registration = state.registration().cloned().ok_or_else(|| {
+                ControlError::Reverse(format!("server {id} never registered its disks here"))
+            })?;
+            registration
+                .disks
+                .iter()
+                .map(|d| format!("/dev/{}", d.name))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let state_dir = instance.dir.join("reverse-agent");
+        let pin_dir = tools.pin_root.join(format!("ferry-reverse-{}", server.id));
+        let config = instance.dir.join("reverse-agent.toml");
+        let disks: Vec<String> = instance
+            .disks
+            .iter()
+            .map(|d| format!("{:?}", d.device))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "# The reverse agent of {id}: the failover instance's devices, shipped back to \
+                 site {site}.\nserver = {id:?}\nstandby = {address:?}\nkey_file = {key:?}\n\
+                 disks = [{disks}]\nstate_dir = {state:?}\npin_dir = {pins:?}\n\
+                 point_interval_minutes = 0\n",
+                site = reverse.site,
+                key = tools.key_file,
+                disks = disks.join(", "),
+                state = state_dir,
+                pins = pin_dir,
+            ),
+        )
+        .map_err(|e| ControlError::Io {
+            action: "write",
+            path: config.clone(),
+            source: e,
+        })?;
+        let pid = self.spawn_reverse_agent(&server.id, &config, &state_dir)?;
+        reverse.agent_pid = Some(pid);
+        reverse.config = Some(config);
+        reverse.state_dir = Some(state_dir);
+        reverse.pin_dir = Some(pin_dir);
+        reverse.original_machine = original_machine;
+        let started = (|| {
+            self.wait_peer_state(&reverse.site, id, &["initialized"])?;
+            let start = json!({
+                "interval_hours": 1, "keep": 24, "storage_class": "standard",
+                "replication_network": null, "recovery_network": null, "auto_restart": true,
+                "original_disks": original_disks,
+            });
+            self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/replication/start"),
+                &start,
+            )
+        })();
+        if let Err(e) = started {
+            self.stop_reverse_agent(&server.id, &reverse);
+            return Err(self.failed(id, e));
+        }
+        Ok(self.change(|c| c.step_and(id, Step::ReverseStart, |s| s.reverse = Some(reverse)))?)
+    }
+
+    /// Moves a reverse-replicating server's state with its reverse agent's phase.
+    pub(super) fn refresh_reverse(&self, id: &ServerId) {
+        let Ok(server) = self.catalog().server(id.as_str()).cloned() else {
+            return;
+        };
+        if !server.state.reverse_replicating() {
+            return;
+        }
+        let Some(status) = server.reverse.as_ref().and_then(reverse_status) else {
+            return;
+        };
+        let alive = server
+            .reverse
+            .as_ref()
+            .and_then(|r| r.agent_pid)
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let phase = match status["phase"].as_str() {
+            _ if !alive => Phase::Interrupted,
+            Some("full") => Phase::Full,
+            Some("realtime") => Phase::Realtime,
+            Some("interrupted") => Phase::Interrupted,
+            _ => return,
+        };
+        let want = match phase {
+            Phase::Full => State::ReverseFull,
+            Phase::Realtime => State::ReverseRealtime,
+            _ => State::ReverseInterrupted,
+        };
+        if server.state != want
+            && let Err(e) = self.change(|c| c.step(id.as_str(), Step::Reverse(phase)))
+        {
+            tracing::error!(server = %id, "cannot record the reverse phase: {}", error_chain(&e));
+        }
+    }
+
+    /// The reverse agent's status, for the operator.
+    pub(super) fn reverse_view(&self, id: &ServerId) -> Option<Value> {
+        let server = self.catalog().server(id.as_str()).ok()?.clone();
+        server.reverse.as_ref().and_then(reverse_status)
+    }
+
+    /// Fails back: a last point of the reverse replica, the reverse agent stopped, the
+    /// peer restores the point and launches it; this site's instance is released.
+    pub fn failback(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        crate::instance::Instances::check(&Spec {
+            point: "latest".into(),
+            ..spec.clone()
+        })?;
+        let server = self.catalog().server(id)?.clone();
+        self.change(|c| c.step(id, Step::Failback))?;
+        let mut reverse = server.reverse.clone().expect("reverse replication ran");
+        let result = (|| {
+            if reverse.final_point.is_none() {
+                let point = self.final_reverse_point(&reverse)?;
+                self.stop_reverse_agent(&server.id, &reverse);
+                reverse.final_point = Some(point);
+                reverse.agent_pid = None;
+                let saved = reverse.clone();
+                self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
+            }
+            let point = reverse.final_point.expect("set above");
+            // The peer's replication stops (its agent is gone) before it restores.
+            let _ = self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/replication/stop"),
+                &Value::Null,
+            );
+            let restore = Spec {
+                point: point.to_string(),
+                ..spec
+            };
+            let body = serde_json::to_value(&restore).expect("a spec serializes");
+            let up = self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/restore"),
+                &body,
+            )?;
+            serde_json::from_value::<Instance>(up).map_err(|e| {
+                ControlError::Reverse(format!("the peer's answer is not an instance: {e}"))
+            })
+        })();
+        let instance = match result {
+            Ok(i) => i,
+            Err(e) => return Err(self.failed(id, e)),
+        };
+        if let Some(old) = &server.instance {
+            self.instances.clean(old)?;
+        }
+        self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = None))?;
+        Ok(instance)
+    }
+
+    /// Registers the failed-back server forward again: `initialized`, its replica here
+    /// kept, so its agent catches up by digest; the peer forgets the reverse replica.
+    pub fn register(&self, id: &str) -> Result<State, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        server
+            .state
+            .apply(Step::Register)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: server.id.clone(),
+                source,
+            })?;
+        if let Some(r) = &server.reverse
+            && let Err(e) = self.peer(
+                &r.site,
+                "DELETE",
+                &format!("/v1/servers/{id}"),
+                &Value::Null,
+            )
+        {
+            tracing::warn!(
+                server = id,
+                "the peer kept its reverse replica: {}",
+                error_chain(&e)
+            );
+        }
+        Ok(self.change(|c| c.step_and(id, Step::Register, |s| s.reverse = None))?)
+    }
+
+    /// At the original site: restores a point of a server's replica (onto its original
+    /// disks when replication had them) and launches it. The replica must not be taking
+    /// records.
+    pub fn restore(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let server = self.catalog().server(id)?.clone();
+        if server.state.replicating() {
+            return Err(ControlError::Reverse(format!(
+                "server {id} is {}: stop its replication before restoring it",
+                server.state
+            )));
+        }
+        let onto = server
+            .replication
+            .as_ref()
+            .map(|r| r.original_disks.clone())
+            .unwrap_or_default();
+        let keys = self.load_keys()?;
+        let instance = self
+            .instances
+            .launch(Kind::Failback, &server.id, spec, &keys, &onto)?;
+        if !instance.launched() {
+            return Err(ControlError::ScriptFailed(Box::new(instance)));
+        }
+        Ok(instance)
+    }
+
+    fn failover_instance(
+        &self,
+        id: &ServerId,
+        instance: Option<&str>,
+    ) -> Result<Instance, ControlError> {
+        let name = instance.ok_or_else(|| {
+            ControlError::Reverse(format!(
+                "server {id} has no failover instance to replicate back"
+            ))
+        })?;
+        Ok(self.instances.get(name)?)
+    }
+
+    fn spawn_reverse_agent(
+        &self,
+        id: &ServerId,
+        config: &Path,
+        state_dir: &Path,
+    ) -> Result<u32, ControlError> {
+        let tools = self.tools()?;
+        std::fs::create_dir_all(state_dir).map_err(|e| ControlError::Io {
+            action: "create",
+            path: state_dir.to_owned(),
+            source: e,
+        })?;
+        let log_path = state_dir.join("agent.log");
+        let log = std::fs::File::create(&log_path).map_err(|e| ControlError::Io {
+            action: "create",
+            path: log_path.clone(),
+            source: e,
+        })?;
+        let mut child = Command::new(&tools.ferry)
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ControlError::Io {
+                action: "start the reverse agent",
+                path: tools.ferry.clone(),
+                source: e,
+            })?;
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        if first.trim() != "tracking" {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut text = String::new();
+            let _ = std::fs::File::open(&log_path).and_then(|mut f| f.read_to_string(&mut text));
+            return Err(ControlError::Reverse(format!(
+                "the reverse agent of {id} did not start: {}",
+                text.trim()
+            )));
+        }
+        let pid = child.id();
+        self.reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), child);
+        Ok(pid)
+    }
+
+    /// Stops the reverse agent (SIGTERM: it saves its state) and detaches its tracker.
+    fn stop_reverse_agent(&self, id: &ServerId, reverse: &Reverse) {
+        let child = self
+            .reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(pid) = reverse.agent_pid.and_then(|p| i32::try_from(p).ok()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            match child {
+                Some(mut c) => {
+                    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                None => {
+                    while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        }
+        if let (Some(pins), Ok(tools)) = (&reverse.pin_dir, self.tools()) {
+            let _ = Command::new(&tools.ferry)
+                .args(["track", "--detach", "--pin-dir"])
+                .arg(pins)
+                .output();
+        }
+    }
+
+    /// Asks the reverse agent for a point (its control socket) and returns its id.
+    fn final_reverse_point(&self, reverse: &Reverse) -> Result<u64, ControlError> {
+        let state_dir = reverse
+            .state_dir
+            .as_ref()
+            .ok_or_else(|| ControlError::Reverse("the reverse agent never ran".into()))?;
+        let socket = state_dir.join("agent.sock");
+        let ask = || -> std::io::Result<Value> {
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket)?;
+            conn.set_read_timeout(Some(POINT_WAIT))?;
+            conn.write_all(b"point\n")?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            serde_json::from_str(&text).map_err(std::io::Error::other)
+        };
+        let reply = ask().map_err(|e| {
+            ControlError::Reverse(format!(
+                "cannot reach the reverse agent at {}: {e}",
+                socket.display()
+            ))
+        })?;
+        match (reply["ok"].as_bool(), reply["point"].as_u64()) {
+            (Some(true), Some(point)) => Ok(point),
+            _ => Err(ControlError::Reverse(format!(
+                "the reverse agent could not make the failback's point: {}",
+                reply["error"].as_str().unwrap_or("no reason given")
+            ))),
+        }
+    }
+
+    fn wait_peer_state(&self, site: &str, id: &str, states: &[&str]) -> Result<(), ControlError> {
+        let deadline = Instant::now() + PEER_WAIT;
+        loop {
+            let s = self.peer(site, "GET", &format!("/v1/servers/{id}"), &Value::Null)?;
+            if states.iter().any(|w| s["state"] == *w) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::Reverse(format!(
+                    "server {id} at site {site} is {} after {PEER_WAIT:?} (waiting for {})",
+                    s["state"],
+                    states.join(" or ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The reverse agent's status file, if it has one.
+fn reverse_status(r: &Reverse) -> Option<Value> {
+    let text = std::fs::read(r.state_dir.as_ref()?.join("status.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// A peer's "already exists" is what a repeated registration gets: fine.
+fn tolerate_exists(result: Result<Value, ControlError>) -> Result<(), ControlError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(ControlError::Reverse(e)) if e.contains("already") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
