@@ -14,7 +14,12 @@
 //!   its script against the source's files, while replication goes on in real time;
 //! - failover at the latest state (replication stops: the agent is paused), a change of
 //!   point to an earlier one (its files, without the later ones; "latest" only once),
-//!   confirm; what each state refuses.
+//!   confirm; what each state refuses;
+//! - the whole cycle with two standbys on loopback as sites A and B: failover after the
+//!   protected host is lost, writes on the instance, reverse register and start onto
+//!   the original machine (only the differences travel), both standbys killed and
+//!   restarted mid-reverse, failback (the original disk then equals the instance byte
+//!   for byte), register and forward replication again by digest (no full copy).
 
 mod support;
 
@@ -98,6 +103,8 @@ struct Site {
     token: PathBuf,
     data: PathBuf,
     standby_conf: PathBuf,
+    /// Site A, the pair's primary: a second standby that reverse replication ships to.
+    primary_conf: PathBuf,
     agent_conf: PathBuf,
     state: PathBuf,
     /// Detaches the agent's pinned tracker when the test ends.
@@ -115,19 +122,37 @@ impl Site {
         new_key(&key);
         ferry(&["keygen", "--out", token.to_str().expect("utf-8")]);
         let data = p("standby");
-        let standby_conf = p("standby.toml");
         let addr = format!("127.0.0.1:{data_port}");
-        standby_config(&standby_conf, &data, &key, &[], 16);
-        let text = std::fs::read_to_string(&standby_conf).expect("read config");
-        std::fs::write(
-            &standby_conf,
-            format!(
-                "{}\n[control]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n",
-                text.replace("127.0.0.1:0", &addr),
-                token.to_str().expect("utf-8")
+        let (primary_data, primary_control) = (free_port(), free_port());
+        let standby_conf = p("standby.toml");
+        let primary_conf = p("primary.toml");
+        let token_text = token.to_str().expect("utf-8");
+        let sites = format!(
+            "[sites.zone-a]\ndata = \"127.0.0.1:{primary_data}\"\ncontrol = \
+             \"127.0.0.1:{primary_control}\"\ntoken_file = {token_text:?}\n"
+        );
+        for (conf, dir, listen, control, extra) in [
+            (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str()),
+            (
+                &primary_conf,
+                p("primary"),
+                format!("127.0.0.1:{primary_data}"),
+                primary_control,
+                "",
             ),
-        )
-        .expect("write config");
+        ] {
+            standby_config(conf, &dir, &key, &[], 16);
+            let text = std::fs::read_to_string(conf).expect("read config");
+            std::fs::write(
+                conf,
+                format!(
+                    "{}\n[control]\nlisten = \"127.0.0.1:{control}\"\ntoken_file = \
+                     {token_text:?}\n\n{extra}",
+                    text.replace("127.0.0.1:0", &listen),
+                ),
+            )
+            .expect("write config");
+        }
         let disk = LoopDevice::new_sparse(&p("disk.img"), size);
         run("mkfs.ext4", &["-q", "-F", disk.path_str()]);
         let pins = PinDir::new(name);
@@ -152,6 +177,7 @@ impl Site {
             token,
             data,
             standby_conf,
+            primary_conf,
             agent_conf,
             state,
             _pins: pins,
@@ -161,6 +187,16 @@ impl Site {
 
     fn standby(&self) -> (StandbyProcess, Console) {
         let standby = StandbyProcess::start(&self.standby_conf);
+        let console = Console {
+            control: standby.control.clone().expect("the control API is served"),
+            token: self.token.clone(),
+        };
+        (standby, console)
+    }
+
+    /// Site A's standby and its console.
+    fn primary(&self) -> (StandbyProcess, Console) {
+        let standby = StandbyProcess::start(&self.primary_conf);
         let console = Console {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
@@ -196,6 +232,54 @@ impl Site {
                 name.to_string_lossy()
             );
         }
+    }
+}
+
+/// Whatever a test left behind under its directory: processes (a reverse agent is the
+/// standby's child and outlives it), mounts, loop devices, the reverse tracker's pins.
+impl Drop for Site {
+    fn drop(&mut self) {
+        let root = self.dir.path().to_string_lossy().into_owned();
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+                let pid = p.file_name().to_string_lossy().parse::<i32>();
+                if let Ok(pid) = pid
+                    && String::from_utf8_lossy(&cmdline).contains(&root)
+                    && pid != i32::try_from(std::process::id()).unwrap_or(0)
+                {
+                    // SAFETY: kill(2) of a process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if target.starts_with(&root) {
+                let _ = std::process::Command::new("umount")
+                    .args(["-l", target])
+                    .status();
+            }
+        }
+        let loops = run("losetup", &["-a"]);
+        for line in loops.lines().filter(|l| l.contains(&root)) {
+            if let Some(dev) = line.split(':').next()
+                && dev != self.disk.path_str()
+            {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", dev])
+                    .status();
+            }
+        }
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "track",
+                "--detach",
+                "--pin-dir",
+                "/sys/fs/bpf/ferry-reverse-web-1",
+            ])
+            .output();
     }
 }
 
@@ -618,4 +702,131 @@ fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirme
     let s = console.json(&["failover", "confirm", "web-1"]);
     assert_eq!(s["state"], "failover-confirmed", "{s}");
     assert_eq!(s["instance"], changed["id"], "{s}");
+}
+
+/// sha256 of a whole device or file.
+fn digest_of(path: &str) -> String {
+    run("sha256sum", &[path])
+        .split_whitespace()
+        .next()
+        .expect("a sum")
+        .to_owned()
+}
+
+#[test]
+fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fails_back() {
+    let site = Site::new("dr-cycle", 256 << 20, free_port());
+    let (primary, site_a) = site.primary();
+    let (standby, console, agent) = protect(&site);
+    let scripts = site.dir.path();
+    let before = {
+        let _m = site.mount();
+        write_files(&site.mnt, "before", 6, 1 << 20, 21)
+    };
+    agent.wait_in_sync(WAIT);
+
+    // Disaster: the protected host is lost; fail over at the latest state.
+    agent.kill();
+    let failover = console.json(&[
+        "failover",
+        "start",
+        "web-1",
+        "--script",
+        check_script(scripts, "check-before.sh", &manifest(&before), &[])
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(failover["script"]["exit_code"], 0, "{failover}");
+    let instance_dev = failover["disks"][0]["device"].as_str().unwrap().to_owned();
+    console.ok(&["failover", "confirm", "web-1"]);
+    let e = console.refused(&["reverse", "start", "web-1"]);
+    assert!(e.contains("allowed now: reverse register"), "{e}");
+
+    // The instance is production now: it takes writes.
+    let instance_mnt = site.dir.path().join("instance-mnt");
+    let on_instance = {
+        let _m = Mount::new(&instance_dev, &instance_mnt, "rw");
+        write_files(&instance_mnt, "failed-over", 3, 1 << 20, 22)
+    };
+
+    // Reverse: registered at site A, replicated onto the original machine's disk.
+    console.ok(&["reverse", "register", "web-1"]);
+    assert_eq!(site_a.server("web-1")["state"], "installing");
+    console.ok(&["reverse", "start", "web-1", "--original-machine"]);
+    let s = console.wait_state("web-1", "reverse-realtime");
+    let shipped = s["reverse_agent"]["shipped_bytes"]
+        .as_u64()
+        .expect("shipped bytes");
+    let catch_up = &s["reverse_agent"]["disks"][0]["last_catch_up"];
+    assert_eq!(catch_up["method"], "digest compare", "{s}");
+    assert!(
+        shipped < 32 << 20,
+        "onto the original machine only the differences travel: {shipped} bytes of 256 MiB"
+    );
+    eprintln!(
+        "cycle: failover ready in {} ms; reverse onto the original machine shipped {shipped} bytes \
+         ({catch_up})",
+        failover["ready_ms"]
+    );
+    let during = {
+        let _m = Mount::new(&instance_dev, &instance_mnt, "rw");
+        write_files(&instance_mnt, "reverse", 2, 1 << 20, 23)
+    };
+    // Both sites' standbys crash (kill -9) and come back: the states hold, the reverse
+    // agent reconnects by itself.
+    primary.kill();
+    standby.kill();
+    let (_primary, site_a) = site.primary();
+    let (_standby, console) = site.standby();
+    assert_eq!(
+        site_a.server("web-1")["replication"]["original_disks"][0],
+        site.disk.path_str()
+    );
+    let s = console.wait_state("web-1", "reverse-realtime");
+    assert_eq!(s["state"], "reverse-realtime");
+    site_a.wait_state("web-1", "realtime");
+    let want = digest_of(&instance_dev);
+
+    // Failback: at site A, onto the original disk, which then equals the instance.
+    let mut all = before.clone();
+    all.extend(on_instance);
+    all.extend(during);
+    let back = console.json(&[
+        "failback",
+        "web-1",
+        "--script",
+        check_script(scripts, "check-all.sh", &manifest(&all), &[])
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(back["script"]["exit_code"], 0, "{back}");
+    assert_eq!(back["disks"][0]["device"], site.disk.path_str(), "{back}");
+    assert_eq!(console.server("web-1")["state"], "failed-back");
+    assert_eq!(
+        digest_of(site.disk.path_str()),
+        want,
+        "the original disk equals the failed-over server's"
+    );
+
+    // Register: forward protection resumes without a full copy.
+    console.ok(&["register", "web-1"]);
+    let agent = site.agent();
+    console.ok(&["replication", "start", "web-1"]);
+    console.wait_state("web-1", "realtime");
+    let status = agent.wait_until("caught up after the failback", WAIT, |s| {
+        s.disks[0].last_catch_up.is_some() && s.backlog_bytes == 0
+    });
+    let report = status.disks[0].last_catch_up.clone().expect("a catch-up");
+    eprintln!(
+        "cycle: failback ready in {} ms; forward again after register: {report:?}",
+        back["ready_ms"]
+    );
+    assert_eq!(report.method, "digest compare", "{report:?}");
+    assert!(
+        report.shipped_bytes < 64 << 20,
+        "registering forward again ships what changed, not the disk: {report:?}"
+    );
+    let point = console.json(&["point", "create", "--server", "web-1"]);
+    let id = point["point"].as_u64().expect("a point").to_string();
+    site.assert_point_holds(&id, &all);
 }
