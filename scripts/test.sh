@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 ferry_need_root "the test suite"
 ferry_apt "${FERRY_PACKAGES[@]}"
+# The qemu launcher's smoke boot (tests/e2e_dr.rs); only the emulator, not its GUI extras.
+ferry_apt --lean qemu-system-x86
 ferry_rust
 
 cargo fmt --all --check

@@ -19,7 +19,9 @@
 //!   protected host is lost, writes on the instance, reverse register and start onto
 //!   the original machine (only the differences travel), both standbys killed and
 //!   restarted mid-reverse, failback (the original disk then equals the instance byte
-//!   for byte), register and forward replication again by digest (no full copy).
+//!   for byte), register and forward replication again by digest (no full copy);
+//! - the qemu launcher: a drill boots the replicated system disk (a boot sector that
+//!   prints to the serial console) with the chosen memory, network and IP; clean stops it.
 
 mod support;
 
@@ -829,4 +831,85 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
     let point = console.json(&["point", "create", "--server", "web-1"]);
     let id = point["point"].as_u64().expect("a point").to_string();
     site.assert_point_holds(&id, &all);
+}
+
+/// A boot sector that writes "ferry boot ok" to the first serial port and halts:
+/// `mov si, msg; l: lodsb; or al, al; jz h; mov dx, 0x3f8; out dx, al; jmp l;
+/// h: cli; hlt; msg: db "ferry boot ok", 13, 10, 0`, signed 0x55aa.
+fn boot_sector() -> [u8; 512] {
+    let mut s = [0u8; 512];
+    let code = [
+        0xbe, 0x10, 0x7c, 0xac, 0x08, 0xc0, 0x74, 0x06, 0xba, 0xf8, 0x03, 0xee, 0xeb, 0xf5, 0xfa,
+        0xf4,
+    ];
+    s[..code.len()].copy_from_slice(&code);
+    let msg = b"ferry boot ok\r\n\0";
+    s[code.len()..code.len() + msg.len()].copy_from_slice(msg);
+    s[510] = 0x55;
+    s[511] = 0xaa;
+    s
+}
+
+#[test]
+fn a_qemu_drill_boots_the_replicated_system_disk_and_clean_stops_it() {
+    let site = Site::new("dr-qemu", 64 << 20, free_port());
+    // ext4 leaves its first 1 KiB alone: room for a boot sector on the same disk.
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(site.disk.path_str())
+            .expect("open the disk"),
+        &boot_sector(),
+        0,
+    )
+    .expect("write the boot sector");
+    let (_standby, console, agent) = protect(&site);
+    agent.wait_in_sync(WAIT);
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--launcher",
+        "qemu",
+        "--cpus",
+        "0",
+    ]);
+    assert!(e.contains("cpus must be 1 to 64"), "{e}");
+    let drill = console.json(&[
+        "drill",
+        "start",
+        "web-1",
+        "--launcher",
+        "qemu",
+        "--memory-mib",
+        "128",
+        "--network",
+        "none",
+        "--ip",
+        "10.0.0.5/24",
+    ]);
+    let console_log = PathBuf::from(drill["vm"]["console"].as_str().expect("a console"));
+    let pid = drill["vm"]["pid"].as_u64().expect("a pid");
+    let command = drill["vm"]["command"].to_string();
+    assert!(
+        command.contains("-m\",\"128\"") && command.contains("opt/ferry/ip,string=10.0.0.5/24"),
+        "{command}"
+    );
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&console_log).unwrap_or_default();
+        if text.contains("ferry boot ok") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the VM never printed its boot message; console: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    console.ok(&["drill", "clean", "web-1"]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "clean stopped the VM"
+    );
 }

@@ -8,9 +8,11 @@ ferry_need_root() {
     fi
 }
 
-# ferry_apt PACKAGE... — installs the Debian packages that are not installed yet.
+# ferry_apt [--lean] PACKAGE... — installs the Debian packages that are not installed
+# yet (--lean: without their recommended packages).
 ferry_apt() {
-    local missing=()
+    local missing=() flags=()
+    if [ "${1:-}" = --lean ]; then flags=(--no-install-recommends); shift; fi
     for pkg in "$@"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
             || missing+=("$pkg")
@@ -18,7 +20,7 @@ ferry_apt() {
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "ferry: installing ${missing[*]}" >&2
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${flags[@]}" "${missing[@]}" >/dev/null
     fi
 }
 
