@@ -20,6 +20,8 @@
 //!   the original machine (only the differences travel), both standbys killed and
 //!   restarted mid-reverse, failback (the original disk then equals the instance byte
 //!   for byte), register and forward replication again by digest (no full copy);
+//! - auto-restart off: an interrupted server stays interrupted (its agent is told why)
+//!   until the operator starts replication again;
 //! - the qemu launcher: a drill boots the replicated system disk (a boot sector that
 //!   prints to the serial console) with the chosen memory, network and IP; clean stops it.
 
@@ -912,4 +914,43 @@ fn a_qemu_drill_boots_the_replicated_system_disk_and_clean_stops_it() {
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "clean stopped the VM"
     );
+}
+
+#[test]
+fn with_auto_restart_off_an_interrupted_server_waits_for_the_operator() {
+    let site = Site::new("dr-norestart", 64 << 20, free_port());
+    let (_standby, console) = site.standby();
+    console.ok(&[
+        "pair",
+        "create",
+        "prod.eu",
+        "--kind",
+        "zone-to-zone",
+        "--primary",
+        "zone-a",
+        "--secondary",
+        "zone-b",
+    ]);
+    console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    let agent = site.agent();
+    console.wait_state("web-1", "initialized");
+    let s = console.json(&["replication", "start", "web-1", "--no-auto-restart"]);
+    assert_eq!(s["replication"]["auto_restart"], false, "{s}");
+    console.wait_state("web-1", "realtime");
+    agent.kill();
+    console.wait_state("web-1", "interrupted");
+    let agent = site.agent();
+    let waiting = agent.wait_until("waiting for the operator", WAIT, |s| {
+        s.phase == Some(ferry_replicator::status::Phase::Waiting)
+    });
+    assert!(
+        waiting
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("auto-restart is off")),
+        "{waiting:?}"
+    );
+    assert_eq!(console.server("web-1")["state"], "interrupted");
+    console.ok(&["replication", "start", "web-1"]);
+    console.wait_state("web-1", "realtime");
 }
