@@ -2,7 +2,9 @@
 //! the ingest rules, the standby's digest of a chunk ([`chunk_digests`], from stored grain
 //! digests, without any key) is either unknown or equal to the digest of the model disk's
 //! bytes computed with the digest key; with grain-aligned records it is always known; and
-//! a change the standby never received makes the chunk differ.
+//! a change the standby never received makes the chunk differ. With a baseline (the
+//! original disks of a reverse replication), grains no record covers digest as the
+//! baseline's bytes.
 
 mod common;
 
@@ -142,4 +144,61 @@ fn a_never_written_disk_digests_as_zeroes_and_requests_are_clipped_to_its_end() 
     let theirs = chunk_digests(&state.log, &disk, 2, 1000, None);
     let ours = local_digests(&vec![0; SIZE], &Digester::new(&keys.digest));
     assert_eq!(theirs, vec![Some(ours[2]), Some(ours[3])]);
+}
+
+#[test]
+fn with_a_baseline_unwritten_grains_digest_as_the_baseline_disk_and_records_lie_over_it() {
+    use ferry_standby::digests::Baseline;
+    let keys = keys();
+    let digester = Digester::new(&keys.digest);
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = SimServer::new(server(), &keys, &[SIZE]).unwrap();
+    let mut state = registered(dir.path(), &sim);
+    let disk = sim.registration().disks[0].clone();
+    // The original disk: data everywhere. Records then change some grains of it.
+    let original = noise(SIZE, 7);
+    let path = dir.path().join("original.img");
+    std::fs::write(&path, &original).unwrap();
+    let mut expected = original.clone();
+    let writes: [(usize, Vec<u8>); 3] = [
+        (3 * 4096, noise(8192, 1)),
+        ((1 << 20) + 65536, vec![0; 4096]),
+        ((2 << 20) + 4096, noise(4096 * 5, 2)),
+    ];
+    for (at, data) in &writes {
+        let message = if data.iter().all(|b| *b == 0) {
+            sim.write_zeroes(0, *at as u64, data.len()).unwrap()
+        } else {
+            sim.write(0, *at as u64, data).unwrap()
+        };
+        feed(&mut state, &message, &keys);
+        expected[*at..*at + data.len()].copy_from_slice(data);
+    }
+    state.log.sync().unwrap();
+    let baseline = Baseline::open(std::slice::from_ref(&path), &keys.digest).unwrap();
+    baseline.check(&disk).unwrap();
+    let theirs = chunk_digests(&state.log, &disk, 0, 4, Some(&baseline));
+    let ours = local_digests(&expected, &digester);
+    for (i, (t, o)) in theirs.iter().zip(&ours).enumerate() {
+        assert_eq!(
+            t.as_ref(),
+            Some(o),
+            "chunk {i}: baseline with records over it"
+        );
+    }
+    // Without the baseline the unwritten grains would read as zeroes: every chunk differs.
+    let plain = chunk_digests(&state.log, &disk, 0, 4, None);
+    assert!(plain.iter().zip(&ours).all(|(p, o)| p.as_ref() != Some(o)));
+    // A baseline that is not what the agent has (a grain changed) differs in that chunk.
+    let mut changed = original;
+    changed[3 << 20] ^= 1;
+    std::fs::write(&path, &changed).unwrap();
+    let baseline = Baseline::open(&[path], &keys.digest).unwrap();
+    let theirs = chunk_digests(&state.log, &disk, 0, 4, Some(&baseline));
+    assert_eq!(theirs[..3], plain_known(&ours[..3]));
+    assert_ne!(theirs[3].as_ref(), Some(&ours[3]));
+}
+
+fn plain_known(digests: &[ChunkDigest]) -> Vec<Option<ChunkDigest>> {
+    digests.iter().copied().map(Some).collect()
 }
