@@ -240,7 +240,7 @@ impl Site {
 }
 
 /// Whatever a test left behind under its directory: processes (a reverse agent is the
-/// standby's child and outlives it), mounts, loop devices, the reverse tracker's pins.
+/// standby's child and outlives it), mounts, loop devices.
 impl Drop for Site {
     fn drop(&mut self) {
         let root = self.dir.path().to_string_lossy().into_owned();
@@ -276,14 +276,6 @@ impl Drop for Site {
                     .status();
             }
         }
-        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args([
-                "track",
-                "--detach",
-                "--pin-dir",
-                "/sys/fs/bpf/ferry-reverse-web-1",
-            ])
-            .output();
     }
 }
 
@@ -467,8 +459,9 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
     assert_eq!(console.json(&["pair", "list"]), Value::Array(vec![]));
 }
 
-/// Brings web-1 of `site` to real time through the operator's commands.
-fn protect(site: &Site) -> (StandbyProcess, Console, AgentProcess) {
+/// Brings web-1 of `site` to real time through the operator's commands (`start`: more
+/// arguments of `replication start`).
+fn protect(site: &Site, start: &[&str]) -> (StandbyProcess, Console, AgentProcess) {
     let (standby, console) = site.standby();
     console.ok(&[
         "pair",
@@ -484,7 +477,8 @@ fn protect(site: &Site) -> (StandbyProcess, Console, AgentProcess) {
     console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
     let agent = site.agent();
     console.wait_state("web-1", "initialized");
-    console.ok(&["replication", "start", "web-1"]);
+    let s = console.json(&[&["replication", "start", "web-1"], start].concat());
+    assert_eq!(s["state"], "starting", "{s}");
     console.wait_state("web-1", "realtime");
     agent.wait_in_sync(WAIT);
     (standby, console, agent)
@@ -550,7 +544,7 @@ impl Drop for Detach {
 #[test]
 fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirmed() {
     let site = Site::new("dr-failover", 256 << 20, free_port());
-    let (_standby, console, agent) = protect(&site);
+    let (_standby, console, agent) = protect(&site, &[]);
     let first = {
         let _m = site.mount();
         write_files(&site.mnt, "first", 4, 1 << 20, 11)
@@ -720,8 +714,10 @@ fn digest_of(path: &str) -> String {
 #[test]
 fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fails_back() {
     let site = Site::new("dr-cycle", 256 << 20, free_port());
+    // The reverse agent's tracker, detached when the test ends (only this test has one).
+    let _reverse_pins = PinDir(PathBuf::from("/sys/fs/bpf/ferry-reverse-web-1"));
     let (primary, site_a) = site.primary();
-    let (standby, console, agent) = protect(&site);
+    let (standby, console, agent) = protect(&site, &[]);
     let scripts = site.dir.path();
     let before = {
         let _m = site.mount();
@@ -865,7 +861,7 @@ fn a_qemu_drill_boots_the_replicated_system_disk_and_clean_stops_it() {
         0,
     )
     .expect("write the boot sector");
-    let (_standby, console, agent) = protect(&site);
+    let (_standby, console, agent) = protect(&site, &[]);
     agent.wait_in_sync(WAIT);
     let e = console.refused(&[
         "drill",
@@ -919,24 +915,11 @@ fn a_qemu_drill_boots_the_replicated_system_disk_and_clean_stops_it() {
 #[test]
 fn with_auto_restart_off_an_interrupted_server_waits_for_the_operator() {
     let site = Site::new("dr-norestart", 64 << 20, free_port());
-    let (_standby, console) = site.standby();
-    console.ok(&[
-        "pair",
-        "create",
-        "prod.eu",
-        "--kind",
-        "zone-to-zone",
-        "--primary",
-        "zone-a",
-        "--secondary",
-        "zone-b",
-    ]);
-    console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
-    let agent = site.agent();
-    console.wait_state("web-1", "initialized");
-    let s = console.json(&["replication", "start", "web-1", "--no-auto-restart"]);
-    assert_eq!(s["replication"]["auto_restart"], false, "{s}");
-    console.wait_state("web-1", "realtime");
+    let (_standby, console, agent) = protect(&site, &["--no-auto-restart"]);
+    assert_eq!(
+        console.server("web-1")["replication"]["auto_restart"],
+        false
+    );
     agent.kill();
     console.wait_state("web-1", "interrupted");
     let agent = site.agent();

@@ -94,6 +94,16 @@ pub struct Replication {
 }
 
 impl ProtectedServer {
+    /// The state `step` would lead to, or why the server's state does not allow it.
+    pub fn check(&self, step: Step) -> Result<State, CatalogError> {
+        self.state
+            .apply(step)
+            .map_err(|source| CatalogError::NotAllowed {
+                server: self.id.clone(),
+                source,
+            })
+    }
+
     /// The state as the operator sees it: `error` while a failure is unresolved.
     pub fn shown_state(&self) -> &'static str {
         if self.error.is_some() {
@@ -296,13 +306,7 @@ impl Catalog {
         edit: impl FnOnce(&mut ProtectedServer),
     ) -> Result<State, CatalogError> {
         let s = self.server(id)?;
-        let next = s
-            .state
-            .apply(step)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: s.id.clone(),
-                source,
-            })?;
+        let next = s.check(step)?;
         let mut edited = s.clone();
         edited.state = next;
         edited.error = None;

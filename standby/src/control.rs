@@ -521,13 +521,7 @@ impl Control {
         settings: Replication,
     ) -> Result<State, ControlError> {
         let server = self.catalog().server(id)?.clone();
-        server
-            .state
-            .apply(Step::ReplicationStart)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: server.id.clone(),
-                source,
-            })?;
+        server.check(Step::ReplicationStart)?;
         for disk in &settings.original_disks {
             use std::os::unix::fs::FileTypeExt;
             if !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device()) {
@@ -706,13 +700,7 @@ impl Control {
     /// Brings up a drill of `id` beside its running replication (the state stays).
     pub fn drill_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
         let server = self.catalog().server(id)?.clone();
-        server
-            .state
-            .apply(Step::DrillStart)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: server.id.clone(),
-                source,
-            })?;
+        server.check(Step::DrillStart)?;
         Instances::check(&spec)?;
         let keys = self.load_keys()?;
         let instance = self

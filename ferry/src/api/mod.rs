@@ -26,25 +26,6 @@ pub(crate) struct AddServer {
     pub server: String,
 }
 
-/// `POST /v1/servers/{id}/replication/start`
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StartReplication {
-    /// Hours between kept scheduled points (1 to 720).
-    pub interval_hours: u32,
-    /// Points kept (1 to 10000).
-    pub keep: u32,
-    /// A storage class of the standby's config ("standard" is its data directory).
-    pub storage_class: String,
-    pub replication_network: Option<String>,
-    pub recovery_network: Option<String>,
-    pub auto_restart: bool,
-    /// Block devices at this site that already hold most of the server's data (reverse
-    /// replication onto the original machine; disk N is the N-th).
-    #[serde(default)]
-    pub original_disks: Vec<std::path::PathBuf>,
-}
-
 /// An error as the API returns it.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ErrorBody {

@@ -2,12 +2,11 @@
 //! some wait for an agent or an instance), the token checked before anything else,
 //! bodies at most [`MAX_BODY`] bytes, every refusal a JSON error naming the problem.
 
-use super::{AddServer, ErrorBody, StartReplication};
+use super::{AddServer, ErrorBody};
 use ferry_standby::catalog::{CatalogError, Pair, Replication};
 use ferry_standby::control::{Control, ControlError};
 use ferry_standby::instance::{InstanceError, Spec};
 use ferry_standby::lifecycle::Step;
-use ferry_standby::retention::Policy;
 use ferry_wire::{ServerId, error_chain};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -224,25 +223,12 @@ fn route(request: &mut Request, control: &Control) -> Reply {
             ok(serde_json::json!({ "deleted": id }))
         }
         (Method::Post, ["v1", "servers", id, "replication", "start"]) => {
-            let start: StartReplication = body(request)?;
-            let policy = Policy {
-                interval_hours: start.interval_hours,
-                keep: start.keep,
-            };
-            policy
+            let settings: Replication = body(request)?;
+            settings
+                .policy
                 .check()
                 .map_err(|e| ApiError::new(400, error_chain(&e)))?;
-            control.start_replication(
-                id,
-                Replication {
-                    policy,
-                    storage_class: start.storage_class,
-                    replication_network: start.replication_network,
-                    recovery_network: start.recovery_network,
-                    auto_restart: start.auto_restart,
-                    original_disks: start.original_disks,
-                },
-            )?;
+            control.start_replication(id, settings)?;
             ok(control.server(id)?)
         }
         (Method::Post, ["v1", "servers", id, "replication", "stop"]) => {

@@ -1,10 +1,11 @@
 //! `ferry replication start|stop`: a protected server's replication, at its standby.
 
-use crate::api::StartReplication;
 use crate::api::client::ControlArgs;
 use crate::cmd::server::print_one;
 use anyhow::Result;
+use ferry_standby::catalog::Replication;
 use ferry_standby::control::ServerView;
+use ferry_standby::retention::Policy;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
@@ -55,9 +56,11 @@ pub(crate) struct StopArgs {
 pub(crate) fn run(command: Command) -> Result<()> {
     let (s, json): (ServerView, bool) = match command {
         Command::Start(a) => {
-            let body = StartReplication {
-                interval_hours: a.interval_hours,
-                keep: a.keep,
+            let body = Replication {
+                policy: Policy {
+                    interval_hours: a.interval_hours,
+                    keep: a.keep,
+                },
                 storage_class: a.storage_class,
                 replication_network: a.replication_network,
                 recovery_network: a.recovery_network,

@@ -88,13 +88,7 @@ impl Control {
     /// Registers the server at the pair's primary site for reverse replication.
     pub fn reverse_register(&self, id: &str) -> Result<State, ControlError> {
         let server = self.catalog().server(id)?.clone();
-        server
-            .state
-            .apply(Step::ReverseRegister)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: server.id.clone(),
-                source,
-            })?;
+        server.check(Step::ReverseRegister)?;
         let pair = self
             .catalog()
             .pairs()
@@ -132,13 +126,7 @@ impl Control {
     /// Starts the reverse agent on the instance's devices, and the peer's replication.
     pub fn reverse_start(&self, id: &str, original_machine: bool) -> Result<State, ControlError> {
         let server = self.catalog().server(id)?.clone();
-        server
-            .state
-            .apply(Step::ReverseStart)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: server.id.clone(),
-                source,
-            })?;
+        server.check(Step::ReverseStart)?;
         let mut reverse = server.reverse.clone().expect("reverse-registered has it");
         let instance = self.failover_instance(&server.id, server.instance.as_deref())?;
         let tools = self.tools()?;
@@ -196,11 +184,15 @@ impl Control {
         reverse.original_machine = original_machine;
         let started = (|| {
             self.wait_peer_state(&reverse.site, id, &["initialized"])?;
-            let start = json!({
-                "interval_hours": 1, "keep": 24, "storage_class": "standard",
-                "replication_network": null, "recovery_network": null, "auto_restart": true,
-                "original_disks": original_disks,
-            });
+            let start = crate::catalog::Replication {
+                policy: crate::retention::Policy::default(),
+                storage_class: "standard".to_owned(),
+                replication_network: None,
+                recovery_network: None,
+                auto_restart: true,
+                original_disks: original_disks.iter().map(PathBuf::from).collect(),
+            };
+            let start = serde_json::to_value(start).expect("settings serialize");
             self.peer(
                 &reverse.site,
                 "POST",
@@ -313,13 +305,7 @@ impl Control {
     /// kept, so its agent catches up by digest; the peer forgets the reverse replica.
     pub fn register(&self, id: &str) -> Result<State, ControlError> {
         let server = self.catalog().server(id)?.clone();
-        server
-            .state
-            .apply(Step::Register)
-            .map_err(|source| CatalogError::NotAllowed {
-                server: server.id.clone(),
-                source,
-            })?;
+        server.check(Step::Register)?;
         if let Some(r) = &server.reverse
             && let Err(e) = self.peer(
                 &r.site,

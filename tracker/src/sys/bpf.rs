@@ -216,6 +216,11 @@ pub struct Bpf {
     fallback: FallbackView,
     /// Holds the links of an unpinned load: dropping it detaches.
     _ebpf: Option<Ebpf>,
+    /// The pinned programs' links, held open while this process runs: removing the
+    /// pins (`ferry track --detach`) cannot detach a running tracker and lose writes
+    /// unnoticed; it takes effect when the process ends, and the next start, finding no
+    /// pins, reports the gap.
+    _links: Vec<FdLink>,
 }
 
 impl std::fmt::Debug for Bpf {
@@ -262,6 +267,7 @@ impl Bpf {
             .load(OBJECT)
             .map_err(BpfError::Load)?;
         let mut links = Vec::new();
+        let mut held = Vec::new();
         for (program, tracepoint) in PROGRAMS {
             let err = |source| BpfError::Program {
                 program,
@@ -296,10 +302,11 @@ impl Bpf {
             for (program, link) in links {
                 let path = links_dir.join(program);
                 let fd: FdLink = link.into();
-                fd.pin(&path).map_err(|e| BpfError::Pin {
+                let pinned = fd.pin(&path).map_err(|e| BpfError::Pin {
                     path: path.clone(),
                     source: std::io::Error::other(e),
                 })?;
+                held.push(pinned.into());
             }
         }
         let take = |ebpf: &mut Ebpf, name: &'static str| {
@@ -320,6 +327,7 @@ impl Bpf {
                 FallbackView::map(data.fd().as_fd())?
             },
             _ebpf: options.pin_dir.is_none().then_some(ebpf),
+            _links: held,
         };
         bpf.set_config(CONFIG_WAKEUP_BYTES, options.wakeup_bytes)?;
         bpf.state
@@ -334,6 +342,18 @@ impl Bpf {
             Map::from_map_data(data).map_err(map_err(name))
         };
         let fallback = MapData::from_pin(dir.join("maps/fallback")).map_err(map_err("fallback"))?;
+        let links = PROGRAMS
+            .iter()
+            .map(|(program, _)| {
+                let path = dir.join("links").join(program);
+                PinnedLink::from_pin(&path)
+                    .map(FdLink::from)
+                    .map_err(|e| BpfError::Pin {
+                        path,
+                        source: std::io::Error::other(e),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             events: RingBuf::try_from(open("events")?).map_err(map_err("events"))?,
             protected: HashMap::try_from(open("protected_disks")?)
@@ -343,6 +363,7 @@ impl Bpf {
             state: Array::try_from(open("state")?).map_err(map_err("state"))?,
             fallback: FallbackView::map(fallback.fd().as_fd())?,
             _ebpf: None,
+            _links: links,
         })
     }
 
