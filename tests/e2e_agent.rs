@@ -507,10 +507,12 @@ fn converges_under_fio_with_verify_through_a_kill_in_the_full_copy_within_the_ba
         s.shipped_bytes
     );
     assert_eq!(report.compared_bytes, SIZE, "{report:?}");
+    // The disk holds at most 96 MiB of files, fio's 48 MiB and ext4's metadata: however
+    // little the killed agent had copied (it depends on the machine's load), the
+    // never-written rest digests equal on both sides and does not travel again.
     assert!(
-        report.differing_bytes < SIZE / 2,
-        "what the killed agent had copied, and the never-written rest, did not travel \
-         again: {report:?}"
+        report.differing_bytes <= 160 << 20,
+        "only chunks holding data may differ, not the never-written rest: {report:?}"
     );
     // Payload bytes (incompressible, so about the bytes on the wire) within the limit,
     // with one second of burst.

@@ -132,8 +132,10 @@ impl Site {
         let primary_conf = p("primary.toml");
         let token_text = token.to_str().expect("utf-8");
         let sites = format!(
-            "[sites.zone-a]\ndata = \"127.0.0.1:{primary_data}\"\ncontrol = \
-             \"127.0.0.1:{primary_control}\"\ntoken_file = {token_text:?}\n"
+            "[storage_classes]\nssd = {:?}\n\n[sites.zone-a]\ndata = \
+             \"127.0.0.1:{primary_data}\"\ncontrol = \"127.0.0.1:{primary_control}\"\n\
+             token_file = {token_text:?}\n",
+            p("ssd").to_str().expect("utf-8")
         );
         for (conf, dir, listen, control, extra) in [
             (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str()),
@@ -330,6 +332,16 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
         "b",
     ]);
     assert!(e.contains("region-to-region or zone-to-zone"), "{e}");
+    let e = console.refused(&[
+        "server",
+        "add",
+        "web-1",
+        "--pair",
+        "prod.eu",
+        "--storage-class",
+        "gold",
+    ]);
+    assert!(e.contains("no storage class \"gold\""), "{e}");
     let e = console.refused(&["server", "add", "web-1", "--pair", "nope"]);
     assert!(e.contains("no pair named \"nope\""), "{e}");
     let wrong = Console {
@@ -362,8 +374,20 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
         "b",
     ]);
     assert!(e.contains("already exists"), "{e}");
-    let s = console.json(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    let s = console.json(&[
+        "server",
+        "add",
+        "web-1",
+        "--pair",
+        "prod.eu",
+        "--storage-class",
+        "ssd",
+    ]);
     assert_eq!(s["shown_state"], "installing", "{s}");
+    assert!(
+        site.dir.path().join("ssd/servers/web-1").is_dir(),
+        "the replica is placed in its storage class"
+    );
 
     // The agent registers and waits for the operator; nothing is stored meanwhile.
     let agent = site.agent();
@@ -571,7 +595,7 @@ fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirme
         "/nonexistent/check.sh",
     ]);
     assert!(
-        e.contains("/nonexistent/check.sh") && e.contains("not executable"),
+        e.contains("/nonexistent/check.sh") && e.contains("not an absolute path to an executable"),
         "{e}"
     );
     let e = console.refused(&["drill", "start", "web-1"]);

@@ -45,12 +45,20 @@ pub struct ProtectedServer {
     /// How its replication runs, from the last `replication start`.
     #[serde(default)]
     pub replication: Option<Replication>,
+    /// Where its replica is kept: a storage class of the standby ("standard": the data
+    /// directory).
+    #[serde(default = "standard")]
+    pub storage_class: String,
     /// The instance that runs the server at this site after a failover.
     #[serde(default)]
     pub instance: Option<String>,
     /// Reverse replication of the failed-over instance back to the original site.
     #[serde(default)]
     pub reverse: Option<Reverse>,
+}
+
+fn standard() -> String {
+    "standard".to_owned()
 }
 
 /// Reverse replication: an agent at this site protects the failover instance's devices
@@ -69,6 +77,9 @@ pub struct Reverse {
     pub pin_dir: Option<PathBuf>,
     /// The last point of the reverse replica, taken for the failback.
     pub final_point: Option<u64>,
+    /// The instance the peer restored at failback (a retry does not restore again).
+    #[serde(default)]
+    pub restored: Option<crate::instance::Instance>,
 }
 
 /// How a server's replication runs (`replication start`).
@@ -273,6 +284,7 @@ impl Catalog {
                 state: State::Installing,
                 error: None,
                 replication: None,
+                storage_class: standard(),
                 instance: None,
                 reverse: None,
             });

@@ -8,8 +8,10 @@
 //! - A managed server's records are taken only while its state replicates
 //!   ([`State::replicating`]); otherwise the agent is told [`ErrorCode::Paused`] with the
 //!   reason and keeps tracking until it is. A step that ends replication (stop,
-//!   failover) is durable before the connection is closed, and every record after it is
-//!   refused: nothing reaches a log after the operator stopped it.
+//!   failover) is durable, then published to the ingest path (checked under the
+//!   server's lock before every append), then the connection is closed; a failover waits
+//!   for the session to end before it resolves "latest". Registrations are not stored
+//!   after a failover (the disks instances are built from stay as they were).
 //! - The agent's progress reports move `starting` → `full` → `realtime`; a lost
 //!   connection makes a replicating server `interrupted` (with auto-restart off it then
 //!   waits for `replication start`).
@@ -157,8 +159,8 @@ pub enum ControlError {
     #[error("no storage class {class:?}; this standby has: {}", known.join(", "))]
     UnknownStorageClass { class: String, known: Vec<String> },
     #[error(
-        "the replica of server {server} is in storage class {current:?}; moving a replica to \
-         another class ({wanted:?}) is not supported: keep {current:?}"
+        "the replica of server {server} is in storage class {current:?} (chosen by `server \
+         add --storage-class`); moving it to {wanted:?} is not supported"
     )]
     ClassChange {
         server: ServerId,
@@ -192,6 +194,15 @@ pub enum ControlError {
     StillConnected(ServerId, Duration),
     #[error("reverse replication: {0}")]
     Reverse(String),
+    #[error("another operation on server {0} is in progress; try again when it ends")]
+    Busy(ServerId),
+    #[error(
+        "\"latest\" of server {0} is not a consistent state while it is {1} (its disks are \
+         being copied): choose a point from `ferry point list`"
+    )]
+    LatestInconsistent(ServerId, State),
+    #[error("server {0} still has instances ({1}): clean them first (`ferry drill clean`)")]
+    HasInstances(ServerId, String),
 }
 
 /// The catalogue, the live reports, and the rules above.
@@ -202,6 +213,8 @@ pub struct Control {
     reverse_tools: OnceLock<ReverseTools>,
     /// Reverse agents this process started (reaped when stopped).
     reverse_agents: Mutex<HashMap<ServerId, std::process::Child>>,
+    /// Servers an operation is running on (one at a time per server).
+    busy: Mutex<std::collections::HashSet<ServerId>>,
     storage_classes: HashMap<String, std::path::PathBuf>,
     catalog: Mutex<Catalog>,
     /// Managed servers' states, for the ingest path (read per record).
@@ -217,6 +230,23 @@ impl std::fmt::Debug for Control {
             .field("data", &self.data)
             .field("keys", &self.keys.get().map(|_| "loader"))
             .finish_non_exhaustive()
+    }
+}
+
+/// An operation running on a server ([`Control::operation`]).
+#[derive(Debug)]
+pub(crate) struct Operation<'a> {
+    control: &'a Control,
+    server: ServerId,
+}
+
+impl Drop for Operation<'_> {
+    fn drop(&mut self) {
+        self.control
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.server);
     }
 }
 
@@ -265,6 +295,7 @@ impl Control {
             keys: OnceLock::new(),
             reverse_tools: OnceLock::new(),
             reverse_agents: Mutex::default(),
+            busy: Mutex::default(),
             storage_classes,
             catalog: Mutex::new(catalog),
             states: RwLock::new(states),
@@ -354,6 +385,18 @@ impl Control {
         })
     }
 
+    /// Why an agent's registration of `id` is not stored now: after a failover the disks
+    /// this site knows are what its instances are built from, so a returning original
+    /// agent cannot replace them (it registers again with `register`).
+    pub fn registration_refused(&self, id: &ServerId) -> Option<String> {
+        let gate = self.gate(id)?;
+        match gate.state {
+            State::Installing | State::Initialized => None,
+            s if s.replicating() => None,
+            _ => self.paused(id),
+        }
+    }
+
     /// The agent registered its disks: an `installing` server becomes `initialized`.
     pub fn registered(&self, id: &ServerId) -> Result<(), CatalogError> {
         if self.gate(id).is_some_and(|g| g.state == State::Installing) {
@@ -438,12 +481,57 @@ impl Control {
         self.change(|c| c.delete_pair(name))
     }
 
-    pub fn add_server(&self, pair: &str, id: ServerId) -> Result<(), CatalogError> {
-        self.change(|c| c.add_server(pair, id))
+    /// Adds a server to a pair, its replica to be kept in `storage_class` (placed now,
+    /// before its agent first connects).
+    pub fn add_server(
+        &self,
+        pair: &str,
+        id: ServerId,
+        storage_class: &str,
+    ) -> Result<(), ControlError> {
+        self.class_dir(storage_class)?;
+        {
+            let catalog = self.catalog();
+            if !catalog.pairs().iter().any(|p| p.name == pair) {
+                return Err(CatalogError::UnknownPair(pair.to_owned()).into());
+            }
+            if let Some(s) = catalog.servers().iter().find(|s| s.id == id) {
+                return Err(CatalogError::ServerExists(id, s.pair.clone()).into());
+            }
+        }
+        self.place(&id, storage_class)?;
+        let class = storage_class.to_owned();
+        Ok(self.change(|c| {
+            c.add_server(pair, id.clone())?;
+            c.edit(id.as_str(), |s| s.storage_class = class)
+        })?)
     }
 
-    pub fn remove_server(&self, id: &str) -> Result<(), CatalogError> {
-        self.change(|c| c.remove_server(id))
+    /// Removes a server that neither replicates nor has instances here.
+    pub fn remove_server(&self, id: &str) -> Result<(), ControlError> {
+        let _op = self.operation(id)?;
+        let instances = self.instances(id)?;
+        if !instances.is_empty() {
+            let ids: Vec<String> = instances.into_iter().map(|i| i.id).collect();
+            return Err(ControlError::HasInstances(
+                self.catalog().server(id)?.id.clone(),
+                ids.join(", "),
+            ));
+        }
+        Ok(self.change(|c| c.remove_server(id))?)
+    }
+
+    /// Marks an operation running on `id` until the guard drops; refuses a second one.
+    pub(crate) fn operation(&self, id: &str) -> Result<Operation<'_>, ControlError> {
+        let server = self.catalog().server(id)?.id.clone();
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if !busy.insert(server.clone()) {
+            return Err(ControlError::Busy(server));
+        }
+        Ok(Operation {
+            control: self,
+            server,
+        })
     }
 
     /// Every managed server as the operator sees it.
@@ -502,11 +590,10 @@ impl Control {
 
     pub fn server(&self, id: &str) -> Result<ServerView, CatalogError> {
         self.catalog().server(id)?;
-        Ok(self
-            .servers()
+        self.servers()
             .into_iter()
             .find(|s| s.server.id.as_str() == id)
-            .expect("checked above"))
+            .ok_or_else(|| CatalogError::UnknownServer(id.to_owned()))
     }
 
     /// Applies an operator's step (or records why it failed, see [`Control::fail`]).
@@ -528,7 +615,14 @@ impl Control {
                 return Err(ControlError::NotADisk(disk.clone()));
             }
         }
-        self.place(&server, &settings.storage_class)?;
+        self.class_dir(&settings.storage_class)?;
+        if settings.storage_class != server.storage_class {
+            return Err(ControlError::ClassChange {
+                server: server.id.clone(),
+                current: server.storage_class.clone(),
+                wanted: settings.storage_class.clone(),
+            });
+        }
         Ok(self.change(|c| {
             c.step_and(id, Step::ReplicationStart, |s| {
                 s.replication = Some(settings)
@@ -539,35 +633,8 @@ impl Control {
     /// Puts the store of `server` in `class`: "standard" is the data directory; another
     /// class's store is `<class dir>/servers/<id>`, reached through a symbolic link at
     /// the usual place. A store that exists stays where it is.
-    fn place(&self, server: &ProtectedServer, class: &str) -> Result<(), ControlError> {
-        let class_dir = match class {
-            "standard" => None,
-            other => Some(self.storage_classes.get(other).ok_or_else(|| {
-                let mut known: Vec<String> = self.storage_classes.keys().cloned().collect();
-                known.push("standard".to_owned());
-                known.sort();
-                ControlError::UnknownStorageClass {
-                    class: other.to_owned(),
-                    known,
-                }
-            })?),
-        };
-        let link = self.data.server_dir(&server.id);
-        if std::fs::symlink_metadata(&link).is_ok() {
-            let current = server
-                .replication
-                .as_ref()
-                .map_or("standard", |r| r.storage_class.as_str());
-            if current != class {
-                return Err(ControlError::ClassChange {
-                    server: server.id.clone(),
-                    current: current.to_owned(),
-                    wanted: class.to_owned(),
-                });
-            }
-            return Ok(());
-        }
-        let Some(class_dir) = class_dir else {
+    fn place(&self, id: &ServerId, class: &str) -> Result<(), ControlError> {
+        let Some(class_dir) = self.class_dir(class)? else {
             return Ok(());
         };
         let io = |action, path: &Path| {
@@ -578,7 +645,18 @@ impl Control {
                 source,
             }
         };
-        let target = class_dir.join("servers").join(server.id.as_str());
+        let link = self.data.server_dir(id);
+        let target = class_dir.join("servers").join(id.as_str());
+        if std::fs::symlink_metadata(&link).is_ok() {
+            if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+                return Ok(());
+            }
+            return Err(ControlError::ClassChange {
+                server: id.clone(),
+                current: "standard".to_owned(),
+                wanted: class.to_owned(),
+            });
+        }
         std::fs::create_dir_all(&target).map_err(io("create", &target))?;
         let parent = link.parent().expect("a server directory has a parent");
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
@@ -586,6 +664,22 @@ impl Control {
         std::fs::File::open(parent)
             .and_then(|d| d.sync_all())
             .map_err(io("fsync", parent))
+    }
+
+    /// The directory of a storage class (`None` for "standard", the data directory).
+    fn class_dir(&self, class: &str) -> Result<Option<&std::path::PathBuf>, ControlError> {
+        if class == "standard" {
+            return Ok(None);
+        }
+        self.storage_classes.get(class).map(Some).ok_or_else(|| {
+            let mut known: Vec<String> = self.storage_classes.keys().cloned().collect();
+            known.push("standard".to_owned());
+            known.sort();
+            ControlError::UnknownStorageClass {
+                class: class.to_owned(),
+                known,
+            }
+        })
     }
 
     /// Records that an operation on `id` failed; its state stays.
@@ -627,22 +721,33 @@ impl Control {
             return Err(ControlError::NotReplicating(server.id, server.state));
         }
         let request = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let mut live = self.live();
-        let (conn, out) = live
-            .get(&server.id)
-            .and_then(|l| l.conn.clone())
-            .ok_or_else(|| ControlError::NotConnected(server.id.clone()))?;
+        let (conn, out) = {
+            let mut live = self.live();
+            let conn = live
+                .get(&server.id)
+                .and_then(|l| l.conn.clone())
+                .ok_or_else(|| ControlError::NotConnected(server.id.clone()))?;
+            live.entry(server.id.clone())
+                .or_default()
+                .points
+                .insert(request, None);
+            conn
+        };
         let frame = Message::PointRequest(PointRequest { request })
             .encode()
             .expect("a point request encodes");
-        out.lock()
+        // Not under `live`: a stalled socket must not stop the control plane.
+        let sent = out
+            .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .write_all(&frame)
-            .map_err(|_| ControlError::NotConnected(server.id.clone()))?;
-        live.entry(server.id.clone())
-            .or_default()
-            .points
-            .insert(request, None);
+            .write_all(&frame);
+        let mut live = self.live();
+        if sent.is_err() {
+            if let Some(l) = live.get_mut(&server.id) {
+                l.points.remove(&request);
+            }
+            return Err(ControlError::NotConnected(server.id.clone()));
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let entry = live.get_mut(&server.id).expect("inserted above");
@@ -697,12 +802,25 @@ impl Control {
             .collect())
     }
 
+    /// Checks a launch before anything changes: the spec, the point (which must exist;
+    /// "latest" only once the disks are consistent, i.e. after the full copy), the keys.
+    fn prepare(&self, server: &ProtectedServer, spec: &Spec) -> Result<SiteKeys, ControlError> {
+        if spec.point == "latest" && !matches!(server.state, State::Realtime | State::Interrupted) {
+            return Err(ControlError::LatestInconsistent(
+                server.id.clone(),
+                server.state,
+            ));
+        }
+        self.instances.resolve(&server.id, spec)?;
+        self.load_keys()
+    }
+
     /// Brings up a drill of `id` beside its running replication (the state stays).
     pub fn drill_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::DrillStart)?;
-        Instances::check(&spec)?;
-        let keys = self.load_keys()?;
+        let keys = self.prepare(&server, &spec)?;
         let instance = self
             .instances
             .launch(Kind::Drill, &server.id, spec, &keys, &[])?;
@@ -714,6 +832,15 @@ impl Control {
 
     /// Cleans the drills of `id` (or only `instance`); returns what was removed.
     pub fn drill_clean(
+        &self,
+        id: &str,
+        instance: Option<&str>,
+    ) -> Result<Vec<Instance>, ControlError> {
+        let _op = self.operation(id)?;
+        self.clean_drills(id, instance)
+    }
+
+    fn clean_drills(
         &self,
         id: &str,
         instance: Option<&str>,
@@ -735,24 +862,29 @@ impl Control {
     }
 
     /// Fails over: replication stops (durably, the agent's session ends), the point is
-    /// brought up as the production instance.
+    /// brought up as the production instance. The request is checked whole first: a bad
+    /// one changes nothing.
     pub fn failover_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
-        Instances::check(&spec)?;
-        let keys = self.load_keys()?;
-        let server = self.catalog().server(id)?.id.clone();
+        let _op = self.operation(id)?;
+        let server = self.catalog().server(id)?.clone();
+        server.check(Step::FailoverStart)?;
+        let keys = self.prepare(&server, &spec)?;
         self.change(|c| c.step(id, Step::FailoverStart))?;
-        self.wait_disconnected(&server)?;
-        self.bring_up(id, &server, spec, &keys)
+        if let Err(e) = self.wait_disconnected(&server.id) {
+            return Err(self.failed(id, e));
+        }
+        self.bring_up(id, &server.id, spec, &keys)
     }
 
     /// Replaces the failover instance by one at an earlier point.
     pub fn failover_change_point(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
         if spec.point == "latest" {
             return Err(ControlError::LatestUsed);
         }
-        Instances::check(&spec)?;
-        let keys = self.load_keys()?;
         let current = self.catalog().server(id)?.clone();
+        current.check(Step::ChangePoint)?;
+        let keys = self.prepare(&current, &spec)?;
         self.change(|c| c.step(id, Step::ChangePoint))?;
         if let Some(old) = &current.instance {
             match self.instances.clean(old) {
@@ -766,11 +898,16 @@ impl Control {
 
     /// Confirms the failover: the instance is production; drills are released.
     pub fn failover_confirm(&self, id: &str) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
         let state = self.change(|c| c.step(id, Step::FailoverConfirm))?;
-        self.drill_clean(id, None)?;
+        if let Err(e) = self.clean_drills(id, None) {
+            return Err(self.failed(id, e));
+        }
         Ok(state)
     }
 
+    /// Launches the failover instance; one that does not come up is removed and the
+    /// failure recorded (the server stays failing-over: change-point retries).
     fn bring_up(
         &self,
         id: &str,
@@ -783,11 +920,19 @@ impl Control {
             .launch(Kind::Failover, server, spec, keys, &[])
         {
             Ok(i) if i.launched() => i,
-            Ok(i) => return Err(self.failed(id, ControlError::ScriptFailed(Box::new(i)))),
+            Ok(i) => {
+                if let Err(e) = self.instances.clean(&i.id) {
+                    tracing::error!(instance = %i.id, "cannot remove a failed failover instance: {}", ferry_wire::error_chain(&e));
+                }
+                return Err(self.failed(id, ControlError::ScriptFailed(Box::new(i))));
+            }
             Err(e) => return Err(self.failed(id, e.into())),
         };
         let up = instance.id.clone();
-        self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = Some(up)))?;
+        if let Err(e) = self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = Some(up)))
+        {
+            return Err(self.failed(id, e.into()));
+        }
         Ok(instance)
     }
 

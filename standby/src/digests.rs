@@ -66,8 +66,8 @@ impl Baseline {
                 "no original disk is given for disk {}",
                 disk.disk.0
             )),
-            Some((path, _, size)) if *size < disk.size.0 => Err(format!(
-                "original disk {} is {size} bytes, smaller than disk {} ({} bytes)",
+            Some((path, _, size)) if *size != disk.size.0 => Err(format!(
+                "original disk {} is {size} bytes, but disk {} is {} bytes: not the same disk",
                 path.display(),
                 disk.disk.0,
                 disk.size.0

@@ -142,12 +142,18 @@ impl Instance {
 /// Why an instance could not be brought up or cleaned.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("the post-launch script {} does not exist or is not executable", .0.display())]
+    #[error("the post-launch script {} is not an absolute path to an executable file", .0.display())]
     Script(PathBuf),
     #[error("the script launcher needs a post-launch script (--script)")]
     NoScript,
     #[error("cpus must be 1 to 64 and memory 128 to 262144 MiB (got {0} CPUs, {1} MiB)")]
     Size(u32, u32),
+    #[error(
+        "network {0:?} is not \"user\", \"none\" or a bridge name (1 to 15 letters, digits, . _ -)"
+    )]
+    BadNetwork(String),
+    #[error("{0:?} is not an IP address (optionally with /prefix)")]
+    BadIp(String),
     #[error("{0:?} is not a point: use a point id from `ferry point list` or \"latest\"")]
     BadPoint(String),
     #[error("server {0} has no retained point {1}; see `ferry point list --server {0}`")]
@@ -267,14 +273,47 @@ impl Instances {
         }
         match (&spec.launcher, &spec.script) {
             (Launcher::Script, None) => return Err(InstanceError::NoScript),
-            (_, Some(script)) if !is_executable(script) => {
+            (_, Some(script)) if !script.is_absolute() || !is_executable(script) => {
                 return Err(InstanceError::Script(script.clone()));
             }
             _ => {}
         }
+        // They end up on qemu's command line: nothing but a name and an address.
+        if let Some(net) = &spec.network
+            && (net.is_empty()
+                || net.len() > 15
+                || !net
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(InstanceError::BadNetwork(net.clone()));
+        }
+        if let Some(ip) = &spec.ip {
+            let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "0"));
+            if addr.parse::<std::net::IpAddr>().is_err() || prefix.parse::<u8>().is_err() {
+                return Err(InstanceError::BadIp(ip.clone()));
+            }
+        }
         spec.point
             .parse()
             .map_err(|_| InstanceError::BadPoint(spec.point.clone()))
+    }
+
+    /// Checks a launch of `server` at `spec.point` without making anything: the spec,
+    /// the server's registration, the point; returns the point's seq.
+    pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<u64, InstanceError> {
+        let selector = Self::check(spec)?;
+        let (state, _) = self
+            .data
+            .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .map_err(|e| InstanceError::Store(server.clone(), e))?;
+        if state.registration().is_none() {
+            return Err(InstanceError::NotRegistered(server.clone()));
+        }
+        match points::resolve(&state.points(), state.log.last_seq(), selector) {
+            Some(seq) if seq.0 > 0 => Ok(seq.0),
+            _ => Err(InstanceError::NoPoint(server.clone(), spec.point.clone())),
+        }
     }
 
     /// Brings up an instance of `server` (see the module doc). `keys` holds the data
@@ -292,6 +331,7 @@ impl Instances {
     ) -> Result<Instance, InstanceError> {
         let started = Instant::now();
         let selector = Self::check(&spec)?;
+        let seq = ferry_wire::Seq(self.resolve(server, &spec)?);
         let (state, _) = self
             .data
             .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
@@ -300,8 +340,6 @@ impl Instances {
             .registration()
             .ok_or_else(|| InstanceError::NotRegistered(server.clone()))?
             .clone();
-        let seq = points::resolve(&state.points(), state.log.last_seq(), selector)
-            .ok_or_else(|| InstanceError::NoPoint(server.clone(), spec.point.clone()))?;
         rebuild::verify_point(&state.log, seq, &keys.mac)?;
         let created = now_ms();
         let id = format!("{}-{server}-{created}", kind.name());
@@ -380,6 +418,17 @@ impl Instances {
                 Err(e)
             }
         }
+    }
+
+    /// Stops an instance's use of its disks — its VM stopped, its devices' filesystems
+    /// unmounted — and keeps them (a failback takes its last point from them).
+    pub fn stop(&self, id: &str) -> Result<Instance, InstanceError> {
+        let instance = self.get(id)?;
+        stop_vm(&instance);
+        for disk in &instance.disks {
+            unmount_device(&disk.device)?;
+        }
+        Ok(instance)
     }
 
     /// Removes an instance and everything bringing it up made.
@@ -547,33 +596,51 @@ fn start_vm(instance: &Instance) -> Result<Vm, InstanceError> {
     })
 }
 
-/// Stops the VM, unmounts the devices' filesystems, detaches them, removes the directory.
-fn clean_instance(instance: &Instance) -> Result<(), InstanceError> {
-    if let Some(vm) = &instance.vm
-        && let Ok(pid) = i32::try_from(vm.pid)
-    {
-        let pid = nix::unistd::Pid::from_raw(pid);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            for _ in 0..100 {
-                if nix::sys::signal::kill(pid, None).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
+/// Stops the instance's VM (if it is still the qemu this instance started).
+fn stop_vm(instance: &Instance) {
+    let Some(vm) = &instance.vm else { return };
+    let ours = std::fs::read(format!("/proc/{}/cmdline", vm.pid))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!("ferry-{}", instance.id)));
+    if ours && let Ok(pid) = i32::try_from(vm.pid) {
+        terminate(nix::unistd::Pid::from_raw(pid), Duration::from_secs(5));
     }
+}
+
+/// SIGTERM, up to `grace` for the process to end, then SIGKILL.
+pub(crate) fn terminate(pid: nix::unistd::Pid, grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    if kill(pid, Signal::SIGTERM).is_err() {
+        return;
+    }
+    let deadline = Instant::now() + grace;
+    while kill(pid, None).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(pid, Signal::SIGKILL);
+}
+
+/// Stops the VM, unmounts the devices' filesystems, detaches them, removes the
+/// directory; goes on past a failure and reports the first.
+fn clean_instance(instance: &Instance) -> Result<(), InstanceError> {
+    stop_vm(instance);
+    let mut first = None;
     for disk in &instance.disks {
-        unmount_device(&disk.device)?;
-        if backs(&disk.device, &disk.image) {
-            tool("losetup", &["-d", &disk.device])?;
+        let mut step = unmount_device(&disk.device);
+        if step.is_ok() && backs(&disk.device, &disk.image) {
+            step = tool("losetup", &["-d", &disk.device]).map(drop);
+        }
+        if let Err(e) = step {
+            first.get_or_insert(e);
         }
     }
     match std::fs::remove_dir_all(&instance.dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("remove", &instance.dir)(e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            first.get_or_insert(io_err("remove", &instance.dir)(e));
+        }
     }
+    first.map_or(Ok(()), Err)
 }
 
 /// Whether loop `device` is still attached to `image` (a restarted machine may have

@@ -59,6 +59,16 @@ pub enum RebuildError {
     Exists { path: PathBuf },
     #[error("{} is not a block device; only a device can be overlaid", path.display())]
     NotADevice { path: PathBuf },
+    #[error(
+        "{} is {have} bytes but disk {disk} is {need}: it is not the disk to restore onto",
+        path.display()
+    )]
+    NotThatDisk {
+        path: PathBuf,
+        disk: u32,
+        have: u64,
+        need: u64,
+    },
     #[error("cannot set up unsealing")]
     Keys(#[source] ferry_wire::SealError),
 }
@@ -157,17 +167,37 @@ impl Target {
     /// Opens the block device at `path` to lay the point over it: only the bytes records
     /// provide are written; the rest keeps the device's content (a disk restored onto
     /// the machine whose differences reverse replication shipped).
+    /// The device must be exactly the disk's size (it is that disk) and not in use:
+    /// it is opened exclusively (`O_EXCL`: refused while mounted or held by another).
     pub fn overlay(path: &Path, disk: &DiskInfo) -> Result<Self, RebuildError> {
-        let target = Self::open(path, disk)?;
-        if !target.is_device() {
-            target.abandon();
+        use std::os::unix::fs::OpenOptionsExt;
+        if !fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
             return Err(RebuildError::NotADevice {
                 path: path.to_owned(),
             });
         }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path)
+            .map_err(io_err("open exclusively (is it mounted or in use?)", path))?;
+        let have = file
+            .seek(SeekFrom::End(0))
+            .map_err(io_err("measure", path))?;
+        if have != disk.size.0 {
+            return Err(RebuildError::NotThatDisk {
+                path: path.to_owned(),
+                disk: disk.disk.0,
+                have,
+                need: disk.size.0,
+            });
+        }
         Ok(Self {
+            file,
+            path: path.to_owned(),
+            partial: None,
             keep_gaps: true,
-            ..target
         })
     }
 

@@ -721,8 +721,8 @@ fn ingest_loop(
                 shared.control.point_result(server, r.clone());
                 continue;
             }
-            Message::Record(_) | Message::Barrier(_) => {
-                if let Some(reason) = shared.control.paused(server) {
+            Message::RegisterServer(_) => {
+                if let Some(reason) = shared.control.registration_refused(server) {
                     return Err(SessionEnd::Paused(reason));
                 }
             }
@@ -735,6 +735,13 @@ fn ingest_loop(
             let mut inner = slot.lock();
             if !is_current(&inner, conn_id) {
                 return Err(SessionEnd::Replaced);
+            }
+            // Under the server's lock, on every try (a full disk retries): a record is
+            // never appended once a step that ends replication is published.
+            if matches!(message, Message::Record(_) | Message::Barrier(_))
+                && let Some(reason) = shared.control.paused(server)
+            {
+                return Err(SessionEnd::Paused(reason));
             }
             let state = inner.state.as_mut().expect("open while connected");
             let result = match &message {

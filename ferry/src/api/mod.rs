@@ -24,6 +24,14 @@ pub(crate) const DEFAULT_TOKEN_FILE: &str = "/etc/ferry/keys/control.token";
 pub(crate) struct AddServer {
     pub pair: String,
     pub server: String,
+    /// Where its replica is kept: "standard" (the data directory) or a class of the
+    /// standby's `[storage_classes]`.
+    #[serde(default = "standard")]
+    pub storage_class: String,
+}
+
+fn standard() -> String {
+    "standard".to_owned()
 }
 
 /// An error as the API returns it.

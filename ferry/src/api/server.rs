@@ -74,6 +74,9 @@ impl From<ControlError> for ApiError {
                     InstanceError::Script(_)
                     | InstanceError::NoScript
                     | InstanceError::Size(..)
+                    | InstanceError::BadNetwork(_)
+                    | InstanceError::BadIp(_)
+                    | InstanceError::NoOriginal(_)
                     | InstanceError::BadPoint(_) => 400,
                     InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
                     InstanceError::NotRegistered(_) => 409,
@@ -82,7 +85,10 @@ impl From<ControlError> for ApiError {
                 Self::new(status, error_chain(&i))
             }
             ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
-            ControlError::StillConnected(..) => Self::new(409, error_chain(&e)),
+            ControlError::StillConnected(..)
+            | ControlError::Busy(_)
+            | ControlError::LatestInconsistent(..)
+            | ControlError::HasInstances(..) => Self::new(409, error_chain(&e)),
             ControlError::Keys(_) => Self::new(500, error_chain(&e)),
             ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
             ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
@@ -116,12 +122,22 @@ pub(crate) fn serve(server: tiny_http::Server, control: Arc<Control>, token: Zer
         let spawned = std::thread::Builder::new()
             .name("ferry-api".into())
             .spawn(move || {
+                // Counted out even if the handler panics.
+                let _slot = Slot(busy);
                 handle(request, &control, &token);
-                busy.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start a control API thread");
         }
+    }
+}
+
+/// One request being served.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -214,7 +230,7 @@ fn route(request: &mut Request, control: &Control) -> Reply {
         (Method::Post, ["v1", "servers"]) => {
             let add: AddServer = body(request)?;
             let id = server_id(&add.server)?;
-            control.add_server(&add.pair, id)?;
+            control.add_server(&add.pair, id, &add.storage_class)?;
             ok(control.server(&add.server)?)
         }
         (Method::Get, ["v1", "servers", id]) => ok(control.server(id)?),

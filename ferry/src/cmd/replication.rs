@@ -30,9 +30,10 @@ pub(crate) struct StartArgs {
     /// Recovery points kept (1 to 10000).
     #[arg(long, default_value_t = 24)]
     keep: u32,
-    /// Storage class of the replica (a class of the standby's config).
-    #[arg(long, default_value = "standard")]
-    storage_class: String,
+    /// Storage class of the replica (default: as chosen by `server add
+    /// --storage-class`, which fixes it).
+    #[arg(long)]
+    storage_class: Option<String>,
     /// Replication network: the standby address the agent sends to (for the record).
     #[arg(long)]
     replication_network: Option<String>,
@@ -56,19 +57,27 @@ pub(crate) struct StopArgs {
 pub(crate) fn run(command: Command) -> Result<()> {
     let (s, json): (ServerView, bool) = match command {
         Command::Start(a) => {
+            let client = a.control.connect()?;
+            let storage_class = match a.storage_class {
+                Some(c) => c,
+                None => {
+                    let s: ServerView = client.get(&format!("/v1/servers/{}", a.server))?;
+                    s.server.storage_class
+                }
+            };
             let body = Replication {
                 policy: Policy {
                     interval_hours: a.interval_hours,
                     keep: a.keep,
                 },
-                storage_class: a.storage_class,
+                storage_class,
                 replication_network: a.replication_network,
                 recovery_network: a.recovery_network,
                 auto_restart: !a.no_auto_restart,
                 original_disks: Vec::new(),
             };
             let path = format!("/v1/servers/{}/replication/start", a.server);
-            (a.control.connect()?.post(&path, &body)?, a.control.json)
+            (client.post(&path, &body)?, a.control.json)
         }
         Command::Stop(a) => {
             let path = format!("/v1/servers/{}/replication/stop", a.server);

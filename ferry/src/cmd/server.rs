@@ -33,6 +33,10 @@ pub(crate) struct AddArgs {
     /// The pair that protects it.
     #[arg(long)]
     pair: String,
+    /// Where its replica is kept at the standby: "standard" or a class of the standby's
+    /// [storage_classes] (chosen once).
+    #[arg(long, default_value = "standard")]
+    storage_class: String,
     #[command(flatten)]
     control: ControlArgs,
 }
@@ -56,6 +60,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
             let body = AddServer {
                 pair: a.pair,
                 server: a.server,
+                storage_class: a.storage_class,
             };
             let s: ServerView = a.control.connect()?.post("/v1/servers", &body)?;
             print_one(&s, a.control.json)?;

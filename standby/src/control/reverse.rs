@@ -87,6 +87,7 @@ impl Control {
 
     /// Registers the server at the pair's primary site for reverse replication.
     pub fn reverse_register(&self, id: &str) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::ReverseRegister)?;
         let pair = self
@@ -119,12 +120,14 @@ impl Control {
             state_dir: None,
             pin_dir: None,
             final_point: None,
+            restored: None,
         };
         Ok(self.change(|c| c.step_and(id, Step::ReverseRegister, |s| s.reverse = Some(reverse)))?)
     }
 
     /// Starts the reverse agent on the instance's devices, and the peer's replication.
     pub fn reverse_start(&self, id: &str, original_machine: bool) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::ReverseStart)?;
         let mut reverse = server.reverse.clone().expect("reverse-registered has it");
@@ -176,7 +179,18 @@ impl Control {
             path: config.clone(),
             source: e,
         })?;
-        let pid = self.spawn_reverse_agent(&server.id, &config, &state_dir)?;
+        let pid = match self.spawn_reverse_agent(&server.id, &config, &state_dir) {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Ok(tools) = self.tools() {
+                    let _ = Command::new(&tools.ferry)
+                        .args(["track", "--detach", "--pin-dir"])
+                        .arg(&pin_dir)
+                        .output();
+                }
+                return Err(self.failed(id, e));
+            }
+        };
         reverse.agent_pid = Some(pid);
         reverse.config = Some(config);
         reverse.state_dir = Some(state_dir);
@@ -221,8 +235,7 @@ impl Control {
         let alive = server
             .reverse
             .as_ref()
-            .and_then(|r| r.agent_pid)
-            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            .is_some_and(|r| self.reverse_agent_alive(id, r));
         let phase = match status["phase"].as_str() {
             _ if !alive => Phase::Interrupted,
             Some("full") => Phase::Full,
@@ -251,23 +264,34 @@ impl Control {
     /// Fails back: a last point of the reverse replica, the reverse agent stopped, the
     /// peer restores the point and launches it; this site's instance is released.
     pub fn failback(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
         crate::instance::Instances::check(&Spec {
             point: "latest".into(),
             ..spec.clone()
         })?;
+        let sid = self.catalog().server(id)?.id.clone();
+        self.refresh_reverse(&sid);
         let server = self.catalog().server(id)?.clone();
+        server.check(Step::Failback)?;
         self.change(|c| c.step(id, Step::Failback))?;
         let mut reverse = server.reverse.clone().expect("reverse replication ran");
         let result = (|| {
             if reverse.final_point.is_none() {
+                // Production stops here first, so nothing it writes can miss the point.
+                if let Some(old) = &server.instance {
+                    self.instances.stop(old)?;
+                }
                 let point = self.final_reverse_point(&reverse)?;
-                self.stop_reverse_agent(&server.id, &reverse);
                 reverse.final_point = Some(point);
-                reverse.agent_pid = None;
                 let saved = reverse.clone();
                 self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
+                self.stop_reverse_agent(&server.id, &reverse);
             }
             let point = reverse.final_point.expect("set above");
+            if let Some(restored) = &reverse.restored {
+                // A retry after the restore succeeded: never restore twice.
+                return Ok(restored.clone());
+            }
             // The peer's replication stops (its agent is gone) before it restores.
             let _ = self.peer(
                 &reverse.site,
@@ -286,17 +310,21 @@ impl Control {
                 &format!("/v1/servers/{id}/restore"),
                 &body,
             )?;
-            serde_json::from_value::<Instance>(up).map_err(|e| {
+            let instance = serde_json::from_value::<Instance>(up).map_err(|e| {
                 ControlError::Reverse(format!("the peer's answer is not an instance: {e}"))
-            })
+            })?;
+            reverse.restored = Some(instance.clone());
+            let saved = reverse.clone();
+            self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
+            if let Some(old) = &server.instance {
+                self.instances.clean(old)?;
+            }
+            Ok(instance)
         })();
         let instance = match result {
             Ok(i) => i,
             Err(e) => return Err(self.failed(id, e)),
         };
-        if let Some(old) = &server.instance {
-            self.instances.clean(old)?;
-        }
         self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = None))?;
         Ok(instance)
     }
@@ -304,6 +332,7 @@ impl Control {
     /// Registers the failed-back server forward again: `initialized`, its replica here
     /// kept, so its agent catches up by digest; the peer forgets the reverse replica.
     pub fn register(&self, id: &str) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::Register)?;
         if let Some(r) = &server.reverse
@@ -327,6 +356,7 @@ impl Control {
     /// disks when replication had them) and launches it. The replica must not be taking
     /// records.
     pub fn restore(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         if server.state.replicating() {
             return Err(ControlError::Reverse(format!(
@@ -344,6 +374,10 @@ impl Control {
             .instances
             .launch(Kind::Failback, &server.id, spec, &keys, &onto)?;
         if !instance.launched() {
+            // Nothing of a failed restore is left running (its disks stay written).
+            if let Err(e) = self.instances.clean(&instance.id) {
+                tracing::error!(instance = %instance.id, "cannot remove a failed restore: {}", error_chain(&e));
+            }
             return Err(ControlError::ScriptFailed(Box::new(instance)));
         }
         Ok(instance)
@@ -421,30 +455,57 @@ impl Control {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if let Some(pid) = reverse.agent_pid.and_then(|p| i32::try_from(p).ok()) {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            match child {
-                Some(mut c) => {
-                    while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    let _ = c.kill();
-                    let _ = c.wait();
+        match child {
+            Some(mut c) => {
+                if let Ok(pid) = i32::try_from(c.id()) {
+                    crate::instance::terminate(
+                        nix::unistd::Pid::from_raw(pid),
+                        Duration::from_secs(30),
+                    );
                 }
-                None => {
-                    while nix::sys::signal::kill(pid, None).is_ok() && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
+                let _ = c.wait();
+            }
+            // Started by an earlier run of the standby: signal it only if it still is
+            // the reverse agent of this config.
+            None => {
+                if let (Some(pid), Some(config)) = (reverse.agent_pid, &reverse.config)
+                    && is_reverse_agent(pid, config)
+                    && let Ok(pid) = i32::try_from(pid)
+                {
+                    crate::instance::terminate(
+                        nix::unistd::Pid::from_raw(pid),
+                        Duration::from_secs(30),
+                    );
                 }
             }
         }
         if let (Some(pins), Ok(tools)) = (&reverse.pin_dir, self.tools()) {
-            let _ = Command::new(&tools.ferry)
+            match Command::new(&tools.ferry)
                 .args(["track", "--detach", "--pin-dir"])
                 .arg(pins)
-                .output();
+                .output()
+            {
+                Ok(o) if o.status.success() => {}
+                other => {
+                    tracing::error!(server = %id, pins = %pins.display(), "cannot detach the reverse agent's tracker: {other:?}")
+                }
+            }
+        }
+    }
+
+    /// Whether the reverse agent of `id` runs.
+    fn reverse_agent_alive(&self, id: &ServerId, reverse: &Reverse) -> bool {
+        if let Some(child) = self
+            .reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        match (reverse.agent_pid, &reverse.config) {
+            (Some(pid), Some(config)) => is_reverse_agent(pid, config),
+            _ => false,
         }
     }
 
@@ -495,6 +556,12 @@ impl Control {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Whether process `pid` is `ferry agent --config <config>` (and not a zombie).
+fn is_reverse_agent(pid: u32, config: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !cmdline.is_empty() && String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy())
 }
 
 /// The reverse agent's status file, if it has one.
