@@ -6,11 +6,14 @@
 # protecting a loop device handed to the container), kills them to see Restart=on-failure
 # bring them back, reads their journal, stops them, upgrades, removes and purges.
 #
-# Not part of `bash scripts/test.sh` (CI): the first run installs cargo-deb and
-# cargo-generate-rpm and debootstraps the tree (several minutes); later runs take about a
-# minute plus the release build. The tree is cached in /var/cache/ferry-test.
-# Needs root. Every failure names what was expected; everything made here (container,
-# loop device, files, cgroups nspawn leaves behind) is removed on exit, also on failure.
+# `bash scripts/test.sh` (and so CI) runs it last. A cold run (cargo-deb and
+# cargo-generate-rpm installed from crates.io, a release build, the tree debootstrapped)
+# took 13 min on a 2-core machine; a warm one takes under a minute plus the release
+# build. The tree is cached in /var/cache/ferry-test.
+# Needs root. Every failure names what was expected; everything made here (container and
+# its ephemeral snapshot, loop device, bpffs mount, files, cgroups nspawn leaves behind)
+# is removed on exit, also on failure or SIGTERM. Runs are serialised by a lock, and a
+# run killed with SIGKILL has its leftovers removed by the next run.
 #
 #   bash scripts/test-packaging.sh            # build the packages, then test them
 #   FERRY_DEB=x.deb FERRY_RPM=y.rpm bash scripts/test-packaging.sh   # test these
@@ -24,11 +27,37 @@ fail() {
     echo "test-packaging: FAIL: $*" >&2
     exit 1
 }
+# Each check announces itself with `check`; one that is announced and followed by another
+# (or by the end) has passed. The last line is "test-packaging: N passed, M failed".
+checks_passed=0
+current_check=
+check() {
+    [ -n "$current_check" ] && checks_passed=$((checks_passed + 1))
+    current_check=$*
+    echo "test-packaging: $*" >&2
+}
 step() { echo "test-packaging: $*" >&2; }
+summary() {
+    if [ "$1" -eq 0 ]; then
+        [ -n "$current_check" ] && checks_passed=$((checks_passed + 1))
+        echo "test-packaging: $checks_passed passed, 0 failed" >&2
+    else
+        echo "test-packaging: failed at: ${current_check:-before the first check}" >&2
+        echo "test-packaging: $checks_passed passed, 1 failed" >&2
+    fi
+}
+trap 'summary $?' EXIT
 
 started=$SECONDS
 if [ -z "${FERRY_DEB:-}" ] || [ -z "${FERRY_RPM:-}" ]; then
-    mapfile -t packages < <(bash scripts/package.sh)
+    check "building the packages (scripts/package.sh)"
+    package_out=$(mktemp /tmp/ferry-test-packaging-out.XXXXXX)
+    if ! bash scripts/package.sh >"$package_out"; then
+        rm -f "$package_out"
+        fail "scripts/package.sh failed (its errors are above)"
+    fi
+    mapfile -t packages <"$package_out"
+    rm -f "$package_out"
     FERRY_DEB=${packages[0]:-}
     FERRY_RPM=${packages[1]:-}
     step "packages built in $((SECONDS - started)) s"
@@ -50,7 +79,7 @@ common_files=(
 )
 
 # --- the .rpm: contents, config flags, scriptlets, digests -----------------------------
-step "checking $FERRY_RPM"
+check "checking $FERRY_RPM: files, config flags, scriptlets, digests"
 rpm_files=$(rpm -qlp "$FERRY_RPM" 2>/dev/null)
 for f in "${common_files[@]}" /usr/lib/systemd/system/ferry-agent.service \
     /usr/lib/systemd/system/ferry-standby.service /usr/share/zsh/site-functions/_ferry; do
@@ -74,7 +103,7 @@ fi
 rpm -K --nosignature "$FERRY_RPM" | grep -q 'digests OK' || fail "rpm -K: the .rpm's digests do not check out"
 
 # --- the .deb: contents and conffiles, before installing it ---------------------------
-step "checking $FERRY_DEB"
+check "checking $FERRY_DEB: files, conffiles"
 deb_files=$(dpkg-deb -c "$FERRY_DEB" | awk '{print substr($6, 2)}')
 for f in "${common_files[@]}" /lib/systemd/system/ferry-agent.service \
     /lib/systemd/system/ferry-standby.service /usr/share/zsh/vendor-completions/_ferry; do
@@ -91,14 +120,59 @@ conffiles=$(dpkg-deb --ctrl-tarfile "$FERRY_DEB" | tar -xO ./conffiles)
 include=systemd,systemd-sysv,dbus,man-db
 cache=/var/cache/ferry-test
 tree=$cache/bookworm-$(echo "$include" | sha256sum | cut -c1-12)
+mkdir -p "$cache"
+
+# One run at a time (the cache, the container's name, the cgroups nspawn makes are
+# shared). fd 9 is closed for the container, so a run killed with SIGKILL does not leave
+# the lock held by an orphaned nspawn.
+exec 9>"$cache/lock"
+if ! flock -n 9; then
+    step "another packaging test is running; waiting for it (at most 30 min)"
+    flock -w 1800 9 || fail "another packaging test held $cache/lock for 30 min"
+fi
+
+# Leftovers of a run killed with SIGKILL (its EXIT trap never ran): with the lock held,
+# every one of these is stale. Only what this script makes is touched: its work
+# directories, the nspawn it started (pid recorded there, checked against its command
+# line), loop devices over its disk image, its bpffs mount, nspawn's ephemeral snapshots
+# of the cached tree, and the empty cgroups nspawn leaves behind.
+for stale in /tmp/ferry-test-packaging.*/; do
+    [ -d "$stale" ] || continue
+    stale=${stale%/}
+    pid=$(cat "$stale/nspawn.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^systemd-nspawn .*$stale/"; then
+        step "stopping the container of an earlier, killed run (nspawn pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    if mountpoint -q "$stale/bpffs"; then umount "$stale/bpffs" || true; fi
+    for dev in $(losetup -j "$stale/disk.img" -O NAME -n 2>/dev/null); do
+        losetup -d "$dev" 2>/dev/null || true
+    done
+    step "removed the leftovers of an earlier, killed run ($stale)"
+    rm -rf "$stale"
+done
+rm -f /tmp/ferry-test-packaging-out.*
+if compgen -G "$cache/.#*" >/dev/null; then
+    step "removing stale ephemeral snapshots in $cache"
+    rm -rf "$cache"/.#*
+fi
+for cg in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
+    for name in payload supervisor; do
+        if [ -d "$cg/$name" ]; then find "$cg/$name" -depth -type d -exec rmdir {} + 2>/dev/null || true; fi
+    done
+done
+
 if [ ! -x "$tree/lib/systemd/systemd" ]; then
     mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
     mirror=${mirror:-http://deb.debian.org/debian}
-    step "debootstrapping Debian 12 into $tree from $mirror (once; ~2 min, ~250 MB)"
-    mkdir -p "$cache"
+    check "debootstrapping Debian 12 into $tree from $mirror (once; ~2 min, ~250 MB)"
     rm -rf "$tree.tmp"
     debootstrap --variant=minbase --include="$include" bookworm "$tree.tmp" "$mirror" >"$cache/debootstrap.log" 2>&1 \
-        || fail "debootstrap failed; see $cache/debootstrap.log"
+        || fail "debootstrap from $mirror failed (a Debian mirror must be reachable); see $cache/debootstrap.log:
+$(tail -n 5 "$cache/debootstrap.log")"
     mv "$tree.tmp" "$tree"
 fi
 
@@ -116,6 +190,7 @@ for cg in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
 done
 cleanup() {
     local status=$?
+    set +e # remove everything, whatever fails
     if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
         kill -TERM "$nspawn_pid" 2>/dev/null || true
         for _ in $(seq 100); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
@@ -132,6 +207,8 @@ cleanup() {
         tail -n 30 "$work/nspawn.log" >&2
     fi
     rm -rf "$work"
+    rm -rf "$cache"/.#*
+    summary "$status"
     exit "$status"
 }
 trap cleanup EXIT
@@ -149,24 +226,28 @@ bpffs=$work/bpffs
 mkdir "$work/debs"
 cp "$FERRY_DEB" "$work/debs/ferry.deb"
 
-step "booting the container"
+check "booting the container"
 boot_started=$SECONDS
 SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 systemd-nspawn -D "$tree" --ephemeral --boot \
     --register=no --keep-unit -q --private-network --machine=ferry-test \
     --bind-ro="$work/debs:/debs" --bind="$loop" --bind="$bpffs:/sys/fs/bpf" \
-    --capability=CAP_BPF,CAP_PERFMON --system-call-filter=bpf </dev/null >"$work/nspawn.log" 2>&1 &
+    --capability=CAP_BPF,CAP_PERFMON --system-call-filter=bpf </dev/null >"$work/nspawn.log" 2>&1 9>&- &
 nspawn_pid=$!
+echo "$nspawn_pid" >"$work/nspawn.pid"
 
 # The container's PID 1 is nspawn's child; commands run in its namespaces with nsenter
 # (machinectl and systemd-run -M need a systemd on the host).
+# nspawn first copies the tree to its ephemeral snapshot (250 MB; no reflinks on ext4):
+# 1-10 s here, longer while other I/O runs, hence the generous limit.
 ct_pid=
-for _ in $(seq 100); do
+for _ in $(seq 1200); do
     ct_pid=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
     [ -n "$ct_pid" ] && break
     kill -0 "$nspawn_pid" 2>/dev/null || fail "systemd-nspawn exited while booting"
     sleep 0.1
 done
-[ -n "$ct_pid" ] || fail "the container's PID 1 did not appear within 10 s"
+[ -n "$ct_pid" ] || fail "the container's PID 1 did not appear within 120 s (nspawn copies the tree to an ephemeral snapshot first)"
+step "the container's PID 1 started after $((SECONDS - boot_started)) s"
 ct() {
     nsenter -t "$ct_pid" -m -u -i -n -p -C -- \
         env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb "$@"
@@ -196,7 +277,7 @@ restarted() { [ "$(prop "$1" NRestarts)" = "$2" ] && is_active "$1"; }
 kill9() { ct sh -c "kill -9 $1"; }
 
 # --- install ---------------------------------------------------------------------------
-step "installing the .deb with dpkg -i"
+check "installing the .deb with dpkg -i"
 ct dpkg -i /debs/ferry.deb >"$work/dpkg.log" 2>&1 || fail "dpkg -i failed: $(cat "$work/dpkg.log")"
 for f in "${common_files[@]}" /lib/systemd/system/ferry-agent.service /lib/systemd/system/ferry-standby.service; do
     ct test -f "$f" || fail "$f is not installed"
@@ -217,7 +298,7 @@ ct systemd-analyze verify /lib/systemd/system/ferry-agent.service /lib/systemd/s
 if grep -q ferry "$work/verify.log"; then fail "systemd-analyze verify warns: $(cat "$work/verify.log")"; fi
 
 # --- the standby -----------------------------------------------------------------------
-step "configuring and starting ferry-standby"
+check "configuring and starting ferry-standby"
 ct ferry keygen --out /etc/ferry/keys/pair.key 2>/dev/null || fail "ferry keygen failed"
 ct sh -c 'cat >>/etc/ferry/standby.toml <<EOF
 
@@ -236,7 +317,7 @@ status_text=$(prop ferry-standby StatusText)
 ct journalctl -u ferry-standby --no-pager -o cat | grep -q "listening on 127.0.0.1:7420" \
     || fail "journalctl -u ferry-standby does not show its readiness line"
 
-step "killing ferry-standby (kill -9): Restart=on-failure must bring it back"
+check "killing ferry-standby (kill -9): Restart=on-failure must bring it back"
 old_pid=$(prop ferry-standby MainPID)
 kill9 "$old_pid"
 wait_for 20 "ferry-standby did not come back after kill -9" restarted ferry-standby 1
@@ -245,7 +326,7 @@ ct journalctl -u ferry-standby --no-pager -o cat | grep -q "Main process exited,
     || fail "journalctl -u ferry-standby does not record the killed standby"
 
 # --- the agent -------------------------------------------------------------------------
-step "configuring and starting ferry-agent on $loop"
+check "configuring and starting ferry-agent on $loop"
 ct sh -c "sed -i -e 's/^server = .*/server = \"ct-1\"/' -e 's/^standby = .*/standby = \"127.0.0.1:7420\"/' \
     -e 's|^#disks = .*|disks = [\"$loop\"]|' -e 's/^#point_interval_minutes = .*/point_interval_minutes = 0/' \
     /etc/ferry/agent.toml"
@@ -265,13 +346,14 @@ ct ferry rebuild --data-dir /var/lib/ferry/standby --server ct-1 --point latest 
 ct cmp /var/tmp/ct-1.img "$loop" || fail "the rebuilt latest point differs from the agent's disk"
 step "the agent's disk, rebuilt at the standby from the latest point, is identical"
 
+check "killing ferry-agent (kill -9): Restart=on-failure must bring it back"
 old_pid=$(prop ferry-agent MainPID)
 kill9 "$old_pid"
 wait_for 30 "ferry-agent did not come back after kill -9" restarted ferry-agent 1
 ct journalctl -u ferry-agent --no-pager -o cat | grep -q "^tracking$" || fail "journalctl -u ferry-agent lacks 'tracking'"
 
 # --- stop ------------------------------------------------------------------------------
-step "stopping both services"
+check "stopping both services"
 ct systemctl stop ferry-agent.service ferry-standby.service
 for unit in ferry-agent ferry-standby; do
     [ "$(ct systemctl is-active $unit || true)" = inactive ] || fail "$unit is not inactive after stop"
@@ -279,7 +361,7 @@ for unit in ferry-agent ferry-standby; do
 done
 
 # --- upgrade (the same package again: configure with a previous version) --------------
-step "upgrading (dpkg -i again, the admin's config kept, running services restarted)"
+check "upgrading (dpkg -i again, the admin's config kept, running services restarted)"
 ct systemctl start ferry-standby.service
 standby_pid=$(prop ferry-standby MainPID)
 ct dpkg -i --force-confold /debs/ferry.deb >"$work/dpkg.log" 2>&1 || fail "reinstall failed: $(cat "$work/dpkg.log")"
@@ -290,7 +372,7 @@ is_active ferry-standby.service || fail "ferry-standby is not running after the 
 [ "$(ct systemctl is-active ferry-agent || true)" = inactive ] || fail "the upgrade started the stopped agent"
 
 # --- remove, then purge -----------------------------------------------------------------
-step "dpkg -r: binary and units gone, configs, keys and state kept, nothing running"
+check "dpkg -r: binary and units gone, configs, keys and state kept, nothing running"
 ct systemctl start ferry-agent.service
 ct test -d /sys/fs/bpf/ferry || fail "the agent did not pin its tracker in /sys/fs/bpf/ferry"
 ct dpkg -r ferry >"$work/dpkg.log" 2>&1 || fail "dpkg -r failed: $(cat "$work/dpkg.log")"
@@ -304,7 +386,7 @@ running=$(ct sh -c 'cat /proc/[0-9]*/cmdline 2>/dev/null | tr "\0" " "' | grep -
 [ -z "$running" ] || fail "ferry still runs after dpkg -r: $running"
 if ct test -e /sys/fs/bpf/ferry; then fail "the tracker is still pinned in /sys/fs/bpf/ferry after dpkg -r"; fi
 
-step "dpkg --purge: configs, keys and state gone"
+check "dpkg --purge: configs, keys and state gone"
 ct dpkg --purge ferry >"$work/dpkg.log" 2>&1 || fail "dpkg --purge failed: $(cat "$work/dpkg.log")"
 for f in /etc/ferry /var/lib/ferry; do
     if ct test -e "$f"; then fail "$f is still there after dpkg --purge"; fi
