@@ -18,7 +18,7 @@
 //! - the whole cycle with two standbys on loopback as sites A and B: failover after the
 //!   protected host is lost, writes on the instance, reverse register and start onto
 //!   the original machine (only the differences travel), both standbys killed and
-//!   restarted mid-reverse, failback (the original disk then equals the instance byte
+//!   restarted mid-reverse, the reverse agent killed and started again, failback (the original disk then equals the instance byte
 //!   for byte), register and forward replication again by digest (no full copy);
 //! - auto-restart off: an interrupted server stays interrupted (its agent is told why)
 //!   until the operator starts replication again;
@@ -809,12 +809,27 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
     let s = console.wait_state("web-1", "reverse-realtime");
     assert_eq!(s["state"], "reverse-realtime");
     site_a.wait_state("web-1", "realtime");
+    // The reverse agent dies (as when the service that started it is stopped): the
+    // server shows reverse-interrupted, and `reverse start` brings it back.
+    let pid = s["reverse_agent"]["pid"]
+        .as_u64()
+        .expect("the reverse agent's pid");
+    run("kill", &["-9", &pid.to_string()]);
+    console.wait_state("web-1", "reverse-interrupted");
+    let late = {
+        let _m = Mount::new(&instance_dev, &instance_mnt, "rw");
+        write_files(&instance_mnt, "while-interrupted", 1, 1 << 20, 24)
+    };
+    console.ok(&["reverse", "start", "web-1"]);
+    console.wait_state("web-1", "reverse-realtime");
+    site_a.wait_state("web-1", "realtime");
     let want = digest_of(&instance_dev);
 
     // Failback: at site A, onto the original disk, which then equals the instance.
     let mut all = before.clone();
     all.extend(on_instance);
     all.extend(during);
+    all.extend(late);
     let back = console.json(&[
         "failback",
         "web-1",

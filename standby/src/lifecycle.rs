@@ -218,7 +218,11 @@ impl State {
             (S::FailingOver | S::FailedOver, Step::ChangePoint) => S::FailingOver,
             (S::FailedOver, Step::FailoverConfirm) => S::FailoverConfirmed,
             (S::FailoverConfirmed, Step::ReverseRegister) => S::ReverseRegistered,
-            (S::ReverseRegistered, Step::ReverseStart) => S::ReverseStarting,
+            // From reverse-interrupted: the reverse agent is started again (e.g. after the
+            // standby that runs it restarted).
+            (S::ReverseRegistered | S::ReverseInterrupted, Step::ReverseStart) => {
+                S::ReverseStarting
+            }
             (s, Step::Reverse(p)) if s.reverse_replicating() => reverse(p),
             // From failing-back too: a failback whose instance did not come up is retried.
             (S::ReverseRealtime | S::FailingBack, Step::Failback) => S::FailingBack,
@@ -335,7 +339,11 @@ mod tests {
         }
         for state in ALL {
             let reverse = state.apply(Step::ReverseStart).is_ok();
-            assert_eq!(reverse, state == State::ReverseRegistered, "{state}");
+            assert_eq!(
+                reverse,
+                matches!(state, State::ReverseRegistered | State::ReverseInterrupted),
+                "{state}"
+            );
         }
     }
 

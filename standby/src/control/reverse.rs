@@ -131,6 +131,12 @@ impl Control {
         let server = self.catalog().server(id)?.clone();
         server.check(Step::ReverseStart)?;
         let mut reverse = server.reverse.clone().expect("reverse-registered has it");
+        // Started again after an interruption: the same target; the old agent (if it still
+        // runs) is stopped and its tracker kept, so the new one resumes without a gap.
+        let original_machine = original_machine || reverse.original_machine;
+        if server.state == State::ReverseInterrupted {
+            self.stop_reverse_agent(&server.id, &reverse, false);
+        }
         let instance = self.failover_instance(&server.id, server.instance.as_deref())?;
         let tools = self.tools()?;
         let address = tools.peers.data_address(&reverse.site).ok_or_else(|| {
@@ -197,7 +203,16 @@ impl Control {
         reverse.pin_dir = Some(pin_dir);
         reverse.original_machine = original_machine;
         let started = (|| {
-            self.wait_peer_state(&reverse.site, id, &["initialized"])?;
+            let peer = self.wait_peer_state(
+                &reverse.site,
+                id,
+                &["initialized", "interrupted", "starting", "full", "realtime"],
+            )?;
+            if peer != "initialized" {
+                // Its replication was started before (auto-restart on: an interrupted
+                // one takes the agent back by itself).
+                return Ok(Value::Null);
+            }
             let start = crate::catalog::Replication {
                 policy: crate::retention::Policy::default(),
                 storage_class: "standard".to_owned(),
@@ -215,7 +230,7 @@ impl Control {
             )
         })();
         if let Err(e) = started {
-            self.stop_reverse_agent(&server.id, &reverse);
+            self.stop_reverse_agent(&server.id, &reverse, true);
             return Err(self.failed(id, e));
         }
         Ok(self.change(|c| c.step_and(id, Step::ReverseStart, |s| s.reverse = Some(reverse)))?)
@@ -285,7 +300,7 @@ impl Control {
                 reverse.final_point = Some(point);
                 let saved = reverse.clone();
                 self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
-                self.stop_reverse_agent(&server.id, &reverse);
+                self.stop_reverse_agent(&server.id, &reverse, true);
             }
             let point = reverse.final_point.expect("set above");
             if let Some(restored) = &reverse.restored {
@@ -448,8 +463,9 @@ impl Control {
         Ok(pid)
     }
 
-    /// Stops the reverse agent (SIGTERM: it saves its state) and detaches its tracker.
-    fn stop_reverse_agent(&self, id: &ServerId, reverse: &Reverse) {
+    /// Stops the reverse agent (SIGTERM: it saves its state) and, with `detach`, its
+    /// tracker.
+    fn stop_reverse_agent(&self, id: &ServerId, reverse: &Reverse, detach: bool) {
         let child = self
             .reverse_agents
             .lock()
@@ -479,7 +495,7 @@ impl Control {
                 }
             }
         }
-        if let (Some(pins), Ok(tools)) = (&reverse.pin_dir, self.tools()) {
+        if let (true, Some(pins), Ok(tools)) = (detach, &reverse.pin_dir, self.tools()) {
             match Command::new(&tools.ferry)
                 .args(["track", "--detach", "--pin-dir"])
                 .arg(pins)
@@ -539,12 +555,18 @@ impl Control {
         }
     }
 
-    fn wait_peer_state(&self, site: &str, id: &str, states: &[&str]) -> Result<(), ControlError> {
+    /// Waits until the server is in one of `states` at `site`; returns which.
+    fn wait_peer_state(
+        &self,
+        site: &str,
+        id: &str,
+        states: &[&str],
+    ) -> Result<String, ControlError> {
         let deadline = Instant::now() + PEER_WAIT;
         loop {
             let s = self.peer(site, "GET", &format!("/v1/servers/{id}"), &Value::Null)?;
-            if states.iter().any(|w| s["state"] == *w) {
-                return Ok(());
+            if let Some(found) = states.iter().find(|w| s["state"] == **w) {
+                return Ok((*found).to_owned());
             }
             if Instant::now() >= deadline {
                 return Err(ControlError::Reverse(format!(
