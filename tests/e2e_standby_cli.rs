@@ -126,7 +126,12 @@ fn points_list_rebuild_and_retention_work_from_the_command_line() {
     assert_eq!(rows.len(), 11, "10 points and latest: {json}");
     assert_eq!(rows[0]["id"], 1);
     assert_eq!(rows[0]["kind"], "manual");
-    assert_eq!(rows[10]["id"], "latest");
+    assert_eq!(rows[10]["kind"], "latest");
+    assert_eq!(
+        rows[10]["id"],
+        serde_json::Value::Null,
+        "latest is no stored point"
+    );
 
     // One disk of point 4, by id, into an image file: exact and sparse.
     let out = site.path("p4-disk1.img");
@@ -200,7 +205,7 @@ fn points_list_rebuild_and_retention_work_from_the_command_line() {
             serde_json::json!(8),
             serde_json::json!(9),
             serde_json::json!(10),
-            serde_json::json!("latest")
+            serde_json::Value::Null
         ],
         "{said}"
     );
