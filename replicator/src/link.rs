@@ -165,6 +165,14 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits for a change of the state (or 200 ms, so that closing is noticed).
+    fn wait<'a>(&self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(state, Duration::from_millis(200))
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
 }
 
 /// A connected, authenticated link for one server.
@@ -397,12 +405,7 @@ impl Link {
                 && state.in_flight_bytes > 0
                 && state.in_flight_bytes + len > self.window
             {
-                state = self
-                    .shared
-                    .changed
-                    .wait_timeout(state, Duration::from_millis(200))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                state = self.shared.wait(state);
             }
         }
         if let Some(e) = &state.closed {
@@ -432,12 +435,7 @@ impl Link {
             if state.unwritten == 0 {
                 return Ok(());
             }
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, Duration::from_millis(200))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            state = self.shared.wait(state);
         }
     }
 

@@ -39,7 +39,7 @@ use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// A session's way to send to its agent (shared with the receiver's session).
 pub type Outbound = Arc<Mutex<TcpStream>>;
@@ -270,12 +270,6 @@ impl Gate {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Control {
     /// Loads the catalogue of the standby whose data directory is `data_dir`
     /// (`control.json` there).
@@ -433,7 +427,7 @@ impl Control {
 
     /// The agent's progress: kept for the operator, and it moves the server's phase.
     pub fn progress(&self, id: &ServerId, p: Progress) -> Result<(), CatalogError> {
-        self.live().entry(id.clone()).or_default().progress = Some((p, now_ms()));
+        self.live().entry(id.clone()).or_default().progress = Some((p, crate::now_ms()));
         let phase = match p.phase {
             ReplicationPhase::Full => Phase::Full,
             ReplicationPhase::Realtime => Phase::Realtime,

@@ -24,13 +24,15 @@
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::points::{self, PointSelector};
 use crate::rebuild::{self, Target};
-use crate::server::DataDir;
+use crate::server::{DataDir, ServerState};
+use ferry_wire::Seq;
+use ferry_wire::message::RegisterServer;
 use ferry_wire::{ServerId, SiteKeys, error_chain};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Longest a post-launch script may run.
 pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -190,12 +192,6 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> I
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -302,16 +298,26 @@ impl Instances {
     /// Checks a launch of `server` at `spec.point` without making anything: the spec,
     /// the server's registration, the point; returns the point's seq.
     pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<u64, InstanceError> {
+        self.open_point(server, spec).map(|(_, _, seq)| seq.0)
+    }
+
+    /// The server's store (read-only), its registered disks and the seq of the point.
+    fn open_point(
+        &self,
+        server: &ServerId,
+        spec: &Spec,
+    ) -> Result<(ServerState, RegisterServer, Seq), InstanceError> {
         let selector = Self::check(spec)?;
         let (state, _) = self
             .data
             .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
             .map_err(|e| InstanceError::Store(server.clone(), e))?;
-        if state.registration().is_none() {
-            return Err(InstanceError::NotRegistered(server.clone()));
-        }
+        let registration = state
+            .registration()
+            .ok_or_else(|| InstanceError::NotRegistered(server.clone()))?
+            .clone();
         match points::resolve(&state.points(), state.log.last_seq(), selector) {
-            Some(seq) if seq.0 > 0 => Ok(seq.0),
+            Some(seq) if seq.0 > 0 => Ok((state, registration, seq)),
             _ => Err(InstanceError::NoPoint(server.clone(), spec.point.clone())),
         }
     }
@@ -331,17 +337,9 @@ impl Instances {
     ) -> Result<Instance, InstanceError> {
         let started = Instant::now();
         let selector = Self::check(&spec)?;
-        let seq = ferry_wire::Seq(self.resolve(server, &spec)?);
-        let (state, _) = self
-            .data
-            .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
-            .map_err(|e| InstanceError::Store(server.clone(), e))?;
-        let registration = state
-            .registration()
-            .ok_or_else(|| InstanceError::NotRegistered(server.clone()))?
-            .clone();
+        let (state, registration, seq) = self.open_point(server, &spec)?;
         rebuild::verify_point(&state.log, seq, &keys.mac)?;
-        let created = now_ms();
+        let created = crate::now_ms();
         let id = format!("{}-{server}-{created}", kind.name());
         let dir = self.root.join(&id);
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;

@@ -56,7 +56,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Connections allowed to be in the handshake at once; more are closed at once, so that
 /// unauthenticated peers cannot make the standby hold unbounded threads and buffers.
@@ -695,7 +695,7 @@ fn ingest_loop(
                 let _ = send(
                     out,
                     &Message::Heartbeat(Heartbeat {
-                        unix_time_ms: now_ms(),
+                        unix_time_ms: crate::now_ms(),
                     }),
                 );
                 continue;
@@ -983,12 +983,6 @@ fn sync_loop(
             acked = durable;
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Applies retention to every allowed server that has a store, every `clean_interval`.

@@ -15,6 +15,22 @@ pub(crate) mod server;
 pub(crate) mod standby;
 pub(crate) mod track;
 
+/// Deletes what `path` names through the control API and says `done` (or prints the
+/// answer, with `--json`).
+pub(crate) fn delete(
+    control: &crate::api::client::ControlArgs,
+    path: &str,
+    done: &str,
+) -> anyhow::Result<()> {
+    let answer: serde_json::Value = control.connect()?.delete(path)?;
+    if control.json {
+        println!("{answer}");
+    } else {
+        println!("{done}");
+    }
+    Ok(())
+}
+
 /// Prints rows under a header, each column as wide as its widest cell.
 pub(crate) fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.into_iter().collect();

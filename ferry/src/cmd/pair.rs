@@ -1,7 +1,7 @@
 //! `ferry pair create|list|delete`: the site pairs of a standby site.
 
 use crate::api::client::ControlArgs;
-use crate::cmd::table;
+use crate::cmd::{delete, table};
 use anyhow::{Context, Result};
 use ferry_standby::catalog::{Pair, PairKind};
 
@@ -105,17 +105,11 @@ pub(crate) fn run(command: Command) -> Result<()> {
                 );
             }
         }
-        Command::Delete(a) => {
-            let done: serde_json::Value = a
-                .control
-                .connect()?
-                .delete(&format!("/v1/pairs/{}", a.name))?;
-            if a.control.json {
-                println!("{done}");
-            } else {
-                println!("pair {} deleted", a.name);
-            }
-        }
+        Command::Delete(a) => delete(
+            &a.control,
+            &format!("/v1/pairs/{}", a.name),
+            &format!("pair {} deleted", a.name),
+        )?,
     }
     Ok(())
 }

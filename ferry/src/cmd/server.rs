@@ -2,7 +2,7 @@
 
 use crate::api::AddServer;
 use crate::api::client::ControlArgs;
-use crate::cmd::{human_bytes, point::utc_time, table};
+use crate::cmd::{delete, human_bytes, point::utc_time, table};
 use anyhow::Result;
 use ferry_standby::control::ServerView;
 
@@ -70,18 +70,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
             if a.control.json {
                 println!("{}", serde_json::to_string_pretty(&servers)?);
             } else {
-                table(
-                    &[
-                        "SERVER",
-                        "PAIR",
-                        "STATE",
-                        "PROGRESS",
-                        "RPO LAG",
-                        "LAST POINT",
-                        "AGENT",
-                    ],
-                    servers.iter().map(row),
-                );
+                table(&HEADER, servers.iter().map(row));
             }
         }
         Command::Show(a) => {
@@ -91,20 +80,25 @@ pub(crate) fn run(command: Command) -> Result<()> {
                 .get(&format!("/v1/servers/{}", a.server))?;
             print_one(&s, a.control.json)?;
         }
-        Command::Remove(a) => {
-            let done: serde_json::Value = a
-                .control
-                .connect()?
-                .delete(&format!("/v1/servers/{}", a.server))?;
-            if a.control.json {
-                println!("{done}");
-            } else {
-                println!("server {} removed", a.server);
-            }
-        }
+        Command::Remove(a) => delete(
+            &a.control,
+            &format!("/v1/servers/{}", a.server),
+            &format!("server {} removed", a.server),
+        )?,
     }
     Ok(())
 }
+
+/// The columns of [`row`].
+const HEADER: [&str; 7] = [
+    "SERVER",
+    "PAIR",
+    "STATE",
+    "PROGRESS",
+    "RPO LAG",
+    "LAST POINT",
+    "AGENT",
+];
 
 /// A server's line in `server list`.
 fn row(s: &ServerView) -> Vec<String> {
@@ -144,18 +138,7 @@ pub(crate) fn print_one(s: &ServerView, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(s)?);
         return Ok(());
     }
-    table(
-        &[
-            "SERVER",
-            "PAIR",
-            "STATE",
-            "PROGRESS",
-            "RPO LAG",
-            "LAST POINT",
-            "AGENT",
-        ],
-        [row(s)],
-    );
+    table(&HEADER, [row(s)]);
     if let Some(e) = &s.server.error {
         println!("error: {e} (state {})", s.server.state);
     }

@@ -188,12 +188,7 @@ impl Control {
         let pid = match self.spawn_reverse_agent(&server.id, &config, &state_dir) {
             Ok(pid) => pid,
             Err(e) => {
-                if let Ok(tools) = self.tools() {
-                    let _ = Command::new(&tools.ferry)
-                        .args(["track", "--detach", "--pin-dir"])
-                        .arg(&pin_dir)
-                        .output();
-                }
+                self.detach_tracker(&server.id, &pin_dir);
                 return Err(self.failed(id, e));
             }
         };
@@ -495,16 +490,22 @@ impl Control {
                 }
             }
         }
-        if let (true, Some(pins), Ok(tools)) = (detach, &reverse.pin_dir, self.tools()) {
-            match Command::new(&tools.ferry)
-                .args(["track", "--detach", "--pin-dir"])
-                .arg(pins)
-                .output()
-            {
-                Ok(o) if o.status.success() => {}
-                other => {
-                    tracing::error!(server = %id, pins = %pins.display(), "cannot detach the reverse agent's tracker: {other:?}")
-                }
+        if let (true, Some(pins)) = (detach, &reverse.pin_dir) {
+            self.detach_tracker(id, pins);
+        }
+    }
+
+    /// Detaches the reverse agent's tracker pinned in `pins` (`ferry track --detach`).
+    fn detach_tracker(&self, id: &ServerId, pins: &Path) {
+        let Ok(tools) = self.tools() else { return };
+        match Command::new(&tools.ferry)
+            .args(["track", "--detach", "--pin-dir"])
+            .arg(pins)
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            other => {
+                tracing::error!(server = %id, pins = %pins.display(), "cannot detach the reverse agent's tracker: {other:?}")
             }
         }
     }
