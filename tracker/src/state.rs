@@ -115,9 +115,13 @@ impl TrackState {
         self.mark_dirty(e.disk, e.range);
         match e.kind {
             Kind::Submit { untracked } => {
-                self.counters.submitted += 1;
                 self.counters.untracked += u64::from(untracked);
-                self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                // A known id: a part of it the kernel reports as untracked (its entry
+                // was replaced); the parts already in flight stay so.
+                if !self.inflight.add_piece(e.id, e.range) && !self.inflight.contains(e.id) {
+                    self.counters.submitted += 1;
+                    self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                }
                 Ok(None)
             }
             Kind::Complete { status } => {
@@ -325,6 +329,15 @@ mod tests {
         assert!(
             s.seen_in_flight(9, DiskId(1), ByteRange::new(0, 1), 10)
                 .is_err()
+        );
+        // The kernel reports a part of it as untracked (its entry replaced): the write
+        // stays one submission, wholly in flight.
+        s.apply(&ev(1, Kind::Submit { untracked: true }, 4096, 8192, 10))
+            .unwrap();
+        assert_eq!(s.counters.submitted, 1);
+        assert_eq!(
+            s.in_flight(d).iter().collect::<Vec<_>>(),
+            [ByteRange::new(0, 8192)]
         );
         // A write that completed before any read of the map: known by its completion.
         let g = s.generation();
