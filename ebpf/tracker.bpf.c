@@ -5,8 +5,17 @@
  * the userspace side and the invariants; the event layout is mirrored in
  * tracker/src/event.rs.
  *
+ * A submission is recorded in the in-flight map only, not in the ring buffer: userspace
+ * reads the map on every poll (tracker/src/sys/bpf.rs, `in_flight`), so a write still in
+ * flight is dirty from the first poll after its submission, and one that completes first
+ * is reported by its COMPLETE event, which carries the same id and range. One ring record
+ * per write instead of two: at 4 KiB the ring buffer was half of the tracker's cost.
+ * Only a submission the map has no room for, or the entry of a bio whose completion
+ * never reached BPF found when its address is reused, goes to the ring (SUBMIT,
+ * FLAG_UNTRACKED): userspace resolves those by the sweep.
+ *
  * Attach points (BTF tracepoints; fentry does not load on lockdown kernels):
- *   block_bio_queue     submission of a bio: SUBMIT event, in-flight entry keyed by bio
+ *   block_bio_queue     submission of a bio: in-flight entry keyed by bio
  *   block_split         a queued bio split in two: the in-flight entry follows both parts
  *   block_rq_complete   blk-mq request completion: COMPLETE for each in-flight bio in it
  *   block_bio_complete  bio-based devices, and bios that fail before becoming requests
@@ -48,9 +57,11 @@ struct disk_info {
     __u32 chunk_shift; /* log2 of the sectors per fallback chunk */
 };
 
+/* Mirrored by tracker/src/sys/bpf.rs (InFlightEntry, 40 bytes): userspace reads it. */
 struct inflight {
     __u64 id;
     __u64 sector;
+    __u64 time_ns; /* submission */
     __u32 sectors;
     __u32 disk;
     __u32 op;
@@ -87,7 +98,7 @@ struct {
 /* bio pointer -> what it writes. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
+    __uint(max_entries, 16384); /* IN_FLIGHT_ENTRIES in tracker/src/sys/bpf.rs */
     __type(key, __u64);
     __type(value, struct inflight);
 } inflight SEC(".maps");
@@ -150,11 +161,12 @@ static __always_inline void count_drop(void)
 }
 
 /* Records where an event was lost: bumps the fallback counter of every chunk the range
- * touches, or the disk's whole-disk counter when the range spans too many chunks. */
-static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 sector, __u64 sectors)
+ * touches, or the disk's whole-disk counter when the range spans too many chunks. A global
+ * function: the verifier checks its loop once, not inside every caller's loop. */
+__noinline int mark_fallback(__u32 disk, __u32 chunk_shift, __u64 sector, __u64 sectors)
 {
     if (disk >= MAX_DISKS || chunk_shift > 63)
-        return;
+        return 0;
     __u64 first = sector >> chunk_shift;
     __u64 last = (sector + (sectors ? sectors : 1) - 1) >> chunk_shift;
     __u32 base = disk * (FALLBACK_CHUNKS + 1);
@@ -163,7 +175,7 @@ static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 s
         __u64 *c = bpf_map_lookup_elem(&fallback, &key);
         if (c)
             __sync_fetch_and_add(c, 1);
-        return;
+        return 0;
     }
     for (int i = 0; i < MAX_FALLBACK_STEPS; i++) {
         __u64 chunk = first + i;
@@ -174,6 +186,7 @@ static __always_inline void mark_fallback(__u32 disk, __u32 chunk_shift, __u64 s
         if (c)
             __sync_fetch_and_add(c, 1);
     }
+    return 0;
 }
 
 static __always_inline void submit_event(struct ferry_event *e)
@@ -181,6 +194,47 @@ static __always_inline void submit_event(struct ferry_event *e)
     __u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
     __u64 threshold = config_get(CONFIG_WAKEUP_BYTES);
     bpf_ringbuf_submit(e, pending >= threshold ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* Reports a submission the in-flight map cannot follow (SUBMIT, FLAG_UNTRACKED): no
+ * completion will be reported for it; userspace resolves it by the sweep. */
+static __always_inline void report_untracked(const struct inflight *w)
+{
+    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        /* Where first, then how many: userspace rescans the counters when it sees the
+         * drop count move, and must then find the chunks already marked. */
+        mark_fallback(w->disk, w->chunk_shift, w->sector, w->sectors);
+        count_drop();
+        return;
+    }
+    e->id = w->id;
+    e->sector = w->sector;
+    e->time_ns = w->time_ns;
+    e->sectors = w->sectors;
+    e->disk = w->disk;
+    e->kind = EVENT_SUBMIT;
+    e->op = (__u8)w->op;
+    e->status = 0;
+    e->pad = 0;
+    e->flags = FLAG_UNTRACKED;
+    submit_event(e);
+}
+
+/* Records `entry` in the in-flight map under the bio address `key`; non-zero when the
+ * map has no room. An entry already there belongs to a bio whose completion never
+ * reached BPF: its write is done, but userspace may not have read the entry yet, so it
+ * is reported before being replaced, or the write would vanish with its entry. */
+static __always_inline int follow(__u64 key, const struct inflight *entry)
+{
+    if (bpf_map_update_elem(&inflight, &key, entry, BPF_NOEXIST) == 0)
+        return 0;
+    struct inflight *stale = bpf_map_lookup_elem(&inflight, &key);
+    if (!stale)
+        return -1;
+    struct inflight old = *stale;
+    report_untracked(&old);
+    return bpf_map_update_elem(&inflight, &key, entry, BPF_ANY);
 }
 
 static __always_inline int is_tracked_op(__u32 op)
@@ -217,35 +271,15 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
     struct inflight entry = {
         .id = (cpu << 40) | ++*counter,
         .sector = bio->bi_iter.bi_sector,
+        .time_ns = bpf_ktime_get_ns(),
         .sectors = sectors,
         .disk = disk->index,
         .op = op,
         .chunk_shift = disk->chunk_shift,
     };
     __u64 key = (__u64)bio;
-    __u32 flags = 0;
-    if (bpf_map_update_elem(&inflight, &key, &entry, BPF_ANY) != 0)
-        flags |= FLAG_UNTRACKED;
-
-    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        /* Where first, then how many: userspace rescans the counters when it sees the
-         * drop count move, and must then find the chunks already marked. */
-        mark_fallback(disk->index, disk->chunk_shift, entry.sector, sectors);
-        count_drop();
-        return 0;
-    }
-    e->id = entry.id;
-    e->sector = entry.sector;
-    e->time_ns = bpf_ktime_get_ns();
-    e->sectors = sectors;
-    e->disk = disk->index;
-    e->kind = EVENT_SUBMIT;
-    e->op = (__u8)op;
-    e->status = 0;
-    e->pad = 0;
-    e->flags = flags;
-    submit_event(e);
+    if (follow(key, &entry) != 0)
+        report_untracked(&entry); /* no room to follow it: no completion will follow */
     return 0;
 }
 
@@ -265,11 +299,17 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
     front.sectors = split->bi_iter.bi_size >> 9;
     __u64 rest = front.sector + front.sectors;
     __u64 split_key = (__u64)split;
-    if (bpf_map_update_elem(&inflight, &split_key, &front, BPF_ANY) != 0) {
+    if (follow(split_key, &front) != 0) {
         /* Neither part can be followed now: forget the parent too, so that no
-         * completion makes the front readable while it is in flight. Userspace's entry
-         * for the id stays open and is resolved by the sweep, as suspect. */
+         * completion makes the front readable while it is in flight, and report the
+         * whole write as untracked (userspace may not have read the entry yet): it stays
+         * open in userspace and is resolved by the sweep, as suspect. */
+        struct inflight whole = *parent;
         bpf_map_delete_elem(&inflight, &parent_key);
+        if (front.sector < whole.sector)
+            whole.sector = front.sector;
+        whole.sectors = (__u32)(end - whole.sector);
+        report_untracked(&whole);
         return 0;
     }
     if (rest > parent->sector && rest < end) {
@@ -279,30 +319,31 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
     return 0;
 }
 
-/* Completes the in-flight bio whose address is `key`. A global function: the verifier
- * checks it once, not once per bio of a request. */
-__noinline int ferry_complete(__u64 key, __u32 status)
+/* Completes the in-flight bio `bio` (its address is the in-flight key). */
+static __always_inline void complete_bio(struct bio *bio, __u32 status)
 {
+    __u64 key = (__u64)bio;
     struct inflight *entry = bpf_map_lookup_elem(&inflight, &key);
     if (!entry)
-        return 0;
-    struct inflight done = *entry;
-    bpf_map_delete_elem(&inflight, &key);
-
+        return;
+    /* Test knob: behave as if this completion never reached BPF (the entry stays; the
+     * sweep resolves it, and a later bio at the same address replaces it). */
     __u64 drop_ppm = config_get(CONFIG_DROP_COMPLETE_PPM);
     if (drop_ppm && (bpf_get_prandom_u32() % 1000000) < drop_ppm)
-        return 0; /* test knob: behave as if this completion never reached BPF */
+        return;
+    struct inflight done = *entry;
+    bpf_map_delete_elem(&inflight, &key);
 
     struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
         /* The id stays open in userspace and is swept; the fallback says where too. */
         mark_fallback(done.disk, done.chunk_shift, done.sector, done.sectors);
         count_drop();
-        return 0;
+        return;
     }
     e->id = done.id;
     e->sector = done.sector;
-    e->time_ns = bpf_ktime_get_ns();
+    e->time_ns = done.time_ns; /* when it was submitted: one clock read per write */
     e->sectors = done.sectors;
     e->disk = done.disk;
     e->kind = EVENT_COMPLETE;
@@ -311,31 +352,23 @@ __noinline int ferry_complete(__u64 key, __u32 status)
     e->pad = 0;
     e->flags = 0;
     submit_event(e);
-    return 0;
-}
-
-/* A kernel pointer as a plain number (the in-flight key), which global functions
- * accept and probe reads can follow. */
-static __always_inline __u64 address_of(void *ptr)
-{
-    __u64 addr = 0;
-    bpf_probe_read_kernel(&addr, sizeof(addr), &ptr);
-    return addr;
 }
 
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
-    /* Bios complete in order; walk those that nr_bytes covers entirely. */
-    __u64 bio = address_of(rq->bio);
+    /* Bios complete in order; walk those that nr_bytes covers entirely. Plain loads
+     * through the BTF pointers (no probe-read helper calls: they were a fifth of this
+     * program's cost). */
+    struct bio *bio = rq->bio;
     __u64 remaining = nr_bytes;
     for (int i = 0; i < MAX_RQ_BIOS && bio; i++) {
-        __u32 size = BPF_CORE_READ((struct bio *)bio, bi_iter.bi_size);
+        __u32 size = bio->bi_iter.bi_size;
         if (size > remaining)
             break;
         remaining -= size;
-        __u64 next = address_of(BPF_CORE_READ((struct bio *)bio, bi_next));
-        ferry_complete(bio, error);
+        struct bio *next = bio->bi_next;
+        complete_bio(bio, error);
         bio = next;
     }
     return 0;
@@ -344,7 +377,7 @@ int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(ferry_bio_complete, struct request_queue *q, struct bio *bio)
 {
-    ferry_complete(address_of(bio), bio->bi_status);
+    complete_bio(bio, bio->bi_status);
     return 0;
 }
 

@@ -433,7 +433,7 @@ fn a_full_ring_buffer_is_counted_and_the_fallback_covers_every_write() {
     let stats = t.stats().unwrap();
     assert!(
         stats.drops > 0,
-        "a 4 KiB ring took 4000 events without a drop: {stats:?}"
+        "a 4 KiB ring took 2000 completions without a drop: {stats:?}"
     );
     assert!(
         stats.counters.fallback_ranges > 0,

@@ -1,14 +1,19 @@
 //! The events the BPF programs send through the ring buffer, as userspace reads them.
 //!
+//! One COMPLETE per write (per part, for a split one). Submissions are not sent: they
+//! are read from the programs' in-flight map on every poll
+//! ([`crate::sys::bpf::InFlightEntry`]); a SUBMIT event comes only for a write that map
+//! had no room for (untracked).
+//!
 //! Layout (`struct ferry_event` in `ebpf/tracker.bpf.c`; native endian, 40 bytes):
 //!
 //! ```text
 //!  0   u64 id        submission id (a split bio's parts share their parent's)
 //!  8   u64 sector    first 512-byte sector, whole-disk relative
-//!  16  u64 time_ns   CLOCK_MONOTONIC (bpf_ktime_get_ns)
+//!  16  u64 time_ns   submission time, CLOCK_MONOTONIC (bpf_ktime_get_ns)
 //!  24  u32 sectors   length in sectors (> 0)
 //!  28  u32 disk      the disk's index, as userspace registered it
-//!  32  u8  kind      1 submit, 2 complete
+//!  32  u8  kind      1 submit (untracked only), 2 complete
 //!  33  u8  op        1 write, 3 discard, 5 secure erase, 9 write-zeroes
 //!  34  u8  status    completion: blk_status_t (0 = success)
 //!  35  u8  pad

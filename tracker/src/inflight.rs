@@ -73,18 +73,46 @@ impl InFlight {
         self.submit(id, disk, range, since_ns);
     }
 
-    /// Records the completion of `range` of submission `id`. Unknown ids (already swept,
-    /// or submitted before tracking began) are fine: the caller marks the range anyway.
-    pub fn complete(&mut self, id: u64, range: ByteRange) {
+    /// Whether submission `id` is in flight.
+    pub fn contains(&self, id: u64) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// Records that submission `id` also has `range` in flight (a split part read from
+    /// the kernel's in-flight map). Returns false, changing nothing, when that range is
+    /// already part of the entry or the id is unknown.
+    pub fn add_piece(&mut self, id: u64, range: ByteRange) -> bool {
         let Some(entry) = self.entries.get_mut(&id) else {
-            return;
+            return false;
+        };
+        if range.is_empty()
+            || entry
+                .pieces()
+                .any(|p| p.start <= range.start && range.end <= p.end)
+        {
+            return false;
+        }
+        if entry.remaining.is_empty() {
+            entry.remaining = range;
+        } else {
+            entry.more.push(range);
+        }
+        true
+    }
+
+    /// Records the completion of `range` of submission `id`; returns whether the id was
+    /// in flight. Unknown ids (already swept, submitted before tracking began, or never
+    /// read from the kernel's map) are fine: the caller marks the range anyway.
+    pub fn complete(&mut self, id: u64, range: ByteRange) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
         };
         if entry.more.is_empty()
             && range.start <= entry.remaining.start
             && range.end >= entry.remaining.end
         {
             self.entries.remove(&id); // the common case: the whole write completed
-            return;
+            return true;
         }
         let pieces: Vec<ByteRange> = entry
             .pieces()
@@ -110,11 +138,12 @@ impl InFlight {
                 entry.more = rest.to_vec();
             }
         }
+        true
     }
 
-    /// Removes and returns every entry older than `cutoff_ns`: the ranges that become
-    /// readable as suspect.
-    pub fn sweep(&mut self, cutoff_ns: u64) -> Vec<(DiskId, ByteRange)> {
+    /// Removes every entry older than `cutoff_ns` and returns their ids and the ranges
+    /// that become readable as suspect.
+    pub fn sweep(&mut self, cutoff_ns: u64) -> (Vec<u64>, Vec<(DiskId, ByteRange)>) {
         let old: Vec<u64> = self
             .entries
             .iter()
@@ -122,11 +151,11 @@ impl InFlight {
             .map(|(&id, _)| id)
             .collect();
         let mut out = Vec::new();
-        for id in old {
+        for &id in &old {
             let e = self.entries.remove(&id).expect("id just listed");
             out.extend(e.pieces().map(|r| (e.disk, r)));
         }
-        out
+        (old, out)
     }
 
     /// Every range still in flight on `disk`.
@@ -160,8 +189,31 @@ mod tests {
         assert_eq!(f.len(), 1);
         f.complete(99, ByteRange::new(0, 1)); // unknown id: ignored
         f.submit_unseen(d, ByteRange::new(1 << 20, 2 << 20), 300);
-        assert_eq!(f.sweep(250), vec![(d, ByteRange::new(65536, 69632))]);
-        assert_eq!(f.sweep(1000), vec![(d, ByteRange::new(1 << 20, 2 << 20))]);
+        assert_eq!(f.sweep(250).1, vec![(d, ByteRange::new(65536, 69632))]);
+        assert_eq!(f.sweep(1000).1, vec![(d, ByteRange::new(1 << 20, 2 << 20))]);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn pieces_read_from_the_kernel_map_join_their_submission_once() {
+        let mut f = InFlight::new();
+        let d = DiskId(0);
+        assert!(!f.add_piece(1, ByteRange::new(0, 4096)), "unknown id");
+        f.submit(1, d, ByteRange::new(0, 8192), 100);
+        assert!(
+            !f.add_piece(1, ByteRange::new(4096, 8192)),
+            "already covered"
+        );
+        f.complete(1, ByteRange::new(0, 8192));
+        assert!(!f.contains(1));
+        f.submit(2, d, ByteRange::new(0, 4096), 100);
+        assert!(f.add_piece(2, ByteRange::new(4096, 12288)));
+        f.complete(2, ByteRange::new(0, 4096));
+        assert_eq!(
+            f.ranges(d).iter().collect::<Vec<_>>(),
+            [ByteRange::new(4096, 12288)]
+        );
+        f.complete(2, ByteRange::new(4096, 12288));
         assert!(f.is_empty());
     }
 }

@@ -3,7 +3,9 @@
 //! glue in `tracker`; this is where DESIGN.md I3 and I4 are kept, and unit-tested.
 //!
 //! - A submission marks its range dirty at once (no write goes unnoticed) and in flight
-//!   (not readable).
+//!   (not readable). The kernel side keeps submissions in its in-flight map, read on
+//!   every poll ([`TrackState::seen_in_flight`]); a write that completed before any read
+//!   of the map is known by its completion alone, which carries the same id and range.
 //! - A completion, of any status, marks its range dirty again with a newer generation
 //!   (so a read that began earlier cannot clear it) and takes it out of flight: readable.
 //!   A failed write is read too: the device holds whatever the failure left.
@@ -19,7 +21,7 @@ use crate::event::{Event, Kind, Op};
 use crate::inflight::InFlight;
 use crate::range::{ByteRange, RangeSet};
 use ferry_wire::DiskId;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// Clock samples kept: at one per 20 ms drain, the last 20 minutes; an older change is
 /// reported as at least that old.
@@ -63,6 +65,10 @@ pub struct TrackState {
     generation: Generation,
     /// (generation, monotonic ns) at each tick that saw new marks, oldest first.
     clock: VecDeque<(Generation, u64)>,
+    /// Ids swept while their entry may still be in the kernel's in-flight map (a
+    /// completion that never reached BPF leaves it there): not submitted again when the
+    /// map is read. Pruned by [`TrackState::retain_retired`].
+    retired: HashSet<u64>,
     pub counters: Counters,
 }
 
@@ -78,6 +84,7 @@ impl TrackState {
             inflight: InFlight::new(),
             generation: Generation::default(),
             clock: VecDeque::new(),
+            retired: HashSet::new(),
             counters: Counters::default(),
         }
     }
@@ -108,15 +115,24 @@ impl TrackState {
         self.mark_dirty(e.disk, e.range);
         match e.kind {
             Kind::Submit { untracked } => {
-                self.counters.submitted += 1;
                 self.counters.untracked += u64::from(untracked);
-                self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                // A known id: a part of it the kernel reports as untracked (its entry
+                // was replaced); the parts already in flight stay so.
+                if !self.inflight.add_piece(e.id, e.range) && !self.inflight.contains(e.id) {
+                    self.counters.submitted += 1;
+                    self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                }
                 Ok(None)
             }
             Kind::Complete { status } => {
+                let known = self.inflight.complete(e.id, e.range)
+                    || (!self.retired.is_empty() && self.retired.remove(&e.id));
+                if !known {
+                    // Submitted and completed between two reads of the in-flight map.
+                    self.counters.submitted += 1;
+                }
                 self.counters.completed += 1;
                 self.counters.failed += u64::from(status != 0);
-                self.inflight.complete(e.id, e.range);
                 Ok(Some(Readable {
                     disk: e.disk,
                     range: e.range,
@@ -125,6 +141,38 @@ impl TrackState {
                 }))
             }
         }
+    }
+
+    /// Records a submission read from the kernel's in-flight map (dirty, in flight).
+    /// Returns true when it is news: an id not seen before, or a part of a split write
+    /// not yet known. Ids already swept are ignored.
+    pub fn seen_in_flight(
+        &mut self,
+        id: u64,
+        disk: DiskId,
+        range: ByteRange,
+        since_ns: u64,
+    ) -> Result<bool, UnknownDisk> {
+        if disk.0 as usize >= self.disks.len() {
+            return Err(UnknownDisk(disk));
+        }
+        if self.inflight.contains(id) {
+            if !self.inflight.add_piece(id, range) {
+                return Ok(false);
+            }
+        } else if self.retired.contains(&id) {
+            return Ok(false);
+        } else {
+            self.counters.submitted += 1;
+            self.inflight.submit(id, disk, range, since_ns);
+        }
+        self.mark_dirty(disk, range);
+        Ok(true)
+    }
+
+    /// Forgets swept ids for which `still_mapped` is false (their kernel entry is gone).
+    pub fn retain_retired(&mut self, mut still_mapped: impl FnMut(u64) -> bool) {
+        self.retired.retain(|&id| still_mapped(id));
     }
 
     /// Records a range whose events were lost, seen at `now_ns`.
@@ -136,7 +184,8 @@ impl TrackState {
 
     /// Resolves in-flight entries older than `cutoff_ns`: readable, suspect.
     pub fn sweep(&mut self, cutoff_ns: u64) -> Vec<(DiskId, ByteRange)> {
-        let swept = self.inflight.sweep(cutoff_ns);
+        let (ids, swept) = self.inflight.sweep(cutoff_ns);
+        self.retired.extend(ids);
         for &(disk, range) in &swept {
             self.counters.swept += 1;
             self.mark_dirty(disk, range);
@@ -267,6 +316,51 @@ mod tests {
         assert!(g > before, "completion must bump the generation");
         // A reader that picked before the completion cannot clear it.
         assert_eq!(s.disk_mut(DiskId(0)).dirty.clear_if_unchanged(r, before), 0);
+    }
+
+    #[test]
+    fn submissions_read_from_the_kernel_map_are_dirty_and_in_flight_once() {
+        let mut s = TrackState::new(1);
+        let d = DiskId(0);
+        assert!(s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
+        assert!(!s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
+        assert_eq!(s.disk(d).dirty.bytes(), 8192, "not dirty when first read");
+        assert_eq!(s.in_flight_count(), 1);
+        assert!(
+            s.seen_in_flight(9, DiskId(1), ByteRange::new(0, 1), 10)
+                .is_err()
+        );
+        // The kernel reports a part of it as untracked (its entry replaced): the write
+        // stays one submission, wholly in flight.
+        s.apply(&ev(1, Kind::Submit { untracked: true }, 4096, 8192, 10))
+            .unwrap();
+        assert_eq!(s.counters.submitted, 1);
+        assert_eq!(
+            s.in_flight(d).iter().collect::<Vec<_>>(),
+            [ByteRange::new(0, 8192)]
+        );
+        // A write that completed before any read of the map: known by its completion.
+        let g = s.generation();
+        let done = s
+            .apply(&ev(
+                2,
+                Kind::Complete { status: 0 },
+                1 << 20,
+                (1 << 20) + 4096,
+                20,
+            ))
+            .unwrap();
+        assert!(done.is_some());
+        assert!(s.generation() > g);
+        assert_eq!(s.counters.submitted, 2, "one submission per write");
+        assert_eq!(s.disk(d).dirty.bytes(), 8192 + 4096);
+        // Swept while its kernel entry stays (its completion never reached BPF): reading
+        // the map again does not submit it anew, until the entry is gone.
+        assert_eq!(s.sweep(100).len(), 1);
+        assert!(!s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
+        assert_eq!(s.in_flight_count(), 0);
+        s.retain_retired(|_| false);
+        assert!(s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
     }
 
     #[test]

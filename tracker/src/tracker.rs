@@ -10,13 +10,13 @@
 //!   newly protected disk: a **gap** — the disk needs a full digest catch-up.
 
 use crate::dirty::GRAIN;
-use crate::event::Event;
+use crate::event::{Event, SECTOR};
 use crate::persist::{self, PersistError, Saved, SavedDisk};
 use crate::range::ByteRange;
 use crate::state::{Readable, TrackState, UnknownDisk};
 use crate::sys::blockdev::{BlockDevice, DeviceError, KernelDev};
 use crate::sys::bpf::{
-    self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, LoadOptions, MAX_DISKS, Origin,
+    self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, InFlightEntry, LoadOptions, MAX_DISKS, Origin,
 };
 use crate::sys::monotonic_ns;
 use ferry_wire::DiskId;
@@ -116,6 +116,8 @@ pub struct Tracker {
     counters_malformed: u64,
     epoch: u64,
     config: TrackerConfig,
+    /// Reused buffer for the in-flight map's entries.
+    mapped: Vec<InFlightEntry>,
 }
 
 /// log2 of the sectors per fallback chunk: at least 1 MiB, so that the disk fits
@@ -172,6 +174,7 @@ impl Tracker {
             events: 0,
             counters_malformed: 0,
             epoch: 0,
+            mapped: Vec::new(),
             chunk_shift,
             devices,
             config,
@@ -395,6 +398,30 @@ impl Tracker {
                 Err(UnknownDisk(_)) => self.counters_malformed += 1,
             }
         }
+        // Submissions: the in-flight map, read after the ring buffer, so that a write
+        // whose completion was just applied is not taken for a new one (its entry is
+        // deleted before its COMPLETE event is written).
+        self.mapped.clear();
+        self.bpf.in_flight(&mut self.mapped)?;
+        for m in &self.mapped {
+            let disk = DiskId(m.disk);
+            let range = m.sector.checked_mul(SECTOR).and_then(|start| {
+                let end = start.checked_add(u64::from(m.sectors) * SECTOR)?;
+                Some(ByteRange::new(start, end))
+            });
+            let Some(range) = range else {
+                self.counters_malformed += 1;
+                continue;
+            };
+            // Err: a disk no longer protected; its events are counted as they come.
+            if let Ok(true) = self.state.seen_in_flight(m.id, disk, range, m.time_ns) {
+                polled.submitted.push((disk, range));
+            }
+        }
+        let mut mapped_ids: Vec<u64> = self.mapped.iter().map(|m| m.id).collect();
+        mapped_ids.sort_unstable();
+        self.state
+            .retain_retired(|id| mapped_ids.binary_search(&id).is_ok());
         self.check_losses()?;
         let cutoff = monotonic_ns().saturating_sub(
             self.config

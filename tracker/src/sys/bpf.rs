@@ -39,6 +39,11 @@ const MAPS: [&str; 8] = [
     "state",
 ];
 
+/// Capacity of the in-flight map (`inflight` in the C program).
+const IN_FLIGHT_ENTRIES: usize = 16384;
+/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, kernel 5.6).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
 /// Most disks one tracker protects (`MAX_DISKS` in the C program).
 pub const MAX_DISKS: u32 = 32;
 /// Fallback counters per disk (`FALLBACK_CHUNKS`), plus one whole-disk counter.
@@ -68,6 +73,38 @@ pub struct DiskInfo {
 
 // SAFETY: DiskInfo is repr(C), two u32 with no padding, valid for every bit pattern.
 unsafe impl Pod for DiskInfo {}
+
+/// A write in flight, as the programs record it at submission (`struct inflight`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct InFlightEntry {
+    /// The submission id (CPU << 40 | a per-CPU count), also in its COMPLETE event.
+    pub id: u64,
+    /// First sector, whole-disk relative.
+    pub sector: u64,
+    /// When it was submitted (CLOCK_MONOTONIC ns).
+    pub time_ns: u64,
+    pub sectors: u32,
+    /// Userspace's disk number.
+    pub disk: u32,
+    pub op: u32,
+    pub chunk_shift: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<InFlightEntry>() == 40);
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
 
 /// Why the BPF side could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +146,8 @@ pub enum BpfError {
     Missing(&'static str),
     #[error("polling the ring buffer")]
     Poll(#[source] nix::Error),
+    #[error("reading the in-flight map")]
+    InFlight(#[source] std::io::Error),
     #[error("mapping the fallback counters")]
     Mmap(#[source] std::io::Error),
 }
@@ -209,6 +248,10 @@ unsafe impl Send for FallbackView {}
 /// The loaded (or reattached) tracker programs and their maps.
 pub struct Bpf {
     events: RingBuf<MapData>,
+    inflight: MapData,
+    /// Reused buffers for [`Bpf::in_flight`].
+    batch_keys: Vec<u64>,
+    batch_values: Vec<InFlightEntry>,
     protected: HashMap<MapData, u32, DiskInfo>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, u64>,
@@ -314,6 +357,12 @@ impl Bpf {
         };
         let mut bpf = Self {
             events: RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?,
+            inflight: match take(&mut ebpf, "inflight")? {
+                Map::HashMap(data) => data,
+                _ => return Err(BpfError::Missing("inflight hash map")),
+            },
+            batch_keys: vec![0; IN_FLIGHT_ENTRIES],
+            batch_values: vec![InFlightEntry::default(); IN_FLIGHT_ENTRIES],
             protected: HashMap::try_from(take(&mut ebpf, "protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(take(&mut ebpf, "drops")?).map_err(map_err("drops"))?,
@@ -356,6 +405,9 @@ impl Bpf {
             .collect::<Result<_, _>>()?;
         Ok(Self {
             events: RingBuf::try_from(open("events")?).map_err(map_err("events"))?,
+            inflight: MapData::from_pin(dir.join("maps/inflight")).map_err(map_err("inflight"))?,
+            batch_keys: vec![0; IN_FLIGHT_ENTRIES],
+            batch_values: vec![InFlightEntry::default(); IN_FLIGHT_ENTRIES],
             protected: HashMap::try_from(open("protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(open("drops")?).map_err(map_err("drops"))?,
@@ -428,6 +480,57 @@ impl Bpf {
             n += 1;
         }
         n
+    }
+
+    /// Appends every write the in-flight map holds to `out` (one `BPF_MAP_LOOKUP_BATCH`
+    /// pass, kernel 5.6+; no entry is skipped however the map changes meanwhile, except
+    /// entries added during the pass, which the next pass finds). Entries deleted during
+    /// the pass may be returned: their COMPLETE event follows in the ring buffer.
+    pub fn in_flight(&mut self, out: &mut Vec<InFlightEntry>) -> Result<(), BpfError> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.inflight.fd().as_fd());
+        let mut cursor_in = 0u32;
+        let mut cursor_out = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first {
+                    0
+                } else {
+                    std::ptr::from_ref(&cursor_in) as u64
+                },
+                out_batch: std::ptr::from_mut(&mut cursor_out) as u64,
+                keys: self.batch_keys.as_mut_ptr() as u64,
+                values: self.batch_values.as_mut_ptr() as u64,
+                count: u32::try_from(IN_FLIGHT_ENTRIES).expect("small"),
+                map_fd: u32::try_from(fd).expect("fds are non-negative"),
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: `attr` is the `batch` member of `union bpf_attr` (the kernel copies
+            // `size_of` bytes and zero-fills the rest). `keys` and `values` point to
+            // buffers of `count` keys (u64, the map's key) and values (InFlightEntry, the
+            // map's value, 40 bytes, repr(C)), both live and unaliased for the call; the
+            // cursors are u32 (the hash map's batch token) and live across it. The kernel
+            // writes at most `count` elements and stores how many in `attr.count`.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_MAP_LOOKUP_BATCH,
+                    std::ptr::from_mut(&mut attr),
+                    std::mem::size_of::<BatchAttr>(),
+                )
+            };
+            let err = (ret < 0).then(std::io::Error::last_os_error);
+            let n = (attr.count as usize).min(IN_FLIGHT_ENTRIES);
+            out.extend_from_slice(&self.batch_values[..n]);
+            match err {
+                None => {}
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+                Some(e) => return Err(BpfError::InFlight(e)),
+            }
+            cursor_in = cursor_out;
+            first = false;
+        }
     }
 
     /// Events the programs could not put in the ring buffer, since they were loaded.
