@@ -2,17 +2,25 @@
 /* ferry's write tracker: reports every write, discard and write-zeroes to the protected
  * disks, at submission (the range is dirty: no write goes unnoticed) and at completion
  * (the range is readable: its new content is on the device). See tracker/src/lib.rs for
- * the userspace side and the invariants; the event layout is mirrored in
- * tracker/src/event.rs.
+ * the userspace side and the invariants; the layouts are mirrored in
+ * tracker/src/sys/bpf.rs and tracker/src/event.rs.
  *
- * A submission is recorded in the in-flight map only, not in the ring buffer: userspace
- * reads the map on every poll (tracker/src/sys/bpf.rs, `in_flight`), so a write still in
- * flight is dirty from the first poll after its submission, and one that completes first
- * is reported by its COMPLETE event, which carries the same id and range. One ring record
- * per write instead of two: at 4 KiB the ring buffer was half of the tracker's cost.
- * Only a submission the map has no room for, or the entry of a bio whose completion
- * never reached BPF found when its address is reused, goes to the ring (SUBMIT,
- * FLAG_UNTRACKED): userspace resolves those by the sweep.
+ * Nothing here takes a lock, allocates, calls a helper on the common path or shares a
+ * cache line between CPUs that it does not have to: at 4 KiB writes the tracker runs
+ * twice per write, and a hash map and a ring buffer cost a tenth of the workload's IOPS.
+ *
+ * - A submission is recorded in the in-flight table only (plain arrays, slots claimed
+ *   with cmpxchg). Userspace scans the table through mmap on every poll, so a write
+ *   still in flight is dirty from the first poll after its submission.
+ * - A completion frees its slot and appends a COMPLETE record, with the same id and
+ *   range, to the log of the CPU it runs on: a write that completed between two polls is
+ *   dirty and readable from the same record. Per-CPU logs are single-producer rings in
+ *   mmapable arrays (the producer can only be interrupted by another program on its own
+ *   CPU: it reserves with cmpxchg and publishes a sequence number); userspace drains
+ *   them on a timer, so nothing wakes it per event.
+ * - Only a submission the table has no room for, or the entry of a bio whose completion
+ *   never reached BPF found when its address is reused, is logged at submission (SUBMIT,
+ *   FLAG_UNTRACKED): userspace resolves those by the sweep.
  *
  * Attach points (BTF tracepoints; fentry does not load on lockdown kernels):
  *   block_bio_queue     submission of a bio: in-flight entry keyed by bio
@@ -21,9 +29,9 @@
  *   block_bio_complete  bio-based devices, and bios that fail before becoming requests
  *
  * Completions are best effort (some never reach BPF): userspace sweeps in-flight
- * entries that age out. A ring buffer reservation that fails bumps the drop counter and
- * the per-chunk fallback counters of the range, so userspace learns where it lost
- * events. Minimum kernel: 5.16 (see kernel_types.h), BTF required. */
+ * entries that age out. A log record that cannot be reserved (the log is full) bumps the
+ * drop counter and the per-chunk fallback counters of the range, so userspace learns
+ * where it lost events. Minimum kernel: 5.16 (see kernel_types.h), BTF required. */
 
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
@@ -40,70 +48,118 @@
 #define EVENT_COMPLETE 2
 
 /* Flags in ferry_event.flags. */
-#define FLAG_UNTRACKED 1 /* submitted, but the in-flight map was full: no completion will follow */
+#define FLAG_UNTRACKED 1 /* submitted, but not followed: no completion will be logged */
 
 #define MAX_DISKS 32
 #define FALLBACK_CHUNKS 16384 /* fallback counters per disk */
 #define MAX_FALLBACK_STEPS 64 /* chunks marked per lost event; beyond: whole-disk counter */
 #define MAX_RQ_BIOS 256       /* bios walked per completed request (merges beyond: swept) */
 
-/* Config slots (array "config"). */
-#define CONFIG_WAKEUP_BYTES 0       /* wake userspace once this much is pending */
-#define CONFIG_DROP_COMPLETE_PPM 1  /* test knob: drop this many completions per million */
+/* Config slots (array "config"), set by userspace before the programs attach. */
+#define CONFIG_LOG_RECORDS 0       /* records per CPU log, a power of two */
+#define CONFIG_DROP_COMPLETE_PPM 1 /* test knob: drop this many completions per million */
 #define CONFIG_SLOTS 2
 
-struct disk_info {
+/* Protected whole disks: an open-addressed table keyed by kernel dev_t (major << 20 |
+ * minor; 0 = empty slot), filled by userspace within PROTECTED_PROBES slots of the
+ * dev's hash. Mirrored by tracker/src/sys/bpf.rs (ProtectedSlot, 12 bytes). */
+#define PROTECTED_BITS 7
+#define PROTECTED_SLOTS (1 << PROTECTED_BITS)
+#define PROTECTED_PROBES 8
+struct protected_disk {
+    __u32 dev;
     __u32 index;       /* userspace's disk number, 0..MAX_DISKS */
     __u32 chunk_shift; /* log2 of the sectors per fallback chunk */
 };
 
-/* Mirrored by tracker/src/sys/bpf.rs (InFlightEntry, 40 bytes): userspace reads it. */
+/* A write in flight. Mirrored by tracker/src/sys/bpf.rs (SLOT_*, 32 bytes): userspace
+ * reads the table on every poll, through mmap, as a seqlock reader. */
 struct inflight {
-    __u64 id;
+    __u64 id; /* 0: the slot holds no write */
     __u64 sector;
-    __u64 time_ns; /* submission */
     __u32 sectors;
     __u32 disk;
-    __u32 op;
-    __u32 chunk_shift;
+    __u32 seq; /* odd while the slot is being written */
+    __u8 op;
+    __u8 chunk_shift;
+    __u16 pad;
 };
 
-/* Mirrored by tracker/src/event.rs (40 bytes). */
+/* One record of a CPU's log. Mirrored by tracker/src/event.rs (the event, 32 bytes) and
+ * tracker/src/sys/bpf.rs (the commit word before it). */
 struct ferry_event {
     __u64 id;
     __u64 sector;
-    __u64 time_ns;
     __u32 sectors;
     __u32 disk;
     __u8 kind;
     __u8 op;
     __u8 status;
-    __u8 pad;
-    __u32 flags;
+    __u8 flags;
+    __u32 pad;
 };
 
-/* Protected whole disks: kernel dev_t (major << 20 | minor) -> disk info. */
+struct log_record {
+    __u64 commit; /* the record's sequence number + 1, written last: it is complete */
+    struct ferry_event event;
+};
+
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, MAX_DISKS);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, PROTECTED_SLOTS);
     __type(key, __u32);
-    __type(value, struct disk_info);
+    __type(value, struct protected_disk);
 } protected_disks SEC(".maps");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 << 20);
-} events SEC(".maps");
+/* The in-flight table: bio address -> what it writes. Set-associative: a bio's bucket
+ * (a hash of its address) has INFLIGHT_WAYS slots, whose keys share one cache line.
+ * A key is claimed with cmpxchg and freed at completion; plain arrays, no locks, no
+ * allocation (a hash map's insert and delete were half of the tracker's cost: its
+ * free lists migrate from the submitting CPU to the completing one). */
+#define INFLIGHT_WAYS 8
+#define INFLIGHT_BUCKET_BITS 12
+#define INFLIGHT_SLOTS ((1 << INFLIGHT_BUCKET_BITS) * INFLIGHT_WAYS) /* IN_FLIGHT_SLOTS in bpf.rs */
 
-/* bio pointer -> what it writes. */
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384); /* IN_FLIGHT_ENTRIES in tracker/src/sys/bpf.rs */
-    __type(key, __u64);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, INFLIGHT_SLOTS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, __u64); /* the bio's address; 0 = free */
+} inflight_keys SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, INFLIGHT_SLOTS);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
     __type(value, struct inflight);
 } inflight SEC(".maps");
 
-/* Events that could not be reserved. */
+/* The per-CPU logs ("events"): CPU c's records are c * records .. (c + 1) * records, records =
+ * config[CONFIG_LOG_RECORDS]. Sized by userspace at load (max_entries = CPUs x records). */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, struct log_record);
+} events SEC(".maps");
+
+/* Per CPU log positions, LOG_POS_STRIDE values each: [0] head (records reserved, this
+ * side), [LOG_POS_TAIL] tail (records consumed, userspace's), on separate cache lines.
+ * Sized by userspace at load (max_entries = CPUs x LOG_POS_STRIDE). */
+#define LOG_POS_STRIDE 16
+#define LOG_POS_TAIL 8
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, LOG_POS_STRIDE);
+    __uint(map_flags, BPF_F_MMAPABLE);
+    __type(key, __u32);
+    __type(value, __u64);
+} log_pos SEC(".maps");
+
+/* Events that could not be logged. */
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
@@ -128,17 +184,27 @@ struct {
     __type(value, __u64);
 } config SEC(".maps");
 
-/* Per-CPU submission id counters. */
+/* What each CPU keeps for itself: the submission id counter, and one scratch cell per
+ * program (see address_of). */
+#define SCRATCH_BIO_QUEUE 0
+#define SCRATCH_SPLIT 1
+#define SCRATCH_RQ_COMPLETE 2
+#define SCRATCH_BIO_COMPLETE 3
+struct cpu_local {
+    __u64 next_id;
+    __u64 scratch[4];
+};
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, 1);
     __type(key, __u32);
-    __type(value, __u64);
-} ids SEC(".maps");
+    __type(value, struct cpu_local);
+} cpu_local SEC(".maps");
 
-/* Slot 0 is unused (ids live in `ids`). Slot 1 is the epoch userspace sets at first load;
- * a restarted agent finding its epoch knows no gap opened while it was away. Slot 2 is
- * a hash of the programs, so an agent never reattaches to programs of another build. */
+/* Slot 0 is unused. Slot 1 is the epoch userspace sets at first load; a restarted agent
+ * finding its epoch knows no gap opened while it was away. Slot 2 is a hash of the
+ * programs, so an agent never reattaches to programs of another build. */
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
     __uint(max_entries, 3);
@@ -150,6 +216,25 @@ static __always_inline __u64 config_get(__u32 slot)
 {
     __u64 *v = bpf_map_lookup_elem(&config, &slot);
     return v ? *v : 0;
+}
+
+static __always_inline struct cpu_local *this_cpu(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&cpu_local, &zero);
+}
+
+/* The address `ptr` holds, as a number (0 if it cannot be had): the verifier forbids
+ * arithmetic on kernel pointers, and hashing an address needs it. A pointer stored in
+ * map memory reads back as a number; `program` picks the program's own cell (a program
+ * can be interrupted by another on its CPU, never by itself). */
+static __always_inline __u64 address_of(struct cpu_local *local, const void *ptr, __u32 program)
+{
+    if (program >= 4)
+        return 0;
+    __u64 *cell = &local->scratch[program];
+    *(const void *volatile *)cell = ptr;
+    return *(volatile __u64 *)cell;
 }
 
 static __always_inline void count_drop(void)
@@ -189,52 +274,155 @@ __noinline int mark_fallback(__u32 disk, __u32 chunk_shift, __u64 sector, __u64 
     return 0;
 }
 
-static __always_inline void submit_event(struct ferry_event *e)
+/* Appends an event for write `w` to this CPU's log; when the log is full, counts the
+ * drop and marks the fallback counters of its range instead. */
+static __always_inline void log_event(const struct inflight *w, __u8 kind, __u8 status, __u8 flags)
 {
-    __u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-    __u64 threshold = config_get(CONFIG_WAKEUP_BYTES);
-    bpf_ringbuf_submit(e, pending >= threshold ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+    __u32 cpu = bpf_get_smp_processor_id();
+    __u64 records = config_get(CONFIG_LOG_RECORDS);
+    __u32 head_key = cpu * LOG_POS_STRIDE;
+    __u32 tail_key = head_key + LOG_POS_TAIL;
+    __u64 *head = bpf_map_lookup_elem(&log_pos, &head_key);
+    __u64 *tail = bpf_map_lookup_elem(&log_pos, &tail_key);
+    if (head && tail && records) {
+        /* Only a program interrupting this one on this CPU can move the head meanwhile:
+         * a few tries always suffice. */
+        for (int i = 0; i < 4; i++) {
+            __u64 h = *(volatile __u64 *)head;
+            if (h - *(volatile __u64 *)tail >= records)
+                break; /* full */
+            __u32 at = (__u32)(cpu * records + (h & (records - 1)));
+            struct log_record *r = bpf_map_lookup_elem(&events, &at);
+            if (!r)
+                break;
+            if (__sync_val_compare_and_swap(head, h, h + 1) != h)
+                continue;
+            r->event.id = w->id;
+            r->event.sector = w->sector;
+            r->event.sectors = w->sectors;
+            r->event.disk = w->disk;
+            r->event.kind = kind;
+            r->event.op = w->op;
+            r->event.status = status;
+            r->event.flags = flags;
+            r->event.pad = 0;
+            __sync_lock_test_and_set(&r->commit, h + 1); /* publishes the record */
+            return;
+        }
+    }
+    /* Where first, then how many: userspace rescans the counters when it sees the drop
+     * count move, and must then find the chunks already marked. */
+    mark_fallback(w->disk, w->chunk_shift, w->sector, w->sectors);
+    count_drop();
 }
 
-/* Reports a submission the in-flight map cannot follow (SUBMIT, FLAG_UNTRACKED): no
- * completion will be reported for it; userspace resolves it by the sweep. */
+/* Reports a submission the in-flight table cannot follow (SUBMIT, FLAG_UNTRACKED): no
+ * completion will be logged for it; userspace resolves it by the sweep. */
 static __always_inline void report_untracked(const struct inflight *w)
 {
-    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        /* Where first, then how many: userspace rescans the counters when it sees the
-         * drop count move, and must then find the chunks already marked. */
-        mark_fallback(w->disk, w->chunk_shift, w->sector, w->sectors);
-        count_drop();
-        return;
-    }
-    e->id = w->id;
-    e->sector = w->sector;
-    e->time_ns = w->time_ns;
-    e->sectors = w->sectors;
-    e->disk = w->disk;
-    e->kind = EVENT_SUBMIT;
-    e->op = (__u8)w->op;
-    e->status = 0;
-    e->pad = 0;
-    e->flags = FLAG_UNTRACKED;
-    submit_event(e);
+    log_event(w, EVENT_SUBMIT, 0, FLAG_UNTRACKED);
 }
 
-/* Records `entry` in the in-flight map under the bio address `key`; non-zero when the
- * map has no room. An entry already there belongs to a bio whose completion never
- * reached BPF: its write is done, but userspace may not have read the entry yet, so it
- * is reported before being replaced, or the write would vanish with its entry. */
-static __always_inline int follow(__u64 key, const struct inflight *entry)
+static __always_inline __u32 bucket_of(__u64 bio)
 {
-    if (bpf_map_update_elem(&inflight, &key, entry, BPF_NOEXIST) == 0)
-        return 0;
-    struct inflight *stale = bpf_map_lookup_elem(&inflight, &key);
-    if (!stale)
+    return (__u32)((bio * 0x9E3779B97F4A7C15ULL) >> (64 - INFLIGHT_BUCKET_BITS)) * INFLIGHT_WAYS;
+}
+
+/* The slot whose key is `bio`, or -1. */
+static __always_inline int find_slot(__u64 bio)
+{
+    if (!bio)
         return -1;
-    struct inflight old = *stale;
-    report_untracked(&old);
-    return bpf_map_update_elem(&inflight, &key, entry, BPF_ANY);
+    __u32 base = bucket_of(bio);
+    for (__u32 i = 0; i < INFLIGHT_WAYS; i++) {
+        __u32 slot = base + i;
+        __u64 *key = bpf_map_lookup_elem(&inflight_keys, &slot);
+        if (key && *(volatile __u64 *)key == bio)
+            return (int)slot;
+    }
+    return -1;
+}
+
+static __always_inline struct inflight *slot_at(int slot)
+{
+    __u32 key = (__u32)slot;
+    return bpf_map_lookup_elem(&inflight, &key);
+}
+
+/* Writes `e` into slot `s` as a seqlock writer (one writer per slot at a time: a
+ * slot's submission, split and completion are causally ordered). */
+static __always_inline void slot_write(struct inflight *s, const struct inflight *e)
+{
+    __sync_fetch_and_add(&s->seq, 1);
+    s->id = e->id;
+    s->sector = e->sector;
+    s->sectors = e->sectors;
+    s->disk = e->disk;
+    s->op = e->op;
+    s->chunk_shift = e->chunk_shift;
+    __sync_fetch_and_add(&s->seq, 1);
+}
+
+/* Forgets slot `slot` (its write completed or is reported otherwise). */
+static __always_inline void slot_free(int slot)
+{
+    struct inflight *s = slot_at(slot);
+    __u32 k = (__u32)slot;
+    __u64 *key = bpf_map_lookup_elem(&inflight_keys, &k);
+    if (!s || !key)
+        return;
+    __sync_fetch_and_add(&s->seq, 1);
+    s->id = 0;
+    __sync_fetch_and_add(&s->seq, 1);
+    __sync_lock_test_and_set(key, 0);
+}
+
+/* Records `entry` in the in-flight table under the bio address `bio`; non-zero when its
+ * bucket has no room. A slot already holding `bio` belongs to a bio whose completion
+ * never reached BPF: its write is done, but userspace may not have read the slot yet,
+ * so it is reported before being replaced, or the write would vanish with its entry. */
+static __always_inline int follow(__u64 bio, const struct inflight *entry)
+{
+    if (!bio)
+        return -1;
+    int slot = find_slot(bio);
+    if (slot >= 0) {
+        struct inflight *stale = slot_at(slot);
+        if (!stale)
+            return -1;
+        struct inflight old = *stale;
+        report_untracked(&old);
+        slot_write(stale, entry);
+        return 0;
+    }
+    __u32 base = bucket_of(bio);
+    for (__u32 i = 0; i < INFLIGHT_WAYS; i++) {
+        __u32 k = base + i;
+        __u64 *key = bpf_map_lookup_elem(&inflight_keys, &k);
+        if (!key || *(volatile __u64 *)key != 0)
+            continue;
+        if (__sync_val_compare_and_swap(key, 0, bio) != 0)
+            continue; /* taken meanwhile by a program on another CPU */
+        struct inflight *s = slot_at((int)k);
+        if (!s)
+            return -1;
+        slot_write(s, entry);
+        return 0;
+    }
+    return -1;
+}
+
+/* The protected disk `dev`, or NULL: a few array loads, no hashing helper. */
+static __always_inline struct protected_disk *protected_disk(__u32 dev)
+{
+    __u32 home = (dev * 0x9E3779B1u) >> (32 - PROTECTED_BITS);
+    for (__u32 i = 0; i < PROTECTED_PROBES; i++) {
+        __u32 slot = (home + i) & (PROTECTED_SLOTS - 1);
+        struct protected_disk *d = bpf_map_lookup_elem(&protected_disks, &slot);
+        if (d && d->dev == dev)
+            return d;
+    }
+    return 0;
 }
 
 static __always_inline int is_tracked_op(__u32 op)
@@ -257,28 +445,27 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
         return 0;
     /* Key on the whole disk; bi_sector is already whole-disk relative here. */
     __u32 dev = part->bd_disk->part0->bd_dev;
-    struct disk_info *disk = bpf_map_lookup_elem(&protected_disks, &dev);
+    if (dev == 0)
+        return 0;
+    struct protected_disk *disk = protected_disk(dev);
     if (!disk)
+        return 0;
+    struct cpu_local *local = this_cpu();
+    if (!local)
         return 0;
 
     /* Ids from a per-CPU counter (no cache line shared between CPUs), tagged with the
      * CPU in the top bits: unique, and never near the userspace synthetic ids. */
-    __u32 zero = 0;
-    __u64 *counter = bpf_map_lookup_elem(&ids, &zero);
-    if (!counter)
-        return 0;
     __u64 cpu = bpf_get_smp_processor_id();
     struct inflight entry = {
-        .id = (cpu << 40) | ++*counter,
+        .id = (cpu << 40) | ++local->next_id,
         .sector = bio->bi_iter.bi_sector,
-        .time_ns = bpf_ktime_get_ns(),
         .sectors = sectors,
         .disk = disk->index,
-        .op = op,
-        .chunk_shift = disk->chunk_shift,
+        .op = (__u8)op,
+        .chunk_shift = (__u8)disk->chunk_shift,
     };
-    __u64 key = (__u64)bio;
-    if (follow(key, &entry) != 0)
+    if (follow(address_of(local, bio, SCRATCH_BIO_QUEUE), &entry) != 0)
         report_untracked(&entry); /* no room to follow it: no completion will follow */
     return 0;
 }
@@ -289,8 +476,13 @@ int BPF_PROG(ferry_bio_queue, struct bio *bio)
 SEC("tp_btf/block_split")
 int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
 {
-    __u64 parent_key = (__u64)split->bi_private;
-    struct inflight *parent = bpf_map_lookup_elem(&inflight, &parent_key);
+    struct cpu_local *local = this_cpu();
+    if (!local)
+        return 0;
+    int parent_slot = find_slot(address_of(local, split->bi_private, SCRATCH_SPLIT));
+    if (parent_slot < 0)
+        return 0;
+    struct inflight *parent = slot_at(parent_slot);
     if (!parent)
         return 0;
     __u64 end = parent->sector + parent->sectors;
@@ -298,14 +490,13 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
     front.sector = split->bi_iter.bi_sector;
     front.sectors = split->bi_iter.bi_size >> 9;
     __u64 rest = front.sector + front.sectors;
-    __u64 split_key = (__u64)split;
-    if (follow(split_key, &front) != 0) {
+    if (follow(address_of(local, split, SCRATCH_SPLIT), &front) != 0) {
         /* Neither part can be followed now: forget the parent too, so that no
          * completion makes the front readable while it is in flight, and report the
          * whole write as untracked (userspace may not have read the entry yet): it stays
          * open in userspace and is resolved by the sweep, as suspect. */
         struct inflight whole = *parent;
-        bpf_map_delete_elem(&inflight, &parent_key);
+        slot_free(parent_slot);
         if (front.sector < whole.sector)
             whole.sector = front.sector;
         whole.sectors = (__u32)(end - whole.sector);
@@ -313,17 +504,21 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
         return 0;
     }
     if (rest > parent->sector && rest < end) {
-        parent->sectors = (__u32)(end - rest);
-        parent->sector = rest;
+        struct inflight back = *parent;
+        back.sectors = (__u32)(end - rest);
+        back.sector = rest;
+        slot_write(parent, &back);
     }
     return 0;
 }
 
-/* Completes the in-flight bio `bio` (its address is the in-flight key). */
-static __always_inline void complete_bio(struct bio *bio, __u32 status)
+/* Completes the in-flight bio at address `bio`. */
+static __always_inline void complete_bio(__u64 bio, __u32 status)
 {
-    __u64 key = (__u64)bio;
-    struct inflight *entry = bpf_map_lookup_elem(&inflight, &key);
+    int slot = find_slot(bio);
+    if (slot < 0)
+        return;
+    struct inflight *entry = slot_at(slot);
     if (!entry)
         return;
     /* Test knob: behave as if this completion never reached BPF (the entry stays; the
@@ -332,34 +527,20 @@ static __always_inline void complete_bio(struct bio *bio, __u32 status)
     if (drop_ppm && (bpf_get_prandom_u32() % 1000000) < drop_ppm)
         return;
     struct inflight done = *entry;
-    bpf_map_delete_elem(&inflight, &key);
-
-    struct ferry_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        /* The id stays open in userspace and is swept; the fallback says where too. */
-        mark_fallback(done.disk, done.chunk_shift, done.sector, done.sectors);
-        count_drop();
-        return;
-    }
-    e->id = done.id;
-    e->sector = done.sector;
-    e->time_ns = done.time_ns; /* when it was submitted: one clock read per write */
-    e->sectors = done.sectors;
-    e->disk = done.disk;
-    e->kind = EVENT_COMPLETE;
-    e->op = (__u8)done.op;
-    e->status = (__u8)status;
-    e->pad = 0;
-    e->flags = 0;
-    submit_event(e);
+    slot_free(slot);
+    /* Lost (log full): the id stays open in userspace and is swept; the fallback says
+     * where too. */
+    log_event(&done, EVENT_COMPLETE, (__u8)status, 0);
 }
 
 SEC("tp_btf/block_rq_complete")
 int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned int nr_bytes)
 {
+    struct cpu_local *local = this_cpu();
+    if (!local)
+        return 0;
     /* Bios complete in order; walk those that nr_bytes covers entirely. Plain loads
-     * through the BTF pointers (no probe-read helper calls: they were a fifth of this
-     * program's cost). */
+     * through the BTF pointers (no probe-read helper calls). */
     struct bio *bio = rq->bio;
     __u64 remaining = nr_bytes;
     for (int i = 0; i < MAX_RQ_BIOS && bio; i++) {
@@ -368,7 +549,7 @@ int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned
             break;
         remaining -= size;
         struct bio *next = bio->bi_next;
-        complete_bio(bio, error);
+        complete_bio(address_of(local, bio, SCRATCH_RQ_COMPLETE), error);
         bio = next;
     }
     return 0;
@@ -377,7 +558,10 @@ int BPF_PROG(ferry_rq_complete, struct request *rq, blk_status_t error, unsigned
 SEC("tp_btf/block_bio_complete")
 int BPF_PROG(ferry_bio_complete, struct request_queue *q, struct bio *bio)
 {
-    complete_bio(bio, bio->bi_status);
+    struct cpu_local *local = this_cpu();
+    if (!local)
+        return 0;
+    complete_bio(address_of(local, bio, SCRATCH_BIO_COMPLETE), bio->bi_status);
     return 0;
 }
 

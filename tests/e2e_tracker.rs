@@ -1,5 +1,5 @@
 //! The write tracker on real loop devices (root): every write is reported and nothing
-//! else; readable means readable (the race test); lost completions, a full ring buffer
+//! else; readable means readable (the race test); lost completions, a full event log
 //! and agent restarts never lose a write; gaps are reported.
 
 mod support;
@@ -292,8 +292,7 @@ fn race(read_at_submission: bool, bursts: u32) -> u32 {
     // Few enough IOPS that most writes wait (blk-throttle lets a slice's budget through
     // at once, ~iops/10 writes).
     let slow = SlowWrites::new(&backing, 60);
-    let mut c = config(&[&disk]);
-    c.wakeup_bytes = 0; // wake the reader on every event
+    let c = config(&[&disk]);
     let mut t = Tracker::start(c).expect("attaching the tracker");
     let reader = open_direct(&disk.path);
     let mut block = AlignedBuf::new(4096);
@@ -418,13 +417,13 @@ fn lost_completions_end_readable_and_suspect_and_nothing_is_lost() {
 }
 
 #[test]
-fn a_full_ring_buffer_is_counted_and_the_fallback_covers_every_write() {
+fn a_full_event_log_is_counted_and_the_fallback_covers_every_write() {
     require_root("the write tracker");
     let dir = tempfile::tempdir().unwrap();
     let size = 512u64 << 20;
     let disk = loop_disk(dir.path(), "disk.img", size);
     let mut c = config(&[&disk]);
-    c.ring_bytes = 4096; // ~100 events
+    c.log_records = 32; // per CPU
     let mut t = Tracker::start(c).expect("attaching the tracker");
     let mut rng = Rng(99);
     // Nobody drains while these are written.
@@ -433,7 +432,7 @@ fn a_full_ring_buffer_is_counted_and_the_fallback_covers_every_write() {
     let stats = t.stats().unwrap();
     assert!(
         stats.drops > 0,
-        "a 4 KiB ring took 2000 completions without a drop: {stats:?}"
+        "logs of 32 records per CPU took 2000 completions without a drop: {stats:?}"
     );
     assert!(
         stats.counters.fallback_ranges > 0,

@@ -25,6 +25,7 @@ fn main() {
                 "-g",
                 "-target",
                 "bpf",
+                "-mcpu=v3", // atomics (cmpxchg, xchg) on the in-flight table and logs
                 "-D__TARGET_ARCH_x86",
                 "-Wall",
                 "-Werror",

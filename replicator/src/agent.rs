@@ -1,7 +1,7 @@
 //! The agent: continuous replication of a protected server's disks to its standby.
 //!
 //! ```text
-//!  tracker thread   every 20 ms: drain the BPF ring buffer into the TrackState
+//!  tracker thread   every 20 ms: drain the BPF per-CPU event logs into the TrackState
 //!                   (dirty map with generations, writes in flight, suspect ranges)
 //!  shipper (run)    pick dirty extents (≤ 1 MiB; not in flight; not already shipping)
 //!                   with the generation of the moment they were picked
@@ -1218,7 +1218,7 @@ pub fn request_point(socket: &std::path::Path, timeout: Duration) -> std::io::Re
     serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// The tracker thread: drains the ring buffer into the state every 20 ms.
+/// The tracker thread: drains the tracker's event logs into the state every 20 ms.
 fn drain_loop(tracker: &Mutex<Tracker>, stop: &AtomicBool) {
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20));

@@ -108,7 +108,7 @@ pub struct Status {
     pub records_sent: u64,
     pub acked_seq: u64,
     pub last_ack_unix_ms: u64,
-    /// Events the ring buffer could not take (each leads to a catch-up of its range).
+    /// Events the tracker's logs could not take (each leads to a catch-up of its range).
     pub drops: u64,
     /// Catch-ups started after a tracking gap (see each disk's `last_catch_up`).
     pub catch_ups: u64,

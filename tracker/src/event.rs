@@ -1,30 +1,32 @@
-//! The events the BPF programs send through the ring buffer, as userspace reads them.
+//! The events the BPF programs log (per CPU), as userspace reads them.
 //!
-//! One COMPLETE per write (per part, for a split one). Submissions are not sent: they
-//! are read from the programs' in-flight map on every poll
-//! ([`crate::sys::bpf::InFlightEntry`]); a SUBMIT event comes only for a write that map
-//! had no room for (untracked).
+//! One COMPLETE per write (per part, for a split one). Submissions are not logged: they
+//! are read from the programs' in-flight table on every poll
+//! ([`crate::sys::bpf::InFlightEntry`]); a SUBMIT event comes only for a write that table
+//! could not follow (untracked).
 //!
-//! Layout (`struct ferry_event` in `ebpf/tracker.bpf.c`; native endian, 40 bytes):
+//! Layout (`struct ferry_event` in `ebpf/tracker.bpf.c`; native endian, 32 bytes):
 //!
 //! ```text
 //!  0   u64 id        submission id (a split bio's parts share their parent's)
 //!  8   u64 sector    first 512-byte sector, whole-disk relative
-//!  16  u64 time_ns   submission time, CLOCK_MONOTONIC (bpf_ktime_get_ns)
-//!  24  u32 sectors   length in sectors (> 0)
-//!  28  u32 disk      the disk's index, as userspace registered it
-//!  32  u8  kind      1 submit (untracked only), 2 complete
-//!  33  u8  op        1 write, 3 discard, 5 secure erase, 9 write-zeroes
-//!  34  u8  status    completion: blk_status_t (0 = success)
-//!  35  u8  pad
-//!  36  u32 flags     bit 0: untracked (in-flight map full; no completion will follow)
+//!  16  u32 sectors   length in sectors (> 0)
+//!  20  u32 disk      the disk's index, as userspace registered it
+//!  24  u8  kind      1 submit (untracked only), 2 complete
+//!  25  u8  op        1 write, 3 discard, 5 secure erase, 9 write-zeroes
+//!  26  u8  status    completion: blk_status_t (0 = success)
+//!  27  u8  flags     bit 0: untracked (not followed; no completion will be logged)
+//!  28  u32 pad
 //! ```
+//!
+//! The programs read no clock (a tenth of their cost): userspace dates an event by when
+//! it read it, which is what the sweep needs.
 
 use crate::range::ByteRange;
 use ferry_wire::DiskId;
 
 /// Size of one event record.
-pub const EVENT_LEN: usize = 40;
+pub const EVENT_LEN: usize = 32;
 
 /// Bytes per sector, as the block layer counts.
 pub const SECTOR: u64 = 512;
@@ -77,10 +79,11 @@ pub struct Event {
     pub range: ByteRange,
     pub op: Op,
     pub kind: Kind,
-    pub time_ns: u64,
+    /// When userspace read it (CLOCK_MONOTONIC ns).
+    pub seen_ns: u64,
 }
 
-/// Why a ring buffer record was not an event (a BPF/userspace version mismatch).
+/// Why a log record was not an event (a BPF/userspace version mismatch).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     #[error("event record of {0} bytes (expected {EVENT_LEN})")]
@@ -102,12 +105,12 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 impl Event {
-    /// Decodes one ring buffer record.
-    pub fn parse(b: &[u8]) -> Result<Event, EventError> {
+    /// Decodes one log record's event, read at `seen_ns`.
+    pub fn parse(b: &[u8], seen_ns: u64) -> Result<Event, EventError> {
         if b.len() != EVENT_LEN {
             return Err(EventError::Length(b.len()));
         }
-        let (sector, sectors) = (u64_at(b, 8), u32_at(b, 24));
+        let (sector, sectors) = (u64_at(b, 8), u32_at(b, 16));
         let range = sector
             .checked_mul(SECTOR)
             .and_then(|start| {
@@ -115,21 +118,21 @@ impl Event {
                 Some(ByteRange::new(start, end))
             })
             .ok_or(EventError::Range { sector, sectors })?;
-        let flags = u32_at(b, 36);
-        let kind = match b[32] {
+        let flags = b[27];
+        let kind = match b[24] {
             1 => Kind::Submit {
                 untracked: flags & 1 != 0,
             },
-            2 => Kind::Complete { status: b[34] },
+            2 => Kind::Complete { status: b[26] },
             k => return Err(EventError::Kind(k)),
         };
         Ok(Event {
             id: u64_at(b, 0),
-            disk: DiskId(u32_at(b, 28)),
+            disk: DiskId(u32_at(b, 20)),
             range,
-            op: Op::from_byte(b[33]).ok_or(EventError::Op(b[33]))?,
+            op: Op::from_byte(b[25]).ok_or(EventError::Op(b[25]))?,
             kind,
-            time_ns: u64_at(b, 16),
+            seen_ns,
         })
     }
 }
@@ -139,11 +142,10 @@ pub(crate) fn encode(e: &Event) -> [u8; EVENT_LEN] {
     let mut b = [0u8; EVENT_LEN];
     b[0..8].copy_from_slice(&e.id.to_ne_bytes());
     b[8..16].copy_from_slice(&(e.range.start / SECTOR).to_ne_bytes());
-    b[16..24].copy_from_slice(&e.time_ns.to_ne_bytes());
     let sectors = u32::try_from(e.range.len() / SECTOR).expect("test ranges are small");
-    b[24..28].copy_from_slice(&sectors.to_ne_bytes());
-    b[28..32].copy_from_slice(&e.disk.0.to_ne_bytes());
-    b[33] = match e.op {
+    b[16..20].copy_from_slice(&sectors.to_ne_bytes());
+    b[20..24].copy_from_slice(&e.disk.0.to_ne_bytes());
+    b[25] = match e.op {
         Op::Write => 1,
         Op::Discard => 3,
         Op::SecureErase => 5,
@@ -151,12 +153,12 @@ pub(crate) fn encode(e: &Event) -> [u8; EVENT_LEN] {
     };
     match e.kind {
         Kind::Submit { untracked } => {
-            b[32] = 1;
-            b[36] = u8::from(untracked);
+            b[24] = 1;
+            b[27] = u8::from(untracked);
         }
         Kind::Complete { status } => {
-            b[32] = 2;
-            b[34] = status;
+            b[24] = 2;
+            b[26] = status;
         }
     }
     b
@@ -174,18 +176,18 @@ mod tests {
             range: ByteRange::new(4096, 4096 + 8 * 512),
             op: Op::WriteZeroes,
             kind: Kind::Submit { untracked: true },
-            time_ns: 99,
+            seen_ns: 99,
         };
-        assert_eq!(Event::parse(&encode(&e)).unwrap(), e);
+        assert_eq!(Event::parse(&encode(&e), 99).unwrap(), e);
         let mut b = encode(&e);
-        b[32] = 7;
-        assert_eq!(Event::parse(&b), Err(EventError::Kind(7)));
-        b[32] = 1;
-        b[33] = 2;
-        assert_eq!(Event::parse(&b), Err(EventError::Op(2)));
-        assert_eq!(Event::parse(&b[..39]), Err(EventError::Length(39)));
-        b[33] = 1;
+        b[24] = 7;
+        assert_eq!(Event::parse(&b, 0), Err(EventError::Kind(7)));
+        b[24] = 1;
+        b[25] = 2;
+        assert_eq!(Event::parse(&b, 0), Err(EventError::Op(2)));
+        assert_eq!(Event::parse(&b[..31], 0), Err(EventError::Length(31)));
+        b[25] = 1;
         b[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
-        assert!(matches!(Event::parse(&b), Err(EventError::Range { .. })));
+        assert!(matches!(Event::parse(&b, 0), Err(EventError::Range { .. })));
     }
 }

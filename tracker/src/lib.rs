@@ -1,7 +1,7 @@
 //! ferry's kernel write tracker: which bytes of the protected disks changed, and when a
 //! change became readable — with every hole in that knowledge detected (DESIGN.md I3, I4).
 //!
-//! - [`event`]: the ring buffer records of the BPF programs in `ebpf/`.
+//! - [`event`]: the event records the BPF programs in `ebpf/` log per CPU.
 //! - [`range`], [`dirty`]: byte ranges and the per-disk dirty map with generations (I1).
 //! - [`inflight`], [`state`]: submissions waiting for completion, and the state machine
 //!   that turns events into dirty, readable and suspect ranges.

@@ -9,7 +9,7 @@
 //! - A completion, of any status, marks its range dirty again with a newer generation
 //!   (so a read that began earlier cannot clear it) and takes it out of flight: readable.
 //!   A failed write is read too: the device holds whatever the failure left.
-//! - A range lost to a full ring buffer (known from the fallback counters) is marked dirty
+//! - A range lost to a full event log (known from the fallback counters) is marked dirty
 //!   and in flight as of when the loss was seen, so it becomes readable only after the
 //!   sweep age, as suspect.
 //! - An entry older than the sweep age becomes readable as suspect.
@@ -120,7 +120,7 @@ impl TrackState {
                 // was replaced); the parts already in flight stay so.
                 if !self.inflight.add_piece(e.id, e.range) && !self.inflight.contains(e.id) {
                     self.counters.submitted += 1;
-                    self.inflight.submit(e.id, e.disk, e.range, e.time_ns);
+                    self.inflight.submit(e.id, e.disk, e.range, e.seen_ns);
                 }
                 Ok(None)
             }
@@ -285,7 +285,7 @@ mod tests {
             range: ByteRange::new(start, end),
             op: Op::Write,
             kind,
-            time_ns: t,
+            seen_ns: t,
         }
     }
 

@@ -2,7 +2,7 @@
 //! feeding the [`TrackState`], with the checks that turn every hole in the event stream
 //! into something the replicator acts on (DESIGN.md I3):
 //!
-//! - lost events (ring buffer full): the fallback counters say which chunks; they become
+//! - lost events (a CPU's log full): the fallback counters say which chunks; they become
 //!   dirty and unresolved, readable after the sweep age, suspect;
 //! - lost completions: the sweep;
 //! - a whole-disk fallback counter moving, programs loaded fresh while a previous agent
@@ -33,10 +33,10 @@ pub struct TrackerConfig {
     pub pin_dir: Option<PathBuf>,
     /// Save the dirty map here on [`Tracker::stop`], restore it on start.
     pub state_file: Option<PathBuf>,
-    /// Ring buffer size; default 16 MiB (400k events), a power of two ≥ 4 KiB.
-    pub ring_bytes: u32,
-    /// Pending bytes that wake the drainer early; default 256 KiB.
-    pub wakeup_bytes: u64,
+    /// Records in each CPU's event log (40 bytes each), rounded up to a power of two;
+    /// default 32768 (1.25 MiB per CPU: 130 ms of 250k completions per second on one
+    /// CPU, where the agent drains every 20 ms).
+    pub log_records: u32,
     /// A write not seen completing within this is resolved by the sweep; default 5 s.
     pub sweep_after: Duration,
 }
@@ -47,8 +47,7 @@ impl TrackerConfig {
             devices,
             pin_dir: None,
             state_file: None,
-            ring_bytes: 16 << 20,
-            wakeup_bytes: 256 << 10,
+            log_records: 32768,
             sweep_after: Duration::from_secs(5),
         }
     }
@@ -159,8 +158,7 @@ impl Tracker {
             None => (None, None),
         };
         let (bpf, origin) = Bpf::open(&LoadOptions {
-            ring_bytes: config.ring_bytes,
-            wakeup_bytes: config.wakeup_bytes,
+            log_records: config.log_records,
             pin_dir: config.pin_dir.clone(),
         })?;
         let n = devices.len();
@@ -364,16 +362,21 @@ impl Tracker {
         Ok(self.bpf.drop_completions_ppm(ppm)?)
     }
 
-    /// Waits up to `timeout` for events, applies them, checks for losses and sweeps.
+    /// Sleeps `wait` (the programs wake nobody: their logs are read on a timer, and a
+    /// caller polling every few milliseconds bounds the report latency), then applies
+    /// what the programs logged, reads the in-flight table, checks for losses and sweeps.
     /// Returns what was submitted and what became readable by completion, in order.
-    pub fn poll(&mut self, timeout: Duration) -> Result<Polled, TrackerError> {
-        self.bpf.wait(timeout)?;
+    pub fn poll(&mut self, wait: Duration) -> Result<Polled, TrackerError> {
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let now = monotonic_ns();
         let mut raw = Vec::new();
-        self.bpf.drain(|bytes| raw.push(Event::parse(bytes)));
+        self.bpf.drain(|bytes| raw.push(Event::parse(bytes, now)));
         let mut polled = Polled::default();
         for event in raw {
             self.events += 1;
-            // Never stop half way: the batch is already out of the ring buffer.
+            // Never stop half way: the batch is already out of the logs.
             let event = match event {
                 Ok(e) => e,
                 Err(e) => {
@@ -398,11 +401,11 @@ impl Tracker {
                 Err(UnknownDisk(_)) => self.counters_malformed += 1,
             }
         }
-        // Submissions: the in-flight map, read after the ring buffer, so that a write
-        // whose completion was just applied is not taken for a new one (its entry is
-        // deleted before its COMPLETE event is written).
+        // Submissions: the in-flight table, read after the logs, so that a write whose
+        // completion was just applied is not taken for a new one (its slot is freed
+        // before its COMPLETE event is logged).
         self.mapped.clear();
-        self.bpf.in_flight(&mut self.mapped)?;
+        self.bpf.in_flight(&mut self.mapped);
         for m in &self.mapped {
             let disk = DiskId(m.disk);
             let range = m.sector.checked_mul(SECTOR).and_then(|start| {
@@ -414,7 +417,7 @@ impl Tracker {
                 continue;
             };
             // Err: a disk no longer protected; its events are counted as they come.
-            if let Ok(true) = self.state.seen_in_flight(m.id, disk, range, m.time_ns) {
+            if let Ok(true) = self.state.seen_in_flight(m.id, disk, range, now) {
                 polled.submitted.push((disk, range));
             }
         }

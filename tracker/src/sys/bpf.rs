@@ -3,21 +3,26 @@
 //! Fresh load: the object built from `ebpf/tracker.bpf.c` is loaded with BTF
 //! (CO-RE relocations against /sys/kernel/btf/vmlinux), its four programs attached to
 //! the block tracepoints. With a pin directory, every map and link is pinned there, so
-//! the programs stay attached and keep filling the ring buffer while no agent runs; a
+//! the programs stay attached and keep filling their logs while no agent runs; a
 //! later [`Bpf::open`] finds the pinned links and reattaches to the same maps instead of
 //! loading again. Without one, everything detaches when the [`Bpf`] drops.
 //!
 //! Pin layout (`DIR` = e.g. `/sys/fs/bpf/ferry`): `DIR/maps/<map>`, `DIR/links/<program>`.
-//! Minimum kernel: 5.16 with BTF (tp_btf programs, ring buffers, mmapable arrays).
+//! Minimum kernel: 5.16 with BTF (tp_btf programs, BPF atomics, mmapable arrays).
+//!
+//! Userspace reads the programs' in-flight table and per-CPU logs through shared memory
+//! (mmap), with no system call per poll; the layouts are `SLOT_*` and `RECORD_*` here,
+//! `struct inflight` and `struct log_record` in the C program.
 
 use super::blockdev::KernelDev;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf};
+use crate::event::EVENT_LEN;
+use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::BtfTracePoint;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker.bpf.o"));
 
@@ -28,10 +33,12 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("ferry_rq_complete", "block_rq_complete"),
     ("ferry_bio_complete", "block_bio_complete"),
 ];
-const MAPS: [&str; 8] = [
-    "ids",
+const MAPS: [&str; 10] = [
+    "cpu_local",
     "protected_disks",
     "events",
+    "log_pos",
+    "inflight_keys",
     "inflight",
     "drops",
     "fallback",
@@ -39,17 +46,23 @@ const MAPS: [&str; 8] = [
     "state",
 ];
 
-/// Capacity of the in-flight map (`inflight` in the C program).
-const IN_FLIGHT_ENTRIES: usize = 16384;
-/// `BPF_MAP_LOOKUP_BATCH` (include/uapi/linux/bpf.h, kernel 5.6).
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Slots of the in-flight table (`INFLIGHT_SLOTS` in the C program).
+const IN_FLIGHT_SLOTS: usize = 32768;
+/// Slots of the protected disk table and how far from its home slot a disk may sit
+/// (`PROTECTED_*`).
+const PROTECTED_BITS: u32 = 7;
+const PROTECTED_SLOTS: u32 = 1 << PROTECTED_BITS;
+const PROTECTED_PROBES: u32 = 8;
+/// Values per CPU in `log_pos`, and where the tail is among them (`LOG_POS_*`).
+const LOG_POS_STRIDE: usize = 16;
+const LOG_POS_TAIL: usize = 8;
 
 /// Most disks one tracker protects (`MAX_DISKS` in the C program).
 pub const MAX_DISKS: u32 = 32;
 /// Fallback counters per disk (`FALLBACK_CHUNKS`), plus one whole-disk counter.
 pub const FALLBACK_CHUNKS: u32 = 16384;
 /// Config slots (`CONFIG_*`).
-const CONFIG_WAKEUP_BYTES: u32 = 0;
+const CONFIG_LOG_RECORDS: u32 = 0;
 const CONFIG_DROP_COMPLETE_PPM: u32 = 1;
 /// State slots: 1 the epoch, 2 a hash of the programs (0 is unused).
 const STATE_EPOCH: u32 = 1;
@@ -62,49 +75,55 @@ fn programs_hash() -> u64 {
 }
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// What the BPF side knows of a protected disk (`struct disk_info`).
+/// What the BPF side knows of a protected disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
 pub struct DiskInfo {
     pub index: u32,
     /// log2 of the sectors per fallback chunk.
     pub chunk_shift: u32,
 }
 
-// SAFETY: DiskInfo is repr(C), two u32 with no padding, valid for every bit pattern.
-unsafe impl Pod for DiskInfo {}
-
-/// A write in flight, as the programs record it at submission (`struct inflight`).
+/// A slot of the protected disk table (`struct protected_disk`); `dev` 0 is empty.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C)]
+struct ProtectedSlot {
+    dev: u32,
+    index: u32,
+    chunk_shift: u32,
+}
+
+// SAFETY: ProtectedSlot is repr(C), three u32 with no padding, valid for every bit
+// pattern.
+unsafe impl Pod for ProtectedSlot {}
+
+/// The slot a disk's search starts at (`protected_disk` in the C program).
+fn protected_home(dev: u32) -> u32 {
+    dev.wrapping_mul(0x9E37_79B1) >> (32 - PROTECTED_BITS)
+}
+
+/// A write in flight, as the programs record it at submission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct InFlightEntry {
     /// The submission id (CPU << 40 | a per-CPU count), also in its COMPLETE event.
     pub id: u64,
     /// First sector, whole-disk relative.
     pub sector: u64,
-    /// When it was submitted (CLOCK_MONOTONIC ns).
-    pub time_ns: u64,
     pub sectors: u32,
     /// Userspace's disk number.
     pub disk: u32,
-    pub op: u32,
-    pub chunk_shift: u32,
 }
 
-const _: () = assert!(std::mem::size_of::<InFlightEntry>() == 40);
-
-/// The `batch` member of `union bpf_attr`.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
+/// Byte offsets in a slot of the in-flight table (`struct inflight`, 32 bytes): id,
+/// sector (u64), sectors, disk, seq (u32), op, chunk_shift (u8), pad.
+const SLOT_BYTES: usize = 32;
+const SLOT_ID: usize = 0;
+const SLOT_SECTOR: usize = 8;
+const SLOT_SECTORS: usize = 16;
+const SLOT_DISK: usize = 20;
+const SLOT_SEQ: usize = 24;
+/// A log record (`struct log_record`): the commit word (sequence number + 1, written
+/// last), then the event ([`crate::event`]).
+const RECORD_BYTES: usize = 8 + EVENT_LEN;
 
 /// Why the BPF side could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -144,12 +163,18 @@ pub enum BpfError {
     },
     #[error("the BPF object has no {0}: programs and loader are out of step")]
     Missing(&'static str),
-    #[error("polling the ring buffer")]
-    Poll(#[source] nix::Error),
-    #[error("reading the in-flight map")]
-    InFlight(#[source] std::io::Error),
-    #[error("mapping the fallback counters")]
-    Mmap(#[source] std::io::Error),
+    #[error(
+        "the protected disk table has no free slot near disk {dev:#x}'s place (too many disks whose numbers collide)"
+    )]
+    ProtectedFull { dev: u32 },
+    #[error("counting the CPUs for the tracker's logs ({0})")]
+    Cpus(String),
+    #[error("mapping BPF map {name} into memory")]
+    Mmap {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> BpfError {
@@ -176,87 +201,107 @@ pub enum Origin {
 /// Options for loading.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Ring buffer size in bytes (a power of two multiple of the page size).
-    pub ring_bytes: u32,
-    /// Wake userspace once this many bytes of events are pending (else it wakes on its
-    /// own poll timeout).
-    pub wakeup_bytes: u64,
+    /// Records in each CPU's log (a power of two).
+    pub log_records: u32,
     /// Pin maps and links here (a directory on bpffs), or detach on drop.
     pub pin_dir: Option<PathBuf>,
 }
 
-/// The fallback counters, mapped read-only into this process.
+/// A BPF array created with `BPF_F_MMAPABLE`, mapped shared into this process. The
+/// programs change it concurrently, so it is only ever read with atomic loads.
 #[derive(Debug)]
-struct FallbackView {
-    ptr: *const u64,
-    len: usize,
+struct Mapped {
+    ptr: *mut u8,
+    bytes: usize,
 }
 
-impl FallbackView {
-    fn map(fd: std::os::fd::BorrowedFd<'_>) -> Result<Self, BpfError> {
-        let len = (MAX_DISKS * (FALLBACK_CHUNKS + 1)) as usize;
-        let bytes = len * std::mem::size_of::<u64>();
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, read-only and shared;
-        // `bytes` is its whole value area (u64 values are not padded). The mapping lives
-        // until `Drop` unmaps it and is only read through `counter`.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                0,
-            )
+impl Mapped {
+    /// Maps the first `bytes` of map `name`'s values (read-only unless `writable`).
+    fn map(
+        name: &'static str,
+        data: &MapData,
+        bytes: usize,
+        writable: bool,
+    ) -> Result<Self, BpfError> {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&data.fd().as_fd());
+        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, shared; `bytes` is at
+        // most its value area (the caller sizes it from the map's definition). The
+        // mapping lives until `Drop` unmaps it and is only accessed through `atomic_u64`
+        // and `atomic_u32`.
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
         };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
-            return Err(BpfError::Mmap(std::io::Error::last_os_error()));
+            return Err(BpfError::Mmap {
+                name,
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(Self {
             ptr: ptr.cast(),
-            len,
+            bytes,
         })
     }
 
-    fn counter(&self, index: usize) -> u64 {
-        assert!(index < self.len, "fallback index {index} out of range");
-        // SAFETY: in bounds (checked above) of a live mapping, 8-byte aligned (mmap is
-        // page aligned, values are u64); the kernel only updates it atomically, so an
-        // atomic load is the right way to read it. Nothing here writes through it.
-        let counter =
-            unsafe { std::sync::atomic::AtomicU64::from_ptr(self.ptr.add(index).cast_mut()) };
-        counter.load(std::sync::atomic::Ordering::Acquire)
+    /// The u64 at byte `offset`. Stores only through a writable mapping.
+    fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.bytes,
+            "offset {offset}"
+        );
+        // SAFETY: in bounds and 8-byte aligned (checked above; the mapping is page
+        // aligned) within a mapping that lives as long as `self`; the programs change it
+        // concurrently, so it is only accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.ptr.add(offset).cast()) }
+    }
+
+    fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.bytes,
+            "offset {offset}"
+        );
+        // SAFETY: as in `atomic_u64`, 4-byte aligned.
+        unsafe { AtomicU32::from_ptr(self.ptr.add(offset).cast()) }
+    }
+
+    fn u64_at(&self, offset: usize) -> u64 {
+        self.atomic_u64(offset).load(Ordering::Acquire)
+    }
+
+    fn u32_at(&self, offset: usize) -> u32 {
+        self.atomic_u32(offset).load(Ordering::Acquire)
     }
 }
 
-impl Drop for FallbackView {
+impl Drop for Mapped {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`.
-        unsafe {
-            libc::munmap(
-                self.ptr.cast_mut().cast(),
-                self.len * std::mem::size_of::<u64>(),
-            )
-        };
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 
-// SAFETY: the mapping is read-only and only read with volatile loads; sharing the pointer
+// SAFETY: the mapping is shared memory only accessed with atomics; sharing the pointer
 // across threads is as safe as sharing the map's fd.
-unsafe impl Send for FallbackView {}
+unsafe impl Send for Mapped {}
 
 /// The loaded (or reattached) tracker programs and their maps.
 pub struct Bpf {
-    events: RingBuf<MapData>,
-    inflight: MapData,
-    /// Reused buffers for [`Bpf::in_flight`].
-    batch_keys: Vec<u64>,
-    batch_values: Vec<InFlightEntry>,
-    protected: HashMap<MapData, u32, DiskInfo>,
+    /// The per-CPU logs and their positions (head, tail per CPU).
+    events: Mapped,
+    log_pos: Mapped,
+    cpus: usize,
+    log_records: usize,
+    /// The in-flight table's keys (bio addresses, 0 = free) and slots.
+    inflight_keys: Mapped,
+    inflight: Mapped,
+    protected: Array<MapData, ProtectedSlot>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, u64>,
     state: Array<MapData, u64>,
-    fallback: FallbackView,
+    fallback: Mapped,
     /// Holds the links of an unpinned load: dropping it detaches.
     _ebpf: Option<Ebpf>,
     /// The pinned programs' links, held open while this process runs: removing the
@@ -304,11 +349,27 @@ impl Bpf {
 
     fn load(options: &LoadOptions) -> Result<Self, BpfError> {
         let btf = Btf::from_sys_fs().map_err(BpfError::NoBtf)?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(what, e)| BpfError::Cpus(format!("{what}: {e}")))?;
+        let log_records = options.log_records.max(2).next_power_of_two();
+        let entries = |per_cpu: usize| {
+            u32::try_from(cpus * per_cpu).map_err(|_| BpfError::Cpus(format!("{cpus} CPUs")))
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .map_max_entries("events", options.ring_bytes)
+            .map_max_entries("events", entries(log_records as usize)?)
+            .map_max_entries("log_pos", entries(LOG_POS_STRIDE)?)
             .load(OBJECT)
             .map_err(BpfError::Load)?;
+        // Before the programs attach: they log nothing while this is 0.
+        let mut config: Array<_, u64> = ebpf
+            .map_mut("config")
+            .ok_or(BpfError::Missing("config"))?
+            .try_into()
+            .map_err(map_err("config"))?;
+        config
+            .set(CONFIG_LOG_RECORDS, u64::from(log_records), 0)
+            .map_err(map_err("config"))?;
         let mut links = Vec::new();
         let mut held = Vec::new();
         for (program, tracepoint) in PROGRAMS {
@@ -356,29 +417,21 @@ impl Bpf {
             ebpf.take_map(name).ok_or(BpfError::Missing(name))
         };
         let mut bpf = Self {
-            events: RingBuf::try_from(take(&mut ebpf, "events")?).map_err(map_err("events"))?,
-            inflight: match take(&mut ebpf, "inflight")? {
-                Map::HashMap(data) => data,
-                _ => return Err(BpfError::Missing("inflight hash map")),
-            },
-            batch_keys: vec![0; IN_FLIGHT_ENTRIES],
-            batch_values: vec![InFlightEntry::default(); IN_FLIGHT_ENTRIES],
-            protected: HashMap::try_from(take(&mut ebpf, "protected_disks")?)
+            events: map_array(take(&mut ebpf, "events")?, "events", false)?,
+            log_pos: map_array(take(&mut ebpf, "log_pos")?, "log_pos", true)?,
+            cpus,
+            log_records: log_records as usize,
+            inflight_keys: map_array(take(&mut ebpf, "inflight_keys")?, "inflight_keys", false)?,
+            inflight: map_array(take(&mut ebpf, "inflight")?, "inflight", false)?,
+            protected: Array::try_from(take(&mut ebpf, "protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(take(&mut ebpf, "drops")?).map_err(map_err("drops"))?,
             config: Array::try_from(take(&mut ebpf, "config")?).map_err(map_err("config"))?,
             state: Array::try_from(take(&mut ebpf, "state")?).map_err(map_err("state"))?,
-            fallback: {
-                let map = take(&mut ebpf, "fallback")?;
-                let Map::Array(data) = map else {
-                    return Err(BpfError::Missing("fallback array"));
-                };
-                FallbackView::map(data.fd().as_fd())?
-            },
+            fallback: map_array(take(&mut ebpf, "fallback")?, "fallback", false)?,
             _ebpf: options.pin_dir.is_none().then_some(ebpf),
             _links: held,
         };
-        bpf.set_config(CONFIG_WAKEUP_BYTES, options.wakeup_bytes)?;
         bpf.state
             .set(STATE_PROGRAMS, programs_hash(), 0)
             .map_err(map_err("state"))?;
@@ -390,7 +443,7 @@ impl Bpf {
             let data = MapData::from_pin(dir.join("maps").join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
         };
-        let fallback = MapData::from_pin(dir.join("maps/fallback")).map_err(map_err("fallback"))?;
+        let mapped = |name: &'static str| map_array(open(name)?, name, false);
         let links = PROGRAMS
             .iter()
             .map(|(program, _)| {
@@ -403,45 +456,111 @@ impl Bpf {
                     })
             })
             .collect::<Result<_, _>>()?;
+        let config: Array<_, u64> = Array::try_from(open("config")?).map_err(map_err("config"))?;
+        let log_records = config
+            .get(&CONFIG_LOG_RECORDS, 0)
+            .map_err(map_err("config"))?;
+        let log_pos = map_array(open("log_pos")?, "log_pos", true)?;
+        let cpus = log_pos.bytes / 8 / LOG_POS_STRIDE;
+        let events = mapped("events")?;
+        let log_records = usize::try_from(log_records)
+            .ok()
+            .filter(|n| n.is_power_of_two() && events.bytes >= cpus * n * RECORD_BYTES)
+            .ok_or(BpfError::Missing("per-CPU logs of the size configured"))?;
         Ok(Self {
-            events: RingBuf::try_from(open("events")?).map_err(map_err("events"))?,
-            inflight: MapData::from_pin(dir.join("maps/inflight")).map_err(map_err("inflight"))?,
-            batch_keys: vec![0; IN_FLIGHT_ENTRIES],
-            batch_values: vec![InFlightEntry::default(); IN_FLIGHT_ENTRIES],
-            protected: HashMap::try_from(open("protected_disks")?)
+            events,
+            log_pos,
+            cpus,
+            log_records,
+            inflight_keys: mapped("inflight_keys")?,
+            inflight: mapped("inflight")?,
+            protected: Array::try_from(open("protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(open("drops")?).map_err(map_err("drops"))?,
-            config: Array::try_from(open("config")?).map_err(map_err("config"))?,
+            config,
             state: Array::try_from(open("state")?).map_err(map_err("state"))?,
-            fallback: FallbackView::map(fallback.fd().as_fd())?,
+            fallback: mapped("fallback")?,
             _ebpf: None,
             _links: links,
         })
     }
 
+    /// The slot holding `dev`, if any.
+    fn protected_slot(&self, dev: u32) -> Result<Option<u32>, BpfError> {
+        let home = protected_home(dev);
+        for i in 0..PROTECTED_PROBES {
+            let slot = (home + i) % PROTECTED_SLOTS;
+            let held = self
+                .protected
+                .get(&slot, 0)
+                .map_err(map_err("protected_disks"))?;
+            if held.dev == dev {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    }
+
+    fn set_protected(&mut self, slot: u32, value: ProtectedSlot) -> Result<(), BpfError> {
+        self.protected
+            .set(slot, value, 0)
+            .map_err(map_err("protected_disks"))
+    }
+
     /// Starts (or keeps) tracking `dev` as disk `info.index`.
     pub fn protect(&mut self, dev: KernelDev, info: DiskInfo) -> Result<(), BpfError> {
-        self.protected
-            .insert(dev.0, info, 0)
-            .map_err(map_err("protected_disks"))
+        let value = ProtectedSlot {
+            dev: dev.0,
+            index: info.index,
+            chunk_shift: info.chunk_shift,
+        };
+        if let Some(slot) = self.protected_slot(dev.0)? {
+            // Only index and shift change: a program reads either the old or the new.
+            return self.set_protected(slot, value);
+        }
+        let home = protected_home(dev.0);
+        for i in 0..PROTECTED_PROBES {
+            let slot = (home + i) % PROTECTED_SLOTS;
+            let held = self
+                .protected
+                .get(&slot, 0)
+                .map_err(map_err("protected_disks"))?;
+            if held.dev == 0 {
+                // The disk's number last, so no program finds it half written.
+                self.set_protected(slot, ProtectedSlot { dev: 0, ..value })?;
+                return self.set_protected(slot, value);
+            }
+        }
+        Err(BpfError::ProtectedFull { dev: dev.0 })
     }
 
     /// The disks the BPF side tracks now.
     pub fn protected(&self) -> Result<Vec<(KernelDev, DiskInfo)>, BpfError> {
-        self.protected
-            .iter()
-            .map(|r| {
-                r.map(|(k, v)| (KernelDev(k), v))
-                    .map_err(map_err("protected_disks"))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for slot in 0..PROTECTED_SLOTS {
+            let held = self
+                .protected
+                .get(&slot, 0)
+                .map_err(map_err("protected_disks"))?;
+            if held.dev != 0 {
+                out.push((
+                    KernelDev(held.dev),
+                    DiskInfo {
+                        index: held.index,
+                        chunk_shift: held.chunk_shift,
+                    },
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// Stops tracking `dev`.
     pub fn unprotect(&mut self, dev: KernelDev) -> Result<(), BpfError> {
-        self.protected
-            .remove(&dev.0)
-            .map_err(map_err("protected_disks"))
+        match self.protected_slot(dev.0)? {
+            Some(slot) => self.set_protected(slot, ProtectedSlot::default()),
+            None => Ok(()),
+        }
     }
 
     fn set_config(&mut self, slot: u32, value: u64) -> Result<(), BpfError> {
@@ -460,80 +579,66 @@ impl Bpf {
             .map_err(map_err("state"))
     }
 
-    /// Waits up to `timeout` for events; true if some may be ready.
-    pub fn wait(&self, timeout: Duration) -> Result<bool, BpfError> {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.events.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(ms)) {
-            Ok(n) => Ok(n > 0),
-            Err(nix::Error::EINTR) => Ok(true),
-            Err(e) => Err(BpfError::Poll(e)),
-        }
-    }
-
-    /// Hands every pending event record to `f`; returns how many.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+    /// Hands every event logged since the last call to `f`, CPU by CPU in the order
+    /// each CPU logged them; returns how many. A record reserved but not yet published
+    /// (its program is still writing it) ends that CPU's batch: it comes next time.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8; EVENT_LEN])) -> usize {
         let mut n = 0;
-        while let Some(item) = self.events.next() {
-            f(&item);
-            n += 1;
+        let mut event = [0u8; EVENT_LEN];
+        for cpu in 0..self.cpus {
+            let pos = cpu * LOG_POS_STRIDE * 8;
+            let head = self.log_pos.u64_at(pos);
+            let tail_word = self.log_pos.atomic_u64(pos + LOG_POS_TAIL * 8);
+            let mut tail = tail_word.load(Ordering::Relaxed);
+            while tail < head {
+                let index = usize::try_from(tail % self.log_records as u64)
+                    .expect("below the records of a log");
+                let at = (cpu * self.log_records + index) * RECORD_BYTES;
+                if self.events.u64_at(at) != tail + 1 {
+                    break;
+                }
+                for (i, word) in event.chunks_exact_mut(8).enumerate() {
+                    word.copy_from_slice(&self.events.u64_at(at + 8 + i * 8).to_ne_bytes());
+                }
+                f(&event);
+                n += 1;
+                tail += 1;
+            }
+            // After the reads: the program may reuse the records from here on.
+            tail_word.store(tail, Ordering::Release);
         }
         n
     }
 
-    /// Appends every write the in-flight map holds to `out` (one `BPF_MAP_LOOKUP_BATCH`
-    /// pass, kernel 5.6+; no entry is skipped however the map changes meanwhile, except
-    /// entries added during the pass, which the next pass finds). Entries deleted during
-    /// the pass may be returned: their COMPLETE event follows in the ring buffer.
-    pub fn in_flight(&mut self, out: &mut Vec<InFlightEntry>) -> Result<(), BpfError> {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.inflight.fd().as_fd());
-        let mut cursor_in = 0u32;
-        let mut cursor_out = 0u32;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first {
-                    0
-                } else {
-                    std::ptr::from_ref(&cursor_in) as u64
-                },
-                out_batch: std::ptr::from_mut(&mut cursor_out) as u64,
-                keys: self.batch_keys.as_mut_ptr() as u64,
-                values: self.batch_values.as_mut_ptr() as u64,
-                count: u32::try_from(IN_FLIGHT_ENTRIES).expect("small"),
-                map_fd: u32::try_from(fd).expect("fds are non-negative"),
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: `attr` is the `batch` member of `union bpf_attr` (the kernel copies
-            // `size_of` bytes and zero-fills the rest). `keys` and `values` point to
-            // buffers of `count` keys (u64, the map's key) and values (InFlightEntry, the
-            // map's value, 40 bytes, repr(C)), both live and unaliased for the call; the
-            // cursors are u32 (the hash map's batch token) and live across it. The kernel
-            // writes at most `count` elements and stores how many in `attr.count`.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_MAP_LOOKUP_BATCH,
-                    std::ptr::from_mut(&mut attr),
-                    std::mem::size_of::<BatchAttr>(),
-                )
-            };
-            let err = (ret < 0).then(std::io::Error::last_os_error);
-            let n = (attr.count as usize).min(IN_FLIGHT_ENTRIES);
-            out.extend_from_slice(&self.batch_values[..n]);
-            match err {
-                None => {}
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-                Some(e) => return Err(BpfError::InFlight(e)),
+    /// Appends every write the in-flight table holds to `out`: a scan of its keys
+    /// through shared memory, no system call. Each slot is read as a seqlock reader (a
+    /// slot being rewritten is skipped: its write either completes, and its COMPLETE
+    /// event follows, or is found by the next scan). Writes that complete during the scan
+    /// may be returned: their COMPLETE event follows in the log.
+    pub fn in_flight(&self, out: &mut Vec<InFlightEntry>) {
+        for slot in 0..IN_FLIGHT_SLOTS {
+            if self.inflight_keys.u64_at(slot * 8) == 0 {
+                continue;
             }
-            cursor_in = cursor_out;
-            first = false;
+            let at = slot * SLOT_BYTES;
+            let seq = self.inflight.u32_at(at + SLOT_SEQ);
+            if seq % 2 == 1 {
+                continue;
+            }
+            let entry = InFlightEntry {
+                id: self.inflight.u64_at(at + SLOT_ID),
+                sector: self.inflight.u64_at(at + SLOT_SECTOR),
+                sectors: self.inflight.u32_at(at + SLOT_SECTORS),
+                disk: self.inflight.u32_at(at + SLOT_DISK),
+            };
+            // Acquire loads above keep the fields' reads before this one.
+            if entry.id != 0 && self.inflight.u32_at(at + SLOT_SEQ) == seq {
+                out.push(entry);
+            }
         }
     }
 
-    /// Events the programs could not put in the ring buffer, since they were loaded.
+    /// Events the programs could not log, since they were loaded.
     pub fn drops(&self) -> Result<u64, BpfError> {
         let per_cpu = self.drops.get(&0, 0).map_err(map_err("drops"))?;
         Ok(per_cpu.iter().sum())
@@ -544,9 +649,19 @@ impl Bpf {
     pub fn fallback_counters(&self, index: u32) -> Vec<u64> {
         let base = (index * (FALLBACK_CHUNKS + 1)) as usize;
         (0..=FALLBACK_CHUNKS as usize)
-            .map(|i| self.fallback.counter(base + i))
+            .map(|i| self.fallback.u64_at((base + i) * 8))
             .collect()
     }
+}
+
+/// Maps the array `map` (created with `BPF_F_MMAPABLE`) whole.
+fn map_array(map: Map, name: &'static str, writable: bool) -> Result<Mapped, BpfError> {
+    let Map::Array(data) = map else {
+        return Err(BpfError::Missing(name));
+    };
+    let info = data.info().map_err(map_err(name))?;
+    let bytes = info.max_entries() as usize * (info.value_size() as usize).next_multiple_of(8);
+    Mapped::map(name, &data, bytes, writable)
 }
 
 fn ensure_bpffs(dir: &Path) -> Result<(), BpfError> {
