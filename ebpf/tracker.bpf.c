@@ -73,13 +73,18 @@ struct protected_disk {
 };
 
 /* A write in flight. Mirrored by tracker/src/sys/bpf.rs (SLOT_*, 32 bytes): userspace
- * reads the table on every poll, through mmap, as a seqlock reader. */
+ * reads the table on every poll, through mmap. A write is published by writing its id
+ * last, and retired by zeroing the id and then advancing `seq` by two; a split rewrites
+ * the range between two increments of `seq`. A reader that finds `seq` even and the same
+ * before and after, and the same non-zero id, has read one write's fields. (Split parts
+ * share their write's id, so the id alone would not tell a slot reused by another part.)
+ * Orderings rely on locked instructions being full barriers (the x86 JIT). */
 struct inflight {
     __u64 id; /* 0: the slot holds no write */
     __u64 sector;
     __u32 sectors;
     __u32 disk;
-    __u32 seq; /* odd while the slot is being written */
+    __u32 seq; /* odd while a split rewrites the slot's range; +2 when a write leaves */
     __u8 op;
     __u8 chunk_shift;
     __u16 pad;
@@ -349,18 +354,25 @@ static __always_inline struct inflight *slot_at(int slot)
     return bpf_map_lookup_elem(&inflight, &key);
 }
 
-/* Writes `e` into slot `s` as a seqlock writer (one writer per slot at a time: a
- * slot's submission, split and completion are causally ordered). */
-static __always_inline void slot_write(struct inflight *s, const struct inflight *e)
+/* Publishes write `e` in slot `s`, which holds no write (id 0): fields first, the id
+ * last. One writer per slot at a time: a slot's submission, split and completion are
+ * causally ordered. */
+static __always_inline void slot_publish(struct inflight *s, const struct inflight *e)
 {
-    __sync_fetch_and_add(&s->seq, 1);
-    s->id = e->id;
     s->sector = e->sector;
     s->sectors = e->sectors;
     s->disk = e->disk;
     s->op = e->op;
     s->chunk_shift = e->chunk_shift;
-    __sync_fetch_and_add(&s->seq, 1);
+    __sync_lock_test_and_set(&s->id, e->id); /* a full barrier: the fields come first */
+}
+
+/* Retires the write in slot `s`: its id first, then the sequence moves on, so that no
+ * reader takes the next write's fields for it. */
+static __always_inline void slot_retire(struct inflight *s)
+{
+    s->id = 0;
+    __sync_fetch_and_add(&s->seq, 2);
 }
 
 /* Forgets slot `slot` (its write completed or is reported otherwise). */
@@ -371,9 +383,7 @@ static __always_inline void slot_free(int slot)
     __u64 *key = bpf_map_lookup_elem(&inflight_keys, &k);
     if (!s || !key)
         return;
-    __sync_fetch_and_add(&s->seq, 1);
-    s->id = 0;
-    __sync_fetch_and_add(&s->seq, 1);
+    slot_retire(s);
     __sync_lock_test_and_set(key, 0);
 }
 
@@ -392,7 +402,8 @@ static __always_inline int follow(__u64 bio, const struct inflight *entry)
             return -1;
         struct inflight old = *stale;
         report_untracked(&old);
-        slot_write(stale, entry);
+        slot_retire(stale);
+        slot_publish(stale, entry);
         return 0;
     }
     __u32 base = bucket_of(bio);
@@ -406,7 +417,7 @@ static __always_inline int follow(__u64 bio, const struct inflight *entry)
         struct inflight *s = slot_at((int)k);
         if (!s)
             return -1;
-        slot_write(s, entry);
+        slot_publish(s, entry);
         return 0;
     }
     return -1;
@@ -504,10 +515,10 @@ int BPF_PROG(ferry_split, struct bio *split, unsigned int new_sector)
         return 0;
     }
     if (rest > parent->sector && rest < end) {
-        struct inflight back = *parent;
-        back.sectors = (__u32)(end - rest);
-        back.sector = rest;
-        slot_write(parent, &back);
+        __sync_fetch_and_add(&parent->seq, 1);
+        parent->sectors = (__u32)(end - rest);
+        parent->sector = rest;
+        __sync_fetch_and_add(&parent->seq, 1);
     }
     return 0;
 }

@@ -611,9 +611,11 @@ impl Bpf {
     }
 
     /// Appends every write the in-flight table holds to `out`: a scan of its keys
-    /// through shared memory, no system call. Each slot is read as a seqlock reader (a
-    /// slot being rewritten is skipped: its write either completes, and its COMPLETE
-    /// event follows, or is found by the next scan). Writes that complete during the scan
+    /// through shared memory, no system call. A slot is taken only if its sequence and
+    /// id are the same before and after its fields are read (the protocol is described
+    /// at `struct inflight` in the C program); a slot changing meanwhile is skipped: its
+    /// write either completes, and its COMPLETE event follows, or is found by the next
+    /// scan. Writes that complete during the scan
     /// may be returned: their COMPLETE event follows in the log.
     pub fn in_flight(&self, out: &mut Vec<InFlightEntry>) {
         for slot in 0..IN_FLIGHT_SLOTS {
@@ -622,17 +624,20 @@ impl Bpf {
             }
             let at = slot * SLOT_BYTES;
             let seq = self.inflight.u32_at(at + SLOT_SEQ);
-            if seq % 2 == 1 {
+            let id = self.inflight.u64_at(at + SLOT_ID);
+            if seq % 2 == 1 || id == 0 {
                 continue;
             }
             let entry = InFlightEntry {
-                id: self.inflight.u64_at(at + SLOT_ID),
+                id,
                 sector: self.inflight.u64_at(at + SLOT_SECTOR),
                 sectors: self.inflight.u32_at(at + SLOT_SECTORS),
                 disk: self.inflight.u32_at(at + SLOT_DISK),
             };
-            // Acquire loads above keep the fields' reads before this one.
-            if entry.id != 0 && self.inflight.u32_at(at + SLOT_SEQ) == seq {
+            // Acquire loads: the fields were read before these.
+            if self.inflight.u64_at(at + SLOT_ID) == id
+                && self.inflight.u32_at(at + SLOT_SEQ) == seq
+            {
                 out.push(entry);
             }
         }
