@@ -122,7 +122,7 @@ struct {
  * allocation (a hash map's insert and delete were half of the tracker's cost: its
  * free lists migrate from the submitting CPU to the completing one). */
 #define INFLIGHT_WAYS 8
-#define INFLIGHT_BUCKET_BITS 12
+#define INFLIGHT_BUCKET_BITS 11
 #define INFLIGHT_SLOTS ((1 << INFLIGHT_BUCKET_BITS) * INFLIGHT_WAYS) /* IN_FLIGHT_SLOTS in bpf.rs */
 
 struct {

@@ -46,8 +46,10 @@ const MAPS: [&str; 10] = [
     "state",
 ];
 
-/// Slots of the in-flight table (`INFLIGHT_SLOTS` in the C program).
-const IN_FLIGHT_SLOTS: usize = 32768;
+/// Slots of the in-flight table and slots per bucket (`INFLIGHT_SLOTS`, `INFLIGHT_WAYS`
+/// in the C program).
+const IN_FLIGHT_SLOTS: usize = 16384;
+const IN_FLIGHT_WAYS: usize = 8;
 /// Slots of the protected disk table and how far from its home slot a disk may sit
 /// (`PROTECTED_*`).
 const PROTECTED_BITS: u32 = 7;
@@ -265,6 +267,16 @@ impl Mapped {
         );
         // SAFETY: as in `atomic_u64`, 4-byte aligned.
         unsafe { AtomicU32::from_ptr(self.ptr.add(offset).cast()) }
+    }
+
+    /// `count` u64s from byte `offset`.
+    fn atomic_u64s(&self, offset: usize, count: usize) -> &[AtomicU64] {
+        assert!(
+            offset.is_multiple_of(8) && offset + count * 8 <= self.bytes,
+            "offset {offset} count {count}"
+        );
+        // SAFETY: as in `atomic_u64`, for each of the `count` in-bounds, aligned u64s.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset).cast::<AtomicU64>(), count) }
     }
 
     fn u64_at(&self, offset: usize) -> u64 {
@@ -618,28 +630,41 @@ impl Bpf {
     /// scan. Writes that complete during the scan
     /// may be returned: their COMPLETE event follows in the log.
     pub fn in_flight(&self, out: &mut Vec<InFlightEntry>) {
-        for slot in 0..IN_FLIGHT_SLOTS {
-            if self.inflight_keys.u64_at(slot * 8) == 0 {
-                continue;
-            }
-            let at = slot * SLOT_BYTES;
-            let seq = self.inflight.u32_at(at + SLOT_SEQ);
-            let id = self.inflight.u64_at(at + SLOT_ID);
-            if seq % 2 == 1 || id == 0 {
-                continue;
-            }
-            let entry = InFlightEntry {
-                id,
-                sector: self.inflight.u64_at(at + SLOT_SECTOR),
-                sectors: self.inflight.u32_at(at + SLOT_SECTORS),
-                disk: self.inflight.u32_at(at + SLOT_DISK),
-            };
-            // Acquire loads: the fields were read before these.
-            if self.inflight.u64_at(at + SLOT_ID) == id
-                && self.inflight.u32_at(at + SLOT_SEQ) == seq
+        let keys = self.inflight_keys.atomic_u64s(0, IN_FLIGHT_SLOTS);
+        for (bucket, ways) in keys.chunks_exact(IN_FLIGHT_WAYS).enumerate() {
+            // Most buckets are empty: one test for the bucket's cache line.
+            if ways
+                .iter()
+                .fold(0, |any, k| any | k.load(Ordering::Relaxed))
+                == 0
             {
-                out.push(entry);
+                continue;
             }
+            for (way, key) in ways.iter().enumerate() {
+                if key.load(Ordering::Relaxed) != 0 {
+                    self.read_slot(bucket * IN_FLIGHT_WAYS + way, out);
+                }
+            }
+        }
+    }
+
+    /// Appends the write in slot `slot` to `out` if it holds one, read consistently.
+    fn read_slot(&self, slot: usize, out: &mut Vec<InFlightEntry>) {
+        let at = slot * SLOT_BYTES;
+        let seq = self.inflight.u32_at(at + SLOT_SEQ);
+        let id = self.inflight.u64_at(at + SLOT_ID);
+        if seq % 2 == 1 || id == 0 {
+            return;
+        }
+        let entry = InFlightEntry {
+            id,
+            sector: self.inflight.u64_at(at + SLOT_SECTOR),
+            sectors: self.inflight.u32_at(at + SLOT_SECTORS),
+            disk: self.inflight.u32_at(at + SLOT_DISK),
+        };
+        // Acquire loads: the fields were read before these.
+        if self.inflight.u64_at(at + SLOT_ID) == id && self.inflight.u32_at(at + SLOT_SEQ) == seq {
+            out.push(entry);
         }
     }
 
