@@ -5,7 +5,7 @@
  * BTF (/sys/kernel/btf/vmlinux). Field order and padding here do not need to match any
  * kernel; only the field names and types do. Declared by hand (instead of a full
  * bpftool-generated vmlinux.h) so the build does not depend on the build machine's
- * kernel. Minimum kernel: 5.16 (struct request->part, bio->bi_bdev, 4-argument-free
+ * kernel. Oldest kernel these declarations fit: 5.16 (struct request->part, bio->bi_bdev, 4-argument-free
  * block tracepoints without the request_queue argument). */
 #ifndef FERRY_KERNEL_TYPES_H
 #define FERRY_KERNEL_TYPES_H

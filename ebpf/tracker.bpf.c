@@ -5,9 +5,10 @@
  * the userspace side and the invariants; the layouts are mirrored in
  * tracker/src/sys/bpf.rs and tracker/src/event.rs.
  *
- * Nothing here takes a lock, allocates, calls a helper on the common path or shares a
- * cache line between CPUs that it does not have to: at 4 KiB writes the tracker runs
- * twice per write, and a hash map and a ring buffer cost a tenth of the workload's IOPS.
+ * Nothing here takes a lock, allocates, calls a helper on the common path (but the CPU
+ * number's, which recent x86 kernels inline) or shares a cache line between CPUs that it
+ * does not have to: at 4 KiB writes the tracker runs twice per write, and a hash map and
+ * a ring buffer cost a tenth of the workload's IOPS.
  *
  * - A submission is recorded in the in-flight table only (plain arrays, slots claimed
  *   with cmpxchg). Userspace scans the table through mmap on every poll, so a write
@@ -31,7 +32,12 @@
  * Completions are best effort (some never reach BPF): userspace sweeps in-flight
  * entries that age out. A log record that cannot be reserved (the log is full) bumps the
  * drop counter and the per-chunk fallback counters of the range, so userspace learns
- * where it lost events. Minimum kernel: 5.16 (see kernel_types.h), BTF required. */
+ * where it lost events.
+ *
+ * Minimum kernel: 6.1, BTF required: from 6.1 the kernel never runs a tracepoint program
+ * nested within itself on one CPU (the scratch cells and id counters below rely on it).
+ * x86_64 only: the orderings rely on locked instructions being full barriers, as the
+ * x86 JIT emits them (`ferry check` and the loader refuse other architectures). */
 
 #include "kernel_types.h"
 #include <bpf/bpf_helpers.h>
@@ -232,7 +238,7 @@ static __always_inline struct cpu_local *this_cpu(void)
 /* The address `ptr` holds, as a number (0 if it cannot be had): the verifier forbids
  * arithmetic on kernel pointers, and hashing an address needs it. A pointer stored in
  * map memory reads back as a number; `program` picks the program's own cell (a program
- * can be interrupted by another on its CPU, never by itself). */
+ * can be interrupted by another on its CPU, never by itself: see the top). */
 static __always_inline __u64 address_of(struct cpu_local *local, const void *ptr, __u32 program)
 {
     if (program >= 4)
@@ -291,7 +297,8 @@ static __always_inline void log_event(const struct inflight *w, __u8 kind, __u8 
     __u64 *tail = bpf_map_lookup_elem(&log_pos, &tail_key);
     if (head && tail && records) {
         /* Only a program interrupting this one on this CPU can move the head meanwhile:
-         * a few tries always suffice. */
+         * a few tries suffice unless programs keep interrupting this one, and then the
+         * event counts as a drop. */
         for (int i = 0; i < 4; i++) {
             __u64 h = *(volatile __u64 *)head;
             if (h - *(volatile __u64 *)tail >= records)

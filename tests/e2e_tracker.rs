@@ -518,6 +518,16 @@ fn pinned_tracking_survives_restarts_and_reports_gaps() {
         "{:?}",
         t.gap(D0)
     );
+    t.stop().unwrap();
+    // Pins of another layout (an older build's): the start does not fail on them, it
+    // loads afresh and reports the gap.
+    std::fs::remove_file(pin_dir.join("maps/log_pos")).unwrap();
+    let t = pinned();
+    assert!(
+        t.gap(D0).is_some_and(|g| g.0.contains("not running")),
+        "pins of another layout: {:?}",
+        t.gap(D0)
+    );
 }
 
 #[test]

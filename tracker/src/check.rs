@@ -1,8 +1,9 @@
 //! Registration checks: can this host be protected, and which disks hold it?
 //!
 //! Reads only files under a root directory (`/` on a live host; a fixture tree in
-//! tests): `proc/self/mountinfo`, `proc/sys/kernel/arch`, `sys/dev/block/M:m`,
-//! `sys/class/block/<name>`, `sys/kernel/btf/vmlinux`, `proc/sys/kernel/unprivileged_bpf_disabled`.
+//! tests): `proc/self/mountinfo`, `proc/sys/kernel/arch`, `proc/sys/kernel/osrelease`,
+//! `sys/dev/block/M:m`, `sys/class/block/<name>`, `sys/kernel/btf/vmlinux`,
+//! `proc/sys/kernel/unprivileged_bpf_disabled`.
 //!
 //! The mounts of `/` and `/boot` are resolved to whole disks: through partitions (the
 //! parent directory in sysfs), device-mapper/LVM and md (the `slaves` directory,
@@ -230,6 +231,17 @@ fn disk_size(root: &Path, name: &str) -> u64 {
         .map_or(0, |sectors| sectors * 512)
 }
 
+/// The oldest kernel the tracker runs on (major, minor).
+pub const MIN_KERNEL: (u32, u32) = (6, 1);
+
+/// Whether a kernel release string ("6.18.44-…") is at least `min`.
+pub fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    matches!((major, minor), (Some(a), Some(b)) if (a, b) >= min)
+}
+
 /// Runs every check against the host (or fixture) at `root`.
 pub fn check(root: &Path) -> Result<Report, CheckError> {
     let mountinfo = read(root, "proc/self/mountinfo")?;
@@ -244,17 +256,25 @@ pub fn check(root: &Path) -> Result<Report, CheckError> {
     let root_mount = resolve_mount(root, &mountinfo, "/")?.ok_or(CheckError::NotMounted("/"))?;
     let boot = resolve_mount(root, &mountinfo, "/boot")?;
     let mut refusals = Vec::new();
-    if !matches!(
-        arch.as_str(),
-        "x86_64" | "aarch64" | "riscv64" | "ppc64le" | "s390x" | "loongarch64"
-    ) {
+    // The tracker's lock-free tables rely on x86's memory ordering (see ebpf/).
+    if arch != "x86_64" {
         refusals.push(if arch.is_empty() {
-            "the architecture is unknown (no /proc/sys/kernel/arch); ferry protects 64-bit \
+            "the architecture is unknown (no /proc/sys/kernel/arch); ferry protects x86_64 \
              systems only"
                 .to_owned()
         } else {
-            format!("this is a {arch} system; ferry protects 64-bit systems only")
+            format!("this is a {arch} system; ferry protects x86_64 systems only")
         });
+    }
+    let release = read(root, "proc/sys/kernel/osrelease").unwrap_or_default();
+    if !kernel_at_least(release.trim(), MIN_KERNEL) {
+        refusals.push(format!(
+            "kernel {:?} is older than {}.{}: ferry's tracker needs BPF tracepoint programs \
+             that the kernel never runs nested within themselves on one CPU (Linux 6.1)",
+            release.trim(),
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        ));
     }
     if !root.join("sys/kernel/btf/vmlinux").exists() {
         refusals.push(
@@ -315,6 +335,7 @@ mod tests {
                 mounts: Vec::new(),
             };
             f.file("proc/sys/kernel/arch", "x86_64\n");
+            f.file("proc/sys/kernel/osrelease", "6.18.44-generic\n");
             f.file("proc/sys/kernel/unprivileged_bpf_disabled", "2\n");
             f.file("sys/kernel/btf/vmlinux", "");
             f
@@ -477,6 +498,7 @@ mod tests {
         f.device("virtio/block/vda", "254:0", 2048, false);
         f.mount("/", "254:0");
         f.file("proc/sys/kernel/arch", "i686\n");
+        f.file("proc/sys/kernel/osrelease", "6.0.19\n");
         std::fs::remove_file(f.dir.path().join("sys/kernel/btf/vmlinux")).unwrap();
         std::fs::remove_file(
             f.dir
@@ -486,11 +508,18 @@ mod tests {
         .unwrap();
         let r = f.check();
         let all = r.refusals.join("\n");
-        assert_eq!(r.refusals.len(), 3, "{all}");
+        assert_eq!(r.refusals.len(), 4, "{all}");
         assert!(
-            all.contains("i686 system; ferry protects 64-bit systems only"),
+            all.contains("i686 system; ferry protects x86_64 systems only"),
             "{all}"
         );
+        assert!(all.contains("kernel \"6.0.19\" is older than 6.1"), "{all}");
+        f.file("proc/sys/kernel/arch", "aarch64\n");
+        assert!(f.check().refusals.join("\n").contains("aarch64 system"));
+        assert!(kernel_at_least("6.1.0-13-amd64", MIN_KERNEL));
+        assert!(kernel_at_least("10.0", MIN_KERNEL));
+        assert!(!kernel_at_least("5.19.17", MIN_KERNEL));
+        assert!(!kernel_at_least("garbage", MIN_KERNEL));
         assert!(all.contains("no BTF"), "{all}");
         assert!(all.contains("no bpf() system call"), "{all}");
     }

@@ -79,7 +79,7 @@ impl InFlight {
     }
 
     /// Records that submission `id` also has `range` in flight (a split part read from
-    /// the kernel's in-flight map). Returns false, changing nothing, when that range is
+    /// the kernel's in-flight table). Returns false, changing nothing, when that range is
     /// already part of the entry or the id is unknown.
     pub fn add_piece(&mut self, id: u64, range: ByteRange) -> bool {
         let Some(entry) = self.entries.get_mut(&id) else {
@@ -102,7 +102,7 @@ impl InFlight {
 
     /// Records the completion of `range` of submission `id`; returns whether the id was
     /// in flight. Unknown ids (already swept, submitted before tracking began, or never
-    /// read from the kernel's map) are fine: the caller marks the range anyway.
+    /// read from the kernel's table) are fine: the caller marks the range anyway.
     pub fn complete(&mut self, id: u64, range: ByteRange) -> bool {
         let Some(entry) = self.entries.get_mut(&id) else {
             return false;

@@ -3,7 +3,7 @@
 //! glue in `tracker`; this is where DESIGN.md I3 and I4 are kept, and unit-tested.
 //!
 //! - A submission marks its range dirty at once (no write goes unnoticed) and in flight
-//!   (not readable). The kernel side keeps submissions in its in-flight map, read on
+//!   (not readable). The kernel side keeps submissions in its in-flight table, read on
 //!   every poll ([`TrackState::seen_in_flight`]); a write that completed before any read
 //!   of the map is known by its completion alone, which carries the same id and range.
 //! - A completion, of any status, marks its range dirty again with a newer generation
@@ -65,7 +65,7 @@ pub struct TrackState {
     generation: Generation,
     /// (generation, monotonic ns) at each tick that saw new marks, oldest first.
     clock: VecDeque<(Generation, u64)>,
-    /// Ids swept while their entry may still be in the kernel's in-flight map (a
+    /// Ids swept while their entry may still be in the kernel's in-flight table (a
     /// completion that never reached BPF leaves it there): not submitted again when the
     /// map is read. Pruned by [`TrackState::retain_retired`].
     retired: HashSet<u64>,
@@ -128,7 +128,7 @@ impl TrackState {
                 let known = self.inflight.complete(e.id, e.range)
                     || (!self.retired.is_empty() && self.retired.remove(&e.id));
                 if !known {
-                    // Submitted and completed between two reads of the in-flight map.
+                    // Submitted and completed between two reads of the in-flight table.
                     self.counters.submitted += 1;
                 }
                 self.counters.completed += 1;
@@ -143,7 +143,7 @@ impl TrackState {
         }
     }
 
-    /// Records a submission read from the kernel's in-flight map (dirty, in flight).
+    /// Records a submission read from the kernel's in-flight table (dirty, in flight).
     /// Returns true when it is news: an id not seen before, or a part of a split write
     /// not yet known. Ids already swept are ignored.
     pub fn seen_in_flight(

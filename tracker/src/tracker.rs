@@ -115,7 +115,7 @@ pub struct Tracker {
     counters_malformed: u64,
     epoch: u64,
     config: TrackerConfig,
-    /// Reused buffer for the in-flight map's entries.
+    /// Reused buffer for the in-flight table's entries.
     mapped: Vec<InFlightEntry>,
 }
 
@@ -214,6 +214,14 @@ impl Tracker {
             })
             .collect();
         let have = self.bpf.protected()?;
+        // A disk the programs knew under another index or chunk size: what they logged
+        // while no agent ran was charged to the wrong disk, or counted in the wrong chunks.
+        let moved: Vec<usize> = want
+            .iter()
+            .enumerate()
+            .filter(|(_, (dev, info))| have.iter().any(|(d, i)| d == dev && i != info))
+            .map(|(i, _)| i)
+            .collect();
         for (dev, _) in &have {
             if !want.iter().any(|(d, _)| d == dev) {
                 self.bpf.unprotect(*dev)?;
@@ -301,6 +309,14 @@ impl Tracker {
                     self.fallback_seen[i] = self.bpf.fallback_counters(disk.0);
                 }
             }
+        }
+        for i in moved {
+            self.set_gap(
+                i,
+                "its place in the tracker's tables changed (the disk list was reordered or the \
+                 disk resized)"
+                    .into(),
+            );
         }
         // Losses while no agent ran show in the counters now.
         self.check_losses()?;

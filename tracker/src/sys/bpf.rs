@@ -8,7 +8,7 @@
 //! loading again. Without one, everything detaches when the [`Bpf`] drops.
 //!
 //! Pin layout (`DIR` = e.g. `/sys/fs/bpf/ferry`): `DIR/maps/<map>`, `DIR/links/<program>`.
-//! Minimum kernel: 5.16 with BTF (tp_btf programs, BPF atomics, mmapable arrays).
+//! Minimum kernel: 6.1 with BTF, x86_64 (see `ebpf/tracker.bpf.c`).
 //!
 //! Userspace reads the programs' in-flight table and per-CPU logs through shared memory
 //! (mmap), with no system call per poll; the layouts are `SLOT_*` and `RECORD_*` here,
@@ -55,6 +55,9 @@ const IN_FLIGHT_WAYS: usize = 8;
 const PROTECTED_BITS: u32 = 7;
 const PROTECTED_SLOTS: u32 = 1 << PROTECTED_BITS;
 const PROTECTED_PROBES: u32 = 8;
+/// What all CPUs' logs may take together, and the fewest records a log gets.
+const LOG_BUDGET_BYTES: usize = 32 << 20;
+const MIN_LOG_RECORDS: usize = 4096;
 /// Values per CPU in `log_pos`, and where the tail is among them (`LOG_POS_*`).
 const LOG_POS_STRIDE: usize = 16;
 const LOG_POS_TAIL: usize = 8;
@@ -169,6 +172,8 @@ pub enum BpfError {
         "the protected disk table has no free slot near disk {dev:#x}'s place (too many disks whose numbers collide)"
     )]
     ProtectedFull { dev: u32 },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("counting the CPUs for the tracker's logs ({0})")]
     Cpus(String),
     #[error("mapping BPF map {name} into memory")]
@@ -210,7 +215,7 @@ pub struct LoadOptions {
 }
 
 /// A BPF array created with `BPF_F_MMAPABLE`, mapped shared into this process. The
-/// programs change it concurrently, so it is only ever read with atomic loads.
+/// programs change it concurrently, so it is only ever accessed atomically.
 #[derive(Debug)]
 struct Mapped {
     ptr: *mut u8,
@@ -341,17 +346,18 @@ impl Bpf {
                 .iter()
                 .all(|(p, _)| dir.join("links").join(p).exists())
             {
-                let bpf = Self::from_pins(dir)?;
-                let same_programs = bpf
-                    .state
-                    .get(&STATE_PROGRAMS, 0)
-                    .is_ok_and(|h| h == programs_hash());
-                if same_programs {
-                    let epoch = bpf.state.get(&STATE_EPOCH, 0).map_err(map_err("state"))?;
-                    return Ok((bpf, Origin::Reattached { epoch }));
+                // Pins of another build (another layout fails to open; the same layout
+                // has another hash): their events may not mean what ours do.
+                if let Ok(bpf) = Self::from_pins(dir) {
+                    let same_programs = bpf
+                        .state
+                        .get(&STATE_PROGRAMS, 0)
+                        .is_ok_and(|h| h == programs_hash());
+                    if same_programs {
+                        let epoch = bpf.state.get(&STATE_EPOCH, 0).map_err(map_err("state"))?;
+                        return Ok((bpf, Origin::Reattached { epoch }));
+                    }
                 }
-                // Programs of another build: their events may not mean what ours do.
-                drop(bpf);
             }
             // Partial, stale or foreign pins: start over (a fresh load is a gap).
             remove_pins(dir)?;
@@ -360,16 +366,17 @@ impl Bpf {
     }
 
     fn load(options: &LoadOptions) -> Result<Self, BpfError> {
+        supported()?;
         let btf = Btf::from_sys_fs().map_err(BpfError::NoBtf)?;
         let cpus =
             aya::util::nr_cpus().map_err(|(what, e)| BpfError::Cpus(format!("{what}: {e}")))?;
-        let log_records = options.log_records.max(2).next_power_of_two();
+        let log_records = log_records_per_cpu(options.log_records, cpus);
         let entries = |per_cpu: usize| {
             u32::try_from(cpus * per_cpu).map_err(|_| BpfError::Cpus(format!("{cpus} CPUs")))
         };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
-            .map_max_entries("events", entries(log_records as usize)?)
+            .map_max_entries("events", entries(log_records)?)
             .map_max_entries("log_pos", entries(LOG_POS_STRIDE)?)
             .load(OBJECT)
             .map_err(BpfError::Load)?;
@@ -380,7 +387,7 @@ impl Bpf {
             .try_into()
             .map_err(map_err("config"))?;
         config
-            .set(CONFIG_LOG_RECORDS, u64::from(log_records), 0)
+            .set(CONFIG_LOG_RECORDS, log_records as u64, 0)
             .map_err(map_err("config"))?;
         let mut links = Vec::new();
         let mut held = Vec::new();
@@ -432,7 +439,7 @@ impl Bpf {
             events: map_array(take(&mut ebpf, "events")?, "events", false)?,
             log_pos: map_array(take(&mut ebpf, "log_pos")?, "log_pos", true)?,
             cpus,
-            log_records: log_records as usize,
+            log_records,
             inflight_keys: map_array(take(&mut ebpf, "inflight_keys")?, "inflight_keys", false)?,
             inflight: map_array(take(&mut ebpf, "inflight")?, "inflight", false)?,
             protected: Array::try_from(take(&mut ebpf, "protected_disks")?)
@@ -479,13 +486,20 @@ impl Bpf {
             .ok()
             .filter(|n| n.is_power_of_two() && events.bytes >= cpus * n * RECORD_BYTES)
             .ok_or(BpfError::Missing("per-CPU logs of the size configured"))?;
+        let inflight_keys = mapped("inflight_keys")?;
+        let inflight = mapped("inflight")?;
+        if inflight_keys.bytes < IN_FLIGHT_SLOTS * 8
+            || inflight.bytes < IN_FLIGHT_SLOTS * SLOT_BYTES
+        {
+            return Err(BpfError::Missing("an in-flight table of this build's size"));
+        }
         Ok(Self {
             events,
             log_pos,
             cpus,
             log_records,
-            inflight_keys: mapped("inflight_keys")?,
-            inflight: mapped("inflight")?,
+            inflight_keys,
+            inflight,
             protected: Array::try_from(open("protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
             drops: PerCpuArray::try_from(open("drops")?).map_err(map_err("drops"))?,
@@ -497,8 +511,9 @@ impl Bpf {
         })
     }
 
-    /// The slot holding `dev`, if any.
-    fn protected_slot(&self, dev: u32) -> Result<Option<u32>, BpfError> {
+    /// The first of `dev`'s slots (those the programs search for it) that holds the
+    /// disk number `holding`: `dev` itself, or 0 for a free one.
+    fn protected_slot(&self, dev: u32, holding: u32) -> Result<Option<u32>, BpfError> {
         let home = protected_home(dev);
         for i in 0..PROTECTED_PROBES {
             let slot = (home + i) % PROTECTED_SLOTS;
@@ -506,7 +521,7 @@ impl Bpf {
                 .protected
                 .get(&slot, 0)
                 .map_err(map_err("protected_disks"))?;
-            if held.dev == dev {
+            if held.dev == holding {
                 return Ok(Some(slot));
             }
         }
@@ -526,24 +541,16 @@ impl Bpf {
             index: info.index,
             chunk_shift: info.chunk_shift,
         };
-        if let Some(slot) = self.protected_slot(dev.0)? {
+        if let Some(slot) = self.protected_slot(dev.0, dev.0)? {
             // Only index and shift change: a program reads either the old or the new.
             return self.set_protected(slot, value);
         }
-        let home = protected_home(dev.0);
-        for i in 0..PROTECTED_PROBES {
-            let slot = (home + i) % PROTECTED_SLOTS;
-            let held = self
-                .protected
-                .get(&slot, 0)
-                .map_err(map_err("protected_disks"))?;
-            if held.dev == 0 {
-                // The disk's number last, so no program finds it half written.
-                self.set_protected(slot, ProtectedSlot { dev: 0, ..value })?;
-                return self.set_protected(slot, value);
-            }
-        }
-        Err(BpfError::ProtectedFull { dev: dev.0 })
+        let slot = self
+            .protected_slot(dev.0, 0)?
+            .ok_or(BpfError::ProtectedFull { dev: dev.0 })?;
+        // The disk's number last, so no program finds it half written.
+        self.set_protected(slot, ProtectedSlot { dev: 0, ..value })?;
+        self.set_protected(slot, value)
     }
 
     /// The disks the BPF side tracks now.
@@ -569,7 +576,7 @@ impl Bpf {
 
     /// Stops tracking `dev`.
     pub fn unprotect(&mut self, dev: KernelDev) -> Result<(), BpfError> {
-        match self.protected_slot(dev.0)? {
+        match self.protected_slot(dev.0, dev.0)? {
             Some(slot) => self.set_protected(slot, ProtectedSlot::default()),
             None => Ok(()),
         }
@@ -625,10 +632,10 @@ impl Bpf {
     /// Appends every write the in-flight table holds to `out`: a scan of its keys
     /// through shared memory, no system call. A slot is taken only if its sequence and
     /// id are the same before and after its fields are read (the protocol is described
-    /// at `struct inflight` in the C program); a slot changing meanwhile is skipped: its
-    /// write either completes, and its COMPLETE event follows, or is found by the next
-    /// scan. Writes that complete during the scan
-    /// may be returned: their COMPLETE event follows in the log.
+    /// at `struct inflight` in the C program); a slot still changing after a few tries
+    /// is skipped: its write either completes, and its COMPLETE event follows, or is
+    /// found by the next scan. Writes that complete during the scan may be returned:
+    /// their COMPLETE event follows in the log.
     pub fn in_flight(&self, out: &mut Vec<InFlightEntry>) {
         let keys = self.inflight_keys.atomic_u64s(0, IN_FLIGHT_SLOTS);
         for (bucket, ways) in keys.chunks_exact(IN_FLIGHT_WAYS).enumerate() {
@@ -649,22 +656,31 @@ impl Bpf {
     }
 
     /// Appends the write in slot `slot` to `out` if it holds one, read consistently.
+    /// A few tries: the programs' writing sections are a few instructions long.
     fn read_slot(&self, slot: usize, out: &mut Vec<InFlightEntry>) {
         let at = slot * SLOT_BYTES;
-        let seq = self.inflight.u32_at(at + SLOT_SEQ);
-        let id = self.inflight.u64_at(at + SLOT_ID);
-        if seq % 2 == 1 || id == 0 {
-            return;
-        }
-        let entry = InFlightEntry {
-            id,
-            sector: self.inflight.u64_at(at + SLOT_SECTOR),
-            sectors: self.inflight.u32_at(at + SLOT_SECTORS),
-            disk: self.inflight.u32_at(at + SLOT_DISK),
-        };
-        // Acquire loads: the fields were read before these.
-        if self.inflight.u64_at(at + SLOT_ID) == id && self.inflight.u32_at(at + SLOT_SEQ) == seq {
-            out.push(entry);
+        for _ in 0..4 {
+            let seq = self.inflight.u32_at(at + SLOT_SEQ);
+            let id = self.inflight.u64_at(at + SLOT_ID);
+            if id == 0 {
+                return;
+            }
+            if seq.is_multiple_of(2) {
+                let entry = InFlightEntry {
+                    id,
+                    sector: self.inflight.u64_at(at + SLOT_SECTOR),
+                    sectors: self.inflight.u32_at(at + SLOT_SECTORS),
+                    disk: self.inflight.u32_at(at + SLOT_DISK),
+                };
+                // Acquire loads: the fields were read before these.
+                if self.inflight.u64_at(at + SLOT_ID) == id
+                    && self.inflight.u32_at(at + SLOT_SEQ) == seq
+                {
+                    out.push(entry);
+                    return;
+                }
+            }
+            std::hint::spin_loop();
         }
     }
 
@@ -682,6 +698,45 @@ impl Bpf {
             .map(|i| self.fallback.u64_at((base + i) * 8))
             .collect()
     }
+}
+
+/// Refuses hosts the programs are not correct on (`ferry check` says the same).
+fn supported() -> Result<(), BpfError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(BpfError::Unsupported(
+            "ferry's tracker runs on x86_64 only: its lock-free tables rely on x86's memory \
+             ordering"
+                .into(),
+        ));
+    }
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let min = crate::check::MIN_KERNEL;
+    if !crate::check::kernel_at_least(&release, min) {
+        return Err(BpfError::Unsupported(format!(
+            "kernel {release:?} is older than {}.{}: ferry's tracker needs BPF tracepoint \
+             programs that never run nested within themselves on one CPU",
+            min.0, min.1
+        )));
+    }
+    Ok(())
+}
+
+/// The records of each CPU's log: `wanted` as a power of two, but at most what shares
+/// LOG_BUDGET_BYTES among `cpus` (never below MIN_LOG_RECORDS): the logs are locked
+/// kernel memory, and stay while no agent runs.
+fn log_records_per_cpu(wanted: u32, cpus: usize) -> usize {
+    let wanted = (wanted.max(2) as usize)
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 31);
+    let share = LOG_BUDGET_BYTES / RECORD_BYTES / cpus.max(1);
+    let cap = if share.is_power_of_two() {
+        share
+    } else {
+        share.next_power_of_two() / 2
+    };
+    wanted.min(cap.max(MIN_LOG_RECORDS))
 }
 
 /// Maps the array `map` (created with `BPF_F_MMAPABLE`) whole.

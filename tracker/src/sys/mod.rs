@@ -1,11 +1,11 @@
 //! Everything that talks to the kernel: loading and attaching the BPF programs and
 //! reading their maps ([`bpf`]), block devices ([`blockdev`]), and the monotonic clock
-//! the BPF timestamps use. Every `unsafe` block of the crate is here.
+//! the tracker dates what it reads by. Every `unsafe` block of the crate is here.
 
 pub mod blockdev;
 pub mod bpf;
 
-/// Nanoseconds of CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+/// Nanoseconds of CLOCK_MONOTONIC.
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available on Linux");
