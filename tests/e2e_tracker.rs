@@ -574,6 +574,10 @@ fn ferry_track_prints_completed_extents_as_json_and_refuses_bad_devices() {
     ];
     assert_eq!(reported.iter().collect::<Vec<_>>(), expected, "{stdout}");
     assert!(rest.contains("0 events lost (drops)"), "{rest}");
+    assert!(
+        rest.contains("0 submission runs skipped by the kernel"),
+        "{rest}"
+    );
 
     let fails = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))

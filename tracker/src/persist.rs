@@ -3,7 +3,7 @@
 //! so that a restart loses nothing and a crash is detected (no file → a gap).
 //!
 //! ```text
-//!  0   8   magic "FRYTRK01"
+//!  0   8   magic "FRYTRK02" (01: before `skipped_seen`)
 //!  8   4   body length n (u32 LE, at most MAX_STATE_BYTES)
 //!  12  n   body: bincode (standard) of `Saved`
 //!  12+n 4  crc32 of bytes 0..12+n
@@ -16,7 +16,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"FRYTRK01";
+const MAGIC: &[u8; 8] = b"FRYTRK02"; // 02: skipped_seen
 /// Largest state file read (bounds the allocation for the body).
 pub const MAX_STATE_BYTES: u32 = 1 << 30;
 
@@ -42,6 +42,8 @@ pub struct Saved {
     /// The pinned BPF instance this state belongs to.
     pub epoch: u64,
     pub drops_seen: u64,
+    /// The programs' skipped submission runs already turned into gaps.
+    pub skipped_seen: u64,
     pub disks: Vec<SavedDisk>,
 }
 
@@ -159,6 +161,7 @@ mod tests {
         let saved = Saved {
             epoch: 42,
             drops_seen: 3,
+            skipped_seen: 1,
             disks: vec![SavedDisk {
                 dev: 7 << 20,
                 size: 1 << 30,

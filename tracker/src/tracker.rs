@@ -83,6 +83,8 @@ pub struct TrackerStats {
     /// Events that could not be applied (malformed, or for a disk no longer protected).
     pub malformed: u64,
     pub drops: u64,
+    /// Runs of the submission programs the kernel skipped (each a gap).
+    pub skipped_runs: u64,
     pub in_flight: usize,
     pub counters: crate::state::Counters,
 }
@@ -110,6 +112,7 @@ pub struct Tracker {
     chunk_shift: Vec<u32>,
     fallback_seen: Vec<Vec<u64>>,
     drops_seen: u64,
+    skipped_seen: u64,
     events: u64,
     /// Events that could not be applied (malformed, or for a disk no longer protected).
     counters_malformed: u64,
@@ -169,6 +172,7 @@ impl Tracker {
             gap_counts: vec![0; n],
             fallback_seen: vec![vec![0; FALLBACK_CHUNKS as usize + 1]; n],
             drops_seen: 0,
+            skipped_seen: 0,
             events: 0,
             counters_malformed: 0,
             epoch: 0,
@@ -264,8 +268,10 @@ impl Tracker {
         let saved = saved.filter(|_| continuous_epoch.is_some());
         if let Some(s) = &saved {
             self.drops_seen = s.drops_seen;
+            self.skipped_seen = s.skipped_seen;
         } else {
             self.drops_seen = self.bpf.drops()?;
+            self.skipped_seen = self.bpf.skipped_submission_runs()?;
         }
         let now = monotonic_ns();
         for i in 0..self.devices.len() {
@@ -368,6 +374,7 @@ impl Tracker {
             events: self.events,
             malformed: self.counters_malformed,
             drops: self.bpf.drops()?,
+            skipped_runs: self.bpf.skipped_submission_runs()?,
             in_flight: self.state.in_flight_count(),
             counters: self.state.counters,
         })
@@ -456,7 +463,23 @@ impl Tracker {
 
     /// When the drop counter moved, compares the fallback counters with what was seen
     /// and marks every chunk whose counter moved.
+    /// Also records a gap on every disk when the kernel skipped submission runs.
     fn check_losses(&mut self) -> Result<(), TrackerError> {
+        let skipped = self.bpf.skipped_submission_runs()?;
+        if skipped != self.skipped_seen {
+            let n = skipped.saturating_sub(self.skipped_seen);
+            self.skipped_seen = skipped;
+            for i in 0..self.devices.len() {
+                self.set_gap(
+                    i,
+                    format!(
+                        "the kernel skipped {n} run(s) of the tracker's submission programs (a \
+                         write submitted from an interrupt while another was being tracked on \
+                         that CPU): writes may have gone unseen"
+                    ),
+                );
+            }
+        }
         let drops = self.bpf.drops()?;
         if drops == self.drops_seen {
             return Ok(());
@@ -523,6 +546,7 @@ impl Tracker {
             &Saved {
                 epoch: self.epoch,
                 drops_seen: self.drops_seen,
+                skipped_seen: self.skipped_seen,
                 disks,
             },
         )?;

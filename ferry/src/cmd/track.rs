@@ -102,8 +102,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let c = stats.counters;
     eprintln!(
         "ferry track: {extents} extents ({bytes} bytes) completed; {} submitted, {} failed, \
-         {} resolved by the sweep, {} events lost (drops)",
-        c.submitted, c.failed, c.swept, stats.drops
+         {} resolved by the sweep, {} events lost (drops), {} submission runs skipped by the \
+         kernel",
+        c.submitted, c.failed, c.swept, stats.drops, stats.skipped_runs
     );
     tracker.stop()?;
     Ok(())

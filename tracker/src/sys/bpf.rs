@@ -17,8 +17,8 @@
 use super::blockdev::KernelDev;
 use crate::event::EVENT_LEN;
 use aya::maps::{Array, Map, MapData, PerCpuArray};
-use aya::programs::BtfTracePoint;
 use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{BtfTracePoint, ProgramFd};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,11 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("ferry_rq_complete", "block_rq_complete"),
     ("ferry_bio_complete", "block_bio_complete"),
 ];
+/// The programs that see submissions: a run of theirs the kernel skips is a write
+/// that may go unseen.
+const SUBMISSION_PROGRAMS: [&str; 2] = ["ferry_bio_queue", "ferry_split"];
+/// `BPF_OBJ_GET_INFO_BY_FD` (include/uapi/linux/bpf.h).
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const MAPS: [&str; 10] = [
     "cpu_local",
     "protected_disks",
@@ -174,6 +179,12 @@ pub enum BpfError {
     ProtectedFull { dev: u32 },
     #[error("{0}")]
     Unsupported(String),
+    #[error("reading what the kernel knows of program {program}")]
+    ProgramInfo {
+        program: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("counting the CPUs for the tracker's logs ({0})")]
     Cpus(String),
     #[error("mapping BPF map {name} into memory")]
@@ -315,6 +326,8 @@ pub struct Bpf {
     inflight_keys: Mapped,
     inflight: Mapped,
     protected: Array<MapData, ProtectedSlot>,
+    /// The programs, to read their statistics.
+    programs: Vec<(&'static str, ProgramFd)>,
     drops: PerCpuArray<MapData, u64>,
     config: Array<MapData, u64>,
     state: Array<MapData, u64>,
@@ -391,6 +404,7 @@ impl Bpf {
             .map_err(map_err("config"))?;
         let mut links = Vec::new();
         let mut held = Vec::new();
+        let mut programs = Vec::new();
         for (program, tracepoint) in PROGRAMS {
             let err = |source| BpfError::Program {
                 program,
@@ -403,6 +417,11 @@ impl Bpf {
                 .try_into()
                 .map_err(err)?;
             prog.load(tracepoint, &btf).map_err(err)?;
+            let fd = prog.fd().map_err(err)?.try_clone();
+            programs.push((
+                program,
+                fd.map_err(|source| BpfError::ProgramInfo { program, source })?,
+            ));
             let id = prog.attach().map_err(err)?;
             if options.pin_dir.is_some() {
                 links.push((program, prog.take_link(id).map_err(err)?));
@@ -444,6 +463,7 @@ impl Bpf {
             inflight: map_array(take(&mut ebpf, "inflight")?, "inflight", false)?,
             protected: Array::try_from(take(&mut ebpf, "protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
+            programs,
             drops: PerCpuArray::try_from(take(&mut ebpf, "drops")?).map_err(map_err("drops"))?,
             config: Array::try_from(take(&mut ebpf, "config")?).map_err(map_err("config"))?,
             state: Array::try_from(take(&mut ebpf, "state")?).map_err(map_err("state"))?,
@@ -463,7 +483,7 @@ impl Bpf {
             Map::from_map_data(data).map_err(map_err(name))
         };
         let mapped = |name: &'static str| map_array(open(name)?, name, false);
-        let links = PROGRAMS
+        let links: Vec<FdLink> = PROGRAMS
             .iter()
             .map(|(program, _)| {
                 let path = dir.join("links").join(program);
@@ -502,6 +522,11 @@ impl Bpf {
             inflight,
             protected: Array::try_from(open("protected_disks")?)
                 .map_err(map_err("protected_disks"))?,
+            programs: PROGRAMS
+                .iter()
+                .zip(&links)
+                .map(|((program, _), link)| Ok((*program, program_of(program, link)?)))
+                .collect::<Result<_, BpfError>>()?,
             drops: PerCpuArray::try_from(open("drops")?).map_err(map_err("drops"))?,
             config,
             state: Array::try_from(open("state")?).map_err(map_err("state"))?,
@@ -684,6 +709,21 @@ impl Bpf {
         }
     }
 
+    /// Runs of the submission programs the kernel skipped since they were loaded: from
+    /// Linux 6.1 a tracepoint program that fires on a CPU where it is already running
+    /// (a bio submitted from an interrupt while another is being tracked) is not run,
+    /// only counted (`recursion_misses`). Each may be a write never seen.
+    pub fn skipped_submission_runs(&self) -> Result<u64, BpfError> {
+        let mut total = 0;
+        for (program, fd) in &self.programs {
+            if SUBMISSION_PROGRAMS.contains(program) {
+                total += recursion_misses(fd)
+                    .map_err(|source| BpfError::ProgramInfo { program, source })?;
+            }
+        }
+        Ok(total)
+    }
+
     /// Events the programs could not log, since they were loaded.
     pub fn drops(&self) -> Result<u64, BpfError> {
         let per_cpu = self.drops.get(&0, 0).map_err(map_err("drops"))?;
@@ -698,6 +738,55 @@ impl Bpf {
             .map(|i| self.fallback.u64_at((base + i) * 8))
             .collect()
     }
+}
+
+/// The program a pinned link runs.
+fn program_of(program: &'static str, link: &FdLink) -> Result<ProgramFd, BpfError> {
+    let err = |e: &dyn std::fmt::Display| BpfError::ProgramInfo {
+        program,
+        source: std::io::Error::other(e.to_string()),
+    };
+    let id = link.info().map_err(|e| err(&e))?.program_id();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| err(&format!("program {id} is not loaded")))?
+        .fd()
+        .map_err(|e| err(&e))
+}
+
+/// The `recursion_misses` the kernel counts for the program `fd` (kernel 5.12+).
+fn recursion_misses(fd: &ProgramFd) -> std::io::Result<u64> {
+    /// The `info` member of `union bpf_attr`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: bpf_prog_info is plain data (integers and byte arrays): all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: u32::try_from(std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()))
+            .expect("fds are non-negative"),
+        info_len: u32::try_from(std::mem::size_of_val(&info)).expect("a small struct"),
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    // SAFETY: `attr` is the `info` member of `union bpf_attr` (the kernel copies `size_of`
+    // bytes); `info` points to a live, writable bpf_prog_info of `info_len` bytes, which
+    // the kernel fills up to the smaller of its and our size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            std::ptr::from_mut(&mut attr),
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
 }
 
 /// Refuses hosts the programs are not correct on (`ferry check` says the same).
