@@ -35,7 +35,8 @@ pub struct TrackerConfig {
     pub state_file: Option<PathBuf>,
     /// Records in each CPU's event log (40 bytes each), rounded up to a power of two;
     /// default 32768 (1.25 MiB per CPU: 130 ms of 250k completions per second on one
-    /// CPU, where the agent drains every 20 ms).
+    /// CPU, where the agent drains every 20 ms). Capped so that all CPUs' logs fit 32 MiB
+    /// (never below 4096 per CPU); pinned programs keep the size they were loaded with.
     pub log_records: u32,
     /// A write not seen completing within this is resolved by the sweep; default 5 s.
     pub sweep_after: Duration,
