@@ -232,14 +232,26 @@ fn disk_size(root: &Path, name: &str) -> u64 {
 }
 
 /// The oldest kernel the tracker runs on (major, minor).
-pub const MIN_KERNEL: (u32, u32) = (6, 1);
+const MIN_KERNEL: (u32, u32) = (6, 1);
 
 /// Whether a kernel release string ("6.18.44-…") is at least `min`.
-pub fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
+fn kernel_at_least(release: &str, min: (u32, u32)) -> bool {
     let mut parts = release.split(|c: char| !c.is_ascii_digit());
     let major = parts.next().and_then(|p| p.parse::<u32>().ok());
     let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
     matches!((major, minor), (Some(a), Some(b)) if (a, b) >= min)
+}
+
+/// Why a kernel of this release cannot run the tracker, if it cannot (what `ferry check`
+/// and the loader say).
+pub fn kernel_refusal(release: &str) -> Option<String> {
+    (!kernel_at_least(release, MIN_KERNEL)).then(|| {
+        format!(
+            "kernel {release:?} is older than {}.{}: ferry's tracker needs BPF tracepoint \
+             programs that the kernel never runs nested within themselves on one CPU",
+            MIN_KERNEL.0, MIN_KERNEL.1
+        )
+    })
 }
 
 /// Runs every check against the host (or fixture) at `root`.
@@ -267,15 +279,7 @@ pub fn check(root: &Path) -> Result<Report, CheckError> {
         });
     }
     let release = read(root, "proc/sys/kernel/osrelease").unwrap_or_default();
-    if !kernel_at_least(release.trim(), MIN_KERNEL) {
-        refusals.push(format!(
-            "kernel {:?} is older than {}.{}: ferry's tracker needs BPF tracepoint programs \
-             that the kernel never runs nested within themselves on one CPU (Linux 6.1)",
-            release.trim(),
-            MIN_KERNEL.0,
-            MIN_KERNEL.1
-        ));
-    }
+    refusals.extend(kernel_refusal(release.trim()));
     if !root.join("sys/kernel/btf/vmlinux").exists() {
         refusals.push(
             "the kernel has no BTF (/sys/kernel/btf/vmlinux): ferry's eBPF tracker needs a kernel \

@@ -96,6 +96,14 @@ pub enum EventError {
     Range { sector: u64, sectors: u32 },
 }
 
+/// The bytes of `sectors` sectors from `sector`, or `None` if that overflows (a record
+/// that cannot be a real write).
+pub fn sector_range(sector: u64, sectors: u32) -> Option<ByteRange> {
+    let start = sector.checked_mul(SECTOR)?;
+    let end = start.checked_add(u64::from(sectors) * SECTOR)?;
+    Some(ByteRange::new(start, end))
+}
+
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
@@ -111,13 +119,7 @@ impl Event {
             return Err(EventError::Length(b.len()));
         }
         let (sector, sectors) = (u64_at(b, 8), u32_at(b, 16));
-        let range = sector
-            .checked_mul(SECTOR)
-            .and_then(|start| {
-                let end = start.checked_add(u64::from(sectors) * SECTOR)?;
-                Some(ByteRange::new(start, end))
-            })
-            .ok_or(EventError::Range { sector, sectors })?;
+        let range = sector_range(sector, sectors).ok_or(EventError::Range { sector, sectors })?;
         let flags = b[27];
         let kind = match b[24] {
             1 => Kind::Submit {

@@ -10,7 +10,7 @@
 //!   newly protected disk: a **gap** — the disk needs a full digest catch-up.
 
 use crate::dirty::GRAIN;
-use crate::event::{Event, SECTOR};
+use crate::event::{Event, sector_range};
 use crate::persist::{self, PersistError, Saved, SavedDisk};
 use crate::range::ByteRange;
 use crate::state::{Readable, TrackState, UnknownDisk};
@@ -432,11 +432,7 @@ impl Tracker {
         self.bpf.in_flight(&mut self.mapped);
         for m in &self.mapped {
             let disk = DiskId(m.disk);
-            let range = m.sector.checked_mul(SECTOR).and_then(|start| {
-                let end = start.checked_add(u64::from(m.sectors) * SECTOR)?;
-                Some(ByteRange::new(start, end))
-            });
-            let Some(range) = range else {
+            let Some(range) = sector_range(m.sector, m.sectors) else {
                 self.counters_malformed += 1;
                 continue;
             };

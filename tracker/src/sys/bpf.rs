@@ -801,15 +801,10 @@ fn supported() -> Result<(), BpfError> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let min = crate::check::MIN_KERNEL;
-    if !crate::check::kernel_at_least(&release, min) {
-        return Err(BpfError::Unsupported(format!(
-            "kernel {release:?} is older than {}.{}: ferry's tracker needs BPF tracepoint \
-             programs that never run nested within themselves on one CPU",
-            min.0, min.1
-        )));
+    match crate::check::kernel_refusal(&release) {
+        Some(why) => Err(BpfError::Unsupported(why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The records of each CPU's log: `wanted` as a power of two, but at most what shares
@@ -820,11 +815,7 @@ fn log_records_per_cpu(wanted: u32, cpus: usize) -> usize {
         .checked_next_power_of_two()
         .unwrap_or(1 << 31);
     let share = LOG_BUDGET_BYTES / RECORD_BYTES / cpus.max(1);
-    let cap = if share.is_power_of_two() {
-        share
-    } else {
-        share.next_power_of_two() / 2
-    };
+    let cap = 1 << share.max(1).ilog2(); // the largest power of two within the share
     wanted.min(cap.max(MIN_LOG_RECORDS))
 }
 
