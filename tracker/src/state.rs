@@ -118,10 +118,7 @@ impl TrackState {
                 self.counters.untracked += u64::from(untracked);
                 // A known id: a part of it the kernel reports as untracked (its entry
                 // was replaced); the parts already in flight stay so.
-                if !self.inflight.add_piece(e.id, e.range) && !self.inflight.contains(e.id) {
-                    self.counters.submitted += 1;
-                    self.inflight.submit(e.id, e.disk, e.range, e.seen_ns);
-                }
+                self.follow(e.id, e.disk, e.range, e.seen_ns);
                 Ok(None)
             }
             Kind::Complete { status } => {
@@ -156,18 +153,23 @@ impl TrackState {
         if disk.0 as usize >= self.disks.len() {
             return Err(UnknownDisk(disk));
         }
-        if self.inflight.contains(id) {
-            if !self.inflight.add_piece(id, range) {
-                return Ok(false);
-            }
-        } else if self.retired.contains(&id) {
+        let swept = !self.inflight.contains(id) && self.retired.contains(&id);
+        if swept || !self.follow(id, disk, range, since_ns) {
             return Ok(false);
-        } else {
-            self.counters.submitted += 1;
-            self.inflight.submit(id, disk, range, since_ns);
         }
         self.mark_dirty(disk, range);
         Ok(true)
+    }
+
+    /// Puts `range` of submission `id` in flight: a new part of a known id, or a new
+    /// submission. Returns false when it was already known.
+    fn follow(&mut self, id: u64, disk: DiskId, range: ByteRange, since_ns: u64) -> bool {
+        if self.inflight.contains(id) {
+            return self.inflight.add_piece(id, range);
+        }
+        self.counters.submitted += 1;
+        self.inflight.submit(id, disk, range, since_ns);
+        true
     }
 
     /// Forgets swept ids for which `still_mapped` is false (their kernel entry is gone).
