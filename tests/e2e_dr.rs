@@ -640,6 +640,24 @@ fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirme
         ok_script.to_str().unwrap(),
     ]);
     assert_eq!(drill["script"]["exit_code"], 0, "{drill}");
+    // The instance holds the server's plaintext: 0700 directories, 0600 files, whatever
+    // the umask the standby was started under (the test's, 022).
+    let dir = PathBuf::from(drill["dir"].as_str().expect("a dir"));
+    let image = PathBuf::from(drill["disks"][0]["image"].as_str().expect("an image"));
+    for (path, want) in [
+        (dir.parent().expect("instances/").to_owned(), "700"),
+        (dir.clone(), "700"),
+        (image, "600"),
+        (dir.join("instance.json"), "600"),
+        (dir.join("script.log"), "600"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .permissions()
+            .mode();
+        assert_eq!(format!("{:o}", mode & 0o7777), want, "{}", path.display());
+    }
     let during = {
         let _m = site.mount();
         write_files(&site.mnt, "during-drill", 2, 1 << 20, 13)

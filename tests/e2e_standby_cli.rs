@@ -2,7 +2,8 @@
 //! file, an agent streaming over TCP, `ferry point list` (table and JSON), `ferry rebuild`
 //! of a point and of several disks (sparse images, exact bytes), `ferry retention run`
 //! (space shrinks, retained points still exact), and a tampered segment making rebuild
-//! fail with an error naming segment and offset.
+//! fail with an error naming segment and offset. Rebuilt images are 0600 in 0700
+//! directories whatever the umask, and so is the standby's data directory.
 
 mod support;
 
@@ -281,4 +282,87 @@ fn a_tampered_segment_fails_rebuild_naming_segment_and_offset() {
         !out.join("disk-0.img").exists(),
         "no partial image left behind"
     );
+}
+
+/// `ferry rebuild` of web-1 run with `umask` (set in the child between fork and exec).
+fn rebuild_with_umask(site: &Site, umask: libc::mode_t, out: &Path, extra: &[&str]) {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args([
+            "rebuild",
+            "--data-dir",
+            &site.s("data"),
+            "--server",
+            "web-1",
+        ])
+        .args(["--point", "latest", "--key", &site.s("pair.key"), "--out"])
+        .arg(out)
+        .args(extra);
+    // SAFETY: umask(2) is async-signal-safe and touches nothing but the child's own
+    // file-mode mask; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            libc::umask(umask);
+            Ok(())
+        });
+    }
+    let done = command.output().expect("running ferry rebuild");
+    assert!(
+        done.status.success(),
+        "rebuild under umask {umask:03o} failed: {}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+}
+
+/// The permission bits of `path`, in octal ("600").
+fn mode_of(path: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode();
+    format!("{:o}", mode & 0o7777)
+}
+
+#[test]
+fn rebuilt_images_are_0600_in_0700_directories_whatever_the_umask() {
+    let site = populated();
+    assert_eq!(
+        mode_of(&site.path("data")),
+        "700",
+        "the standby's data directory (made under the test's umask)"
+    );
+    for umask in [0o022, 0o000] {
+        // Several disks: a new directory (and its missing parent) for the images.
+        let dir = site.path(&format!("umask-{umask:03o}/images"));
+        rebuild_with_umask(&site, umask, &dir, &[]);
+        for d in [dir.parent().expect("a parent"), dir.as_path()] {
+            assert_eq!(
+                mode_of(d),
+                "700",
+                "{} made by rebuild under umask {umask:03o}",
+                d.display()
+            );
+        }
+        for disk in 0..2 {
+            let image = dir.join(format!("disk-{disk}.img"));
+            assert_eq!(
+                mode_of(&image),
+                "600",
+                "{} under umask {umask:03o}",
+                image.display()
+            );
+            assert_image(&image, &site.sim.disks()[disk], "a 0600 image");
+        }
+        // One disk into an image file.
+        let image = site.path(&format!("umask-{umask:03o}/disk-1.img"));
+        rebuild_with_umask(&site, umask, &image, &["--disk", "1"]);
+        assert_eq!(
+            mode_of(&image),
+            "600",
+            "{} under umask {umask:03o}",
+            image.display()
+        );
+    }
 }

@@ -651,7 +651,7 @@ impl Control {
                 wanted: class.to_owned(),
             });
         }
-        std::fs::create_dir_all(&target).map_err(io("create", &target))?;
+        crate::private_files::create_dir_all(&target).map_err(io("create", &target))?;
         let parent = link.parent().expect("a server directory has a parent");
         std::fs::create_dir_all(parent).map_err(io("create", parent))?;
         std::os::unix::fs::symlink(&target, &link).map_err(io("link", &link))?;

@@ -16,6 +16,10 @@
 //!   chosen CPUs, memory and network, serial console in `console.log`; a post-launch
 //!   script, if given, runs after the boot starts.
 //!
+//! Files: the instance's directory and `DATA/instances` are 0700, every file made in it
+//! (`disk-N.img`, `instance.json`, `script.log`, `console.log`) 0600, whatever the
+//! umask ([`crate::private_files`]): the images are the server's plaintext.
+//!
 //! The instance is described in `instance.json` (written atomically) so that a restarted
 //! standby still knows it. Cleaning stops the VM, unmounts whatever is mounted from the
 //! instance's devices, detaches them and removes the directory — everything bringing it
@@ -23,6 +27,7 @@
 
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::points::{self, PointSelector};
+use crate::private_files;
 use crate::rebuild::{self, Target};
 use crate::server::{DataDir, ServerState};
 use ferry_wire::Seq;
@@ -342,7 +347,10 @@ impl Instances {
         let created = crate::now_ms();
         let id = format!("{}-{server}-{created}", kind.name());
         let dir = self.root.join(&id);
-        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // The images are the server's plaintext: the directories are the standby's own,
+        // 0700 (an existing `instances` directory is tightened), the files 0600.
+        private_files::ensure_dir(&self.root).map_err(io_err("create", &self.root))?;
+        private_files::ensure_dir(&dir).map_err(io_err("create", &dir))?;
         let mut instance = Instance {
             id,
             kind,
@@ -446,7 +454,7 @@ fn save(instance: &Instance) -> Result<(), InstanceError> {
     let path = instance.dir.join("instance.json");
     let tmp = instance.dir.join("instance.json.tmp");
     let text = serde_json::to_vec_pretty(instance).expect("an instance serializes");
-    std::fs::write(&tmp, text).map_err(io_err("write", &tmp))?;
+    private_files::write(&tmp, &text).map_err(io_err("write", &tmp))?;
     std::fs::rename(&tmp, &path).map_err(io_err("replace", &path))
 }
 
@@ -488,7 +496,7 @@ fn script_env(instance: &Instance) -> Vec<(String, String)> {
 fn run_script(instance: &Instance, script: &Path) -> Result<ScriptRun, InstanceError> {
     let started = Instant::now();
     let log = instance.dir.join("script.log");
-    let out = std::fs::File::create(&log).map_err(io_err("create", &log))?;
+    let out = private_files::create(&log).map_err(io_err("create", &log))?;
     let err = out.try_clone().map_err(io_err("open", &log))?;
     let mut child = Command::new(script)
         .envs(script_env(instance))
@@ -576,6 +584,10 @@ pub fn qemu_command(id: &str, spec: &Spec, disks: &[String], dir: &Path) -> Vec<
 fn start_vm(instance: &Instance) -> Result<Vm, InstanceError> {
     let devices: Vec<String> = instance.disks.iter().map(|d| d.device.clone()).collect();
     let command = qemu_command(&instance.id, &instance.spec, &devices, &instance.dir);
+    // qemu opens its serial file without truncating the mode: made 0600 here first (the
+    // console shows the guest's boot, which may print secrets).
+    let console = instance.dir.join("console.log");
+    private_files::create(&console).map_err(io_err("create", &console))?;
     let args: Vec<&str> = command[1..].iter().map(String::as_str).collect();
     tool(&command[0], &args)?;
     let pidfile = instance.dir.join("qemu.pid");

@@ -10,6 +10,8 @@
 //! - [`points`]: recovery points from barriers.
 //! - [`retention`]: the retention policy and log cleaning.
 //! - [`rebuild`]: a disk at a point, into an image file or onto a block device.
+//! - [`private_files`]: files holding plaintext or secrets are 0600, their directories
+//!   0700, whatever the umask.
 //! - [`digests`]: chunk digests of the latest state, for the agent's digest catch-up.
 //! - [`receiver`]: the TCP service: handshake, ingest, group commit, acks.
 //! - [`lifecycle`]: a protected server's states and the steps between them (DESIGN.md §5).
@@ -32,6 +34,7 @@ pub mod instance;
 pub mod lifecycle;
 pub mod log;
 pub mod points;
+pub mod private_files;
 pub mod rebuild;
 pub mod receiver;
 pub mod retention;

@@ -11,7 +11,8 @@
 //!   and writes the live parts with `pwrite`. Damage is an error naming segment and
 //!   offset; nothing is skipped.
 //! - Output is a new image file (created beside its final name and renamed into place when
-//!   complete, sparse: holes stay holes and zero records write nothing), or an existing
+//!   complete, sparse: holes stay holes and zero records write nothing; mode 0600 from
+//!   its creation whatever the umask, [`crate::private_files`]), or an existing
 //!   block device at least as large as the disk (every byte written: holes and zero
 //!   records are zeroed with `FALLOC_FL_ZERO_RANGE`, or by writing zeroes).
 
@@ -147,10 +148,8 @@ impl Target {
                 let mut name = path.file_name().unwrap_or_default().to_os_string();
                 name.push(format!(".partial-{}", std::process::id()));
                 let partial = path.with_file_name(name);
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&partial)
+                // Plaintext: 0600 from the start, whatever the umask.
+                let file = crate::private_files::create_new(&partial)
                     .map_err(io_err("create", &partial))?;
                 file.set_len(need).map_err(io_err("size", &partial))?;
                 Ok(Self {

@@ -358,7 +358,9 @@ impl DataDir {
             path: self.root.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.root).map_err(io)?;
+        // The standby's own directory: 0700 (tightened if it exists), so nothing under
+        // it — instances' images among them — is reachable by other users.
+        crate::private_files::ensure_dir(&self.root).map_err(io)?;
         let path = self.root.join("lock");
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -6,6 +6,10 @@
 //! - otherwise PATH is a directory (created if missing) and disk N becomes
 //!   `PATH/disk-N.img`.
 //!
+//! The images are plaintext: each is created mode 0600 and a directory made for them
+//! mode 0700, whatever the umask (an existing directory is the operator's and keeps its
+//! mode; see [`ferry_standby::private_files`]).
+//!
 //! This is the only command that needs the data key (DESIGN.md I6). It reads the log
 //! without locking it, so it may run beside a live standby.
 
@@ -13,6 +17,7 @@ use crate::keyfile;
 use anyhow::{Context, Result, bail};
 use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use ferry_standby::points::{self, PointSelector};
+use ferry_standby::private_files;
 use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::DataDir;
 use ferry_wire::ServerId;
@@ -84,7 +89,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
         None if registration.disks.len() == 1 => vec![(&registration.disks[0], args.out.clone())],
         None => {
-            std::fs::create_dir_all(&args.out).with_context(|| {
+            private_files::create_dir_all(&args.out).with_context(|| {
                 format!(
                     "server {} has {} disks, so --out must be a directory (or pass --disk N)",
                     args.server,

@@ -10,10 +10,12 @@
 //! `restore` verifies every frame's CRC and every record's MAC before using it, refuses a
 //! record out of order, out of the disk, or a file that ends early, and writes to a
 //! temporary file renamed into place only when everything checked out: bad input changes
-//! nothing.
+//! nothing. The restored image is plaintext: it is created mode 0600 whatever the umask
+//! (the seed file too).
 
 use crate::keyfile;
 use anyhow::{Context, Result, bail, ensure};
+use ferry_standby::private_files;
 use ferry_wire::message::{DiskInfo, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::{DEFAULT_ZSTD_LEVEL, Unsealed};
@@ -21,7 +23,7 @@ use ferry_wire::{
     ByteLen, ByteOffset, DiskId, MAX_DATA_EXTENT, Message, RecordKind, Sealer, Seq, ServerId,
     Unsealer,
 };
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -87,10 +89,7 @@ fn export(args: ExportArgs) -> Result<()> {
         .with_context(|| format!("cannot open {}", args.device.display()))?;
     let size = device.seek(SeekFrom::End(0))?;
     device.seek(SeekFrom::Start(0))?;
-    let out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&args.out)
+    let out = private_files::create_new(&args.out)
         .with_context(|| format!("cannot create seed file {}", args.out.display()))?;
     let mut out = BufWriter::with_capacity(4 << 20, out);
     let name = args
@@ -212,7 +211,7 @@ fn restore_into(
         ),
         None => bail!("seed file is empty"),
     };
-    let out = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+    let out = private_files::create_new(tmp)?;
     out.set_len(disk.size.0)?;
     let (mut next_offset, mut last_seq, mut records) = (0u64, Seq(0), 0u64);
     while let Some(message) = next_frame(reader, &mut body)? {

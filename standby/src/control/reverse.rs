@@ -166,7 +166,7 @@ impl Control {
             .iter()
             .map(|d| format!("{:?}", d.device))
             .collect();
-        std::fs::write(
+        crate::private_files::write(
             &config,
             format!(
                 "# The reverse agent of {id}: the failover instance's devices, shipped back to \
@@ -178,7 +178,8 @@ impl Control {
                 disks = disks.join(", "),
                 state = state_dir,
                 pins = pin_dir,
-            ),
+            )
+            .as_bytes(),
         )
         .map_err(|e| ControlError::Io {
             action: "write",
@@ -413,13 +414,13 @@ impl Control {
         state_dir: &Path,
     ) -> Result<u32, ControlError> {
         let tools = self.tools()?;
-        std::fs::create_dir_all(state_dir).map_err(|e| ControlError::Io {
+        crate::private_files::ensure_dir(state_dir).map_err(|e| ControlError::Io {
             action: "create",
             path: state_dir.to_owned(),
             source: e,
         })?;
         let log_path = state_dir.join("agent.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| ControlError::Io {
+        let log = crate::private_files::create(&log_path).map_err(|e| ControlError::Io {
             action: "create",
             path: log_path.clone(),
             source: e,
