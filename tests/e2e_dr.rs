@@ -111,6 +111,8 @@ struct Site {
     primary_conf: PathBuf,
     agent_conf: PathBuf,
     state: PathBuf,
+    /// The standbys' scripts directory (root's, 0755): post-launch scripts go here.
+    scripts: PathBuf,
     /// Detaches the agent's pinned tracker when the test ends.
     _pins: PinDir,
     mnt: PathBuf,
@@ -130,6 +132,9 @@ impl Site {
         let (primary_data, primary_control) = (free_port(), free_port());
         let standby_conf = p("standby.toml");
         let primary_conf = p("primary.toml");
+        let scripts = p("scripts");
+        std::fs::create_dir(&scripts).expect("mkdir scripts");
+        run("chmod", &["755", scripts.to_str().expect("utf-8")]);
         let token_text = token.to_str().expect("utf-8");
         let sites = format!(
             "[storage_classes]\nssd = {:?}\n\n[sites.zone-a]\ndata = \
@@ -152,9 +157,10 @@ impl Site {
             std::fs::write(
                 conf,
                 format!(
-                    "{}\n[control]\nlisten = \"127.0.0.1:{control}\"\ntoken_file = \
-                     {token_text:?}\n\n{extra}",
+                    "{}scripts_dir = {:?}\n\n[control]\nlisten = \"127.0.0.1:{control}\"\n\
+                     token_file = {token_text:?}\n\n{extra}",
                     text.replace("127.0.0.1:0", &listen),
+                    scripts.to_str().expect("utf-8"),
                 ),
             )
             .expect("write config");
@@ -186,6 +192,7 @@ impl Site {
             primary_conf,
             agent_conf,
             state,
+            scripts,
             _pins: pins,
             disk,
         }
@@ -582,7 +589,7 @@ fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirme
         write_files(&site.mnt, "second", 4, 1 << 20, 12)
     };
     agent.wait_in_sync(WAIT);
-    let scripts = site.dir.path();
+    let scripts = site.scripts.as_path();
     let mut both = first.clone();
     both.extend(second.clone());
 
@@ -595,8 +602,40 @@ fn a_drill_runs_beside_replication_then_a_failover_changes_point_and_is_confirme
         "/nonexistent/check.sh",
     ]);
     assert!(
-        e.contains("/nonexistent/check.sh") && e.contains("not an absolute path to an executable"),
+        e.contains("/nonexistent/check.sh") && e.contains("No such file"),
         "{e}"
+    );
+    // Post-launch scripts run as root: only from the scripts directory, no link out.
+    let outside = check_script(site.dir.path(), "outside.sh", "", &[]);
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        outside.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("is not in the scripts directory")
+            && e.contains(scripts.to_str().unwrap())
+            && e.contains("owned by root"),
+        "the refusal names the rule and the directory: {e}"
+    );
+    let link = scripts.join("link-out.sh");
+    std::os::unix::fs::symlink(&outside, &link).expect("symlink");
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        link.to_str().unwrap(),
+    ]);
+    assert!(e.contains("is not in the scripts directory"), "{e}");
+    assert_eq!(
+        console.json(&["drill", "status", "web-1"])["instances"]
+            .as_array()
+            .map(Vec::len),
+        Some(0),
+        "a refused script makes no instance"
     );
     let e = console.refused(&["drill", "start", "web-1"]);
     assert!(e.contains("needs a post-launch script"), "{e}");
@@ -760,7 +799,7 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
     let _reverse_pins = PinDir(PathBuf::from("/sys/fs/bpf/ferry-reverse-web-1"));
     let (primary, site_a) = site.primary();
     let (standby, console, agent) = protect(&site, &[]);
-    let scripts = site.dir.path();
+    let scripts = site.scripts.as_path();
     let before = {
         let _m = site.mount();
         write_files(&site.mnt, "before", 6, 1 << 20, 21)

@@ -47,7 +47,7 @@ enum Command {
     Reverse(cmd::instance::ReverseCommand),
     /// Bring a reverse-replicated server up at its original site again.
     ///
-    /// Example: `ferry failback web-1 --script /srv/failback/up.sh`
+    /// Example: `ferry failback web-1 --script /etc/ferry/scripts/up.sh`
     Failback(cmd::instance::StartArgs),
     /// Protect a failed-back server forward again (no full copy).
     ///

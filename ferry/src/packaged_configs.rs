@@ -56,6 +56,7 @@ fn load_standby(
     ferry_standby::receiver::ServiceConfig,
     PathBuf,
     Option<cmd::standby::ControlSettings>,
+    ferry_standby::scripts::ScriptsDir,
 ) {
     let config = path.to_str().expect("utf-8 path");
     let cli = crate::Cli::try_parse_from(["ferry", "standby", "--config", config])
@@ -136,7 +137,7 @@ fn packaged_agent_config_loads_with_every_commented_setting_enabled() {
 #[test]
 fn packaged_standby_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/standby.toml");
-    let (config, key_file, control) = load_standby(&path);
+    let (config, key_file, control, scripts) = load_standby(&path);
     assert!(
         control.is_none(),
         "the control API is served once the admin enables it"
@@ -147,6 +148,11 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
     assert_eq!(config.listen, "0.0.0.0:7420");
     assert_eq!(config.segment_size, defaults.segment_size);
     assert_eq!(config.clean_interval, defaults.clean_interval);
+    assert_eq!(
+        scripts.path(),
+        Path::new(ferry_standby::scripts::DEFAULT_SCRIPTS_DIR),
+        "post-launch scripts only from the root-owned scripts directory"
+    );
     assert!(
         config.servers.is_empty(),
         "no server is allowed until the admin lists it"
@@ -157,7 +163,8 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
 fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/standby.toml"));
     let file = temp_config(&text);
-    let (config, _, control) = load_standby(file.path());
+    let (config, _, control, scripts) = load_standby(file.path());
+    assert_eq!(scripts, ferry_standby::scripts::ScriptsDir::default());
     let (control, sites) = control.expect("[control] is in the packaged config");
     assert_eq!(
         sites.get("eu-west").map(|s| s.data.as_str()),

@@ -772,6 +772,12 @@ impl Control {
 
     // --- instances: drills and failovers --------------------------------------------
 
+    /// Sets the directory post-launch scripts must be in (once, at start; the default is
+    /// [`crate::scripts::DEFAULT_SCRIPTS_DIR`]).
+    pub fn set_scripts_dir(&self, dir: crate::scripts::ScriptsDir) {
+        self.instances.set_scripts_dir(dir);
+    }
+
     /// Sets how the keys are loaded for rebuilding instances (once, at start).
     pub fn set_key_loader(&self, loader: KeyLoader) {
         let _ = self.keys.set(loader);

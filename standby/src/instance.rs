@@ -6,7 +6,9 @@
 //! instance's directory (`DATA/instances/<id>/disk-N.img`; every record MAC-checked,
 //! the barrier too), attached as loop devices (`losetup -P`, so partitions appear), and a
 //! launcher runs:
-//! - `script`: the post-launch script, with the instance in its environment
+//! - `script`: the post-launch script — only one that [`crate::scripts`] admits (in the
+//!   configured scripts directory, root-owned, not writable by others) — with the
+//!   instance in its environment
 //!   (`FERRY_INSTANCE`, `FERRY_KIND`, `FERRY_SERVER`, `FERRY_POINT`, `FERRY_SEQ`,
 //!   `FERRY_DEVICES` space-separated in disk order, `FERRY_DEVICE_<N>`,
 //!   `FERRY_INSTANCE_DIR`, `FERRY_NETWORK`, `FERRY_IP`); its output goes to
@@ -29,6 +31,7 @@ use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::points::{self, PointSelector};
 use crate::private_files;
 use crate::rebuild::{self, Target};
+use crate::scripts::ScriptsDir;
 use crate::server::{DataDir, ServerState};
 use ferry_wire::Seq;
 use ferry_wire::message::RegisterServer;
@@ -149,8 +152,9 @@ impl Instance {
 /// Why an instance could not be brought up or cleaned.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
-    #[error("the post-launch script {} is not an absolute path to an executable file", .0.display())]
-    Script(PathBuf),
+    /// A post-launch script refused ([`crate::scripts`]).
+    #[error(transparent)]
+    Script(#[from] crate::scripts::ScriptError),
     #[error("the script launcher needs a post-launch script (--script)")]
     NoScript,
     #[error("cpus must be 1 to 64 and memory 128 to 262144 MiB (got {0} CPUs, {1} MiB)")]
@@ -224,6 +228,8 @@ fn tool(program: &str, args: &[&str]) -> Result<String, InstanceError> {
 pub struct Instances {
     data: DataDir,
     root: PathBuf,
+    /// Where post-launch scripts must live ([`crate::scripts`]); set once at start.
+    scripts: std::sync::OnceLock<ScriptsDir>,
 }
 
 impl Instances {
@@ -231,7 +237,27 @@ impl Instances {
         Self {
             data: DataDir::new(data_dir),
             root: data_dir.join("instances"),
+            scripts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the scripts directory (once, at start; without it, [`ScriptsDir::default`]).
+    pub fn set_scripts_dir(&self, dir: ScriptsDir) {
+        let _ = self.scripts.set(dir);
+    }
+
+    fn scripts(&self) -> ScriptsDir {
+        self.scripts.get().cloned().unwrap_or_default()
+    }
+
+    /// The post-launch script of `spec` that would run (its canonical path), if it has
+    /// one and [`crate::scripts`] admits it.
+    fn admit_script(&self, spec: &Spec) -> Result<Option<PathBuf>, InstanceError> {
+        spec.script
+            .as_deref()
+            .map(|s| self.scripts().admit(s))
+            .transpose()
+            .map_err(InstanceError::from)
     }
 
     /// Every instance, oldest first.
@@ -267,15 +293,16 @@ impl Instances {
         }
     }
 
-    /// Checks what can be checked before anything is made.
+    /// Checks what can be checked before anything is made, anywhere: the script's
+    /// place is checked by the site that runs it ([`crate::scripts`]).
     pub fn check(spec: &Spec) -> Result<PointSelector, InstanceError> {
         if !(1..=64).contains(&spec.cpus) || !(128..=262_144).contains(&spec.memory_mib) {
             return Err(InstanceError::Size(spec.cpus, spec.memory_mib));
         }
         match (&spec.launcher, &spec.script) {
             (Launcher::Script, None) => return Err(InstanceError::NoScript),
-            (_, Some(script)) if !script.is_absolute() || !is_executable(script) => {
-                return Err(InstanceError::Script(script.clone()));
+            (_, Some(script)) if !script.is_absolute() => {
+                return Err(crate::scripts::ScriptError::NotAbsolute(script.clone()).into());
             }
             _ => {}
         }
@@ -313,6 +340,7 @@ impl Instances {
         spec: &Spec,
     ) -> Result<(ServerState, RegisterServer, Seq), InstanceError> {
         let selector = Self::check(spec)?;
+        self.admit_script(spec)?;
         let (state, _) = self
             .data
             .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
@@ -343,6 +371,8 @@ impl Instances {
         let started = Instant::now();
         let selector = Self::check(&spec)?;
         let (state, registration, seq) = self.open_point(server, &spec)?;
+        // What runs is the path checked: a link swapped after the check is not followed.
+        let script = self.admit_script(&spec)?;
         rebuild::verify_point(&state.log, seq, &keys.mac)?;
         let created = crate::now_ms();
         let id = format!("{}-{server}-{created}", kind.name());
@@ -409,8 +439,8 @@ impl Instances {
             if instance.spec.launcher == Launcher::Qemu {
                 instance.vm = Some(start_vm(&instance)?);
             }
-            if let Some(script) = instance.spec.script.clone() {
-                instance.script = Some(run_script(&instance, &script)?);
+            if let Some(script) = &script {
+                instance.script = Some(run_script(&instance, script)?);
             }
             instance.ready_ms = millis(started.elapsed());
             save(&instance)
@@ -443,11 +473,6 @@ impl Instances {
         clean_instance(&instance)?;
         Ok(instance)
     }
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 fn save(instance: &Instance) -> Result<(), InstanceError> {
@@ -749,7 +774,7 @@ mod tests {
                 ..spec()
             },
             Spec {
-                script: Some("/nonexistent/check.sh".into()),
+                script: Some("check.sh".into()),
                 ..spec()
             },
             Spec {

@@ -18,6 +18,7 @@
 //! - [`catalog`]: the site pairs and protected servers, persisted.
 //! - [`instance`]: drill and failover instances: a point rebuilt into image files,
 //!   attached as loop devices, and a launcher (script or qemu).
+//! - [`scripts`]: which post-launch scripts run (only root's, from the scripts directory).
 //! - [`control`]: the operator's view and operations joined with the agents' reports;
 //!   which servers' records are taken.
 //!
@@ -38,6 +39,7 @@ pub mod private_files;
 pub mod rebuild;
 pub mod receiver;
 pub mod retention;
+pub mod scripts;
 pub mod segment;
 pub mod server;
 pub mod storage;

@@ -21,8 +21,10 @@ pub(crate) struct LaunchArgs {
     /// the system disk in a VM (serial console captured) and then runs the script, if any.
     #[arg(long, default_value = "script", value_parser = ["script", "qemu"])]
     launcher: String,
-    /// Post-launch script (an executable at the standby), e.g. one that mounts and
-    /// checks the data. Gets FERRY_DEVICES, FERRY_POINT, FERRY_INSTANCE … (docs/api.md).
+    /// Post-launch script, e.g. one that mounts and checks the data: an executable in
+    /// the standby's scripts directory (scripts_dir, default /etc/ferry/scripts; it and
+    /// the script root-owned and not writable by group or others: it runs as root).
+    /// Gets FERRY_DEVICES, FERRY_POINT, FERRY_INSTANCE … (docs/api.md).
     #[arg(long)]
     script: Option<PathBuf>,
     /// CPUs of the VM (qemu).
@@ -61,7 +63,7 @@ impl LaunchArgs {
 pub(crate) enum DrillCommand {
     /// Bring a point up as a disposable copy; replication goes on untouched.
     ///
-    /// Example: `ferry drill start web-1 --point latest --script /srv/drill/check.sh`
+    /// Example: `ferry drill start web-1 --point latest --script /etc/ferry/scripts/check.sh`
     Start(StartArgs),
     /// The server's drills: where to verify them (devices), the script's exit status and
     /// output, and replication's RPO lag now.
@@ -79,7 +81,7 @@ pub(crate) enum DrillCommand {
 pub(crate) enum FailoverCommand {
     /// Stop replication and bring a point up as production.
     ///
-    /// Example: `ferry failover start web-1 --point latest --script /srv/failover/up.sh`
+    /// Example: `ferry failover start web-1 --point latest --script /etc/ferry/scripts/up.sh`
     Start(StartArgs),
     /// Bring up an earlier point instead (e.g. corrupt data was replicated); "latest"
     /// can be used only once.

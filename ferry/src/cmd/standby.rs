@@ -9,6 +9,9 @@
 //! key_file = "/etc/ferry/keys/pair.key" # required (here or --key); mode 0600
 //! segment_size_mib = 64                 # 2 to 4096
 //! clean_interval_minutes = 10           # 1 to 10080
+//! scripts_dir = "/etc/ferry/scripts"    # default; absolute. Post-launch scripts run as
+//!                                       # root: only executables in it, it and they
+//!                                       # root-owned and not writable by group/others
 //!
 //! [retention]                           # default policy for every server
 //! interval_hours = 1                    # 1 to 720
@@ -38,6 +41,7 @@ use anyhow::{Context, Result, bail};
 use ferry_standby::log::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 use ferry_standby::receiver::{ServiceConfig, Standby, StandbyKeys};
 use ferry_standby::retention::Policy;
+use ferry_standby::scripts::{DEFAULT_SCRIPTS_DIR, ScriptsDir};
 use ferry_wire::ServerId;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -87,6 +91,7 @@ struct FileConfig {
     storage_classes: HashMap<String, PathBuf>,
     #[serde(default)]
     sites: HashMap<String, SiteConfig>,
+    scripts_dir: Option<PathBuf>,
 }
 
 /// A peer site (`[sites.NAME]`): reverse replication ships there and is driven there.
@@ -122,7 +127,7 @@ struct ServerEntry {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let (config, key_file, control) = load_config(args)?;
+    let (config, key_file, control, scripts_dir) = load_config(args)?;
     let api = match &control {
         Some((c, _)) => {
             let token = keyfile::load_token(&c.token_file)?;
@@ -140,6 +145,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         auth: keys.auth.clone(),
     };
     let standby = Standby::bind(config, keys)?;
+    standby.control().set_scripts_dir(scripts_dir);
     // Drills and failovers rebuild points: the key file is read again then, and the data
     // key lives only as long as that rebuild.
     let loader_key = key_file.clone();
@@ -182,7 +188,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
 /// The `[control]` section and the peer sites it drives.
 pub(crate) type ControlSettings = (ControlConfig, HashMap<String, SiteConfig>);
 
-pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<ControlSettings>)> {
+pub(crate) fn load_config(
+    args: Args,
+) -> Result<(ServiceConfig, PathBuf, Option<ControlSettings>, ScriptsDir)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -261,10 +269,25 @@ pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<
         );
     }
 
+    let scripts_dir = file
+        .scripts_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SCRIPTS_DIR));
+    if !scripts_dir.is_absolute() {
+        bail!(
+            "scripts_dir is {}; it must be an absolute path (default {DEFAULT_SCRIPTS_DIR})",
+            scripts_dir.display()
+        );
+    }
+
     let mut config = ServiceConfig::new(data_dir, listen);
     config.segment_size = segment_size;
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
     config.storage_classes = file.storage_classes;
-    Ok((config, key_file, file.control.map(|c| (c, file.sites))))
+    Ok((
+        config,
+        key_file,
+        file.control.map(|c| (c, file.sites)),
+        ScriptsDir::new(scripts_dir),
+    ))
 }
