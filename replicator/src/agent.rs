@@ -160,6 +160,14 @@ pub enum AgentError {
     Mounts(#[from] ferry_tracker::check::CheckError),
     #[error("the standby broke the protocol: {0}")]
     Protocol(String),
+    /// A protected disk whose kernel name the standby would refuse (it becomes a device
+    /// path at the other site): the registration could never be sent.
+    #[error("cannot protect {}", path.display())]
+    DiskName {
+        path: PathBuf,
+        #[source]
+        source: ferry_wire::ids::DiskNameError,
+    },
 }
 
 impl AgentError {
@@ -286,6 +294,14 @@ impl Agent {
         tconf.sweep_after = Duration::from_secs(1);
         let tracker = Tracker::start(tconf)?;
         let devices = tracker.devices().to_vec();
+        for d in &devices {
+            ferry_wire::ids::validate_disk_name(&d.name).map_err(|source| {
+                AgentError::DiskName {
+                    path: d.path.clone(),
+                    source,
+                }
+            })?;
+        }
         let sizes: Vec<u64> = devices.iter().map(|d| d.size).collect();
         let registration = RegisterServer {
             hostname: nix_hostname(),

@@ -5,6 +5,9 @@
 //! Names (servers here, site pairs later) follow one rule, from the product
 //! requirements: 1–60 characters; the first is an ASCII letter; the rest are ASCII
 //! letters, digits, or one of `.`, `_`, `-`.
+//!
+//! Disk names (a protected block device's kernel name) follow the kernel's rule instead,
+//! `^[a-z][a-z0-9_-]{0,31}$` ([`validate_disk_name`]): they become device paths.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -52,6 +55,42 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         });
     }
     Ok(())
+}
+
+/// Longest disk name, in characters (the kernel's own names are far shorter).
+pub const MAX_DISK_NAME_LEN: usize = 32;
+
+/// Why a disk name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "disk name {shown:?} is not allowed: a disk name must match ^[a-z][a-z0-9_-]{{0,31}}$ (a \
+     lowercase letter, then at most 31 lowercase letters, digits, '_' or '-', as the \
+     kernel names disks: vda, sda, nvme0n1, loop3, dm-0)"
+)]
+pub struct DiskNameError {
+    /// The name refused (its first 64 characters).
+    pub shown: String,
+}
+
+/// Checks a disk's name (a block device's kernel name on the protected host, e.g.
+/// `nvme0n1`) against `^[a-z][a-z0-9_-]{0,31}$`. The name becomes `/dev/<name>` at the
+/// other site when a server is restored onto its original machine, so nothing else —
+/// no `/`, no `..`, no spaces or control characters — may pass; this is the one
+/// place the rule lives, for every side that reads a name from a peer.
+pub fn validate_disk_name(name: &str) -> Result<(), DiskNameError> {
+    let bytes = name.as_bytes();
+    let ok = matches!(bytes.first(), Some(b'a'..=b'z'))
+        && bytes.len() <= MAX_DISK_NAME_LEN
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DiskNameError {
+            shown: name.chars().take(64).collect(),
+        })
+    }
 }
 
 /// A protected server's name, unique within a standby site. Always valid by construction.
@@ -177,6 +216,43 @@ mod tests {
             validate_name(&long),
             Err(NameError::TooLong { len: 61, .. })
         ));
+    }
+
+    #[test]
+    fn disk_names_follow_the_kernel_rule() {
+        let longest = format!("a{}", "9".repeat(31));
+        for ok in [
+            "vda", "sda", "nvme0n1", "loop3", "dm-0", "md127", "mmcblk0", "xvda", "a", &longest,
+        ] {
+            validate_disk_name(ok).unwrap_or_else(|e| panic!("{ok:?} refused: {e}"));
+        }
+        let too_long = format!("a{}", "b".repeat(32));
+        for bad in [
+            "",
+            "../sda",
+            "sda/../../etc",
+            "/dev/sda",
+            "1sda",
+            "-sda",
+            "_sda",
+            "Sda",
+            "sdA",
+            "sd a",
+            "sda\n",
+            "sd.a",
+            "nvme0n1p1 ",
+            "é",
+            &too_long,
+        ] {
+            let err = validate_disk_name(bad).expect_err(bad).to_string();
+            assert!(
+                err.contains("^[a-z][a-z0-9_-]{0,31}$") && err.contains(&format!("{bad:?}")),
+                "the refusal names the name and the rule: {err}"
+            );
+        }
+        let huge = "x/".repeat(10_000);
+        let err = validate_disk_name(&huge).expect_err("huge").shown;
+        assert_eq!(err.chars().count(), 64, "a refused name is shown shortened");
     }
 
     #[test]

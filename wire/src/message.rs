@@ -253,6 +253,8 @@ pub enum MessageError {
     ControlCharacter { field: &'static str },
     #[error("server registers {count} disks (at most {MAX_DISKS})")]
     TooManyDisks { count: usize },
+    #[error(transparent)]
+    DiskName(#[from] crate::ids::DiskNameError),
     #[error("invalid record")]
     Record(#[from] crate::record::HeaderError),
     #[error("expected a record")]
@@ -295,9 +297,10 @@ impl Message {
                         count: r.disks.len(),
                     });
                 }
-                r.disks
-                    .iter()
-                    .try_for_each(|d| check_text("disk name", &d.name, MAX_TEXT))
+                r.disks.iter().try_for_each(|d| {
+                    check_text("disk name", &d.name, MAX_TEXT)?;
+                    Ok(crate::ids::validate_disk_name(&d.name)?)
+                })
             }
             Message::Record(r) => Ok(r.check()?),
             Message::Error(e) => check_text("error message", &e.message, MAX_ERROR_TEXT),

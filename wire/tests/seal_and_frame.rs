@@ -671,6 +671,43 @@ fn text_fields_are_bounded_and_printable() {
     assert!(chain.contains("1025 disks"), "{chain}");
 }
 
+#[test]
+fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways() {
+    for bad in ["../sda", "sda/../../etc/shadow", "Sda", "1sda", "", "sd a"] {
+        let reg = RegisterServer {
+            hostname: "h".into(),
+            disks: vec![DiskInfo {
+                disk: DiskId(0),
+                name: bad.into(),
+                size: ByteLen(1 << 20),
+            }],
+        };
+        let chain = error_chain(&Message::RegisterServer(reg.clone()).encode().unwrap_err());
+        assert!(
+            chain.contains(&format!("{bad:?}")) && chain.contains("^[a-z][a-z0-9_-]{0,31}$"),
+            "encoding: the refusal names the name and the rule: {chain}"
+        );
+        // From a peer: the frame is sound, the message is refused on decode.
+        let body = bincode::serde::encode_to_vec(&reg, bincode::config::standard()).unwrap();
+        let chain = error_chain(&frame::decode(&reframe(5, &body)).unwrap_err());
+        assert!(
+            chain.contains(&format!("{bad:?}")) && chain.contains("^[a-z][a-z0-9_-]{0,31}$"),
+            "decoding: the refusal names the name and the rule: {chain}"
+        );
+    }
+    for good in ["vda", "nvme0n1", "loop3", "dm-0"] {
+        let reg = Message::RegisterServer(RegisterServer {
+            hostname: "h".into(),
+            disks: vec![DiskInfo {
+                disk: DiskId(0),
+                name: good.into(),
+                size: ByteLen(1 << 20),
+            }],
+        });
+        assert_eq!(frame::decode(&reg.encode().unwrap()).unwrap(), reg);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 

@@ -92,10 +92,14 @@ fn export(args: ExportArgs) -> Result<()> {
     let out = private_files::create_new(&args.out)
         .with_context(|| format!("cannot create seed file {}", args.out.display()))?;
     let mut out = BufWriter::with_capacity(4 << 20, out);
+    // The device's name when it is a kernel disk name (`/dev/vdb` → `vdb`); an image
+    // file's name (`disk.img`) is not one, so it is registered as `diskN`.
     let name = args
         .device
         .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| ferry_wire::ids::validate_disk_name(n).is_ok())
+        .unwrap_or_else(|| format!("disk{}", args.disk));
     let mut frame = Vec::with_capacity(MAX_DATA_EXTENT + 4096);
     Message::RegisterServer(RegisterServer {
         hostname: args.server.to_string(),

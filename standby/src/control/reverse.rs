@@ -150,11 +150,18 @@ impl Control {
             let registration = state.registration().cloned().ok_or_else(|| {
                 ControlError::Reverse(format!("server {id} never registered its disks here"))
             })?;
+            // The names came from the agent: only a kernel disk name becomes a path.
             registration
                 .disks
                 .iter()
-                .map(|d| format!("/dev/{}", d.name))
-                .collect()
+                .map(|d| {
+                    ferry_wire::ids::validate_disk_name(&d.name)
+                        .map(|()| format!("/dev/{}", d.name))
+                        .map_err(|e| {
+                            ControlError::Reverse(format!("server {id}: disk {}: {e}", d.disk.0))
+                        })
+                })
+                .collect::<Result<_, _>>()?
         } else {
             Vec::new()
         };
