@@ -46,6 +46,7 @@ use ferry_tracker::dirty::{GRAIN, Generation};
 use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
 use ferry_wire::digest::{CHUNK, ChunkDigest, Digester, chunk_digest};
+use ferry_wire::disk_identity::DiskIdentity;
 use ferry_wire::message::{
     Barrier, DigestRequest, DiskInfo, ErrorCode, PointKind, PointResult, Progress, RegisterServer,
     ReplicationPhase,
@@ -174,6 +175,14 @@ impl AgentError {
     fn is_retryable(&self) -> bool {
         matches!(self, AgentError::Link(e) if e.is_retryable())
     }
+}
+
+/// What identifies the protected disk `name` (`/sys/block/<name>`, see
+/// [`ferry_wire::disk_identity`]), recorded in the registration so a restore onto the
+/// original machine later finds this very disk.
+fn disk_identity(name: &str) -> DiskIdentity {
+    let dir = std::path::Path::new("/sys/block").join(name);
+    DiskIdentity::from_sysfs(|file| std::fs::read_to_string(dir.join(file)).ok())
 }
 
 /// An extent sent and not yet acknowledged.
@@ -312,6 +321,7 @@ impl Agent {
                     disk: disk_id(i),
                     name: d.name.clone(),
                     size: ByteLen(d.size),
+                    identity: disk_identity(&d.name),
                 })
                 .collect(),
         };

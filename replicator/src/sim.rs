@@ -60,6 +60,7 @@ impl SimServer {
                     disk: DiskId(u32::try_from(i).expect("few disks")),
                     name: format!("sim{i}"),
                     size: ByteLen(d.len() as u64),
+                    identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
                 })
                 .collect(),
         }

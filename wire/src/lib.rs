@@ -2,6 +2,7 @@
 //! and a standby site, or lands in the standby's log, is defined here.
 //!
 //! - [`ids`]: typed identities and units (server, disk, sequence number, byte offsets).
+//! - [`disk_identity`]: what identifies a disk beyond its name (WWID, serial, …).
 //! - [`keys`]: the site pair's master key and the data, MAC, auth and digest keys derived
 //!   from it.
 //! - [`record`]: the plaintext record header that the standby stores and indexes.
@@ -25,6 +26,7 @@
 
 pub mod auth;
 pub mod digest;
+pub mod disk_identity;
 pub mod frame;
 pub mod ids;
 pub mod keys;

@@ -31,7 +31,8 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: a registration's disks carry their identity ([`crate::disk_identity`]).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Agent → standby: opens a connection for one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +77,8 @@ pub struct DiskInfo {
     /// The device's name on the protected host (e.g. `vda`, `loop3`).
     pub name: String,
     pub size: ByteLen,
+    /// What identifies the device beyond its name, for a restore onto it later.
+    pub identity: crate::disk_identity::DiskIdentity,
 }
 
 /// Agent → standby: the server and its disks.
@@ -299,6 +302,9 @@ impl Message {
                 }
                 r.disks.iter().try_for_each(|d| {
                     check_text("disk name", &d.name, MAX_TEXT)?;
+                    if let Some(v) = d.identity.value() {
+                        check_text("disk identity", v, crate::disk_identity::MAX_IDENTITY_LEN)?;
+                    }
                     Ok(crate::ids::validate_disk_name(&d.name)?)
                 })
             }

@@ -5,6 +5,7 @@ use ferry_wire::auth::{Nonce, Proof};
 mod common;
 
 use common::reframe;
+use ferry_wire::disk_identity::DiskIdentity;
 use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader};
 use ferry_wire::message::*;
 use ferry_wire::record::RecordAddress;
@@ -335,6 +336,7 @@ fn every_message_round_trips() {
                 disk: DiskId(0),
                 name: "vda".into(),
                 size: ByteLen(20 << 30),
+                identity: DiskIdentity::Wwid("eui.0025388b71b2c5e1".into()),
             }],
         }),
         Message::Record(sample_record(&k)),
@@ -477,17 +479,17 @@ fn sealed_format_matches_golden_vectors() {
         (
             &raw,
             "303050457a83c455527a9026c85a6030b171e29817865b996d492eb4ab77a053",
-            "55232c5e",
+            "c002c9e4",
         ),
         (
             &zstd,
             "b5667044e74d6c588c8a1e1a7b91d09964e70d8b7683042c30292c02e1027919",
-            "7164f2c6",
+            "dd69b0af",
         ),
         (
             &zero,
             "13b99871e0b74156d60399a121453e3b268f20ca79fd262a7b4f9151785dc88e",
-            "fc5b4f92",
+            "ddecc6c7",
         ),
     ];
     let actual: Vec<_> = golden
@@ -658,6 +660,7 @@ fn text_fields_are_bounded_and_printable() {
             disk: DiskId(i),
             name: "d".into(),
             size: ByteLen(1),
+            identity: DiskIdentity::Unknown,
         })
         .collect();
     let chain = error_chain(
@@ -680,6 +683,7 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
                 disk: DiskId(0),
                 name: bad.into(),
                 size: ByteLen(1 << 20),
+                identity: DiskIdentity::Unknown,
             }],
         };
         let chain = error_chain(&Message::RegisterServer(reg.clone()).encode().unwrap_err());
@@ -702,6 +706,7 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
                 disk: DiskId(0),
                 name: good.into(),
                 size: ByteLen(1 << 20),
+                identity: DiskIdentity::Unknown,
             }],
         });
         assert_eq!(frame::decode(&reg.encode().unwrap()).unwrap(), reg);

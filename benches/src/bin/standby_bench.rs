@@ -54,6 +54,7 @@ fn register(link: &mut Link, server: &ServerId, size: u64) -> Result<()> {
             disk: DiskId(0),
             name: "bench".into(),
             size: ByteLen(size),
+            identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
         }],
     })?;
     Ok(())

@@ -107,6 +107,7 @@ fn export(args: ExportArgs) -> Result<()> {
             disk: DiskId(args.disk),
             name,
             size: ByteLen(size),
+            identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
         }],
     })
     .encode_into(&mut frame)?;
