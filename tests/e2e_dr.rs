@@ -859,10 +859,16 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
     standby.kill();
     let (_primary, site_a) = site.primary();
     let (_standby, console) = site.standby();
+    // Site A found the original disk by what the agent registered: its loop device's
+    // backing file and its size.
+    let original = &site_a.server("web-1")["replication"]["original_disks"][0];
+    assert_eq!(original["path"], site.disk.path_str(), "{original}");
     assert_eq!(
-        site_a.server("web-1")["replication"]["original_disks"][0],
-        site.disk.path_str()
+        original["identity"]["loop-backing-file"],
+        site.dir.path().join("disk.img").to_str().unwrap(),
+        "{original}"
     );
+    assert_eq!(original["size"], 256 << 20, "{original}");
     let s = console.wait_state("web-1", "reverse-realtime");
     assert_eq!(s["state"], "reverse-realtime");
     site_a.wait_state("web-1", "realtime");

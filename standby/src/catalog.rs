@@ -99,9 +99,11 @@ pub struct Replication {
     pub auto_restart: bool,
     /// The disks this site will restore the server onto, which already hold most of
     /// its data (reverse replication onto the original machine): compared by digest so
-    /// only what differs travels, and written over at failback.
+    /// only what differs travels, and written over at failback. Each is found by the
+    /// identity and size the server registered, and checked unused, when replication
+    /// starts, and checked again before the restore ([`crate::original_disks`]).
     #[serde(default)]
-    pub original_disks: Vec<std::path::PathBuf>,
+    pub original_disks: Vec<crate::original_disks::OriginalDisk>,
 }
 
 impl ProtectedServer {

@@ -174,8 +174,8 @@ pub enum ControlError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} is not a block device (an original disk must be one)", .0.display())]
-    NotADisk(std::path::PathBuf),
+    #[error(transparent)]
+    NotADisk(#[from] crate::original_disks::OriginalDiskError),
     #[error(transparent)]
     Instance(#[from] InstanceError),
     #[error("the site pair's key is not available to rebuild: {0}")]
@@ -599,16 +599,16 @@ impl Control {
     pub fn start_replication(
         &self,
         id: &str,
-        settings: Replication,
+        mut settings: Replication,
     ) -> Result<State, ControlError> {
         let server = self.catalog().server(id)?.clone();
         server.check(Step::ReplicationStart)?;
-        for disk in &settings.original_disks {
-            use std::os::unix::fs::FileTypeExt;
-            if !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device()) {
-                return Err(ControlError::NotADisk(disk.clone()));
-            }
-        }
+        // Found by identity and size (the name may have changed), and unused.
+        settings.original_disks = settings
+            .original_disks
+            .iter()
+            .map(crate::original_disks::locate)
+            .collect::<Result<_, _>>()?;
         self.class_dir(&settings.storage_class)?;
         if settings.storage_class != server.storage_class {
             return Err(ControlError::ClassChange {
@@ -685,7 +685,8 @@ impl Control {
     pub fn baseline(&self, id: &ServerId) -> Option<Vec<std::path::PathBuf>> {
         let catalog = self.catalog();
         let r = catalog.server(id.as_str()).ok()?.replication.as_ref()?;
-        (!r.original_disks.is_empty()).then(|| r.original_disks.clone())
+        (!r.original_disks.is_empty())
+            .then(|| r.original_disks.iter().map(|d| d.path.clone()).collect())
     }
 
     /// The retention policy of every managed server replication was started for.

@@ -19,6 +19,8 @@
 //! - [`instance`]: drill and failover instances: a point rebuilt into image files,
 //!   attached as loop devices, and a launcher (script or qemu).
 //! - [`scripts`]: which post-launch scripts run (only root's, from the scripts directory).
+//! - [`original_disks`]: the original machine's disks a failback writes over, found by
+//!   serial/WWN and size and refused when in use.
 //! - [`control`]: the operator's view and operations joined with the agents' reports;
 //!   which servers' records are taken.
 //!
@@ -34,6 +36,7 @@ pub mod index;
 pub mod instance;
 pub mod lifecycle;
 pub mod log;
+pub mod original_disks;
 pub mod points;
 pub mod private_files;
 pub mod rebuild;

@@ -19,6 +19,7 @@ use crate::catalog::{CatalogError, Reverse};
 use crate::instance::{Instance, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::original_disks::OriginalDisk;
 use ferry_wire::{ServerId, error_chain};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -142,7 +143,7 @@ impl Control {
         let address = tools.peers.data_address(&reverse.site).ok_or_else(|| {
             ControlError::Reverse(format!("site {} is not in [sites]", reverse.site))
         })?;
-        let original_disks: Vec<String> = if original_machine {
+        let original_disks: Vec<OriginalDisk> = if original_machine {
             let (state, _) = self
                 .data
                 .open_server(&server.id, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
@@ -150,13 +151,18 @@ impl Control {
             let registration = state.registration().cloned().ok_or_else(|| {
                 ControlError::Reverse(format!("server {id} never registered its disks here"))
             })?;
-            // The names came from the agent: only a kernel disk name becomes a path.
+            // The names came from the agent: only a kernel disk name becomes a path. The
+            // peer finds each disk by the identity and size registered with it.
             registration
                 .disks
                 .iter()
                 .map(|d| {
                     ferry_wire::ids::validate_disk_name(&d.name)
-                        .map(|()| format!("/dev/{}", d.name))
+                        .map(|()| OriginalDisk {
+                            path: PathBuf::from(format!("/dev/{}", d.name)),
+                            size: d.size.0,
+                            identity: d.identity.clone(),
+                        })
                         .map_err(|e| {
                             ControlError::Reverse(format!("server {id}: disk {}: {e}", d.disk.0))
                         })
@@ -222,7 +228,7 @@ impl Control {
                 replication_network: None,
                 recovery_network: None,
                 auto_restart: true,
-                original_disks: original_disks.iter().map(PathBuf::from).collect(),
+                original_disks,
             };
             let start = serde_json::to_value(start).expect("settings serialize");
             self.peer(
@@ -382,11 +388,15 @@ impl Control {
                 server.state
             )));
         }
-        let onto = server
+        // Still the disks found at replication start (identity, size), and unused.
+        let onto: Vec<PathBuf> = server
             .replication
             .as_ref()
             .map(|r| r.original_disks.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| crate::original_disks::verify(&d).map(|()| d.path))
+            .collect::<Result<_, _>>()?;
         let keys = self.load_keys()?;
         let instance = self
             .instances
