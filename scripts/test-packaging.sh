@@ -93,7 +93,8 @@ rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$FERRY_RPM" 2>/dev/null \
     | grep -q '^cn /etc/ferry/agent.toml$' || fail "agent.toml is not %config(noreplace) in the .rpm"
 rpm_scripts=$(rpm -qp --scripts "$FERRY_RPM" 2>/dev/null)
 for want in "postinstall scriptlet" "preuninstall scriptlet" "postuninstall scriptlet" \
-    "install -d -m 0700 /etc/ferry/keys" "ferry track --detach" "systemctl daemon-reload"; do
+    "install -d -m 0700 /etc/ferry/keys" "install -d -m 0755 -o root -g root /etc/ferry/scripts" \
+    "ferry track --detach" "systemctl daemon-reload"; do
     grep -qF "$want" <<<"$rpm_scripts" || fail "the .rpm's scriptlets lack '$want':
 $rpm_scripts"
 done
@@ -283,6 +284,8 @@ for f in "${common_files[@]}" /lib/systemd/system/ferry-agent.service /lib/syste
     ct test -f "$f" || fail "$f is not installed"
 done
 [ "$(ct stat -c %a /etc/ferry/keys)" = 700 ] || fail "/etc/ferry/keys is not mode 0700"
+[ "$(ct stat -c %a:%U /etc/ferry/scripts)" = 755:root ] \
+    || fail "/etc/ferry/scripts is not root's and mode 0755 (post-launch scripts run as root)"
 ct test -d /var/lib/ferry/standby || fail "/var/lib/ferry/standby was not created"
 for unit in ferry-agent ferry-standby; do
     [ "$(ct systemctl is-enabled $unit.service || true)" = disabled ] || fail "$unit is enabled on install"
