@@ -22,7 +22,9 @@
 //! another disk of the same size.
 //!
 //! Bounds: each value is at most [`MAX_IDENTITY_LEN`] bytes, printable (checked with the
-//! registration, [`crate::message::Message::check`]).
+//! registration, [`crate::message::Message::check`]); a value sysfs gives that is not is
+//! skipped by [`DiskIdentity::from_sysfs`], so a disk with an odd serial or a loop
+//! device over a very long path is still protected (and not restored onto in place).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -50,7 +52,12 @@ impl DiskIdentity {
             files.iter().find_map(|f| {
                 let value = read(f)?;
                 let value = value.trim();
-                (!value.is_empty()).then(|| value.to_owned())
+                // One that could not travel (too long, control characters) is skipped, on
+                // both sides alike: such a disk can still be protected.
+                let usable = !value.is_empty()
+                    && value.len() <= MAX_IDENTITY_LEN
+                    && !value.chars().any(char::is_control);
+                usable.then(|| value.to_owned())
             })
         };
         if let Some(v) = first(&["wwid", "device/wwid"]) {
@@ -135,6 +142,12 @@ mod tests {
         assert_eq!(
             sysfs(&[("loop/backing_file", "/srv/disk.img\n")]),
             DiskIdentity::LoopBackingFile("/srv/disk.img".into())
+        );
+        let long = format!("/srv/{}.img", "x".repeat(MAX_IDENTITY_LEN));
+        assert_eq!(
+            sysfs(&[("serial", "bad\u{1b}[2J"), ("loop/backing_file", &long)]),
+            DiskIdentity::Unknown,
+            "values that cannot travel are no identity (the disk is still protected)"
         );
         let none = sysfs(&[("size", "2048")]);
         assert!(!none.is_known());
