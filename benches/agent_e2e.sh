@@ -50,16 +50,18 @@ now() { date +%s.%N; }
 
 head -c "${mib}M" /dev/urandom >"$shm/disk.img"
 disk="$(losetup --find --show "$shm/disk.img")"
-"$ferry" keygen --out "$work/pair.key" >/dev/null
+"$ferry" keygen --out "$work/pair.key" 2>/dev/null
+"$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
+"$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ferry" standby --data-dir "$work/standby" --listen "127.0.0.1:$port" --key "$work/pair.key" \
+"$ferry" standby --data-dir "$work/standby" --listen "127.0.0.1:$port" --key "$work/standby.key" \
     --server web-1 >"$work/standby.out" 2>"$work/standby.log" &
 standby=$!
 until grep -q listening "$work/standby.out" 2>/dev/null; do sleep 0.05; done
 cat >"$work/agent.toml" <<EOF
 server = "web-1"
 standby = "127.0.0.1:$port"
-key_file = "$work/pair.key"
+key_file = "$work/web-1.key"
 disks = ["$disk"]
 state_dir = "$work/agent"
 pin_dir = "$pins"

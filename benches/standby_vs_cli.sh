@@ -22,10 +22,14 @@ median() { sort -g | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR+1)/2)]}'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 "$ferry" keygen --out "$work/pair.key" 2>/dev/null
+"$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
+for s in bench4k bench1m disk; do
+    "$ferry" keygen --from "$work/pair.key" --host "$s" --out "$work/$s.key" 2>/dev/null
+done
 cat >"$work/standby.toml" <<TOML
 data_dir = "$work/data"
 listen = "127.0.0.1:0"
-key_file = "$work/pair.key"
+key_file = "$work/standby.key"
 [[servers]]
 id = "bench4k"
 [[servers]]
@@ -50,7 +54,7 @@ for spec in "bench4k 4096 $((256 << 20))" "bench1m 1048576 $((2048 << 20))"; do
     rates=() recs=() acks=() percore=()
     for _ in $(seq "$runs"); do
         before="$(cpu_ticks "$pid")"
-        read -r mbps rps nacks < <("$bench" ingest "$addr" "$work/pair.key" "$1" "$2" "$3" "$work/corpus")
+        read -r mbps rps nacks < <("$bench" ingest "$addr" "$work/$1.key" "$1" "$2" "$3" "$work/corpus")
         after="$(cpu_ticks "$pid")"
         cpu="$(echo "($after - $before) / $hz" | bc -l)"
         rates+=("$mbps") recs+=("$rps") acks+=("$nacks")
@@ -66,7 +70,7 @@ size=$((disk_gib << 30))
 "target/release/seal_throughput" write-corpus usr-lib $((size / 2)) "$work/half"
 truncate -s "$size" "$work/half"
 mv "$work/half" "$work/disk.img"
-"$bench" fill "$addr" "$work/pair.key" disk "$work/disk.img" >/dev/null
+"$bench" fill "$addr" "$work/disk.key" disk "$work/disk.img" >/dev/null
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 zstd -q -1 -T0 "$work/disk.img" -o "$work/disk.img.zst"
 cat "$work/disk.img" "$work/disk.img.zst" >/dev/null # page cache: every side reads from memory

@@ -82,7 +82,9 @@ start_agent() {
 }
 
 step "1. two sites on loopback: a standby at site A (zone-a) and at site B (zone-b)"
-"$ferry" keygen --out "$work/pair.key" >/dev/null
+"$ferry" keygen --out "$work/pair.key" 2>/dev/null   # the operator keeps it
+"$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
+"$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
 "$ferry" keygen --out "$work/control.token" >/dev/null
 a_data=$(port); a_ctl=$(port); b_data=$(port); b_ctl=$(port)
 for s in a b; do
@@ -90,7 +92,8 @@ for s in a b; do
     cat >"$work/site-$s.toml" <<EOF
 data_dir = "$work/standby-$s"
 listen = "127.0.0.1:${!data_var}"
-key_file = "$work/pair.key"
+key_file = "$work/standby.key"
+recovery_key_file = "$work/pair.key"
 [control]
 listen = "127.0.0.1:${!ctl_var}"
 token_file = "$work/control.token"
@@ -123,7 +126,7 @@ ctl server add web-1 --pair prod
 cat >"$work/agent.toml" <<EOF
 server = "web-1"
 standby = "127.0.0.1:$b_data"
-key_file = "$work/pair.key"
+key_file = "$work/web-1.key"
 disks = ["$disk"]
 state_dir = "$work/agent"
 pin_dir = "$pins"

@@ -303,6 +303,11 @@ if grep -q ferry "$work/verify.log"; then fail "systemd-analyze verify warns: $(
 # --- the standby -----------------------------------------------------------------------
 check "configuring and starting ferry-standby"
 ct ferry keygen --out /etc/ferry/keys/pair.key 2>/dev/null || fail "ferry keygen failed"
+# The packaged configs name what each side holds: the standby key and the host's own key.
+ct ferry keygen --from /etc/ferry/keys/pair.key --standby --out /etc/ferry/keys/standby.key 2>/dev/null \
+    || fail "ferry keygen --standby failed"
+ct ferry keygen --from /etc/ferry/keys/pair.key --host ct-1 --out /etc/ferry/keys/host.key 2>/dev/null \
+    || fail "ferry keygen --host failed"
 ct sh -c 'cat >>/etc/ferry/standby.toml <<EOF
 
 [[servers]]

@@ -175,7 +175,7 @@ impl Site {
             format!(
                 "server = \"web-1\"\nstandby = \"{addr}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
                  state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n",
-                key.to_str().expect("utf-8"),
+                host_key(&key, "web-1").to_str().expect("utf-8"),
                 disk.path_str(),
                 state.to_str().expect("utf-8"),
                 pins.path_str(),

@@ -9,7 +9,7 @@ mod support;
 
 use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::PointKind;
-use ferry_wire::{PointId, ServerId, SiteKeys};
+use ferry_wire::{HostKeys, PointId};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +19,7 @@ const DISKS: [usize; 2] = [8 << 20, 3 << 20];
 
 struct Site {
     dir: tempfile::TempDir,
-    keys: SiteKeys,
+    keys: HostKeys,
     /// Point id → the disks at that point.
     points: Vec<(PointId, Vec<Vec<u8>>)>,
     sim: SimServer,
@@ -43,8 +43,7 @@ fn populated() -> Site {
     standby_config(&config, &dir.path().join("data"), &key, &["web-1"], 2);
     let standby = StandbyProcess::start(&config);
     let mut link = standby.link("web-1", &keys);
-    let server = ServerId::new("web-1").expect("name");
-    let mut sim = SimServer::new(server, &keys, &DISKS).expect("sim");
+    let mut sim = SimServer::new(&keys, &DISKS).expect("sim");
     link.register(sim.registration()).expect("register");
     let mut points = Vec::new();
     for round in 0..10u64 {
@@ -185,7 +184,7 @@ fn points_list_rebuild_and_retention_work_from_the_command_line() {
         "--server",
         "web-1",
         "--key",
-        &site.s("pair.key"),
+        &site.s("standby.key"),
         "--keep",
         "3",
         "--segment-size-mib",

@@ -9,7 +9,7 @@ mod support;
 
 use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::PointKind;
-use ferry_wire::{Message, Seq, ServerId};
+use ferry_wire::{Message, Seq};
 use std::time::Duration;
 use support::{StandbyProcess, new_key, rebuild_web1, standby_config};
 
@@ -47,8 +47,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
     let key = p("pair.key");
     let keys = new_key(&key);
     standby_config(&p("standby.toml"), &p("data"), &key, &["web-1"], 2);
-    let server = ServerId::new("web-1").expect("name");
-    let mut sim = SimServer::new(server.clone(), &keys, &[DISK]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[DISK]).expect("sim");
     let mut sent: Vec<Message> = Vec::new(); // the agent's memory of every record it made
     let mut acked = Seq(0);
 

@@ -70,9 +70,9 @@ fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed
         ..LinkConfig::default()
     };
     let mut link =
-        Link::connect(standby.addr.as_str(), &server, &keys.auth, &config).expect("connect");
+        Link::connect(standby.addr.as_str(), &server, &keys.ingest.auth, &config).expect("connect");
     let monitor = link.monitor();
-    let mut sim = SimServer::new(server, &keys, &[48 << 20]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[48 << 20]).expect("sim");
     link.register(sim.registration()).expect("register");
     let records = 40u64; // 40 MiB into 20 MiB of room
     let sent = Arc::new(AtomicU64::new(0));
@@ -160,9 +160,8 @@ fn rebuild_onto_a_block_device_refuses_a_small_one_and_fills_a_large_one_exactly
     );
     let standby = StandbyProcess::start(&p("standby.toml"));
     let mut link = standby.link("web-1", &keys);
-    let server = ServerId::new("web-1").expect("name");
     let disk = 6 << 20;
-    let mut sim = SimServer::new(server, &keys, &[disk]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[disk]).expect("sim");
     link.register(sim.registration()).expect("register");
     link.send(&sim.write(0, 4096, &noise(1 << 20, 1)).expect("seal"))
         .expect("send");

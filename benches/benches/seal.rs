@@ -10,8 +10,8 @@ use ferry_wire::{ByteOffset, DiskId, MasterKey, Sealer, Seq, ServerId, Unsealer}
 const CORPUS: usize = 16 << 20;
 
 fn bench(c: &mut Criterion) {
-    let keys = MasterKey::from_bytes([7; 32]).derive();
     let server = ServerId::new("bench").unwrap();
+    let keys = MasterKey::from_bytes([7; 32]).host_key(&server).keys();
     let corpora = [
         (
             "usr-lib",
@@ -44,7 +44,7 @@ fn bench(c: &mut Criterion) {
                 .enumerate()
                 .map(|(i, chunk)| sealer.seal(addr(i), chunk, &mut rng).unwrap())
                 .collect();
-            let mut unsealer = Unsealer::new(&keys.data, &keys.mac).unwrap();
+            let mut unsealer = Unsealer::new(&keys.recovery).unwrap();
             group.bench_function(BenchmarkId::new("unseal", name), |b| {
                 b.iter(|| {
                     for record in &sealed {

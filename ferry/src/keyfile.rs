@@ -1,5 +1,7 @@
-//! Key files on disk: the site pair's master key, 64 hex digits and a newline
-//! (format in `ferry_wire::keys`), in a file of mode 0600 owned by whoever runs ferry.
+//! Key files on disk: the pair key, a host key, a recovery key or a standby key (formats
+//! in `ferry_wire::keys`), in a file of mode 0600 owned by whoever runs ferry. Each
+//! loader takes one kind and refuses the others with the command that makes the right
+//! one (a ferry 0.1 single-key config is refused that way).
 //!
 //! Loading refuses a file that group or others may read or write, a file that is not a
 //! regular file, and anything but exactly one key; every refusal names the file and says
@@ -8,7 +10,7 @@
 //! only then renamed into place.
 
 use anyhow::{Context, Result, bail};
-use ferry_wire::MasterKey;
+use ferry_wire::{HostKey, KeyFile, RecoveryKey, ServerId, StandbyKey};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -18,11 +20,50 @@ use zeroize::Zeroizing;
 /// Longest key file read; anything longer is not a key file.
 const MAX_KEY_FILE: u64 = 256;
 
-/// Loads the master key from `path`, refusing unsafe permissions and malformed content.
-pub(crate) fn load(path: &Path) -> Result<MasterKey> {
+/// Loads a key file of any kind from `path`, refusing unsafe permissions and malformed
+/// content.
+pub(crate) fn load(path: &Path) -> Result<KeyFile> {
     let text = read_secret(path, "key file")?;
-    MasterKey::from_text(&text)
+    KeyFile::from_text(&text)
         .with_context(|| format!("key file {} is not a ferry key", path.display()))
+}
+
+/// Loads a host key (an agent's), for `server`.
+pub(crate) fn load_host(path: &Path, server: &ServerId) -> Result<HostKey> {
+    let key = load(path)?
+        .into_host()
+        .with_context(|| format!("key file {}", path.display()))?;
+    if key.server() != server {
+        bail!(
+            "key file {} is the host key of server {}, not {server}",
+            path.display(),
+            key.server()
+        );
+    }
+    Ok(key)
+}
+
+/// The host key of `server` from its host key file or the pair key (the operator seals a
+/// seed with either).
+pub(crate) fn load_sealing(path: &Path, server: &ServerId) -> Result<HostKey> {
+    match load(path)? {
+        KeyFile::Pair(pair) => Ok(pair.host_key(server)),
+        _ => load_host(path, server),
+    }
+}
+
+/// Loads a standby key.
+pub(crate) fn load_standby(path: &Path) -> Result<StandbyKey> {
+    load(path)?
+        .into_standby()
+        .with_context(|| format!("key file {}", path.display()))
+}
+
+/// Loads the recovery key of `server` from a pair, host or recovery key file.
+pub(crate) fn load_recovery(path: &Path, server: &ServerId) -> Result<RecoveryKey> {
+    load(path)?
+        .recovery_for(server)
+        .with_context(|| format!("key file {}", path.display()))
 }
 
 /// Loads the control API's token from `path` (same permission rules as a key file; any
@@ -62,7 +103,7 @@ fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
     }
     if meta.len() > MAX_KEY_FILE {
         bail!(
-            "{what} {} is {} bytes long; a ferry key file is 64 hex digits and a newline",
+            "{what} {} is {} bytes long; a ferry key file is at most four short lines",
             path.display(),
             meta.len()
         );
@@ -75,7 +116,7 @@ fn read_secret(path: &Path, what: &str) -> Result<Zeroizing<String>> {
 }
 
 /// Writes `key` to `path` with mode 0600. Refuses an existing file unless `force`.
-pub(crate) fn write(path: &Path, key: &MasterKey, force: bool) -> Result<()> {
+pub(crate) fn write(path: &Path, key: &KeyFile, force: bool) -> Result<()> {
     if !force && fs::symlink_metadata(path).is_ok() {
         bail!(
             "{} already exists; pass --force to replace it (the old key is lost)",

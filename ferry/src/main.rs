@@ -21,6 +21,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Keygen(cmd::keygen::Args),
+    /// Certificates: a site-pair CA and the certificates it issues.
+    #[command(subcommand)]
+    Tls(cmd::tls::Command),
     #[command(subcommand)]
     Seed(cmd::seed::Command),
     Track(cmd::track::Args),
@@ -90,6 +93,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Tls(command) => cmd::tls::run(command),
         Command::Seed(command) => cmd::seed::run(command),
         Command::Track(args) => cmd::track::run(args),
         Command::Check(args) => cmd::check::run(args),

@@ -54,7 +54,7 @@ fn load_standby(
     path: &Path,
 ) -> (
     ferry_standby::receiver::ServiceConfig,
-    PathBuf,
+    cmd::standby::KeyFiles,
     Option<cmd::standby::ControlSettings>,
     ferry_standby::scripts::ScriptsDir,
 ) {
@@ -102,7 +102,7 @@ fn assert_documents_every_key(packaged: &str, doc_page: &str) {
 fn packaged_agent_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/agent.toml");
     let (config, key_file) = load_agent(&path);
-    assert_eq!(key_file, Path::new("/etc/ferry/keys/pair.key"));
+    assert_eq!(key_file, Path::new("/etc/ferry/keys/host.key"));
     assert_eq!(config.state_dir, Path::new(cmd::agent::DEFAULT_STATE_DIR));
     let defaults = AgentConfig::new(
         config.server.clone(),
@@ -137,13 +137,17 @@ fn packaged_agent_config_loads_with_every_commented_setting_enabled() {
 #[test]
 fn packaged_standby_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/standby.toml");
-    let (config, key_file, control, scripts) = load_standby(&path);
+    let (config, (key_file, recovery_key_file), control, scripts) = load_standby(&path);
+    assert_eq!(
+        recovery_key_file, None,
+        "a packaged standby reads no replica"
+    );
     assert!(
         control.is_none(),
         "the control API is served once the admin enables it"
     );
     let defaults = ferry_standby::receiver::ServiceConfig::new(PathBuf::new(), String::new());
-    assert_eq!(key_file, Path::new("/etc/ferry/keys/pair.key"));
+    assert_eq!(key_file, Path::new("/etc/ferry/keys/standby.key"));
     assert_eq!(config.data_dir, Path::new("/var/lib/ferry/standby"));
     assert_eq!(config.listen, "0.0.0.0:7420");
     assert_eq!(config.segment_size, defaults.segment_size);

@@ -245,7 +245,12 @@ fn seed_restores_the_exact_disk_and_damaged_seeds_change_nothing() {
     refused(&sealed[..sealed.len() - 100], &key, "ended inside a frame");
     let other_key = dir.path().join("other");
     ok(&["keygen", "--out", p(&other_key)]);
-    refused(&sealed, &other_key, "MAC does not match");
+    // Another pair's key: the registration's seal (checked first) does not match.
+    refused(
+        &sealed,
+        &other_key,
+        "registration of web-1 does not check out: seal does not match",
+    );
     // Drop the second record frame: the gap is named.
     let frames = split_frames(&sealed);
     let mut gap = Vec::new();

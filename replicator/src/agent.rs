@@ -41,6 +41,7 @@ use crate::freeze::{Frozen, run_hook};
 use crate::link::{Link, LinkConfig, LinkError};
 use crate::read::{AlignedBuf, DiskReader, ReadError, ReadReq};
 use crate::seal_pool::{SealPool, SealPoolError};
+use crate::seq_lease::SeqLease;
 use crate::status::{CatchUpReport, DiskStatus, Phase, PointStatus, Status};
 use ferry_tracker::dirty::{GRAIN, Generation};
 use ferry_tracker::range::{ByteRange, RangeSet};
@@ -53,7 +54,7 @@ use ferry_wire::message::{
 };
 use ferry_wire::record::RecordAddress;
 use ferry_wire::{
-    ByteLen, ByteOffset, DiskId, Message, PointId, Seq, ServerId, SiteKeys, error_chain,
+    ByteLen, ByteOffset, DiskId, HostKeys, Message, PointId, Seq, ServerId, error_chain,
 };
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -161,6 +162,8 @@ pub enum AgentError {
     Mounts(#[from] ferry_tracker::check::CheckError),
     #[error("the standby broke the protocol: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Lease(#[from] crate::seq_lease::LeaseError),
     /// A protected disk whose kernel name the standby would refuse (it becomes a device
     /// path at the other site): the registration could never be sent.
     #[error("cannot protect {}", path.display())]
@@ -172,8 +175,14 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Link trouble, and a standby that said what cannot be true (it is dropped and
+    /// asked again: nothing it says clears a dirty range).
     fn is_retryable(&self) -> bool {
-        matches!(self, AgentError::Link(e) if e.is_retryable())
+        match self {
+            AgentError::Link(e) => e.is_retryable(),
+            AgentError::Protocol(_) => true,
+            _ => false,
+        }
     }
 }
 
@@ -203,7 +212,8 @@ struct Stream {
 /// The agent. [`Agent::start`] starts tracking; [`Agent::run`] replicates until `stop`.
 pub struct Agent {
     config: AgentConfig,
-    keys: SiteKeys,
+    keys: HostKeys,
+    lease: SeqLease,
     tracker: Arc<Mutex<Tracker>>,
     tracker_thread: Option<std::thread::JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -286,7 +296,7 @@ impl Agent {
     /// once connected (when it is known what the standby holds).
     pub fn start(
         config: AgentConfig,
-        keys: SiteKeys,
+        keys: HostKeys,
         stop: Arc<AtomicBool>,
     ) -> Result<Self, AgentError> {
         let state_err = |source| AgentError::StateDir {
@@ -312,19 +322,25 @@ impl Agent {
             })?;
         }
         let sizes: Vec<u64> = devices.iter().map(|d| d.size).collect();
-        let registration = RegisterServer {
-            hostname: nix_hostname(),
-            disks: devices
-                .iter()
-                .enumerate()
-                .map(|(i, d)| DiskInfo {
-                    disk: disk_id(i),
-                    name: d.name.clone(),
-                    size: ByteLen(d.size),
-                    identity: disk_identity(&d.name),
-                })
-                .collect(),
-        };
+        let registration = ferry_wire::seal::sign_registration(
+            &keys,
+            RegisterServer {
+                hostname: nix_hostname(),
+                disks: devices
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| DiskInfo {
+                        disk: disk_id(i),
+                        name: d.name.clone(),
+                        size: ByteLen(d.size),
+                        identity: disk_identity(&d.name),
+                    })
+                    .collect(),
+                seal: [0; 32],
+                mac: [0; 32],
+            },
+        );
+        let lease = SeqLease::open(&config.state_dir)?;
         let reader = DiskReader::open(&config.disks, config.io_uring)?;
         let pool = SealPool::new(&keys, config.zstd_level, config.seal_threads)
             .map_err(SealPoolError::from)?;
@@ -358,12 +374,13 @@ impl Agent {
                 .spawn(move || drain_loop(&tracker, &stop))
                 .map_err(state_err)?
         };
-        let digester = Digester::new(&keys.digest);
+        let digester = Digester::new(&keys.recovery.digest);
         let mut agent = Self {
             limiter: Limiter::new(config.bandwidth),
             next_point: config.point_interval.map(|i| Instant::now() + i),
             config,
             keys,
+            lease,
             tracker,
             tracker_thread: Some(tracker_thread),
             stop,
@@ -616,7 +633,7 @@ impl Agent {
         let mut link = Link::connect(
             self.config.standby.as_str(),
             &self.config.server,
-            &self.keys.auth,
+            &self.keys.ingest.auth,
             &config,
         )?;
         link.register(self.registration.clone())?;
@@ -631,16 +648,23 @@ impl Agent {
             .into());
         }
         let welcome = link.welcome_durable();
+        // A standby claiming more than was ever sent would have us skip what it never stored.
+        if let Some(bound) = self.lease.bound().filter(|&b| welcome > b) {
+            return Err(AgentError::Protocol(format!(
+                "it says seq {welcome} is durable, but this agent never sent a seq above \
+                 {bound}: another server's store, a restored standby, or a forgery"
+            )));
+        }
+        let next_seq = welcome.checked_next().ok_or_else(|| {
+            AgentError::Protocol(format!("it says seq {welcome} is durable: no seq is left"))
+        })?;
         tracing::info!(standby = %self.config.standby, last_durable = %welcome, "connected to the standby");
         // What the standby already holds is safe; the rest is read again.
         self.apply_acks(welcome);
         self.forget_unacked();
         self.standby_has_data = link.welcome().digests;
         self.start_catch_ups();
-        Ok(Stream {
-            link,
-            next_seq: welcome.checked_next().expect("seqs never run out"),
-        })
+        Ok(Stream { link, next_seq })
     }
 
     /// Forgets every extent sent and not acknowledged: still dirty, it is read again.
@@ -810,16 +834,17 @@ impl Agent {
                     offset: ByteOffset(p.range.start),
                     seq,
                 };
-                seq = seq.checked_next().expect("seqs never run out");
+                seq = Seq(seq.0.saturating_add(1));
                 (addr, &r.buf[..])
             })
             .collect();
+        self.lease.cover(seq)?;
         let frames = self.pool.seal(&items)?;
         for ((p, frame), seq) in batch.into_iter().zip(frames).zip(seqs) {
             self.limiter.take(frame.len());
             self.shipping[p.disk.0 as usize].insert(p.range);
             self.pending.push_back(Pending { seq, ..p });
-            stream.next_seq = seq.checked_next().expect("seqs never run out");
+            stream.next_seq = Seq(seq.0.saturating_add(1));
             stream.link.send_frame(Some(seq), frame)?;
             self.status.shipped_bytes += p.range.len();
             self.status.disks[p.disk.0 as usize].shipped_bytes += p.range.len();
@@ -1200,18 +1225,22 @@ impl Agent {
                 .map_err(|e| error_chain(&e))?;
         }
         let seq = stream.next_seq;
+        self.lease.cover(seq).map_err(|e| error_chain(&e))?;
         let barrier = ferry_wire::seal::sign_barrier(
-            &self.keys.mac,
+            &self.keys,
             Barrier {
+                server: self.config.server.clone(),
                 seq,
                 point,
                 kind,
                 consistent: quiet,
                 unix_time_ms: now_ms(),
+                registration: self.registration.seal,
+                seal: [0; 32],
                 mac: [0; 32],
             },
         );
-        stream.next_seq = seq.checked_next().expect("seqs never run out");
+        stream.next_seq = Seq(seq.0.saturating_add(1));
         stream
             .link
             .send(&Message::Barrier(barrier.clone()))

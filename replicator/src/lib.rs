@@ -16,5 +16,6 @@ pub mod freeze;
 pub mod link;
 pub mod read;
 pub mod seal_pool;
+pub mod seq_lease;
 pub mod sim;
 pub mod status;

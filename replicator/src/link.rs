@@ -24,7 +24,7 @@
 //! The link does not keep frames for resending; the caller (the replicator) re-reads
 //! what was not acknowledged. Plain TCP for now; TLS is a later issue.
 
-use ferry_wire::auth::{self, Exchange, Nonce, Role};
+use ferry_wire::auth::{self, Channel, Exchange, Nonce, Role};
 use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
 use ferry_wire::message::{
     Authenticate, Digests, ErrorCode, ErrorMessage, Heartbeat, Hello, PointRequest, RegisterServer,
@@ -85,6 +85,10 @@ pub enum LinkError {
     StandbyNotAuthenticated,
     #[error("the standby sent an unexpected {0:?} message")]
     Protocol(FrameType),
+    /// The standby said what cannot be true (e.g. acknowledged a seq never sent): the
+    /// link is dropped and made again; nothing it said was applied.
+    #[error("the standby said what cannot be true: {0}")]
+    Untrusted(String),
     #[error("the standby closed the connection")]
     Closed,
     #[error("timed out after {0:?} waiting for the standby")]
@@ -100,6 +104,7 @@ impl LinkError {
             LinkError::Connect { .. }
             | LinkError::Io(_)
             | LinkError::Closed
+            | LinkError::Untrusted(_)
             | LinkError::Timeout(_) => true,
             LinkError::Refused { code, .. } => code.is_retryable(),
             LinkError::Frame(_) | LinkError::StandbyNotAuthenticated | LinkError::Protocol(_) => {
@@ -140,6 +145,9 @@ fn is_timeout(e: &io::Error) -> bool {
 #[derive(Debug, Default)]
 struct State {
     durable: Seq,
+    /// The highest seq sent on this link (or the standby's durable seq at connect): no
+    /// honest ack is above it.
+    sent_high: Seq,
     /// Frames sent and not yet acknowledged: seq and length, in seq order.
     in_flight: VecDeque<(Seq, u64)>,
     in_flight_bytes: u64,
@@ -278,6 +286,7 @@ impl Link {
             server,
             client_nonce: &client_nonce,
             server_nonce: &challenge.server_nonce,
+            channel: &Channel([0; 32]),
         };
         if !auth::check(auth_key, Role::Standby, &exchange, &challenge.standby_proof) {
             let _ = write_message(
@@ -303,7 +312,11 @@ impl Link {
         };
         stream.set_read_timeout(None).map_err(io)?;
         let shared = Arc::new(Shared::default());
-        shared.lock().durable = welcome.last_durable;
+        {
+            let mut state = shared.lock();
+            state.durable = welcome.last_durable;
+            state.sent_high = welcome.last_durable;
+        }
         let reader = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -414,6 +427,7 @@ impl Link {
         if let Some(seq) = seq {
             state.in_flight.push_back((seq, len));
             state.in_flight_bytes += len;
+            state.sent_high = state.sent_high.max(seq);
         }
         state.unwritten += 1;
         drop(state);
@@ -582,6 +596,12 @@ fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
         match read_message(&mut input, &mut buf) {
             Ok(Message::Ack(ack)) => {
                 let mut state = shared.lock();
+                if ack.durable > state.sent_high {
+                    break LinkError::Untrusted(format!(
+                        "it acknowledged seq {} but the highest sent is {}",
+                        ack.durable, state.sent_high
+                    ));
+                }
                 state.acks += 1;
                 state.durable = state.durable.max(ack.durable);
                 while let Some(&(seq, len)) = state.in_flight.front() {

@@ -3,7 +3,7 @@
 //! frames come back in the batch's order, ready for the ordered stream.
 
 use ferry_wire::record::RecordAddress;
-use ferry_wire::{FrameError, Message, SealError, Sealer, SiteKeys};
+use ferry_wire::{FrameError, HostKeys, Message, SealError, Sealer};
 
 /// Why sealing a batch failed (a bug or a resource failure, never bad input: extents
 /// are bounded by the caller).
@@ -23,7 +23,7 @@ pub struct SealPool {
 
 impl SealPool {
     /// `threads` sealers (at least one).
-    pub fn new(keys: &SiteKeys, zstd_level: i32, threads: usize) -> Result<Self, SealError> {
+    pub fn new(keys: &HostKeys, zstd_level: i32, threads: usize) -> Result<Self, SealError> {
         let sealers = (0..threads.max(1))
             .map(|_| Sealer::new(keys, zstd_level))
             .collect::<Result<_, _>>()?;

@@ -7,7 +7,7 @@ use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::DEFAULT_ZSTD_LEVEL;
 use ferry_wire::{
-    ByteLen, ByteOffset, DiskId, Message, PointId, SealError, Sealer, Seq, ServerId, SiteKeys,
+    ByteLen, ByteOffset, DiskId, HostKeys, Message, PointId, SealError, Sealer, Seq, ServerId,
 };
 
 /// A server whose disks live in memory.
@@ -15,19 +15,20 @@ use ferry_wire::{
 pub struct SimServer {
     server: ServerId,
     sealer: Sealer,
-    mac_key: ferry_wire::MacKey,
+    keys: HostKeys,
     disks: Vec<Vec<u8>>,
     last_seq: Seq,
     next_point: u64,
 }
 
 impl SimServer {
-    /// A server with zeroed disks of the given sizes (disk ids 0, 1, …).
-    pub fn new(server: ServerId, keys: &SiteKeys, disk_sizes: &[usize]) -> Result<Self, SealError> {
+    /// A server (the one `keys` are for) with zeroed disks of the given sizes (disk ids
+    /// 0, 1, …).
+    pub fn new(keys: &HostKeys, disk_sizes: &[usize]) -> Result<Self, SealError> {
         Ok(Self {
-            server,
+            server: keys.recovery.server.clone(),
             sealer: Sealer::new(keys, DEFAULT_ZSTD_LEVEL)?,
-            mac_key: keys.mac.clone(),
+            keys: keys.clone(),
             disks: disk_sizes.iter().map(|&n| vec![0u8; n]).collect(),
             last_seq: Seq(0),
             next_point: 1,
@@ -48,9 +49,9 @@ impl SimServer {
         self.last_seq
     }
 
-    /// The registration an agent would send.
+    /// The registration an agent would send (sealed).
     pub fn registration(&self) -> RegisterServer {
-        RegisterServer {
+        let reg = RegisterServer {
             hostname: self.server.to_string(),
             disks: self
                 .disks
@@ -63,7 +64,10 @@ impl SimServer {
                     identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
                 })
                 .collect(),
-        }
+            seal: [0; 32],
+            mac: [0; 32],
+        };
+        ferry_wire::seal::sign_registration(&self.keys, reg)
     }
 
     fn next(&mut self, disk: u32, offset: u64) -> RecordAddress {
@@ -119,13 +123,16 @@ impl SimServer {
         let point = PointId(self.next_point);
         self.next_point += 1;
         let barrier = ferry_wire::seal::sign_barrier(
-            &self.mac_key,
+            &self.keys,
             Barrier {
+                server: self.server.clone(),
                 seq: self.last_seq,
                 point,
                 kind,
                 consistent: true,
                 unix_time_ms,
+                registration: self.registration().seal,
+                seal: [0; 32],
                 mac: [0; 32],
             },
         );

@@ -32,7 +32,7 @@ use crate::retention::Policy;
 use crate::server::{DataDir, OpenError, ServerState};
 use ferry_wire::message::PointKind;
 use ferry_wire::message::{PointRequest, PointResult, Progress, ReplicationPhase};
-use ferry_wire::{Message, ServerId, SiteKeys};
+use ferry_wire::{Message, RecoveryKey, RecoveryKeys, ServerId};
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
@@ -44,9 +44,9 @@ use std::time::{Duration, Instant};
 /// A session's way to send to its agent (shared with the receiver's session).
 pub type Outbound = Arc<Mutex<TcpStream>>;
 
-/// Loads the site pair's keys when an instance is rebuilt (the data key is needed then
-/// and only then, DESIGN.md I6); the error says why it could not.
-pub type KeyLoader = Box<dyn Fn() -> Result<SiteKeys, String> + Send + Sync>;
+/// Loads a server's recovery keys when an instance of it is rebuilt (the data and seal
+/// keys are needed then and only then, DESIGN.md I6); the error says why it could not.
+pub type KeyLoader = Box<dyn Fn(&ServerId) -> Result<RecoveryKey, String> + Send + Sync>;
 
 /// Longest a failover waits for the forward agent's session to end.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(15);
@@ -784,12 +784,17 @@ impl Control {
         let _ = self.keys.set(loader);
     }
 
-    pub fn load_keys(&self) -> Result<SiteKeys, ControlError> {
-        let loader = self
-            .keys
-            .get()
-            .ok_or_else(|| ControlError::Keys("this standby has no key file".to_owned()))?;
-        loader().map_err(ControlError::Keys)
+    /// The recovery key of `server`.
+    pub fn recovery_key(&self, server: &ServerId) -> Result<RecoveryKey, ControlError> {
+        let loader = self.keys.get().ok_or_else(|| {
+            ControlError::Keys("this standby has no recovery key (recovery_key_file)".to_owned())
+        })?;
+        loader(server).map_err(ControlError::Keys)
+    }
+
+    /// The recovery keys of `server` (derived from its recovery key).
+    pub fn load_keys(&self, server: &ServerId) -> Result<RecoveryKeys, ControlError> {
+        self.recovery_key(server).map(|k| k.keys())
     }
 
     /// Every instance of `id`.
@@ -805,7 +810,7 @@ impl Control {
 
     /// Checks a launch before anything changes: the spec, the point (which must exist;
     /// "latest" only once the disks are consistent, i.e. after the full copy), the keys.
-    fn prepare(&self, server: &ProtectedServer, spec: &Spec) -> Result<SiteKeys, ControlError> {
+    fn prepare(&self, server: &ProtectedServer, spec: &Spec) -> Result<RecoveryKeys, ControlError> {
         if spec.point == "latest" && !matches!(server.state, State::Realtime | State::Interrupted) {
             return Err(ControlError::LatestInconsistent(
                 server.id.clone(),
@@ -813,7 +818,7 @@ impl Control {
             ));
         }
         self.instances.resolve(&server.id, spec)?;
-        self.load_keys()
+        self.load_keys(&server.id)
     }
 
     /// Brings up a drill of `id` beside its running replication (the state stays).
@@ -914,7 +919,7 @@ impl Control {
         id: &str,
         server: &ServerId,
         spec: Spec,
-        keys: &SiteKeys,
+        keys: &RecoveryKeys,
     ) -> Result<Instance, ControlError> {
         let instance = match self
             .instances

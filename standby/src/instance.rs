@@ -34,8 +34,7 @@ use crate::rebuild::{self, Target};
 use crate::scripts::ScriptsDir;
 use crate::server::{DataDir, ServerState};
 use ferry_wire::Seq;
-use ferry_wire::message::RegisterServer;
-use ferry_wire::{ServerId, SiteKeys, error_chain};
+use ferry_wire::{RecoveryKeys, ServerId, error_chain};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -330,33 +329,32 @@ impl Instances {
     /// Checks a launch of `server` at `spec.point` without making anything: the spec,
     /// the server's registration, the point; returns the point's seq.
     pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<u64, InstanceError> {
-        self.open_point(server, spec).map(|(_, _, seq)| seq.0)
+        self.open_point(server, spec).map(|(_, seq)| seq.0)
     }
 
-    /// The server's store (read-only), its registered disks and the seq of the point.
+    /// The server's store (read-only) and the seq of the point.
     fn open_point(
         &self,
         server: &ServerId,
         spec: &Spec,
-    ) -> Result<(ServerState, RegisterServer, Seq), InstanceError> {
+    ) -> Result<(ServerState, Seq), InstanceError> {
         let selector = Self::check(spec)?;
         self.admit_script(spec)?;
         let (state, _) = self
             .data
             .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
             .map_err(|e| InstanceError::Store(server.clone(), e))?;
-        let registration = state
-            .registration()
-            .ok_or_else(|| InstanceError::NotRegistered(server.clone()))?
-            .clone();
+        if state.registration().is_none() {
+            return Err(InstanceError::NotRegistered(server.clone()));
+        }
         match points::resolve(&state.points(), state.log.last_seq(), selector) {
-            Some(seq) if seq.0 > 0 => Ok((state, registration, seq)),
+            Some(seq) if seq.0 > 0 => Ok((state, seq)),
             _ => Err(InstanceError::NoPoint(server.clone(), spec.point.clone())),
         }
     }
 
-    /// Brings up an instance of `server` (see the module doc). `keys` holds the data
-    /// key, needed to rebuild. With `onto`, the point is laid over those block devices
+    /// Brings up an instance of `server` (see the module doc). `keys` are the server's
+    /// recovery keys, needed to check and rebuild. With `onto`, the point is laid over those block devices
     /// (disk N onto the N-th; only what the log holds is written) and they are the
     /// instance's devices, instead of new images. On error nothing of the instance is
     /// left (but what was written onto `onto`).
@@ -365,15 +363,15 @@ impl Instances {
         kind: Kind,
         server: &ServerId,
         spec: Spec,
-        keys: &SiteKeys,
+        keys: &RecoveryKeys,
         onto: &[PathBuf],
     ) -> Result<Instance, InstanceError> {
         let started = Instant::now();
         let selector = Self::check(&spec)?;
-        let (state, registration, seq) = self.open_point(server, &spec)?;
+        let (state, seq) = self.open_point(server, &spec)?;
         // What runs is the path checked: a link swapped after the check is not followed.
         let script = self.admit_script(&spec)?;
-        rebuild::verify_point(&state.log, seq, &keys.mac)?;
+        let disks = rebuild::point_disks(&state, seq, keys)?;
         let created = crate::now_ms();
         let id = format!("{}-{server}-{created}", kind.name());
         let dir = self.root.join(&id);
@@ -401,7 +399,7 @@ impl Instances {
         };
         let result = (|| {
             let threads = std::thread::available_parallelism().map_or(2, usize::from);
-            for disk in &registration.disks {
+            for disk in &disks {
                 let (image, target) = match onto.get(disk.disk.0 as usize) {
                     Some(device) => (device.clone(), Target::overlay(device, disk)?),
                     None if !onto.is_empty() => {
@@ -413,15 +411,7 @@ impl Instances {
                         (image, target)
                     }
                 };
-                rebuild::rebuild_disk(
-                    &state.log,
-                    disk,
-                    seq,
-                    target,
-                    (&keys.data, &keys.mac),
-                    threads,
-                    &|_| {},
-                )?;
+                rebuild::rebuild_disk(&state.log, disk, seq, target, keys, threads, &|_| {})?;
                 let device = if onto.is_empty() {
                     let image_text = image.to_string_lossy().into_owned();
                     tool("losetup", &["-P", "-f", "--show", &image_text])?

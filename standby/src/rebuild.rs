@@ -6,10 +6,15 @@
 //!   disk's records up to the point, grouped by record so each is read and unsealed once,
 //!   in log order.
 //! - Workers (one per core by default) take records from a shared cursor; each reads the
-//!   frame by position, checks its CRC and that it matches the index, unseals it (MAC
-//!   checked before decryption, DESIGN.md I6 — the data key is needed here and only here)
-//!   and writes the live parts with `pwrite`. Damage is an error naming segment and
-//!   offset; nothing is skipped.
+//!   frame by position, checks its CRC and that it matches the index, unseals it (seal
+//!   checked before decryption, DESIGN.md I6 — the recovery key is needed here and only
+//!   here) and writes the live parts with `pwrite`. Damage is an error naming segment and
+//!   offset; nothing is skipped. A record whose seal does not check — made or altered
+//!   where it was stored, even with every key the standby holds (DESIGN.md I8) — is such
+//!   damage, named by its seq.
+//! - What is rebuilt is decided by [`point_disks`]: the point's barrier and the
+//!   registration it names must carry the server's seal, and the disks and sizes are that
+//!   registration's, not the newest one's.
 //! - Output is a new image file (created beside its final name and renamed into place when
 //!   complete, sparse: holes stay holes and zero records write nothing; mode 0600 from
 //!   its creation whatever the umask, [`crate::private_files`]), or an existing
@@ -20,9 +25,10 @@ use crate::extent_map::ExtentMap;
 use crate::index::Entry;
 use crate::log::ServerLog;
 use crate::segment::{self, Corruption, ScanError};
-use ferry_wire::message::DiskInfo;
+use crate::server::ServerState;
+use ferry_wire::message::{DiskInfo, RegisterServer};
 use ferry_wire::seal::Unsealed;
-use ferry_wire::{DataKey, MacKey, Message, Seq, Unsealer};
+use ferry_wire::{Message, RecoveryKeys, Seq, Unsealer};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -72,6 +78,19 @@ pub enum RebuildError {
     },
     #[error("cannot set up unsealing")]
     Keys(#[source] ferry_wire::SealError),
+    #[error("the server has not registered its disks: there is nothing to rebuild")]
+    NotRegistered,
+    #[error(
+        "barrier seq {seq} names a registration (disk set) this store does not hold: it \
+         was forgotten, or the barrier was forged"
+    )]
+    UnknownRegistration { seq: Seq },
+    #[error("the registration of {what} is refused: {}", ferry_wire::error_chain(.source))]
+    BadRegistration {
+        what: String,
+        #[source]
+        source: ferry_wire::SealError,
+    },
 }
 
 impl From<Corruption> for RebuildError {
@@ -291,28 +310,60 @@ fn read_stored(log: &ServerLog, e: &Entry, buf: &mut Vec<u8>) -> Result<Message,
     Ok(message)
 }
 
-/// Checks the MAC of the barrier stored at `seq` (a point's seq), so that a point altered
-/// or forged in the store is refused before anything is rebuilt from it. A seq that is
-/// not a barrier (`latest` may be a record) has nothing to check.
-pub fn verify_point(log: &ServerLog, seq: Seq, mac: &MacKey) -> Result<(), RebuildError> {
-    let Ok(at) = log.entries().binary_search_by_key(&seq, |e| e.seq) else {
-        return Ok(());
+/// The disks to rebuild for the point at `seq`, once everything that decides them checks
+/// out with the server's recovery keys: the barrier stored at `seq` (its seal, that it
+/// is this server's) and the registration it names (its seal). A seq that is not a
+/// barrier (`latest` may be a record) is rebuilt with the newest registration, whose
+/// seal is checked too. A forged or altered barrier or registration is refused, named.
+pub fn point_disks(
+    state: &ServerState,
+    seq: Seq,
+    keys: &RecoveryKeys,
+) -> Result<Vec<DiskInfo>, RebuildError> {
+    let log = &state.log;
+    let barrier = match log.entries().binary_search_by_key(&seq, |e| e.seq) {
+        Ok(at)
+            if matches!(
+                log.entries()[at].what,
+                crate::index::EntryKind::Barrier { .. }
+            ) =>
+        {
+            let e = &log.entries()[at];
+            let forged = |reason: String| -> RebuildError { corrupt_at(log, e, reason).into() };
+            let Message::Barrier(b) = read_stored(log, e, &mut Vec::new())? else {
+                return Err(forged(format!("expected a barrier for seq {seq}")));
+            };
+            ferry_wire::seal::verify_barrier_seal(&keys.seal, &b).map_err(|err| {
+                forged(format!(
+                    "barrier seq {seq}: {}",
+                    ferry_wire::error_chain(&err)
+                ))
+            })?;
+            if b.server != keys.server {
+                return Err(forged(format!(
+                    "barrier seq {seq} is a point of server {}, not {}",
+                    b.server, keys.server
+                )));
+            }
+            Some(b)
+        }
+        _ => None,
     };
-    let e = &log.entries()[at];
-    if !matches!(e.what, crate::index::EntryKind::Barrier { .. }) {
-        return Ok(());
-    }
-    match read_stored(log, e, &mut Vec::new())? {
-        Message::Barrier(b) => ferry_wire::seal::verify_barrier(mac, &b).map_err(|err| {
-            corrupt_at(
-                log,
-                e,
-                format!("barrier seq {seq}: {}", ferry_wire::error_chain(&err)),
-            )
-            .into()
-        }),
-        _ => Err(corrupt_at(log, e, format!("expected a barrier for seq {seq}")).into()),
-    }
+    let (reg, what): (&RegisterServer, String) = match &barrier {
+        Some(b) => (
+            state
+                .registration_sealed(&b.registration)
+                .ok_or(RebuildError::UnknownRegistration { seq })?,
+            format!("point seq {seq}"),
+        ),
+        None => (
+            state.registration().ok_or(RebuildError::NotRegistered)?,
+            "the newest registration".to_owned(),
+        ),
+    };
+    ferry_wire::seal::verify_registration_seal(keys, reg)
+        .map_err(|source| RebuildError::BadRegistration { what, source })?;
+    Ok(reg.disks.clone())
 }
 
 /// The plan: records (in log order) with the ranges each still provides at `point`, and
@@ -358,7 +409,7 @@ pub fn rebuild_disk(
     disk: &DiskInfo,
     point: Seq,
     target: Target,
-    keys: (&DataKey, &MacKey),
+    keys: &RecoveryKeys,
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DiskReport, RebuildError> {
@@ -380,7 +431,7 @@ fn rebuild_into(
     disk: &DiskInfo,
     point: Seq,
     target: &Target,
-    (data_key, mac_key): (&DataKey, &MacKey),
+    keys: &RecoveryKeys,
     threads: usize,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<DiskReport, RebuildError> {
@@ -402,8 +453,7 @@ fn rebuild_into(
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
                 let result = (|| -> Result<(), RebuildError> {
-                    let mut unsealer =
-                        Unsealer::new(data_key, mac_key).map_err(RebuildError::Keys)?;
+                    let mut unsealer = Unsealer::new(keys).map_err(RebuildError::Keys)?;
                     let mut buf = Vec::new();
                     let mut mine = DiskReport::default();
                     loop {

@@ -41,14 +41,14 @@ use crate::digests::{Baseline, chunk_digests};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
 use crate::server::{DataDir, DataDirLock, IngestError, Ingested, OpenError, ServerState};
-use ferry_wire::auth::{self, Exchange, Nonce, Role};
+use ferry_wire::auth::{self, Channel, Exchange, Nonce, Role};
 use ferry_wire::digest::CHUNK;
 use ferry_wire::frame::{FrameError, ReadFrameError, read_frame};
 use ferry_wire::message::{
     Ack, Challenge, DigestRequest, Digests, ErrorCode, ErrorMessage, Heartbeat, MAX_ERROR_TEXT,
     Welcome,
 };
-use ferry_wire::{AuthKey, MacKey, Message, Seq, ServerId, error_chain};
+use ferry_wire::{MacKey, Message, Seq, ServerId, StandbyKey, error_chain};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -68,13 +68,6 @@ pub const FULL_RETRY: Duration = Duration::from_millis(250);
 /// How long a paused session waits for its agent to close the connection after being
 /// told (so that the agent reads the reason before its writes could meet a reset).
 const PAUSED_LINGER: Duration = Duration::from_secs(2);
-
-/// The keys a standby holds: never the data key (DESIGN.md I6).
-#[derive(Debug, Clone)]
-pub struct StandbyKeys {
-    pub mac: MacKey,
-    pub auth: AuthKey,
-}
 
 /// The service's settings (the `ferry standby` config file maps onto this).
 #[derive(Debug, Clone)]
@@ -180,7 +173,9 @@ impl Slot {
 #[derive(Debug)]
 struct Shared {
     config: ServiceConfig,
-    keys: StandbyKeys,
+    /// Every server's ingest keys derive from it; nothing here reads or seals a record
+    /// (DESIGN.md I6, I8).
+    keys: StandbyKey,
     data: DataDir,
     slots: Mutex<HashMap<ServerId, Arc<Slot>>>,
     stop: AtomicBool,
@@ -219,7 +214,7 @@ pub struct StandbyHandle {
 
 impl Standby {
     /// Takes the data directory's lock and binds the listen address.
-    pub fn bind(config: ServiceConfig, keys: StandbyKeys) -> Result<Self, ServiceError> {
+    pub fn bind(config: ServiceConfig, keys: StandbyKey) -> Result<Self, ServiceError> {
         let data = DataDir::new(&config.data_dir);
         let lock = data.lock()?;
         let control = Arc::new(Control::open(
@@ -518,31 +513,33 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
             ),
         ));
     }
+    let keys = shared.keys.ingest_keys(&server);
     let server_nonce = Nonce::random(&mut rand_core::OsRng);
     let exchange = Exchange {
         server: &server,
         client_nonce: &hello.client_nonce,
         server_nonce: &server_nonce,
+        channel: &Channel([0; 32]),
     };
     send(
         &out,
         &Message::Challenge(Challenge {
             server_nonce,
-            standby_proof: auth::prove(&shared.keys.auth, Role::Standby, &exchange),
+            standby_proof: auth::prove(&keys.auth, Role::Standby, &exchange),
         }),
     )
     .map_err(SessionEnd::Io)?;
     match read_next(&mut input, &mut buf, &out, peer)? {
         Message::Authenticate(a)
-            if auth::check(&shared.keys.auth, Role::Agent, &exchange, &a.agent_proof) => {}
+            if auth::check(&keys.auth, Role::Agent, &exchange, &a.agent_proof) => {}
         Message::Authenticate(_) => {
             return Err(refuse(
                 &out,
                 peer,
                 ErrorCode::AuthenticationFailed,
                 format!(
-                    "server {server}: the agent's proof does not match this standby's auth \
-                     key (the two sides hold different site-pair keys)"
+                    "server {server}: the agent's proof does not match the server's auth key \
+                     (the host key is another server's or another site pair's)"
                 ),
             ));
         }
@@ -649,7 +646,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
             .map_err(SessionEnd::Io)?
     };
     let result = ingest_loop(
-        shared, &slot, conn_id, &mut input, &mut buf, &out, peer, &server,
+        shared, &slot, conn_id, &mut input, &mut buf, &out, peer, &server, &keys.mac,
     );
     let result = match result {
         Err(SessionEnd::Paused(reason)) => Err(paused(&out, &mut input, peer, &server, reason)),
@@ -685,6 +682,7 @@ fn ingest_loop(
     out: &Mutex<TcpStream>,
     peer: &str,
     server: &ServerId,
+    mac_key: &MacKey,
 ) -> Result<(), SessionEnd> {
     let mut reported_full = false;
     let mut baseline = None;
@@ -745,8 +743,8 @@ fn ingest_loop(
             }
             let state = inner.state.as_mut().expect("open while connected");
             let result = match &message {
-                Message::RegisterServer(reg) => state.register(reg.clone()).map(|()| None),
-                _ => state.ingest(buf, &message, &shared.keys.mac).map(Some),
+                Message::RegisterServer(reg) => state.register(reg.clone(), mac_key).map(|()| None),
+                _ => state.ingest(buf, &message, mac_key).map(Some),
             };
             match result {
                 Ok(None) => {
@@ -842,7 +840,7 @@ fn answer_digests(
     {
         let keys = shared
             .control
-            .load_keys()
+            .load_keys(server)
             .map_err(|e| DigestRefusal::Bad(error_chain(&e)))?;
         *baseline = Some(Baseline::open(&paths, &keys.digest).map_err(|e| {
             DigestRefusal::Bad(format!("cannot open the original disks {paths:?}: {e}"))
@@ -1026,7 +1024,8 @@ fn maintenance(shared: &Shared) {
                 }
             }
             let state = inner.state.as_mut().expect("opened above");
-            match retention::apply(state, policy, &shared.keys.mac) {
+            let mac = shared.keys.ingest_keys(server).mac;
+            match retention::apply(state, policy, &mac) {
                 Ok(r) => tracing::info!(
                     %server,
                     dropped = r.points_dropped.len(),

@@ -58,7 +58,9 @@ const HEADER_BYTES: usize = 48;
 /// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
 pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
-const VERSION: u16 = 2;
+/// Version 3: frames of protocol version 4 (records sealed end to end). Version 2 segments
+/// are refused by this header, before any frame in them is read.
+const VERSION: u16 = 3;
 
 /// The header of segment `segment`.
 pub fn encode_header(segment: SegmentNo) -> [u8; HEADER_BYTES] {

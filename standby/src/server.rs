@@ -3,18 +3,24 @@
 //! must pass before it is stored.
 //!
 //! Files in the server's directory `DATA/servers/<server>/`:
-//! - `registration.json`: the agent's last `RegisterServer` (host name, disks, sizes),
-//!   replaced atomically; at most [`MAX_META_FILE`] bytes.
+//! - `registrations.json`: the agent's sealed `RegisterServer`s (host name, disks,
+//!   sizes), oldest first, at most [`MAX_REGISTRATIONS`] (the oldest beyond are
+//!   forgotten); replaced atomically; at most [`MAX_META_FILE`] bytes. Every barrier names
+//!   the registration it was taken under by its seal, so a point is rebuilt with the disks
+//!   it had, whatever was registered since. (Version 1 kept one `registration.json`: a
+//!   store that has it is refused, see [`OpenError::OldStore`].)
 //! - `points.json`: `{"dropped": [point ids]}`, the points retention has dropped, replaced
 //!   atomically *before* cleaning may delete their records, so a dropped point never
 //!   comes back; at most [`MAX_META_FILE`] bytes.
 //! - `log/`: the segments and sidecar indexes ([`crate::log`]).
 //!
-//! Ingest rules (DESIGN.md I6, I7): a record must be for this server, for a registered
-//! disk and inside it, cover at least one byte, carry a MAC that checks with the MAC key
-//! (no data key is ever involved), and have the seq right after the log's last one
-//! (seq ≤ the last one is a duplicate from a resend and is ignored). A barrier follows
-//! the same seq rule. A refused frame changes nothing.
+//! Ingest rules (DESIGN.md I6, I7, I8): a record must be for this server, for a disk of
+//! the newest registration and inside it, cover at least one byte, carry an ingest MAC
+//! that checks with the server's MAC key (no data or seal key is ever involved), and
+//! have the seq right after the log's last one (seq ≤ the last one is a duplicate from a
+//! resend and is ignored). A barrier follows the same seq rule, must name this server
+//! and a stored registration. A registration must carry this server's MAC. A refused
+//! frame changes nothing.
 
 use crate::log::{LogError, OpenMode, OpenReport, ServerLog};
 use crate::points::{Catalog, Point};
@@ -25,8 +31,11 @@ use ferry_wire::{DiskId, MacKey, Message, Seq, ServerId};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Largest metadata file read (registration, catalogue).
+/// Largest metadata file read (registrations, catalogue).
 pub const MAX_META_FILE: u64 = 4 << 20;
+
+/// Most registrations a server's store remembers.
+pub const MAX_REGISTRATIONS: usize = 64;
 
 /// Why a frame was refused at ingest, or could not be stored.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +71,16 @@ pub enum IngestError {
     NotStorable(ferry_wire::frame::FrameType),
     #[error("registration lists disk {} twice", disk.0)]
     DuplicateDisk { disk: DiskId },
+    #[error("barrier seq {seq} is for server {found}, but this connection is for {expected}")]
+    BarrierOfAnotherServer {
+        seq: Seq,
+        found: ServerId,
+        expected: ServerId,
+    },
+    #[error("barrier seq {seq} names a registration this store does not hold")]
+    UnknownRegistration { seq: Seq },
+    #[error("the registration fails its check (not this server's MAC key, or altered)")]
+    BadRegistration(#[source] SealError),
     #[error(transparent)]
     Log(#[from] LogError),
     #[error("cannot write {}", path.display())]
@@ -124,6 +143,13 @@ pub enum OpenError {
         path.display()
     )]
     Locked { path: PathBuf },
+    #[error(
+        "{} was written by ferry 0.1 (one key for every server), which this version does \
+         not read: its records cannot be checked end to end. Keep it for that version's \
+         `ferry rebuild`, move it aside, and let the agent copy the server again",
+        path.display()
+    )]
+    OldStore { path: PathBuf },
     #[error(transparent)]
     Log(#[from] LogError),
 }
@@ -134,7 +160,8 @@ pub struct ServerState {
     id: ServerId,
     meta: Arc<dyn LogDir>,
     pub log: ServerLog,
-    registration: Option<RegisterServer>,
+    /// Sealed registrations, oldest first.
+    registrations: Vec<RegisterServer>,
     catalog: Catalog,
 }
 
@@ -184,7 +211,17 @@ impl ServerState {
         segment_size: u64,
         mode: OpenMode,
     ) -> Result<(Self, OpenReport), OpenError> {
-        let registration = read_json::<RegisterServer>(meta.as_ref(), "registration.json")?;
+        let names = meta.list().map_err(|source| OpenError::Io {
+            path: meta.describe(""),
+            source,
+        })?;
+        if names.iter().any(|n| n == "registration.json") {
+            return Err(OpenError::OldStore {
+                path: meta.describe("registration.json"),
+            });
+        }
+        let registrations = read_json::<Vec<RegisterServer>>(meta.as_ref(), "registrations.json")?
+            .unwrap_or_default();
         // The log first, then the catalogue: retention saves dropped points before
         // cleaning deletes anything, so a catalogue read after the log is never older
         // than the records the log still holds (a rebuild beside a live standby cannot
@@ -196,7 +233,7 @@ impl ServerState {
                 id,
                 meta,
                 log,
-                registration,
+                registrations,
                 catalog,
             },
             report,
@@ -209,20 +246,36 @@ impl ServerState {
 
     /// The server's disks as last registered.
     pub fn registration(&self) -> Option<&RegisterServer> {
-        self.registration.as_ref()
+        self.registrations.last()
     }
 
-    /// Records the server's disks (replacing an earlier registration).
-    pub fn register(&mut self, reg: RegisterServer) -> Result<(), IngestError> {
+    /// The registration whose seal is `seal` (the one a barrier names).
+    pub fn registration_sealed(&self, seal: &[u8; 32]) -> Option<&RegisterServer> {
+        self.registrations.iter().rev().find(|r| &r.seal == seal)
+    }
+
+    /// Records the server's disks, once its MAC checks: the newest registration from now
+    /// on (an earlier one with the same seal moves to the end).
+    pub fn register(&mut self, reg: RegisterServer, mac_key: &MacKey) -> Result<(), IngestError> {
+        seal::verify_registration(mac_key, &self.id, &reg).map_err(IngestError::BadRegistration)?;
         let mut seen = std::collections::HashSet::new();
         if let Some(d) = reg.disks.iter().find(|d| !seen.insert(d.disk)) {
             return Err(IngestError::DuplicateDisk { disk: d.disk });
         }
-        if self.registration.as_ref() == Some(&reg) {
+        if self.registration() == Some(&reg) {
             return Ok(());
         }
-        self.write_json("registration.json", &reg)?;
-        self.registration = Some(reg);
+        let mut next: Vec<RegisterServer> = self
+            .registrations
+            .iter()
+            .filter(|r| r.seal != reg.seal)
+            .cloned()
+            .collect();
+        next.push(reg);
+        let excess = next.len().saturating_sub(MAX_REGISTRATIONS);
+        next.drain(..excess);
+        self.write_json("registrations.json", &next)?;
+        self.registrations = next;
         Ok(())
     }
 
@@ -258,8 +311,7 @@ impl ServerState {
                     });
                 }
                 let reg = self
-                    .registration
-                    .as_ref()
+                    .registration()
                     .ok_or(IngestError::NotRegistered { seq: h.seq })?;
                 let disk = reg.disks.iter().find(|d| d.disk == h.disk).ok_or(
                     IngestError::UnknownDisk {
@@ -287,8 +339,18 @@ impl ServerState {
                 if b.seq <= self.log.last_seq() {
                     return Ok(Ingested::Duplicate(b.seq));
                 }
+                if b.server != self.id {
+                    return Err(IngestError::BarrierOfAnotherServer {
+                        seq: b.seq,
+                        found: b.server.clone(),
+                        expected: self.id.clone(),
+                    });
+                }
                 seal::verify_barrier(mac_key, b)
                     .map_err(|source| IngestError::BadRecord { seq: b.seq, source })?;
+                if self.registration_sealed(&b.registration).is_none() {
+                    return Err(IngestError::UnknownRegistration { seq: b.seq });
+                }
                 b.seq
             }
             other => return Err(IngestError::NotStorable(other.frame_type())),

@@ -28,3 +28,20 @@ pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// Writes a secret (a key file) to `path`: created with mode 0600 from the start (never
+/// wider, whatever the umask), replacing an older file, fsynced.
+pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode on open: narrow it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}

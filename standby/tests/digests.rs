@@ -58,9 +58,9 @@ fn local_digests(disk: &[u8], digester: &Digester) -> Vec<ChunkDigest> {
 
 fn run(ops: &[Op], aligned: bool, unsent: &[Op]) {
     let keys = keys();
-    let digester = Digester::new(&keys.digest);
+    let digester = Digester::new(&keys.recovery.digest);
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = SimServer::new(server(), &keys, &[SIZE]).unwrap();
+    let mut sim = SimServer::new(&keys, &[SIZE]).unwrap();
     let mut state = registered(dir.path(), &sim);
     let disk = sim.registration().disks[0].clone();
     let apply = |sim: &mut SimServer, op: &Op| match *op {
@@ -138,11 +138,11 @@ proptest! {
 fn a_never_written_disk_digests_as_zeroes_and_requests_are_clipped_to_its_end() {
     let keys = keys();
     let dir = tempfile::tempdir().unwrap();
-    let sim = SimServer::new(server(), &keys, &[SIZE]).unwrap();
+    let sim = SimServer::new(&keys, &[SIZE]).unwrap();
     let state = registered(dir.path(), &sim);
     let disk = sim.registration().disks[0].clone();
     let theirs = chunk_digests(&state.log, &disk, 2, 1000, None);
-    let ours = local_digests(&vec![0; SIZE], &Digester::new(&keys.digest));
+    let ours = local_digests(&vec![0; SIZE], &Digester::new(&keys.recovery.digest));
     assert_eq!(theirs, vec![Some(ours[2]), Some(ours[3])]);
 }
 
@@ -150,9 +150,9 @@ fn a_never_written_disk_digests_as_zeroes_and_requests_are_clipped_to_its_end() 
 fn with_a_baseline_unwritten_grains_digest_as_the_baseline_disk_and_records_lie_over_it() {
     use ferry_standby::digests::Baseline;
     let keys = keys();
-    let digester = Digester::new(&keys.digest);
+    let digester = Digester::new(&keys.recovery.digest);
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = SimServer::new(server(), &keys, &[SIZE]).unwrap();
+    let mut sim = SimServer::new(&keys, &[SIZE]).unwrap();
     let mut state = registered(dir.path(), &sim);
     let disk = sim.registration().disks[0].clone();
     // The original disk: data everywhere. Records then change some grains of it.
@@ -175,7 +175,7 @@ fn with_a_baseline_unwritten_grains_digest_as_the_baseline_disk_and_records_lie_
         expected[*at..*at + data.len()].copy_from_slice(data);
     }
     state.log.sync().unwrap();
-    let baseline = Baseline::open(std::slice::from_ref(&path), &keys.digest).unwrap();
+    let baseline = Baseline::open(std::slice::from_ref(&path), &keys.recovery.digest).unwrap();
     baseline.check(&disk).unwrap();
     let theirs = chunk_digests(&state.log, &disk, 0, 4, Some(&baseline));
     let ours = local_digests(&expected, &digester);
@@ -193,7 +193,7 @@ fn with_a_baseline_unwritten_grains_digest_as_the_baseline_disk_and_records_lie_
     let mut changed = original;
     changed[3 << 20] ^= 1;
     std::fs::write(&path, &changed).unwrap();
-    let baseline = Baseline::open(&[path], &keys.digest).unwrap();
+    let baseline = Baseline::open(&[path], &keys.recovery.digest).unwrap();
     let theirs = chunk_digests(&state.log, &disk, 0, 4, Some(&baseline));
     assert_eq!(theirs[..3], plain_known(&ours[..3]));
     assert_ne!(theirs[3].as_ref(), Some(&ours[3]));

@@ -37,8 +37,10 @@ fn write_some(
 fn registered_sim(disk: usize) -> (Arc<SimDir>, Arc<SimDir>, ServerState, SimServer) {
     let (meta, log) = (SimDir::new("meta"), SimDir::new("log"));
     let mut state = open_sim(&meta, &log);
-    let sim = SimServer::new(server(), &keys(), &[disk]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let sim = SimServer::new(&keys(), &[disk]).expect("sim");
+    state
+        .register(sim.registration(), &keys().ingest.mac)
+        .expect("register");
     (meta, log, state, sim)
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 /// commit), synced and closed.
 fn store_with(dir: &Path, records: u64) -> SimServer {
     let keys = keys();
-    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[4 << 20]).expect("sim");
     let mut state = registered(dir, &sim);
     for i in 0..records {
         let m = sim
@@ -175,15 +175,8 @@ fn a_changed_byte_in_a_sealed_segment_fails_rebuild_naming_segment_and_offset() 
         .filter_map(|seq| {
             let out = dir.path().join(format!("out-{}.img", seq.0));
             let target = Target::open(&out, &disk).expect("target");
-            match rebuild::rebuild_disk(
-                &state.log,
-                &disk,
-                seq,
-                target,
-                (&keys.data, &keys.mac),
-                2,
-                &|_| {},
-            ) {
+            match rebuild::rebuild_disk(&state.log, &disk, seq, target, &keys.recovery, 2, &|_| {})
+            {
                 Ok(_) => None,
                 Err(e) if e.corruption().is_some() => {
                     let c = e.corruption().expect("checked");
@@ -208,15 +201,17 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     let budget = &log.faults.budget;
     budget.store(300_000, Ordering::SeqCst);
     let mut state = open_sim(&meta, &log);
-    let mut sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
-    state.register(sim.registration()).expect("register");
+    let mut sim = SimServer::new(&keys, &[1 << 20]).expect("sim");
+    state
+        .register(sim.registration(), &keys.ingest.mac)
+        .expect("register");
     let mut stored = 0;
     let refused = loop {
         let m = sim
             .write(0, stored * 65_536, &noise(65_536, stored))
             .expect("seal");
         let frame = m.encode().expect("encode");
-        match state.ingest(&frame, &m, &keys.mac) {
+        match state.ingest(&frame, &m, &keys.ingest.mac) {
             Ok(_) => stored += 1,
             Err(e) => break (e, m, frame),
         }
@@ -236,7 +231,7 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     let (seg, _) = state.log.segment_file(SegmentNo(1)).expect("segment 1");
     let len_before = seg.size().expect("size");
     assert!(
-        state.ingest(&frame, &message, &keys.mac).is_err(),
+        state.ingest(&frame, &message, &keys.ingest.mac).is_err(),
         "still full"
     );
     assert_eq!(
@@ -247,7 +242,7 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
 
     budget.store(i64::MAX / 2, Ordering::SeqCst); // space is freed
     let now = state
-        .ingest(&frame, &message, &keys.mac)
+        .ingest(&frame, &message, &keys.ingest.mac)
         .expect("ingest resumes");
     assert!(matches!(now, ferry_standby::server::Ingested::Stored(s) if s == Seq(stored + 1)));
     state.log.sync().expect("sync");
@@ -300,7 +295,7 @@ fn after_a_power_loss_garbage_past_the_watermark_is_a_torn_tail_even_with_frames
 }
 
 #[test]
-fn a_barrier_without_a_valid_mac_is_refused_on_ingest_and_on_rebuild() {
+fn a_barrier_without_a_valid_mac_or_seal_is_refused_on_ingest_and_on_rebuild() {
     use ferry_standby::index::EntryKind;
     use ferry_wire::Message;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -315,7 +310,11 @@ fn a_barrier_without_a_valid_mac_is_refused_on_ingest_and_on_rebuild() {
     forged.consistent = !forged.consistent;
     let message = Message::Barrier(forged);
     let err = state
-        .ingest(&message.encode().expect("encode"), &message, &keys.mac)
+        .ingest(
+            &message.encode().expect("encode"),
+            &message,
+            &keys.ingest.mac,
+        )
         .expect_err("a forged barrier must be refused");
     assert!(matches!(err, IngestError::BadRecord { .. }), "{err:?}");
     assert_eq!(err.code(), ErrorCode::Malformed, "{err}");
@@ -329,7 +328,7 @@ fn a_barrier_without_a_valid_mac_is_refused_on_ingest_and_on_rebuild() {
         .iter()
         .find(|e| matches!(e.what, EntryKind::Barrier { .. }))
         .expect("a stored barrier");
-    rebuild::verify_point(&state.log, victim.seq, &keys.mac).expect("intact point checks out");
+    rebuild::point_disks(&state, victim.seq, &keys.recovery).expect("intact point checks out");
     let (file, _) = state.log.segment_file(victim.segment).expect("segment");
     let mut frame = vec![0u8; victim.frame_len as usize];
     file.read_exact_at(&mut frame, victim.position.0)
@@ -341,18 +340,20 @@ fn a_barrier_without_a_valid_mac_is_refused_on_ingest_and_on_rebuild() {
         panic!("expected the barrier frame")
     };
     b.consistent = !b.consistent;
+    // Re-MACed with the ingest key, as the standby itself could.
+    b.mac = ferry_wire::seal::barrier_mac(&keys.ingest.mac, &b);
     let altered = Message::Barrier(b).encode().expect("encode");
     assert_eq!(altered.len(), frame.len(), "same length");
     file.write_all_at(&altered, victim.position.0)
         .expect("write");
     drop((file, state));
-    // Reopened, the index is rebuilt from the altered frame: only the MAC can tell.
+    // Reopened, the index is rebuilt from the altered frame: only the seal can tell.
     let state = open(dir.path());
-    let err = rebuild::verify_point(&state.log, victim.seq, &keys.mac)
+    let err = rebuild::point_disks(&state, victim.seq, &keys.recovery)
         .expect_err("an altered point must be refused");
+    let text = ferry_wire::error_chain(&err);
     assert!(
-        err.to_string()
-            .contains(&format!("barrier seq {}", victim.seq)),
-        "{err}"
+        text.contains(&format!("barrier seq {}", victim.seq)) && text.contains("seal"),
+        "{text}"
     );
 }

@@ -68,7 +68,7 @@ proptest! {
     fn rebuild_at_every_barrier_equals_the_model(ops in proptest::collection::vec(op(), 1..50)) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let keys = keys();
-        let mut sim = SimServer::new(server(), &keys, &DISKS).expect("sim server");
+        let mut sim = SimServer::new(&keys, &DISKS).expect("sim server");
         let mut state = registered(dir.path(), &sim);
         let mut points: Vec<(Seq, Vec<Vec<u8>>)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {

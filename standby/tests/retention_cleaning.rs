@@ -17,7 +17,7 @@ const HOUR_MS: u64 = 3_600_000;
 fn cleaning_keeps_every_retained_point_exact_and_frees_space() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
-    let mut sim = SimServer::new(server(), &keys, &[DISK]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[DISK]).expect("sim");
     let mut state = registered(dir.path(), &sim);
     // A full copy of the disk, then rounds of overwrites with a point after each.
     for i in 0..6 {
@@ -52,7 +52,7 @@ fn cleaning_keeps_every_retained_point_exact_and_frees_space() {
         interval_hours: 1,
         keep: 4,
     };
-    let report = retention::apply(&mut state, &policy, &keys.mac).expect("retention runs");
+    let report = retention::apply(&mut state, &policy, &keys.ingest.mac).expect("retention runs");
     assert_eq!(
         report.points_dropped.len(),
         20,
@@ -105,7 +105,7 @@ fn cleaning_keeps_every_retained_point_exact_and_frees_space() {
     let mut state = open(dir.path());
     check(&state, "after reopening");
 
-    let again = retention::apply(&mut state, &policy, &keys.mac).expect("second run");
+    let again = retention::apply(&mut state, &policy, &keys.ingest.mac).expect("second run");
     assert!(
         again.points_dropped.is_empty(),
         "nothing more expires: {again:?}"

@@ -9,34 +9,31 @@ use common::*;
 use ferry_replicator::link::{Link, LinkConfig, LinkError};
 use ferry_replicator::sim::SimServer;
 use ferry_standby::log::OpenMode;
-use ferry_standby::receiver::{ServiceConfig, Standby, StandbyHandle, StandbyKeys};
+use ferry_standby::receiver::{ServiceConfig, Standby, StandbyHandle};
 use ferry_standby::server::ServerState;
 use ferry_wire::message::{ErrorCode, PointKind};
-use ferry_wire::{MasterKey, Message, Seq, ServerId, SiteKeys};
+use ferry_wire::{HostKeys, MasterKey, Message, Seq, ServerId};
 use std::path::Path;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn start(dir: &Path, keys: &SiteKeys) -> StandbyHandle {
+/// A standby holding the test pair's standby key (`_keys` are the agent's, of the same pair).
+fn start(dir: &Path, _keys: &HostKeys) -> StandbyHandle {
     let mut config = ServiceConfig::new(dir.to_owned(), "127.0.0.1:0".into());
     config.segment_size = SEGMENT;
     config.servers.insert(server(), Default::default());
-    let keys = StandbyKeys {
-        mac: keys.mac.clone(),
-        auth: keys.auth.clone(),
-    };
-    Standby::bind(config, keys)
+    Standby::bind(config, common::master().standby_key())
         .expect("the standby binds")
         .spawn()
         .expect("the standby starts")
 }
 
-fn connect(standby: &StandbyHandle, keys: &SiteKeys) -> Link {
+fn connect(standby: &StandbyHandle, keys: &HostKeys) -> Link {
     Link::connect(
         standby.addr(),
         &server(),
-        &keys.auth,
+        &keys.ingest.auth,
         &LinkConfig::default(),
     )
     .unwrap_or_else(|e| panic!("connecting: {e}"))
@@ -58,7 +55,7 @@ fn records_are_acked_after_fsync_and_a_reconnect_resumes_after_the_last_durable_
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
     let standby = start(dir.path(), &keys);
-    let mut sim = SimServer::new(server(), &keys, &[8 << 20]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[8 << 20]).expect("sim");
     let mut sent = Vec::new();
     {
         let mut link = connect(&standby, &keys);
@@ -121,7 +118,7 @@ fn an_unknown_server_and_a_wrong_key_are_refused_clearly() {
     let err = Link::connect(
         standby.addr(),
         &stranger,
-        &keys.auth,
+        &keys.ingest.auth,
         &LinkConfig::default(),
     )
     .expect_err("an unknown server must be refused");
@@ -137,11 +134,11 @@ fn an_unknown_server_and_a_wrong_key_are_refused_clearly() {
     }
     assert!(!err.is_retryable(), "an unknown server needs an operator");
 
-    let other_keys = MasterKey::from_bytes([8; 32]).derive();
+    let other_keys = MasterKey::from_bytes([8; 32]).host_key(&server()).keys();
     let err = Link::connect(
         standby.addr(),
         &server(),
-        &other_keys.auth,
+        &other_keys.ingest.auth,
         &LinkConfig::default(),
     )
     .expect_err("a wrong key must be refused");
@@ -167,7 +164,7 @@ fn a_record_with_a_bad_mac_is_refused_and_not_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
     let standby = start(dir.path(), &keys);
-    let mut sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[1 << 20]).expect("sim");
     let mut link = connect(&standby, &keys);
     link.register(sim.registration()).expect("register");
     for i in 0..3u64 {
@@ -213,7 +210,7 @@ fn group_commit_acks_many_records_per_fsync() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
     let standby = start(dir.path(), &keys);
-    let mut sim = SimServer::new(server(), &keys, &[4 << 20]).expect("sim");
+    let mut sim = SimServer::new(&keys, &[4 << 20]).expect("sim");
     let mut link = connect(&standby, &keys);
     link.register(sim.registration()).expect("register");
     let records = 2000u64;
@@ -300,7 +297,7 @@ fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
     expect_error(
         &mut stream,
         ErrorCode::AuthenticationFailed,
-        "different site-pair keys",
+        "another server's or another site pair's",
     );
 
     // A proper agent whose frame is damaged on the way: the CRC catches it.
@@ -310,8 +307,9 @@ fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
         server: &id,
         client_nonce: &client_nonce,
         server_nonce: &challenge.server_nonce,
+        channel: &ferry_wire::auth::Channel([0; 32]),
     };
-    let proof = auth::prove(&keys.auth, Role::Agent, &exchange);
+    let proof = auth::prove(&keys.ingest.auth, Role::Agent, &exchange);
     let auth_frame = Message::Authenticate(Authenticate { agent_proof: proof });
     stream
         .write_all(&auth_frame.encode().expect("encode"))
@@ -320,7 +318,7 @@ fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
         matches!(read(&mut stream), Message::Welcome(_)),
         "a proper agent is welcomed"
     );
-    let sim = SimServer::new(server(), &keys, &[1 << 20]).expect("sim");
+    let sim = SimServer::new(&keys, &[1 << 20]).expect("sim");
     let mut frame = Message::RegisterServer(sim.registration())
         .encode()
         .expect("encode");

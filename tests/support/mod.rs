@@ -300,7 +300,8 @@ impl Drop for StandbyProcess {
     }
 }
 
-/// Writes a standby config file for `data_dir`, `key` and the allowed `servers`.
+/// Writes a standby config file for `data_dir` and the allowed `servers`: its key is the
+/// standby key beside the pair key `key` (see [`new_key`]), its recovery key the pair key.
 pub(crate) fn standby_config(
     path: &Path,
     data_dir: &Path,
@@ -309,8 +310,10 @@ pub(crate) fn standby_config(
     segment_mib: u64,
 ) {
     let mut text = format!(
-        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\nsegment_size_mib = {segment_mib}\n",
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\nrecovery_key_file = {:?}\n\
+         segment_size_mib = {segment_mib}\n",
         data_dir.to_str().expect("utf-8 path"),
+        standby_key(key).to_str().expect("utf-8 path"),
         key.to_str().expect("utf-8 path"),
     );
     for s in servers {
@@ -319,13 +322,52 @@ pub(crate) fn standby_config(
     std::fs::write(path, text).expect("writing the standby config");
 }
 
-/// Runs `ferry keygen --out PATH` and returns the keys derived from the new key file.
-pub(crate) fn new_key(path: &Path) -> ferry_wire::SiteKeys {
-    ferry(&["keygen", "--out", path.to_str().expect("utf-8 path")]);
-    let text = std::fs::read_to_string(path).expect("reading the new key file");
-    ferry_wire::MasterKey::from_text(&text)
-        .expect("keygen writes a valid key")
-        .derive()
+/// Runs `ferry keygen --out PATH` (a pair key), derives beside it a standby key
+/// ([`standby_key`]) and the host key of web-1 ([`host_key`]), and returns web-1's keys.
+pub(crate) fn new_key(path: &Path) -> ferry_wire::HostKeys {
+    let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    ferry(&["keygen", "--out", &utf8(path)]);
+    ferry(&[
+        "keygen",
+        "--from",
+        &utf8(path),
+        "--standby",
+        "--out",
+        &utf8(&standby_key(path)),
+    ]);
+    host_keys(path, "web-1")
+}
+
+/// The standby key file beside the pair key `pair`.
+pub(crate) fn standby_key(pair: &Path) -> PathBuf {
+    pair.with_file_name("standby.key")
+}
+
+/// The host key file of `server` beside the pair key `pair`, derived on first use.
+pub(crate) fn host_key(pair: &Path, server: &str) -> PathBuf {
+    let path = pair.with_file_name(format!("{server}.key"));
+    if !path.exists() {
+        let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+        ferry(&[
+            "keygen",
+            "--from",
+            &utf8(pair),
+            "--host",
+            server,
+            "--out",
+            &utf8(&path),
+        ]);
+    }
+    path
+}
+
+/// The keys of `server`'s host key (derived from the pair key `pair`).
+pub(crate) fn host_keys(pair: &Path, server: &str) -> ferry_wire::HostKeys {
+    let text = std::fs::read_to_string(host_key(pair, server)).expect("reading a host key");
+    ferry_wire::KeyFile::from_text(&text)
+        .and_then(ferry_wire::KeyFile::into_host)
+        .expect("keygen writes a valid host key")
+        .keys()
 }
 
 impl StandbyProcess {
@@ -333,7 +375,7 @@ impl StandbyProcess {
     pub(crate) fn link(
         &self,
         server: &str,
-        keys: &ferry_wire::SiteKeys,
+        keys: &ferry_wire::HostKeys,
     ) -> ferry_replicator::link::Link {
         use ferry_replicator::link::{Link, LinkConfig};
         let server = ferry_wire::ServerId::new(server).expect("a valid server name");
@@ -342,7 +384,7 @@ impl StandbyProcess {
             match Link::connect(
                 self.addr.as_str(),
                 &server,
-                &keys.auth,
+                &keys.ingest.auth,
                 &LinkConfig::default(),
             ) {
                 Ok(link) => return link,

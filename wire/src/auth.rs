@@ -1,5 +1,9 @@
-//! Challenge–response authentication between an agent and a standby, with the site
-//! pair's auth key. Both sides prove they hold the key; neither ever sends it.
+//! Challenge–response authentication between an agent and a standby, with the server's
+//! auth key (each server has its own: [`crate::keys`]). Both sides prove they hold the
+//! key; neither ever sends it. It is the second factor beside the TLS client
+//! certificate, and it is bound to the TLS session: the proofs cover the session's
+//! exported keying material (RFC 8446 §7.5, label [`EXPORTER_LABEL`]), so a relay that
+//! terminates TLS towards each side cannot splice the two handshakes.
 //!
 //! ```text
 //! agent                                   standby
@@ -10,9 +14,9 @@
 //! ```
 //!
 //! proof = HMAC-SHA256(auth key, role label ‖ server name length (1 byte) ‖ server name
-//! ‖ client_nonce ‖ server_nonce), with distinct labels for the two roles so that one
-//! side's proof can never be replayed as the other's. Nonces are 32 random bytes, fresh
-//! per connection.
+//! ‖ client_nonce ‖ server_nonce ‖ channel), with distinct labels for the two roles so
+//! that one side's proof can never be replayed as the other's. Nonces are 32 random
+//! bytes, fresh per connection; `channel` is the TLS exporter's 32 bytes.
 
 use crate::ids::ServerId;
 use crate::keys::AuthKey;
@@ -47,11 +51,18 @@ pub enum Role {
 impl Role {
     fn label(self) -> &'static [u8] {
         match self {
-            Role::Agent => b"ferry agent proof v1",
-            Role::Standby => b"ferry standby proof v1",
+            Role::Agent => b"ferry agent proof v2",
+            Role::Standby => b"ferry standby proof v2",
         }
     }
 }
+
+/// The TLS exporter label whose output binds the proofs to the session.
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-ferry-link-auth-v2";
+
+/// The TLS session's exported keying material ([`EXPORTER_LABEL`], no context).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Channel(pub [u8; 32]);
 
 /// The proof-relevant facts of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +70,7 @@ pub struct Exchange<'a> {
     pub server: &'a ServerId,
     pub client_nonce: &'a Nonce,
     pub server_nonce: &'a Nonce,
+    pub channel: &'a Channel,
 }
 
 fn keyed(key: &AuthKey, role: Role, ex: &Exchange<'_>) -> Hmac<Sha256> {
@@ -66,10 +78,12 @@ fn keyed(key: &AuthKey, role: Role, ex: &Exchange<'_>) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
     mac.update(role.label());
-    mac.update(&[u8::try_from(name.len()).expect("server names are at most 60 bytes")]);
+    // A ServerId is at most 60 bytes, so its length fits one byte.
+    mac.update(&[u8::try_from(name.len()).unwrap_or(u8::MAX)]);
     mac.update(name);
     mac.update(&ex.client_nonce.0);
     mac.update(&ex.server_nonce.0);
+    mac.update(&ex.channel.0);
     mac
 }
 
@@ -89,24 +103,27 @@ mod tests {
     use crate::keys::MasterKey;
 
     #[test]
-    fn proofs_check_only_for_the_same_key_role_server_and_nonces() {
-        let key = MasterKey::from_bytes([1; 32]).derive().auth;
-        let other = MasterKey::from_bytes([2; 32]).derive().auth;
+    fn proofs_check_only_for_the_same_key_role_server_nonces_and_channel() {
         let (a, b) = (
             ServerId::new("web-1").unwrap(),
             ServerId::new("web-2").unwrap(),
         );
+        let master = MasterKey::from_bytes([1; 32]);
+        let key = master.host_key(&a).keys().ingest.auth;
+        let other = master.host_key(&b).keys().ingest.auth;
         let (n1, n2, n3) = (Nonce([1; 32]), Nonce([2; 32]), Nonce([3; 32]));
+        let (c1, c2) = (Channel([5; 32]), Channel([6; 32]));
         let ex = Exchange {
             server: &a,
             client_nonce: &n1,
             server_nonce: &n2,
+            channel: &c1,
         };
         let proof = prove(&key, Role::Agent, &ex);
         assert!(check(&key, Role::Agent, &ex, &proof));
         assert!(
             !check(&other, Role::Agent, &ex, &proof),
-            "wrong key accepted"
+            "another server's key accepted"
         );
         assert!(
             !check(&key, Role::Standby, &ex, &proof),
@@ -122,6 +139,7 @@ mod tests {
                 server_nonce: &n3,
                 ..ex
             },
+            Exchange { channel: &c2, ..ex },
         ];
         for c in changed {
             assert!(

@@ -36,7 +36,10 @@ pub mod seal;
 
 pub use frame::{FRAME_HEADER_LEN, FrameError, FrameHeader, MAX_FRAME_BODY};
 pub use ids::{ByteLen, ByteOffset, DiskId, NameError, PointId, Seq, ServerId};
-pub use keys::{AuthKey, DataKey, DigestKey, KeyError, MacKey, MasterKey, SiteKeys};
+pub use keys::{
+    AuthKey, DataKey, DigestKey, HostKey, HostKeys, IngestKeys, KeyError, KeyFile, MacKey,
+    MasterKey, RecoveryKey, RecoveryKeys, SealKey, StandbyKey,
+};
 pub use message::{Message, PROTOCOL_VERSION};
 pub use record::{Compression, MAX_DATA_EXTENT, RecordHeader, RecordKind, SealedRecord};
 pub use seal::{SealError, Sealer, Unsealer};

@@ -31,7 +31,9 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-/// 4: a registration's disks carry their identity ([`crate::disk_identity`]).
+/// Version 4: per-server keys, records, barriers and registrations sealed end to end,
+/// a registration's disks carrying their identity ([`crate::disk_identity`]) (version
+/// 3's frames are refused, naming both versions).
 pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Agent → standby: opens a connection for one server.
@@ -81,11 +83,25 @@ pub struct DiskInfo {
     pub identity: crate::disk_identity::DiskIdentity,
 }
 
-/// Agent → standby: the server and its disks.
+/// Agent → standby: the server and its disks, sealed by the agent
+/// ([`crate::seal::sign_registration`]): the standby stores it and every barrier names the
+/// registration it was taken under, so a rebuild uses exactly those disks and sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterServer {
     pub hostname: String,
     pub disks: Vec<DiskInfo>,
+    /// End-to-end tag (seal key) over the server id and the fields above; also the
+    /// registration's identity in barriers.
+    pub seal: [u8; 32],
+    /// Ingest MAC over the same and the seal.
+    pub mac: [u8; 32],
+}
+
+impl RegisterServer {
+    /// The disk of this registration with id `disk`.
+    pub fn disk(&self, disk: DiskId) -> Option<&DiskInfo> {
+        self.disks.iter().find(|d| d.disk == disk)
+    }
 }
 
 /// How a recovery point came to be.
@@ -98,14 +114,20 @@ pub enum PointKind {
 /// Agent → standby: every record before this seq, and none after, belongs to the point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Barrier {
+    /// The server whose point this is.
+    pub server: ServerId,
     pub seq: Seq,
     pub point: PointId,
     pub kind: PointKind,
     /// True when the point equals every disk at one instant (DESIGN.md I5).
     pub consistent: bool,
     pub unix_time_ms: u64,
-    /// HMAC-SHA256 with the MAC key over the fields above
-    /// ([`crate::seal::sign_barrier`]): a stored point cannot be forged or altered.
+    /// The seal of the registration (disks and sizes) the point was taken under.
+    pub registration: [u8; 32],
+    /// End-to-end tag (seal key) over the fields above ([`crate::seal::sign_barrier`]): a
+    /// point the standby makes or alters is refused by every rebuild.
+    pub seal: [u8; 32],
+    /// Ingest MAC over the fields above and the seal.
     pub mac: [u8; 32],
 }
 

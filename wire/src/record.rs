@@ -2,14 +2,16 @@
 //!
 //! The header is plaintext so that the standby can index, retain and clean its log
 //! without the data key (DESIGN.md I6). The payload is the extent's bytes, maybe
-//! compressed, then encrypted; a MAC binds header and payload together.
+//! compressed, then encrypted; two tags bind header and payload together: the *seal*
+//! (end to end, under the server's seal key, which the standby does not hold) and the
+//! *MAC* (ingest, under the server's ingest MAC key, which the standby checks).
 //!
 //! Authenticated header layout (the bytes the MAC covers, before the payload); all
 //! integers little-endian:
 //!
 //! ```text
 //!  offset  size  field
-//!  0       8     domain tag  "FRYREC02"
+//!  0       8     domain tag  "FRYREC03"
 //!  8       1     kind          0 data, 1 zero, 2 discard
 //!  9       1     compression   0 none, 1 zstd
 //!  10      4     disk
@@ -22,7 +24,11 @@
 //!  59      n     server name   ASCII
 //! ```
 //!
-//! MAC = HMAC-SHA256(mac key, header bytes above ‖ grain digests ‖ payload).
+//! seal = BLAKE3-keyed(seal key, header bytes above ‖ grain digests ‖ payload)
+//! MAC  = BLAKE3-keyed(ingest MAC key, header bytes above ‖ grain digests ‖ payload ‖ seal)
+//!
+//! (Version 02 had one HMAC-SHA256 under a key the standby held; its records are refused
+//! by the frame version.)
 //!
 //! A data record carries, in plaintext, one 16-byte digest per grain it overlaps
 //! ([`crate::digest`]): keyed with a key the standby does not hold, they let digest
@@ -42,13 +48,13 @@ use serde::{Deserialize, Serialize};
 /// Longest extent a data record may carry, in bytes.
 pub const MAX_DATA_EXTENT: usize = 1 << 20;
 
-/// Length of a record MAC (HMAC-SHA256).
+/// Length of a record's seal and of its MAC (keyed BLAKE3).
 pub const MAC_LEN: usize = 32;
 
 /// Length of the AES-CTR IV.
 pub const IV_LEN: usize = 16;
 
-const DOMAIN_TAG: &[u8; 8] = b"FRYREC02";
+const DOMAIN_TAG: &[u8; 8] = b"FRYREC03";
 const MAC_INPUT_FIXED: usize = 59;
 /// Upper bound on [`RecordHeader::mac_input`]'s length.
 pub const MAC_INPUT_MAX: usize = MAC_INPUT_FIXED + MAX_NAME_LEN;
@@ -208,8 +214,8 @@ impl RecordHeader {
     }
 }
 
-/// A header, its grain digests, its payload and the MAC over them: what travels and what
-/// is stored. The digests come before the payload, so a reader that wants only them can
+/// A header, its grain digests, its payload, the seal and the MAC over them: what
+/// travels and what is stored. The digests come before the payload, so a reader that wants only them can
 /// stop early.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedRecord {
@@ -217,6 +223,9 @@ pub struct SealedRecord {
     pub digests: Vec<GrainDigest>,
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
+    /// The end-to-end tag: only the server's agent can make it.
+    pub seal: [u8; MAC_LEN],
+    /// The ingest MAC, over everything above including the seal.
     pub mac: [u8; MAC_LEN],
 }
 

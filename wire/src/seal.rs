@@ -1,32 +1,39 @@
-//! Sealing and unsealing extents (encrypt-then-MAC).
+//! Sealing and unsealing extents (encrypt-then-MAC, twice keyed).
 //!
 //! Seal, for one extent of at most [`MAX_DATA_EXTENT`] bytes:
 //! 1. all-zero data → a [`RecordKind::Zero`] record with no payload;
 //! 2. else zstd at the configured level, kept only if it shrinks the data (else stored raw);
 //! 3. AES-256-CTR with a fresh random 128-bit IV (the initial counter block);
-//! 4. HMAC-SHA256 over the authenticated header bytes, the grain digests of the plaintext
-//!    ([`crate::digest`]) and the ciphertext ([`RecordHeader::mac_input`]).
+//! 4. the *seal*: keyed BLAKE3 with the server's seal key over the authenticated header
+//!    bytes, the grain digests of the plaintext ([`crate::digest`]) and the ciphertext
+//!    ([`RecordHeader::mac_input`]); only the agent and a recovery hold that key;
+//! 5. the *MAC*: keyed BLAKE3 with the server's ingest MAC key over the same and the seal;
+//!    the standby checks it before it stores anything.
 //!
-//! Unseal checks the header's bounds and the MAC (in constant time) before it decrypts or
-//! decompresses anything, and refuses output that is not exactly the header's length.
-//! [`verify`] needs only the MAC key: the standby uses it to store records it can never read.
+//! [`verify`] needs only the MAC key: the standby uses it to store records it can never
+//! read. [`Unsealer::unseal`] checks the header's bounds and the seal (in constant time)
+//! before it decrypts or decompresses anything, and refuses output that is not exactly
+//! the header's length: a record the standby made or altered fails there
+//! ([`SealError::BadSeal`]), whatever keys the standby holds.
+//!
+//! Barriers and registrations carry a seal and a MAC the same way ([`sign_barrier`],
+//! [`sign_registration`]); a barrier's seal covers the server id and the seal of the
+//! registration (disk set) it was taken under, so a point can be neither moved to
+//! another server nor read against other disks.
 
 use crate::digest::{Digester, GrainDigest};
-use crate::ids::ByteLen;
-use crate::keys::{DataKey, MacKey, SiteKeys};
-use crate::message::{Barrier, PointKind};
+use crate::ids::{ByteLen, ServerId};
+use crate::keys::{HostKeys, MacKey, RecoveryKeys, SealKey};
+use crate::message::{Barrier, PointKind, RegisterServer};
 use crate::record::{
-    Compression, HeaderError, IV_LEN, MAC_INPUT_MAX, MAX_DATA_EXTENT, RecordAddress, RecordHeader,
-    RecordKind, SealedRecord,
+    Compression, HeaderError, IV_LEN, MAC_INPUT_MAX, MAC_LEN, MAX_DATA_EXTENT, RecordAddress,
+    RecordHeader, RecordKind, SealedRecord,
 };
 use aes::Aes256;
 use aes::cipher::{InnerIvInit, KeyInit, StreamCipher};
-use hmac::{Hmac, Mac};
 use rand_core::{CryptoRng, RngCore};
-use sha2::Sha256;
 
 type Aes256Ctr = ctr::Ctr128BE<Aes256>;
-type HmacSha256 = Hmac<Sha256>;
 
 /// The zstd level ferry seals with unless configured otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
@@ -37,8 +44,13 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 pub enum SealError {
     #[error(transparent)]
     Header(#[from] HeaderError),
-    #[error("record MAC does not match (wrong key, or the record was altered)")]
+    #[error("MAC does not match (not sent by this server's agent, or altered in transit)")]
     BadMac,
+    #[error(
+        "seal does not match: this was not made by the server's agent (forged or altered \
+         where it was stored), or the recovery key is not this server's"
+    )]
+    BadSeal,
     #[error("zstd level {level} is out of range ({min} to {max})")]
     BadLevel { level: i32, min: i32, max: i32 },
     #[error("extent of {length} bytes is larger than the {MAX_DATA_EXTENT}-byte maximum")]
@@ -51,22 +63,74 @@ pub enum SealError {
     Zstd(#[source] std::io::Error),
 }
 
+/// A keyed BLAKE3 hasher.
+fn keyed(key: &[u8; 32]) -> blake3::Hasher {
+    blake3::Hasher::new_keyed(key)
+}
+
+/// Ok when `expected` equals `tag` (constant time), else `err`.
+fn check_tag(
+    expected: [u8; MAC_LEN],
+    tag: &[u8; MAC_LEN],
+    err: SealError,
+) -> Result<(), SealError> {
+    if blake3::Hash::from_bytes(expected) == blake3::Hash::from_bytes(*tag) {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// Feeds a record's authenticated bytes (header, digests, payload) to `h`.
+fn feed(h: &mut blake3::Hasher, header: &RecordHeader, digests: &[GrainDigest], payload: &[u8]) {
+    let mut input = [0u8; MAC_INPUT_MAX];
+    let n = header.mac_input(&mut input);
+    h.update(&input[..n]);
+    for d in digests {
+        h.update(d);
+    }
+    h.update(payload);
+}
+
+/// The seal hasher of a record's parts.
+fn seal_of(
+    key: &SealKey,
+    header: &RecordHeader,
+    digests: &[GrainDigest],
+    payload: &[u8],
+) -> blake3::Hasher {
+    let mut h = keyed(key.expose());
+    feed(&mut h, header, digests, payload);
+    h
+}
+
+/// The MAC hasher of a record's parts and seal.
 fn mac_of(
     key: &MacKey,
     header: &RecordHeader,
     digests: &[GrainDigest],
     payload: &[u8],
-) -> HmacSha256 {
-    let mut input = [0u8; MAC_INPUT_MAX];
-    let n = header.mac_input(&mut input);
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
-    mac.update(&input[..n]);
-    for d in digests {
-        mac.update(d);
-    }
-    mac.update(payload);
-    mac
+    seal: &[u8; MAC_LEN],
+) -> blake3::Hasher {
+    let mut h = keyed(key.expose());
+    feed(&mut h, header, digests, payload);
+    h.update(seal);
+    h
+}
+
+/// A record's seal and MAC.
+fn tag_record(
+    seal_key: &SealKey,
+    mac_key: &MacKey,
+    header: &RecordHeader,
+    digests: &[GrainDigest],
+    payload: &[u8],
+) -> ([u8; MAC_LEN], [u8; MAC_LEN]) {
+    let seal = seal_of(seal_key, header, digests, payload)
+        .finalize()
+        .into();
+    let mac = mac_of(mac_key, header, digests, payload, &seal);
+    (seal, mac.finalize().into())
 }
 
 /// An AES-256-CTR keystream from an already expanded key, starting at counter block `iv`.
@@ -74,43 +138,139 @@ fn keystream(cipher: &Aes256, iv: &[u8; IV_LEN]) -> Aes256Ctr {
     Aes256Ctr::from_core(ctr::CtrCore::inner_iv_init(cipher.clone(), iv.into()))
 }
 
-/// Checks a record's bounds and MAC with the MAC key alone.
-pub fn verify(key: &MacKey, record: &SealedRecord) -> Result<(), SealError> {
-    record.check()?;
-    mac_of(key, &record.header, &record.digests, &record.payload)
-        .verify_slice(&record.mac)
-        .map_err(|_| SealError::BadMac)
+/// The ingest MAC `record` should carry. Anyone holding the MAC key — a standby — can
+/// compute it; that is why rebuilds check the seal.
+pub fn record_mac(key: &MacKey, record: &SealedRecord) -> [u8; MAC_LEN] {
+    let (h, d, p) = (&record.header, &record.digests, &record.payload);
+    mac_of(key, h, d, p, &record.seal).finalize().into()
 }
 
-/// The HMAC of a barrier's fields (not its `mac`), domain-separated from records.
-fn barrier_mac(key: &MacKey, b: &Barrier) -> HmacSha256 {
-    let mut mac =
-        <HmacSha256 as Mac>::new_from_slice(key.expose()).expect("HMAC takes any key length");
-    mac.update(b"ferry barrier v1");
-    mac.update(&b.seq.0.to_le_bytes());
-    mac.update(&b.point.0.to_le_bytes());
-    mac.update(&[
+/// Checks a record's bounds and MAC with the ingest MAC key alone (the standby's check).
+pub fn verify(key: &MacKey, record: &SealedRecord) -> Result<(), SealError> {
+    record.check()?;
+    check_tag(record_mac(key, record), &record.mac, SealError::BadMac)
+}
+
+/// The seal `record` should carry: only the holder of the server's seal key (its agent, a
+/// recovery) can compute it.
+pub fn record_seal(key: &SealKey, record: &SealedRecord) -> [u8; MAC_LEN] {
+    seal_of(key, &record.header, &record.digests, &record.payload)
+        .finalize()
+        .into()
+}
+
+/// Checks a record's bounds and seal with the server's seal key (a recovery's check).
+pub fn verify_seal(key: &SealKey, record: &SealedRecord) -> Result<(), SealError> {
+    record.check()?;
+    check_tag(record_seal(key, record), &record.seal, SealError::BadSeal)
+}
+
+/// The bytes of a barrier's fields (not its seal and MAC), domain-separated from records.
+fn barrier_input(h: &mut blake3::Hasher, b: &Barrier) {
+    h.update(b"ferry barrier v2");
+    name_input(h, b.server.as_str());
+    h.update(&b.seq.0.to_le_bytes());
+    h.update(&b.point.0.to_le_bytes());
+    h.update(&[
         match b.kind {
             PointKind::Scheduled => 1,
             PointKind::Manual => 2,
         },
         u8::from(b.consistent),
     ]);
-    mac.update(&b.unix_time_ms.to_le_bytes());
-    mac
+    h.update(&b.unix_time_ms.to_le_bytes());
+    h.update(&b.registration);
 }
 
-/// A barrier with its MAC set.
-pub fn sign_barrier(key: &MacKey, mut barrier: Barrier) -> Barrier {
-    barrier.mac = barrier_mac(key, &barrier).finalize().into_bytes().into();
+/// A length-prefixed name (every name is at most 255 bytes: [`crate::message::MAX_TEXT`]
+/// bounds the longest, and longer ones are cut at the prefix's range, never mixed up).
+fn name_input(h: &mut blake3::Hasher, name: &str) {
+    let bytes = name.as_bytes();
+    h.update(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+    h.update(bytes);
+}
+
+/// A barrier with its seal and MAC set (by the server's agent).
+pub fn sign_barrier(keys: &HostKeys, mut barrier: Barrier) -> Barrier {
+    let mut seal = keyed(keys.recovery.seal.expose());
+    barrier_input(&mut seal, &barrier);
+    barrier.seal = seal.finalize().into();
+    barrier.mac = barrier_mac(&keys.ingest.mac, &barrier);
     barrier
 }
 
-/// Checks a barrier's MAC with the MAC key alone.
+/// The ingest MAC `barrier` should carry (see [`record_mac`]).
+pub fn barrier_mac(key: &MacKey, barrier: &Barrier) -> [u8; MAC_LEN] {
+    let mut mac = keyed(key.expose());
+    barrier_input(&mut mac, barrier);
+    mac.update(&barrier.seal);
+    mac.finalize().into()
+}
+
+/// Checks a barrier's MAC with the ingest MAC key alone.
 pub fn verify_barrier(key: &MacKey, barrier: &Barrier) -> Result<(), SealError> {
-    barrier_mac(key, barrier)
-        .verify_slice(&barrier.mac)
-        .map_err(|_| SealError::BadMac)
+    check_tag(barrier_mac(key, barrier), &barrier.mac, SealError::BadMac)
+}
+
+/// Checks a barrier's seal with the server's seal key.
+pub fn verify_barrier_seal(key: &SealKey, barrier: &Barrier) -> Result<(), SealError> {
+    let mut seal = keyed(key.expose());
+    barrier_input(&mut seal, barrier);
+    check_tag(seal.finalize().into(), &barrier.seal, SealError::BadSeal)
+}
+
+/// The bytes of a registration's fields (not its seal and MAC).
+fn registration_input(h: &mut blake3::Hasher, server: &ServerId, r: &RegisterServer) {
+    h.update(b"ferry registration v2");
+    name_input(h, server.as_str());
+    name_input(h, &r.hostname);
+    h.update(&(r.disks.len() as u64).to_le_bytes());
+    for d in &r.disks {
+        h.update(&d.disk.0.to_le_bytes());
+        name_input(h, &d.name);
+        h.update(&d.size.0.to_le_bytes());
+    }
+}
+
+/// A registration of `server` with its seal and MAC set (by the server's agent).
+pub fn sign_registration(keys: &HostKeys, mut reg: RegisterServer) -> RegisterServer {
+    let server = &keys.recovery.server;
+    let mut seal = keyed(keys.recovery.seal.expose());
+    registration_input(&mut seal, server, &reg);
+    reg.seal = seal.finalize().into();
+    reg.mac = registration_mac(&keys.ingest.mac, server, &reg);
+    reg
+}
+
+/// The ingest MAC a registration of `server` should carry (see [`record_mac`]).
+pub fn registration_mac(key: &MacKey, server: &ServerId, reg: &RegisterServer) -> [u8; MAC_LEN] {
+    let mut mac = keyed(key.expose());
+    registration_input(&mut mac, server, reg);
+    mac.update(&reg.seal);
+    mac.finalize().into()
+}
+
+/// Checks a registration of `server` with its ingest MAC key alone.
+pub fn verify_registration(
+    key: &MacKey,
+    server: &ServerId,
+    reg: &RegisterServer,
+) -> Result<(), SealError> {
+    check_tag(
+        registration_mac(key, server, reg),
+        &reg.mac,
+        SealError::BadMac,
+    )
+}
+
+/// Checks a registration's seal with the server's seal key (the server is the key's).
+pub fn verify_registration_seal(
+    keys: &RecoveryKeys,
+    reg: &RegisterServer,
+) -> Result<(), SealError> {
+    let mut seal = keyed(keys.seal.expose());
+    registration_input(&mut seal, &keys.server, reg);
+    check_tag(seal.finalize().into(), &reg.seal, SealError::BadSeal)
 }
 
 pub(crate) fn is_all_zero(data: &[u8]) -> bool {
@@ -124,6 +284,7 @@ pub(crate) fn is_all_zero(data: &[u8]) -> bool {
 /// records; one per thread.
 pub struct Sealer {
     cipher: Aes256,
+    seal_key: SealKey,
     mac_key: MacKey,
     digester: Digester,
     compressor: zstd::bulk::Compressor<'static>,
@@ -136,8 +297,8 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
-    /// A sealer with the site pair's data, MAC and digest keys.
-    pub fn new(keys: &SiteKeys, zstd_level: i32) -> Result<Self, SealError> {
+    /// A sealer with one server's keys.
+    pub fn new(keys: &HostKeys, zstd_level: i32) -> Result<Self, SealError> {
         let range = zstd::compression_level_range();
         if !range.contains(&zstd_level) {
             return Err(SealError::BadLevel {
@@ -147,9 +308,10 @@ impl Sealer {
             });
         }
         Ok(Self {
-            cipher: Aes256::new(keys.data.expose().into()),
-            mac_key: keys.mac.clone(),
-            digester: Digester::new(&keys.digest),
+            cipher: Aes256::new(keys.recovery.data.expose().into()),
+            seal_key: keys.recovery.seal.clone(),
+            mac_key: keys.ingest.mac.clone(),
+            digester: Digester::new(&keys.recovery.digest),
             compressor: zstd::bulk::Compressor::new(zstd_level).map_err(SealError::Zstd)?,
         })
     }
@@ -209,14 +371,12 @@ impl Sealer {
             payload_len: u32::try_from(payload.len()).expect("payload ≤ MAX_DATA_EXTENT"),
         };
         header.check()?;
-        let mac = mac_of(&self.mac_key, &header, &digests, &payload)
-            .finalize()
-            .into_bytes()
-            .into();
+        let (seal, mac) = tag_record(&self.seal_key, &self.mac_key, &header, &digests, &payload);
         Ok(SealedRecord {
             header,
             digests,
             payload,
+            seal,
             mac,
         })
     }
@@ -249,14 +409,12 @@ impl Sealer {
             payload_len: 0,
         };
         header.check()?;
-        let mac = mac_of(&self.mac_key, &header, &[], &[])
-            .finalize()
-            .into_bytes()
-            .into();
+        let (seal, mac) = tag_record(&self.seal_key, &self.mac_key, &header, &[], &[]);
         Ok(SealedRecord {
             header,
             digests: Vec::new(),
             payload: Vec::new(),
+            seal,
             mac,
         })
     }
@@ -276,7 +434,7 @@ pub enum Unsealed<'a> {
 /// Unseals records. Holds the key schedule, a zstd context and an output buffer.
 pub struct Unsealer {
     cipher: Aes256,
-    mac_key: MacKey,
+    seal_key: SealKey,
     decompressor: zstd::bulk::Decompressor<'static>,
     scratch: Vec<u8>,
     plain: Vec<u8>,
@@ -289,19 +447,20 @@ impl std::fmt::Debug for Unsealer {
 }
 
 impl Unsealer {
-    pub fn new(data_key: &DataKey, mac_key: &MacKey) -> Result<Self, SealError> {
+    /// An unsealer with one server's recovery keys.
+    pub fn new(keys: &RecoveryKeys) -> Result<Self, SealError> {
         Ok(Self {
-            cipher: Aes256::new(data_key.expose().into()),
-            mac_key: mac_key.clone(),
+            cipher: Aes256::new(keys.data.expose().into()),
+            seal_key: keys.seal.clone(),
             decompressor: zstd::bulk::Decompressor::new().map_err(SealError::Zstd)?,
             scratch: Vec::new(),
             plain: Vec::new(),
         })
     }
 
-    /// Verifies `record` and returns its plaintext.
+    /// Verifies `record`'s seal and returns its plaintext.
     pub fn unseal(&mut self, record: &SealedRecord) -> Result<Unsealed<'_>, SealError> {
-        verify(&self.mac_key, record)?;
+        verify_seal(&self.seal_key, record)?;
         let header = &record.header;
         match header.kind {
             RecordKind::Zero => return Ok(Unsealed::Zeroes(header.length)),

@@ -11,14 +11,16 @@ use ferry_wire::message::*;
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::{SealError, Unsealed, verify};
 use ferry_wire::{
-    ByteLen, ByteOffset, Compression, DiskId, MAX_DATA_EXTENT, MAX_FRAME_BODY, MasterKey,
-    PROTOCOL_VERSION, PointId, RecordKind, SealedRecord, Sealer, Seq, ServerId, SiteKeys, Unsealer,
+    ByteLen, ByteOffset, Compression, DiskId, HostKeys, MAX_DATA_EXTENT, MAX_FRAME_BODY, MasterKey,
+    PROTOCOL_VERSION, PointId, RecordKind, SealedRecord, Sealer, Seq, ServerId, Unsealer,
     error_chain,
 };
 use proptest::prelude::*;
 
-fn keys(byte: u8) -> SiteKeys {
-    MasterKey::from_bytes([byte; 32]).derive()
+fn keys(byte: u8) -> HostKeys {
+    MasterKey::from_bytes([byte; 32])
+        .host_key(&ServerId::new("web-1").unwrap())
+        .keys()
 }
 
 fn addr(server: &str, offset: u64, seq: u64) -> RecordAddress {
@@ -30,12 +32,12 @@ fn addr(server: &str, offset: u64, seq: u64) -> RecordAddress {
     }
 }
 
-fn sealer(k: &SiteKeys) -> Sealer {
+fn sealer(k: &HostKeys) -> Sealer {
     Sealer::new(k, 1).unwrap()
 }
 
-fn unsealer(k: &SiteKeys) -> Unsealer {
-    Unsealer::new(&k.data, &k.mac).unwrap()
+fn unsealer(k: &HostKeys) -> Unsealer {
+    Unsealer::new(&k.recovery).unwrap()
 }
 
 /// Bytes that compress: text-like, repeating with variation.
@@ -108,7 +110,7 @@ proptest! {
         let bytes = Message::Record(record.clone()).encode().unwrap();
         let Message::Record(received) = frame::decode(&bytes).unwrap() else { panic!("not a record") };
         prop_assert_eq!(&received, &record);
-        verify(&k.mac, &received).unwrap();
+        verify(&k.ingest.mac, &received).unwrap();
         let mut u = unsealer(&k);
         match u.unseal(&received).unwrap() {
             Unsealed::Data(plain) => prop_assert_eq!(plain, &data[..]),
@@ -135,13 +137,13 @@ proptest! {
             _ => if let Some(d) = moved.digests.first_mut() { d[0] ^= 1 } else { moved.header.seq = Seq(0) },
         }
         let err = unsealer(&k).unseal(&moved).expect_err("a record replayed under another header was accepted");
-        // Refused by the MAC, or earlier by the header's own consistency rules.
-        prop_assert!(matches!(err, SealError::BadMac | SealError::Header(_)), "wrong error: {}", err);
-        prop_assert!(verify(&k.mac, &moved).is_err());
+        // Refused by the seal, or earlier by the header's own consistency rules.
+        prop_assert!(matches!(err, SealError::BadSeal | SealError::Header(_)), "wrong error: {}", err);
+        prop_assert!(verify(&k.ingest.mac, &moved).is_err());
     }
 }
 
-fn sample_record(k: &SiteKeys) -> SealedRecord {
+fn sample_record(k: &HostKeys) -> SealedRecord {
     let mut data = compressible(700, 3);
     data.extend((0..300u32).map(|i| (i * 7919 % 251) as u8));
     sealer(k)
@@ -149,11 +151,12 @@ fn sample_record(k: &SiteKeys) -> SealedRecord {
         .unwrap()
 }
 
-fn decode_and_unseal(bytes: &[u8], k: &SiteKeys) -> Result<Vec<u8>, String> {
+fn decode_and_unseal(bytes: &[u8], k: &HostKeys) -> Result<Vec<u8>, String> {
     let message = frame::decode(bytes).map_err(|e| e.to_string())?;
     let Message::Record(record) = message else {
         return Err("not a record".into());
     };
+    verify(&k.ingest.mac, &record).map_err(|e| e.to_string())?;
     match unsealer(k).unseal(&record).map_err(|e| e.to_string())? {
         Unsealed::Data(d) => Ok(d.to_vec()),
         other => Err(format!("unexpected {other:?}")),
@@ -217,15 +220,15 @@ fn wrong_key_is_refused() {
     let record = sample_record(&keys(1));
     assert!(matches!(
         unsealer(&keys(2)).unseal(&record),
-        Err(SealError::BadMac)
+        Err(SealError::BadSeal)
     ));
     assert!(matches!(
-        verify(&keys(2).mac, &record),
+        verify(&keys(2).ingest.mac, &record),
         Err(SealError::BadMac)
     ));
-    // Right MAC key, wrong data key: the record verifies but must not unseal to the data.
+    // Right seal key, wrong data key: the record verifies but must not unseal to the data.
     let mut mixed = keys(1);
-    mixed.data = keys(2).data;
+    mixed.recovery.data = keys(2).recovery.data;
     let plain = data_of(&mut unsealer(&keys(1)), &record).expect("right keys unseal");
     let garbled = data_of(&mut unsealer(&mixed), &record);
     assert!(
@@ -249,14 +252,21 @@ fn zero_and_discard_records_are_authenticated_too() {
         s.zeroes(addr("a", 0, 1), ByteLen(1 << 40)).unwrap(),
         s.discard(addr("a", 0, 2), ByteLen(1 << 40)).unwrap(),
     ] {
-        verify(&k.mac, &record).unwrap();
+        verify(&k.ingest.mac, &record).unwrap();
         let mut moved = record.clone();
         moved.header.length = ByteLen(1 << 41);
-        assert!(matches!(verify(&k.mac, &moved), Err(SealError::BadMac)));
+        assert!(matches!(
+            verify(&k.ingest.mac, &moved),
+            Err(SealError::BadMac)
+        ));
+        assert!(matches!(
+            unsealer(&k).unseal(&moved),
+            Err(SealError::BadSeal)
+        ));
         let mut kind_changed = record.clone();
         kind_changed.header.kind = RecordKind::Data;
         assert!(
-            verify(&k.mac, &kind_changed).is_err(),
+            verify(&k.ingest.mac, &kind_changed).is_err(),
             "a zero/discard record became data"
         );
     }
@@ -338,14 +348,19 @@ fn every_message_round_trips() {
                 size: ByteLen(20 << 30),
                 identity: DiskIdentity::Wwid("eui.0025388b71b2c5e1".into()),
             }],
+            seal: [4; 32],
+            mac: [5; 32],
         }),
         Message::Record(sample_record(&k)),
         Message::Barrier(Barrier {
+            server: server.clone(),
             seq: Seq(78),
             point: PointId(4),
             kind: PointKind::Scheduled,
             consistent: true,
             unix_time_ms: 1_700_000_000_000,
+            registration: [4; 32],
+            seal: [6; 32],
             mac: [3; 32],
         }),
         Message::Ack(Ack { durable: Seq(78) }),
@@ -478,18 +493,18 @@ fn sealed_format_matches_golden_vectors() {
     let golden = [
         (
             &raw,
-            "303050457a83c455527a9026c85a6030b171e29817865b996d492eb4ab77a053",
-            "c002c9e4",
+            "185b9c5535935652fd258b41d9d8042d12156b181a470f40acbc59f3bb35cfc7",
+            "bdd9e9b7",
         ),
         (
             &zstd,
-            "b5667044e74d6c588c8a1e1a7b91d09964e70d8b7683042c30292c02e1027919",
-            "dd69b0af",
+            "74b1c8d7ea1f4a771c6a9530e2a1401cf77292c533a7459d9ad22d09d3c5532d",
+            "c190de6a",
         ),
         (
             &zero,
-            "13b99871e0b74156d60399a121453e3b268f20ca79fd262a7b4f9151785dc88e",
-            "ddecc6c7",
+            "446891b5c9abdeaea1350122116cf787ebbf1e8f1020f87de9c56e17f3120c89",
+            "8c2e70f8",
         ),
     ];
     let actual: Vec<_> = golden
@@ -515,22 +530,14 @@ fn sealed_format_matches_golden_vectors() {
     }
 }
 
-/// Re-MACs a record after its header was changed, as a holder of the MAC key could.
-fn remac(k: &SiteKeys, record: &mut SealedRecord) {
-    use hmac::Mac;
-    let mut input = [0u8; ferry_wire::record::MAC_INPUT_MAX];
-    let n = record.header.mac_input(&mut input);
-    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(k.mac.expose()).unwrap();
-    mac.update(&input[..n]);
-    for d in &record.digests {
-        mac.update(d);
-    }
-    mac.update(&record.payload);
-    record.mac = mac.finalize().into_bytes().into();
+/// Re-seals a record after its header was changed, as its agent (seal key) could.
+fn reseal(k: &HostKeys, record: &mut SealedRecord) {
+    record.seal = ferry_wire::seal::record_seal(&k.recovery.seal, record);
+    record.mac = ferry_wire::seal::record_mac(&k.ingest.mac, record);
 }
 
 #[test]
-fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
+fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_seal() {
     let k = keys(1);
     let mut record = sealer(&k)
         .seal(
@@ -543,7 +550,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
     // Longer than the data: zstd stops short of it. (Shorter: zstd runs out of room.)
     record.header.length = ByteLen(8193);
     record.digests.push(ferry_wire::digest::ZERO_GRAIN);
-    remac(&k, &mut record);
+    reseal(&k, &mut record);
     let err = unsealer(&k)
         .unseal(&record)
         .expect_err("decompressed size ≠ header length accepted");
@@ -559,7 +566,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_mac() {
     );
     record.header.length = ByteLen(8191);
     record.digests.pop();
-    remac(&k, &mut record);
+    reseal(&k, &mut record);
     let err = unsealer(&k)
         .unseal(&record)
         .expect_err("decompressed size ≠ header length accepted");
@@ -631,6 +638,8 @@ fn text_fields_are_bounded_and_printable() {
     let long = Message::RegisterServer(RegisterServer {
         hostname: "h".repeat(257),
         disks: vec![],
+        seal: [0; 32],
+        mac: [0; 32],
     });
     let chain = error_chain(&long.encode().unwrap_err());
     assert!(
@@ -667,6 +676,8 @@ fn text_fields_are_bounded_and_printable() {
         &Message::RegisterServer(RegisterServer {
             hostname: "h".into(),
             disks,
+            seal: [0; 32],
+            mac: [0; 32],
         })
         .encode()
         .unwrap_err(),
@@ -685,6 +696,8 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
                 size: ByteLen(1 << 20),
                 identity: DiskIdentity::Unknown,
             }],
+            seal: [0; 32],
+            mac: [0; 32],
         };
         let chain = error_chain(&Message::RegisterServer(reg.clone()).encode().unwrap_err());
         assert!(
@@ -708,6 +721,8 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
                 size: ByteLen(1 << 20),
                 identity: DiskIdentity::Unknown,
             }],
+            seal: [0; 32],
+            mac: [0; 32],
         });
         assert_eq!(frame::decode(&reg.encode().unwrap()).unwrap(), reg);
     }
@@ -799,4 +814,93 @@ fn a_record_head_decodes_from_a_prefix_of_its_frame() {
             .decode_record_head(&heartbeat[FRAME_HEADER_LEN..])
             .is_err()
     );
+}
+
+/// What a standby can do with every key it holds (the standby key: ingest MACs of every
+/// server): alter a stored record, barrier or registration, or make one up, with a valid
+/// ingest MAC. None of it passes the seal check every rebuild applies.
+#[test]
+fn what_a_standby_forges_with_its_keys_fails_the_seal() {
+    use ferry_wire::seal::{
+        barrier_mac, registration_mac, sign_barrier, sign_registration, verify_barrier,
+        verify_barrier_seal, verify_registration, verify_registration_seal, verify_seal,
+    };
+    let master = MasterKey::from_bytes([1; 32]);
+    let server = ServerId::new("web-1").unwrap();
+    let k = master.host_key(&server).keys();
+    let standby = master.standby_key().ingest_keys(&server);
+    // An altered data record, re-MACed.
+    let mut record = sample_record(&k);
+    record.payload[0] ^= 1;
+    record.mac = ferry_wire::seal::record_mac(&standby.mac, &record);
+    verify(&standby.mac, &record).expect("the standby can make an ingest MAC");
+    assert!(matches!(
+        unsealer(&k).unseal(&record),
+        Err(SealError::BadSeal)
+    ));
+    // A zero record made up over live data.
+    let mut zero = sealer(&k)
+        .zeroes(addr("web-1", 0, 43), ByteLen(4096))
+        .unwrap();
+    zero.header.length = ByteLen(1 << 20);
+    zero.mac = ferry_wire::seal::record_mac(&standby.mac, &zero);
+    verify(&standby.mac, &zero).unwrap();
+    assert!(matches!(
+        verify_seal(&k.recovery.seal, &zero),
+        Err(SealError::BadSeal)
+    ));
+    // A barrier moved to another seq, and a registration with another disk size.
+    let registration = sign_registration(
+        &k,
+        RegisterServer {
+            hostname: "web-1".into(),
+            disks: vec![DiskInfo {
+                disk: DiskId(0),
+                name: "vda".into(),
+                size: ByteLen(64 << 20),
+                identity: DiskIdentity::Serial("web-1-root".into()),
+            }],
+            seal: [0; 32],
+            mac: [0; 32],
+        },
+    );
+    verify_registration(&standby.mac, &server, &registration).unwrap();
+    verify_registration_seal(&k.recovery, &registration).unwrap();
+    let mut shrunk = registration.clone();
+    shrunk.disks[0].size = ByteLen(4096);
+    shrunk.mac = registration_mac(&standby.mac, &server, &shrunk);
+    verify_registration(&standby.mac, &server, &shrunk).unwrap();
+    assert!(matches!(
+        verify_registration_seal(&k.recovery, &shrunk),
+        Err(SealError::BadSeal)
+    ));
+    let barrier = sign_barrier(
+        &k,
+        Barrier {
+            server: server.clone(),
+            seq: Seq(50),
+            point: PointId(2),
+            kind: PointKind::Manual,
+            consistent: true,
+            unix_time_ms: 1,
+            registration: registration.seal,
+            seal: [0; 32],
+            mac: [0; 32],
+        },
+    );
+    verify_barrier(&standby.mac, &barrier).unwrap();
+    verify_barrier_seal(&k.recovery.seal, &barrier).unwrap();
+    let mut moved = barrier.clone();
+    moved.seq = Seq(60);
+    moved.mac = barrier_mac(&standby.mac, &moved);
+    verify_barrier(&standby.mac, &moved).unwrap();
+    assert!(matches!(
+        verify_barrier_seal(&k.recovery.seal, &moved),
+        Err(SealError::BadSeal)
+    ));
+    // Another server's barrier, replayed: its MAC is not this server's.
+    let other = master
+        .standby_key()
+        .ingest_keys(&ServerId::new("web-2").unwrap());
+    assert!(verify_barrier(&other.mac, &barrier).is_err());
 }

@@ -14,7 +14,7 @@ use ferry_wire::message::{Barrier, DiskInfo, PointKind, RegisterServer};
 use ferry_wire::record::RecordAddress;
 use ferry_wire::seal::DEFAULT_ZSTD_LEVEL;
 use ferry_wire::{
-    ByteLen, ByteOffset, DiskId, MacKey, MasterKey, Message, PointId, Sealer, ServerId,
+    ByteLen, ByteOffset, DiskId, HostKeys, KeyFile, Message, PointId, Sealer, ServerId,
 };
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -38,26 +38,35 @@ fn main() -> Result<()> {
     }
 }
 
-fn connect(addr: &str, key: &str, server: &str) -> Result<(Link, ServerId, Sealer, MacKey)> {
+/// Connects with the host key file `key` (of `server`).
+fn connect(addr: &str, key: &str, server: &str) -> Result<(Link, ServerId, Sealer, HostKeys)> {
     let text = std::fs::read_to_string(key).with_context(|| format!("reading {key}"))?;
-    let keys = MasterKey::from_text(&text)?.derive();
+    let keys = KeyFile::from_text(&text)?.into_host()?.keys();
     let server = ServerId::new(server)?;
-    let link = Link::connect(addr, &server, &keys.auth, &LinkConfig::default())?;
+    let link = Link::connect(addr, &server, &keys.ingest.auth, &LinkConfig::default())?;
     let sealer = Sealer::new(&keys, DEFAULT_ZSTD_LEVEL)?;
-    Ok((link, server, sealer, keys.mac.clone()))
+    Ok((link, server, sealer, keys))
 }
 
-fn register(link: &mut Link, server: &ServerId, size: u64) -> Result<()> {
-    link.register(RegisterServer {
-        hostname: server.to_string(),
-        disks: vec![DiskInfo {
-            disk: DiskId(0),
-            name: "bench".into(),
-            size: ByteLen(size),
-            identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
-        }],
-    })?;
-    Ok(())
+/// Registers one disk of `size` bytes; returns the registration's seal.
+fn register(link: &mut Link, keys: &HostKeys, size: u64) -> Result<[u8; 32]> {
+    let reg = ferry_wire::seal::sign_registration(
+        keys,
+        RegisterServer {
+            hostname: keys.recovery.server.to_string(),
+            disks: vec![DiskInfo {
+                disk: DiskId(0),
+                name: "bench".into(),
+                size: ByteLen(size),
+                identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
+            }],
+            seal: [0; 32],
+            mac: [0; 32],
+        },
+    );
+    let seal = reg.seal;
+    link.register(reg)?;
+    Ok(seal)
 }
 
 fn ingest(
@@ -69,8 +78,8 @@ fn ingest(
     corpus: &str,
 ) -> Result<()> {
     let corpus = std::fs::read(corpus).with_context(|| format!("reading {corpus}"))?;
-    let (mut link, server, mut sealer, _) = connect(addr, key, server)?;
-    register(&mut link, &server, total as u64)?;
+    let (mut link, server, mut sealer, keys) = connect(addr, key, server)?;
+    register(&mut link, &keys, total as u64)?;
     let mut seq = link.welcome_durable();
     let mut frames = Vec::with_capacity(total / record);
     let mut at = 0usize;
@@ -108,8 +117,8 @@ fn ingest(
 fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
     let mut file = std::fs::File::open(image).with_context(|| format!("opening {image}"))?;
     let size = file.metadata()?.len();
-    let (mut link, server, mut sealer, mac) = connect(addr, key, server)?;
-    register(&mut link, &server, size)?;
+    let (mut link, server, mut sealer, keys) = connect(addr, key, server)?;
+    let registration = register(&mut link, &keys, size)?;
     let mut seq = link.welcome_durable();
     let mut buf = vec![0u8; 1 << 20];
     let mut offset = 0u64;
@@ -132,13 +141,16 @@ fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
     }
     seq = seq.checked_next().context("seq")?;
     link.send(&Message::Barrier(ferry_wire::seal::sign_barrier(
-        &mac,
+        &keys,
         Barrier {
+            server: server.clone(),
             seq,
             point: PointId(seq.0),
             kind: PointKind::Manual,
             consistent: true,
             unix_time_ms: 0,
+            registration,
+            seal: [0; 32],
             mac: [0; 32],
         },
     )))?;

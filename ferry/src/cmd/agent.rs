@@ -206,7 +206,7 @@ fn run_agent(path: &Path) -> Result<()> {
             report.refusals.join("\n  - ")
         );
     }
-    let keys = keyfile::load(&key_file)?.derive();
+    let keys = keyfile::load_host(&key_file, &config.server)?.keys();
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone())

@@ -13,6 +13,7 @@ pub(crate) mod retention;
 pub(crate) mod seed;
 pub(crate) mod server;
 pub(crate) mod standby;
+pub(crate) mod tls;
 pub(crate) mod track;
 
 /// Deletes what `path` names through the control API and says `done` (or prints the

@@ -56,14 +56,14 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let keys = keyfile::load(&args.key)?.derive();
+    let keys = keyfile::load_recovery(&args.key, &args.server)?.keys();
     let data = DataDir::new(&args.data_dir);
     let (state, _) = data
         .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
         .with_context(|| format!("cannot read the store of server {}", args.server))?;
-    let Some(registration) = state.registration() else {
+    if state.registration().is_none() {
         bail!("server {} has not registered any disk yet", args.server);
-    };
+    }
     let retained = state.points();
     let Some(point_seq) = points::resolve(&retained, state.log.last_seq(), args.point) else {
         bail!(
@@ -72,7 +72,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             args.point
         );
     };
-    rebuild::verify_point(&state.log, point_seq, &keys.mac).with_context(|| {
+    let point_disks = rebuild::point_disks(&state, point_seq, &keys).with_context(|| {
         format!(
             "point {} of server {} does not check out",
             args.point, args.server
@@ -80,24 +80,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
     })?;
     let disks: Vec<(&DiskInfo, PathBuf)> = match args.disk {
         Some(n) => {
-            let disk = registration
-                .disks
+            let disk = point_disks
                 .iter()
                 .find(|d| d.disk.0 == n)
                 .with_context(|| format!("server {} has no disk {n}", args.server))?;
             vec![(disk, args.out.clone())]
         }
-        None if registration.disks.len() == 1 => vec![(&registration.disks[0], args.out.clone())],
+        None if point_disks.len() == 1 => vec![(&point_disks[0], args.out.clone())],
         None => {
             private_files::create_dir_all(&args.out).with_context(|| {
                 format!(
                     "server {} has {} disks, so --out must be a directory (or pass --disk N)",
                     args.server,
-                    registration.disks.len()
+                    point_disks.len()
                 )
             })?;
-            registration
-                .disks
+            point_disks
                 .iter()
                 .map(|d| (d, args.out.join(format!("disk-{}.img", d.disk.0))))
                 .collect()
@@ -119,16 +117,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
         bar.set_message(format!("disk {}", disk.disk.0));
         let start = Instant::now();
         let target = Target::open(&out, disk)?;
-        let report = rebuild::rebuild_disk(
-            &state.log,
-            disk,
-            point_seq,
-            target,
-            (&keys.data, &keys.mac),
-            threads,
-            &|n| bar.inc(n),
-        )
-        .with_context(|| format!("rebuilding disk {} of {}", disk.disk.0, args.server))?;
+        let report =
+            rebuild::rebuild_disk(&state.log, disk, point_seq, target, &keys, threads, &|n| {
+                bar.inc(n)
+            })
+            .with_context(|| format!("rebuilding disk {} of {}", disk.disk.0, args.server))?;
         let secs = start.elapsed().as_secs_f64();
         bar.suspend(|| {
             println!(

@@ -43,7 +43,9 @@ pub(crate) struct RunArgs {
 
 pub(crate) fn run(command: Command) -> Result<()> {
     let Command::Run(args) = command;
-    let mac = keyfile::load(&args.key)?.derive().mac.clone();
+    let mac = keyfile::load_standby(&args.key)?
+        .ingest_keys(&args.server)
+        .mac;
     let data = DataDir::new(&args.data_dir);
     let _lock = data.lock()?;
     let (mut state, _) = data

@@ -64,7 +64,7 @@ pub(crate) struct ExportArgs {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RestoreArgs {
-    /// Site-pair master key file.
+    /// The pair key, or the recovery (or host) key of the seed's server.
     #[arg(long)]
     key: PathBuf,
     /// Seed file to read.
@@ -83,7 +83,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
 }
 
 fn export(args: ExportArgs) -> Result<()> {
-    let keys = keyfile::load(&args.key)?.derive();
+    let keys = keyfile::load_sealing(&args.key, &args.server)?.keys();
     let mut sealer = Sealer::new(&keys, args.zstd_level)?;
     let mut device = File::open(&args.device)
         .with_context(|| format!("cannot open {}", args.device.display()))?;
@@ -101,7 +101,7 @@ fn export(args: ExportArgs) -> Result<()> {
         .filter(|n| ferry_wire::ids::validate_disk_name(n).is_ok())
         .unwrap_or_else(|| format!("disk{}", args.disk));
     let mut frame = Vec::with_capacity(MAX_DATA_EXTENT + 4096);
-    Message::RegisterServer(RegisterServer {
+    let registration = RegisterServer {
         hostname: args.server.to_string(),
         disks: vec![DiskInfo {
             disk: DiskId(args.disk),
@@ -109,8 +109,11 @@ fn export(args: ExportArgs) -> Result<()> {
             size: ByteLen(size),
             identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
         }],
-    })
-    .encode_into(&mut frame)?;
+        seal: [0; 32],
+        mac: [0; 32],
+    };
+    Message::RegisterServer(ferry_wire::seal::sign_registration(&keys, registration))
+        .encode_into(&mut frame)?;
     out.write_all(&frame)?;
 
     let (mut data_records, mut zero_records, mut written) = (0u64, 0u64, frame.len() as u64);
@@ -160,8 +163,6 @@ fn next_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Messag
 }
 
 fn restore(args: RestoreArgs) -> Result<()> {
-    let keys = keyfile::load(&args.key)?.derive();
-    let mut unsealer = Unsealer::new(&keys.data, &keys.mac)?;
     let seed = File::open(&args.seed)
         .with_context(|| format!("cannot open seed file {}", args.seed.display()))?;
     let mut reader = BufReader::with_capacity(4 << 20, seed);
@@ -172,7 +173,7 @@ fn restore(args: RestoreArgs) -> Result<()> {
         );
     }
     let tmp = tmp_path(&args.out);
-    let result = restore_into(&mut reader, &mut unsealer, &tmp);
+    let result = restore_into(&mut reader, &args.key, &tmp);
     match result {
         Ok((disk, records)) => {
             fs::rename(&tmp, &args.out)?;
@@ -202,14 +203,20 @@ fn tmp_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-fn restore_into(
-    reader: &mut impl Read,
-    unsealer: &mut Unsealer,
-    tmp: &Path,
-) -> Result<(DiskInfo, u64)> {
+fn restore_into(reader: &mut impl Read, key: &Path, tmp: &Path) -> Result<(DiskInfo, u64)> {
     let mut body = Vec::new();
-    let disk = match next_frame(reader, &mut body)? {
-        Some(Message::RegisterServer(mut reg)) if reg.disks.len() == 1 => reg.disks.remove(0),
+    let (disk, mut unsealer) = match next_frame(reader, &mut body)? {
+        Some(Message::RegisterServer(mut reg)) if reg.disks.len() == 1 => {
+            // The registration names the server (export writes its id as the host name);
+            // its seal, checked with that server's recovery key, proves it.
+            let server = ServerId::new(&reg.hostname)
+                .map_err(|e| anyhow::anyhow!("seed file names no valid server: {e}"))?;
+            let keys = keyfile::load_recovery(key, &server)?.keys();
+            ferry_wire::seal::verify_registration_seal(&keys, &reg).with_context(|| {
+                format!("the seed's registration of {server} does not check out")
+            })?;
+            (reg.disks.remove(0), Unsealer::new(&keys)?)
+        }
         Some(other) => bail!(
             "seed file must start with one disk's registration, not {:?}",
             other.frame_type()

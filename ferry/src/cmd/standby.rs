@@ -6,7 +6,11 @@
 //! ```toml
 //! data_dir = "/var/lib/ferry/standby"   # required (here or --data-dir)
 //! listen = "0.0.0.0:7420"               # required (here or --listen); plain TCP for now
-//! key_file = "/etc/ferry/keys/pair.key" # required (here or --key); mode 0600
+//! key_file = "/etc/ferry/keys/standby.key" # required (here or --key); mode 0600: a
+//!                                       # standby key (`ferry keygen --standby`)
+//! recovery_key_file = "/etc/ferry/keys/pair.key" # optional; the pair key or one server's
+//!                                       # recovery key: drills and failovers need it, and
+//!                                       # with it this standby can read those replicas
 //! segment_size_mib = 64                 # 2 to 4096
 //! clean_interval_minutes = 10           # 1 to 10080
 //! scripts_dir = "/etc/ferry/scripts"    # default; absolute. Post-launch scripts run as
@@ -39,7 +43,7 @@
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
 use ferry_standby::log::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
-use ferry_standby::receiver::{ServiceConfig, Standby, StandbyKeys};
+use ferry_standby::receiver::{ServiceConfig, Standby};
 use ferry_standby::retention::Policy;
 use ferry_standby::scripts::{DEFAULT_SCRIPTS_DIR, ScriptsDir};
 use ferry_wire::ServerId;
@@ -63,9 +67,13 @@ pub(crate) struct Args {
     /// Address to listen on, e.g. 0.0.0.0:7420 (overrides the file's listen).
     #[arg(long)]
     listen: Option<String>,
-    /// Site-pair master key file; only its MAC and auth keys are used.
+    /// Standby key file (`ferry keygen --from pair.key --standby`): ingest keys only.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Recovery key file (the pair key, or a server's recovery key), for drills,
+    /// failovers and restores; without it this standby can read no replica.
+    #[arg(long)]
+    recovery_key: Option<PathBuf>,
     /// Allow this server to connect (repeatable; adds to the file's [[servers]]).
     #[arg(long = "server")]
     servers: Vec<ServerId>,
@@ -80,6 +88,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<String>,
     key_file: Option<PathBuf>,
+    recovery_key_file: Option<PathBuf>,
     segment_size_mib: Option<u64>,
     clean_interval_minutes: Option<u64>,
     #[serde(default)]
@@ -127,7 +136,7 @@ struct ServerEntry {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let (config, key_file, control, scripts_dir) = load_config(args)?;
+    let (config, (key_file, recovery_key_file), control, scripts_dir) = load_config(args)?;
     let api = match &control {
         Some((c, _)) => {
             let token = keyfile::load_token(&c.token_file)?;
@@ -138,28 +147,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
         None => None,
     };
-    let keys = keyfile::load(&key_file)?.derive();
-    // The data key is dropped (and zeroized) here: the standby never needs it.
-    let keys = StandbyKeys {
-        mac: keys.mac.clone(),
-        auth: keys.auth.clone(),
-    };
-    let standby = Standby::bind(config, keys)?;
+    let keys = keyfile::load_standby(&key_file)?;
+    let standby = Standby::bind(config, keys.clone())?;
     standby.control().set_scripts_dir(scripts_dir);
-    // Drills and failovers rebuild points: the key file is read again then, and the data
-    // key lives only as long as that rebuild.
-    let loader_key = key_file.clone();
-    standby.control().set_key_loader(Box::new(move || {
-        keyfile::load(&loader_key)
-            .map(|k| k.derive())
-            .map_err(|e| format!("{e:#}"))
-    }));
+    // Drills and failovers rebuild points: the recovery key file is read then, and the
+    // keys live only as long as that rebuild.
+    if let Some(path) = recovery_key_file {
+        standby.control().set_key_loader(Box::new(move |server| {
+            keyfile::load_recovery(&path, server).map_err(|e| format!("{e:#}"))
+        }));
+    }
     if let Some((_, sites)) = control {
         standby
             .control()
             .set_reverse_tools(ferry_standby::control::ReverseTools {
                 ferry: std::env::current_exe().context("cannot find the ferry executable")?,
-                key_file,
+                standby_key: keys,
                 pin_root: PathBuf::from("/sys/fs/bpf"),
                 peers: Box::new(crate::api::client::HttpPeers { sites }),
             });
@@ -188,9 +191,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
 /// The `[control]` section and the peer sites it drives.
 pub(crate) type ControlSettings = (ControlConfig, HashMap<String, SiteConfig>);
 
+/// The standby key file and the recovery key file, if any.
+pub(crate) type KeyFiles = (PathBuf, Option<PathBuf>);
+
 pub(crate) fn load_config(
     args: Args,
-) -> Result<(ServiceConfig, PathBuf, Option<ControlSettings>, ScriptsDir)> {
+) -> Result<(ServiceConfig, KeyFiles, Option<ControlSettings>, ScriptsDir)> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -212,6 +218,7 @@ pub(crate) fn load_config(
         .key
         .or(file.key_file)
         .context("no key file: set key_file in the config file or pass --key")?;
+    let recovery_key_file = args.recovery_key.or(file.recovery_key_file);
     let segment_mib = args
         .segment_size_mib
         .or(file.segment_size_mib)
@@ -286,7 +293,7 @@ pub(crate) fn load_config(
     config.storage_classes = file.storage_classes;
     Ok((
         config,
-        key_file,
+        (key_file, recovery_key_file),
         file.control.map(|c| (c, file.sites)),
         ScriptsDir::new(scripts_dir),
     ))

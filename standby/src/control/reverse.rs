@@ -44,8 +44,9 @@ pub trait Peers: Send + Sync {
 pub struct ReverseTools {
     /// The `ferry` executable: the reverse agent is `ferry agent`.
     pub ferry: PathBuf,
-    /// The site pair's key file, which the reverse agent uses.
-    pub key_file: PathBuf,
+    /// This standby's key: with a server's recovery key it makes the host key the reverse
+    /// agent runs with.
+    pub standby_key: ferry_wire::StandbyKey,
     /// Where reverse agents pin their trackers (a bpffs directory).
     pub pin_root: PathBuf,
     pub peers: Box<dyn Peers>,
@@ -55,7 +56,6 @@ impl std::fmt::Debug for ReverseTools {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReverseTools")
             .field("ferry", &self.ferry)
-            .field("key_file", &self.key_file)
             .field("pin_root", &self.pin_root)
             .finish_non_exhaustive()
     }
@@ -174,6 +174,17 @@ impl Control {
         let state_dir = instance.dir.join("reverse-agent");
         let pin_dir = tools.pin_root.join(format!("ferry-reverse-{}", server.id));
         let config = instance.dir.join("reverse-agent.toml");
+        let key_file = instance.dir.join("reverse-agent.key");
+        let host_key = tools.standby_key.host_key(self.recovery_key(&server.id)?);
+        crate::sys::write_secret(
+            &key_file,
+            ferry_wire::KeyFile::Host(host_key).to_text().as_bytes(),
+        )
+        .map_err(|e| ControlError::Io {
+            action: "write",
+            path: key_file.clone(),
+            source: e,
+        })?;
         let disks: Vec<String> = instance
             .disks
             .iter()
@@ -187,7 +198,7 @@ impl Control {
                  disks = [{disks}]\nstate_dir = {state:?}\npin_dir = {pins:?}\n\
                  point_interval_minutes = 0\n",
                 site = reverse.site,
-                key = tools.key_file,
+                key = key_file,
                 disks = disks.join(", "),
                 state = state_dir,
                 pins = pin_dir,
@@ -397,7 +408,7 @@ impl Control {
             .into_iter()
             .map(|d| crate::original_disks::verify(&d).map(|()| d.path))
             .collect::<Result<_, _>>()?;
-        let keys = self.load_keys()?;
+        let keys = self.load_keys(&server.id)?;
         let instance = self
             .instances
             .launch(Kind::Failback, &server.id, spec, &keys, &onto)?;

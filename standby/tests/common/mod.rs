@@ -10,14 +10,19 @@ pub(crate) use ferry_replicator::sim::noise;
 use ferry_standby::log::OpenMode;
 use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{Ingested, ServerState};
-use ferry_wire::{MasterKey, Message, Seq, ServerId, SiteKeys};
+use ferry_wire::{HostKeys, MasterKey, Message, Seq, ServerId};
 use std::path::Path;
 use std::sync::Arc;
 
 pub(crate) const SEGMENT: u64 = 2 << 20;
 
-pub(crate) fn keys() -> SiteKeys {
-    MasterKey::from_bytes([7; 32]).derive()
+pub(crate) fn keys() -> HostKeys {
+    master().host_key(&server()).keys()
+}
+
+/// The site pair's master key of the tests.
+pub(crate) fn master() -> MasterKey {
+    MasterKey::from_bytes([7; 32])
 }
 
 pub(crate) fn server() -> ServerId {
@@ -47,9 +52,9 @@ pub(crate) fn open_sim(
 }
 
 /// Encodes `message` and feeds it through the ingest rules; it must be stored.
-pub(crate) fn feed(state: &mut ServerState, message: &Message, keys: &SiteKeys) {
+pub(crate) fn feed(state: &mut ServerState, message: &Message, keys: &HostKeys) {
     let frame = message.encode().expect("message encodes");
-    match state.ingest(&frame, message, &keys.mac) {
+    match state.ingest(&frame, message, &keys.ingest.mac) {
         Ok(Ingested::Stored(_)) => {}
         other => panic!("{:?} was not stored: {other:?}", message.frame_type()),
     }
@@ -59,7 +64,7 @@ pub(crate) fn feed(state: &mut ServerState, message: &Message, keys: &SiteKeys) 
 pub(crate) fn registered(dir: &Path, sim: &SimServer) -> ServerState {
     let mut state = open(dir);
     state
-        .register(sim.registration())
+        .register(sim.registration(), &keys().ingest.mac)
         .expect("registration is stored");
     state
 }
@@ -68,25 +73,20 @@ pub(crate) fn registered(dir: &Path, sim: &SimServer) -> ServerState {
 pub(crate) fn rebuild_all(
     state: &ServerState,
     seq: Seq,
-    keys: &SiteKeys,
+    keys: &HostKeys,
     scratch: &Path,
 ) -> Vec<Vec<u8>> {
-    let reg = state.registration().expect("registered").clone();
-    reg.disks
+    let disks = rebuild::point_disks(state, seq, &keys.recovery)
+        .unwrap_or_else(|e| panic!("point seq {seq} does not check out: {e}"));
+    disks
         .iter()
         .map(|disk| {
             let out = scratch.join(format!("rebuild-{}-{}.img", seq.0, disk.disk.0));
             let target = Target::open(&out, disk).expect("a new image file");
-            rebuild::rebuild_disk(
-                &state.log,
-                disk,
-                seq,
-                target,
-                (&keys.data, &keys.mac),
-                2,
-                &|_| {},
-            )
-            .unwrap_or_else(|e| panic!("rebuild of disk {} at seq {seq} failed: {e}", disk.disk.0));
+            rebuild::rebuild_disk(&state.log, disk, seq, target, &keys.recovery, 2, &|_| {})
+                .unwrap_or_else(|e| {
+                    panic!("rebuild of disk {} at seq {seq} failed: {e}", disk.disk.0)
+                });
             let bytes = std::fs::read(&out).expect("reading the rebuilt image");
             std::fs::remove_file(&out).expect("removing the rebuilt image");
             bytes

@@ -1,0 +1,35 @@
+//! ferry's TLS 1.3 layer: the site-pair CA and its certificates ([`pki`]), the `[tls]`
+//! table of ferry's configs and the rustls configs built from it ([`config`]), the check
+//! that a peer's certificate names the server or site it claims to be ([`names`]), and
+//! the blocking TLS stream the data link runs on ([`stream`]).
+//!
+//! Invariants every module keeps:
+//! - TLS 1.3 only, on an explicit *ring* [`rustls::crypto::CryptoProvider`] built here
+//!   ([`provider`]); no process-wide default provider is ever installed.
+//! - Private keys are read only from regular files of mode 0600 (or stricter) and written
+//!   only with mode 0600 from the moment the file exists.
+//! - Every refusal names the file, the peer or the name it is about.
+
+pub mod config;
+pub mod names;
+pub mod pki;
+pub mod stream;
+mod x509;
+
+pub use config::{ConfigError, TlsFiles};
+pub use names::{NameError, check_peer_name, peer_dns_names};
+pub use pki::{IssueRequest, Issued, PkiError};
+pub use stream::{StreamError, TlsStream};
+
+use std::sync::Arc;
+
+/// The only crypto provider ferry's TLS uses: *ring*, with its default cipher suites
+/// (every TLS 1.3 suite it has: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305) and key
+/// exchange groups (X25519, P-256, P-384).
+#[must_use]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The protocol versions ferry speaks: TLS 1.3 and nothing else.
+pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
