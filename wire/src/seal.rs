@@ -221,7 +221,8 @@ pub fn verify_barrier_seal(key: &SealKey, barrier: &Barrier) -> Result<(), SealE
 
 /// The bytes of a registration's fields (not its seal and MAC).
 fn registration_input(h: &mut blake3::Hasher, server: &ServerId, r: &RegisterServer) {
-    h.update(b"ferry registration v2");
+    use crate::disk_identity::DiskIdentity;
+    h.update(b"ferry registration v3");
     name_input(h, server.as_str());
     name_input(h, &r.hostname);
     h.update(&(r.disks.len() as u64).to_le_bytes());
@@ -229,6 +230,16 @@ fn registration_input(h: &mut blake3::Hasher, server: &ServerId, r: &RegisterSer
         h.update(&d.disk.0.to_le_bytes());
         name_input(h, &d.name);
         h.update(&d.size.0.to_le_bytes());
+        // The identity a failback matches the original disk by is sealed too.
+        let kind: u8 = match d.identity {
+            DiskIdentity::Unknown => 0,
+            DiskIdentity::Wwid(_) => 1,
+            DiskIdentity::Serial(_) => 2,
+            DiskIdentity::DmUuid(_) => 3,
+            DiskIdentity::LoopBackingFile(_) => 4,
+        };
+        h.update(&[kind]);
+        name_input(h, d.identity.value().unwrap_or_default());
     }
 }
 

@@ -866,6 +866,14 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
     );
     verify_registration(&standby.mac, &server, &registration).unwrap();
     verify_registration_seal(&k.recovery, &registration).unwrap();
+    // Another identity (a failback would pick another original disk): the seal tells.
+    let mut elsewhere = registration.clone();
+    elsewhere.disks[0].identity = DiskIdentity::Serial("other-disk".into());
+    elsewhere.mac = registration_mac(&standby.mac, &server, &elsewhere);
+    assert!(matches!(
+        verify_registration_seal(&k.recovery, &elsewhere),
+        Err(SealError::BadSeal)
+    ));
     let mut shrunk = registration.clone();
     shrunk.disks[0].size = ByteLen(4096);
     shrunk.mac = registration_mac(&standby.mac, &server, &shrunk);
