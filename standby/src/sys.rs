@@ -33,15 +33,7 @@ pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// wider, whatever the umask), replacing an older file, fsynced.
 pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // An existing file keeps its mode on open: narrow it.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let mut f = crate::private_files::create(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
