@@ -22,8 +22,14 @@
 //! seals the next batch while the previous one travels. Every error says
 //! whether retrying (reconnecting, with backoff) can help: [`LinkError::is_retryable`].
 //! The link does not keep frames for resending; the caller (the replicator) re-reads
-//! what was not acknowledged. Plain TCP for now; TLS is a later issue.
+//! what was not acknowledged.
+//!
+//! Transport ([`ferry_tls::LinkTls`]): TLS 1.3 with the agent's certificate (which names
+//! its server) and the standby's checked against the site pair's CA; plain TCP only to a
+//! loopback address, and only when the config asks for it. The challenge–response covers
+//! the TLS exporter, so it cannot be relayed into another session.
 
+use ferry_tls::{Conn, LinkConnError, LinkTls};
 use ferry_wire::auth::{self, Channel, Exchange, Nonce, Role};
 use ferry_wire::frame::{FrameError, FrameType, ReadFrameError, read_frame};
 use ferry_wire::message::{
@@ -50,6 +56,9 @@ pub struct LinkConfig {
     pub handshake_timeout: Duration,
     /// The agent's software version, shown in the standby's logs.
     pub agent_version: String,
+    /// TLS, or plain TCP to loopback only. Default: plain TCP to loopback (a config
+    /// file must name one or the other explicitly).
+    pub tls: LinkTls,
 }
 
 impl Default for LinkConfig {
@@ -59,6 +68,7 @@ impl Default for LinkConfig {
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             agent_version: concat!("ferry ", env!("CARGO_PKG_VERSION")).to_owned(),
+            tls: LinkTls::PlaintextLoopback,
         }
     }
 }
@@ -74,6 +84,8 @@ pub enum LinkError {
     },
     #[error("the connection to the standby failed")]
     Io(#[source] Arc<io::Error>),
+    #[error("no secure connection to the standby")]
+    Tls(#[source] Arc<LinkConnError>),
     #[error("the standby sent a frame that does not check out")]
     Frame(#[source] Arc<FrameError>),
     #[error("the standby refused ({code:?}): {message}")]
@@ -107,6 +119,7 @@ impl LinkError {
             | LinkError::Untrusted(_)
             | LinkError::Timeout(_) => true,
             LinkError::Refused { code, .. } => code.is_retryable(),
+            LinkError::Tls(e) => e.is_retryable(),
             LinkError::Frame(_) | LinkError::StandbyNotAuthenticated | LinkError::Protocol(_) => {
                 false
             }
@@ -188,7 +201,7 @@ impl Shared {
 pub struct Link {
     /// Frames for the writer thread (`None` once dropping).
     queue: Option<SyncSender<Vec<u8>>>,
-    socket: TcpStream,
+    socket: Conn,
     shared: Arc<Shared>,
     reader: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
@@ -258,9 +271,18 @@ impl Link {
         };
         let io = |e| LinkError::Io(Arc::new(e));
         stream.set_nodelay(true).map_err(io)?;
+        let stream = config
+            .tls
+            .connect(stream, Instant::now() + config.handshake_timeout)
+            .map_err(|e| LinkError::Tls(Arc::new(e)))?;
         stream
             .set_read_timeout(Some(config.handshake_timeout))
             .map_err(io)?;
+        let channel = Channel(
+            stream
+                .channel()
+                .map_err(|e| LinkError::Tls(Arc::new(e.into())))?,
+        );
         let mut out = stream.try_clone().map_err(io)?;
         let mut input = BufReader::new(stream.try_clone().map_err(io)?);
         let mut buf = Vec::new();
@@ -286,7 +308,7 @@ impl Link {
             server,
             client_nonce: &client_nonce,
             server_nonce: &challenge.server_nonce,
-            channel: &Channel([0; 32]),
+            channel: &channel,
         };
         if !auth::check(auth_key, Role::Standby, &exchange, &challenge.standby_proof) {
             let _ = write_message(
@@ -531,7 +553,7 @@ impl Drop for Link {
 
 /// The writing thread: frames from the queue onto the socket, in order, flushed whenever
 /// the queue runs dry; an error closes the link.
-fn transmit(frames: &Receiver<Vec<u8>>, out: TcpStream, shared: &Shared) {
+fn transmit(frames: &Receiver<Vec<u8>>, out: Conn, shared: &Shared) {
     /// However the thread ends (even by a panic), the link is closed, so that nothing
     /// waits for frames that will never be written.
     struct CloseOnExit<'a>(&'a Shared);
@@ -590,7 +612,7 @@ fn refused(e: ErrorMessage) -> LinkError {
 }
 
 /// The receiving thread: applies acks, collects warnings, records why the link closed.
-fn receive(mut input: BufReader<TcpStream>, shared: &Shared) {
+fn receive(mut input: BufReader<Conn>, shared: &Shared) {
     let mut buf = Vec::new();
     let closed = loop {
         match read_message(&mut input, &mut buf) {

@@ -1,7 +1,8 @@
 //! ferry's TLS 1.3 layer: the site-pair CA and its certificates ([`pki`]), the `[tls]`
 //! table of ferry's configs and the rustls configs built from it ([`config`]), the check
 //! that a peer's certificate names the server or site it claims to be ([`names`]), and
-//! the blocking TLS stream the data link runs on ([`stream`]).
+//! the blocking TLS stream the data link runs on ([`stream`]), and the link's connection,
+//! TLS or explicit loopback plaintext ([`link`]).
 //!
 //! Invariants every module keeps:
 //! - TLS 1.3 only, on an explicit *ring* [`rustls::crypto::CryptoProvider`] built here
@@ -11,12 +12,14 @@
 //! - Every refusal names the file, the peer or the name it is about.
 
 pub mod config;
+pub mod link;
 pub mod names;
 pub mod pki;
 pub mod stream;
 mod x509;
 
 pub use config::{ConfigError, TlsFiles};
+pub use link::{Conn, LinkConnError, LinkListen, LinkTls};
 pub use names::{NameError, check_peer_name, peer_dns_names};
 pub use pki::{IssueRequest, Issued, PkiError};
 pub use stream::{StreamError, TlsStream};
