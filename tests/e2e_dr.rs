@@ -39,6 +39,8 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Console {
     control: String,
     token: PathBuf,
+    /// The site pair's CA: the control API is HTTPS.
+    ca: PathBuf,
 }
 
 impl Console {
@@ -47,6 +49,8 @@ impl Console {
             .args(args)
             .args(["--control", &self.control, "--token-file"])
             .arg(&self.token)
+            .arg("--ca")
+            .arg(&self.ca)
             .output()
             .expect("running ferry")
     }
@@ -105,6 +109,8 @@ struct Site {
     dir: tempfile::TempDir,
     key: PathBuf,
     token: PathBuf,
+    /// The site pair's CA and the sites' certificates (site-b, zone-a).
+    pki: PathBuf,
     data: PathBuf,
     standby_conf: PathBuf,
     /// Site A, the pair's primary: a second standby that reverse replication ships to.
@@ -125,6 +131,8 @@ impl Site {
         let (key, token) = (p("pair.key"), p("control.token"));
         new_key(&key);
         ferry(&["keygen", "--out", token.to_str().expect("utf-8")]);
+        let pki = p("pki");
+        new_pki(&pki, &["site-b", "zone-a"]);
         let data = p("standby");
         let addr = format!("127.0.0.1:{data_port}");
         let (primary_data, primary_control) = (free_port(), free_port());
@@ -137,6 +145,8 @@ impl Site {
              token_file = {token_text:?}\n",
             p("ssd").to_str().expect("utf-8")
         );
+        let sites = sites + &tls_section(&pki, "site-b");
+        let primary_tls = tls_section(&pki, "zone-a");
         for (conf, dir, listen, control, extra) in [
             (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str()),
             (
@@ -144,7 +154,7 @@ impl Site {
                 p("primary"),
                 format!("127.0.0.1:{primary_data}"),
                 primary_control,
-                "",
+                primary_tls.as_str(),
             ),
         ] {
             standby_config(conf, &dir, &key, &[], 16);
@@ -181,6 +191,7 @@ impl Site {
             dir,
             key,
             token,
+            pki,
             data,
             standby_conf,
             primary_conf,
@@ -196,6 +207,7 @@ impl Site {
         let console = Console {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
+            ca: self.pki.join("ca.pem"),
         };
         (standby, console)
     }
@@ -206,6 +218,7 @@ impl Site {
         let console = Console {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
+            ca: self.pki.join("ca.pem"),
         };
         (standby, console)
     }
@@ -347,6 +360,7 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
     let wrong = Console {
         control: console.control.clone(),
         token: site.key.clone(),
+        ca: console.ca.clone(),
     };
     let e = wrong.refused(&["pair", "list"]);
     assert!(e.contains("token"), "{e}");

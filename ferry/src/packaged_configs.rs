@@ -158,7 +158,7 @@ fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/standby.toml"));
     let file = temp_config(&text);
     let (config, _, control) = load_standby(file.path());
-    let (control, sites) = control.expect("[control] is in the packaged config");
+    let (control, sites, _tls) = control.expect("[control] is in the packaged config");
     assert_eq!(
         sites.get("eu-west").map(|s| s.data.as_str()),
         Some("10.0.0.5:7420")

@@ -319,6 +319,37 @@ pub(crate) fn standby_config(
     std::fs::write(path, text).expect("writing the standby config");
 }
 
+/// Makes a site pair's CA in `dir` (`ferry tls init`) and, for each of `names`, a
+/// certificate also valid for 127.0.0.1 (`ferry tls issue --san 127.0.0.1`).
+pub(crate) fn new_pki(dir: &Path, names: &[&str]) {
+    let d = dir.to_str().expect("utf-8 path");
+    ferry(&["tls", "init", "--dir", d]);
+    for name in names {
+        ferry(&[
+            "tls",
+            "issue",
+            "--dir",
+            d,
+            "--name",
+            name,
+            "--san",
+            "127.0.0.1",
+        ]);
+    }
+}
+
+/// The `[tls]` table of a config: the CA of `pki` (made by [`new_pki`]) and the
+/// certificate of `name`.
+pub(crate) fn tls_section(pki: &Path, name: &str) -> String {
+    let file = |f: String| pki.join(f).to_str().expect("utf-8 path").to_owned();
+    format!(
+        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        file("ca.pem".into()),
+        file(format!("{name}.pem")),
+        file(format!("{name}.key")),
+    )
+}
+
 /// Runs `ferry keygen --out PATH` and returns the keys derived from the new key file.
 pub(crate) fn new_key(path: &Path) -> ferry_wire::SiteKeys {
     ferry(&["keygen", "--out", path.to_str().expect("utf-8 path")]);

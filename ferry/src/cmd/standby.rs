@@ -14,9 +14,15 @@
 //! interval_hours = 1                    # 1 to 720
 //! keep = 24                             # 1 to 10000
 //!
-//! [control]                             # the control API; without it, none is served
+//! [control]                             # the control API (HTTPS); without it, none is served
 //! listen = "127.0.0.1:7421"             # default; keep it on loopback or a private network
 //! token_file = "/etc/ferry/keys/control.token"  # required in [control]; mode 0600
+//! insecure_plaintext = false            # true: plain HTTP, allowed on a loopback listen only
+//!
+//! [tls]                                 # this site's certificate (`ferry tls init`/`issue`);
+//! ca = "/etc/ferry/tls/ca.pem"          # required for [control] unless insecure_plaintext,
+//! cert = "/etc/ferry/tls/site-b.pem"    # and for [sites] reached over TLS (it is the
+//! key = "/etc/ferry/tls/site-b.key"     # client certificate there); key mode 0600
 //!
 //! [storage_classes]                     # more places for replicas ("standard" is data_dir)
 //! ssd = "/srv/ferry-ssd"
@@ -25,6 +31,7 @@
 //! data = "10.0.0.5:7420"                # its standby's data address
 //! control = "10.0.0.5:7421"             # its control API
 //! token_file = "/etc/ferry/keys/eu-west.token"  # its control API's token; mode 0600
+//! insecure_plaintext = false            # true: plain HTTP to it, loopback addresses only
 //!
 //! [[servers]]                           # static servers: replicate as soon as they connect
 //! id = "web-1"
@@ -87,6 +94,7 @@ struct FileConfig {
     storage_classes: HashMap<String, PathBuf>,
     #[serde(default)]
     sites: HashMap<String, SiteConfig>,
+    tls: Option<ferry_tls::TlsFiles>,
 }
 
 /// A peer site (`[sites.NAME]`): reverse replication ships there and is driven there.
@@ -99,6 +107,10 @@ pub(crate) struct SiteConfig {
     pub control: String,
     /// The token of its control API (mode 0600).
     pub token_file: PathBuf,
+    /// Plain HTTP to its control API (loopback addresses only). Default false: HTTPS,
+    /// with this standby's `[tls]` certificate as client certificate.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 /// The `[control]` section: where the control API listens and its token.
@@ -108,6 +120,10 @@ pub(crate) struct ControlConfig {
     #[serde(default = "default_control")]
     pub listen: String,
     pub token_file: PathBuf,
+    /// Serve plain HTTP instead of HTTPS; allowed only on a loopback listen. Default
+    /// false: HTTPS with the `[tls]` files (required then).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 fn default_control() -> String {
@@ -124,12 +140,25 @@ struct ServerEntry {
 pub(crate) fn run(args: Args) -> Result<()> {
     let (config, key_file, control) = load_config(args)?;
     let api = match &control {
-        Some((c, _)) => {
+        Some((c, _, tls)) => {
             let token = keyfile::load_token(&c.token_file)?;
-            let server = tiny_http::Server::http(&c.listen).map_err(|e| {
-                anyhow::anyhow!("cannot listen for the control API on {}: {e}", c.listen)
-            })?;
-            Some((server, token))
+            let tls = match tls {
+                Some(files) if !c.insecure_plaintext => Some(
+                    files
+                        .server_config_client_optional()
+                        .context("cannot serve the control API over TLS")?,
+                ),
+                _ => {
+                    tracing::warn!(
+                        listen = %c.listen,
+                        "the control API is plain HTTP (insecure_plaintext): loopback only"
+                    );
+                    None
+                }
+            };
+            let listener = std::net::TcpListener::bind(&c.listen)
+                .with_context(|| format!("cannot listen for the control API on {}", c.listen))?;
+            Some((listener, tls, token))
         }
         None => None,
     };
@@ -148,23 +177,27 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .map(|k| k.derive())
             .map_err(|e| format!("{e:#}"))
     }));
-    if let Some((_, sites)) = control {
+    if let Some((_, sites, tls)) = control {
         standby
             .control()
             .set_reverse_tools(ferry_standby::control::ReverseTools {
                 ferry: std::env::current_exe().context("cannot find the ferry executable")?,
                 key_file,
                 pin_root: PathBuf::from("/sys/fs/bpf"),
-                peers: Box::new(crate::api::client::HttpPeers { sites }),
+                peers: Box::new(crate::api::client::HttpPeers { sites, tls }),
             });
     }
     let mut status = format!("listening on {}", standby.local_addr()?);
-    if let Some((server, token)) = api {
-        status += &format!("; control API on {}", server.server_addr());
+    if let Some((listener, tls, token)) = api {
+        status += &format!("; control API on {}", listener.local_addr()?);
         let control = standby.control();
         std::thread::Builder::new()
             .name("ferry-api".into())
-            .spawn(move || crate::api::server::serve(server, control, token))
+            .spawn(move || {
+                if let Err(e) = crate::api::server::serve(listener, tls, control, token) {
+                    tracing::error!(error = %e, "the control API stopped");
+                }
+            })
             .context("cannot start the control API")?;
     } else {
         tracing::info!("no [control] section: the control API is not served");
@@ -179,8 +212,12 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 /// Reads the config file (if any) and the flags, and checks every setting; returns the
 /// service's config and the key file to load.
-/// The `[control]` section and the peer sites it drives.
-pub(crate) type ControlSettings = (ControlConfig, HashMap<String, SiteConfig>);
+/// The `[control]` section, the peer sites it drives, and the site's `[tls]` files.
+pub(crate) type ControlSettings = (
+    ControlConfig,
+    HashMap<String, SiteConfig>,
+    Option<ferry_tls::TlsFiles>,
+);
 
 pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<ControlSettings>)> {
     let file: FileConfig = match &args.config {
@@ -261,10 +298,62 @@ pub(crate) fn load_config(args: Args) -> Result<(ServiceConfig, PathBuf, Option<
         );
     }
 
+    if let Some(tls) = &file.tls {
+        tls.validate()
+            .context("the config file's [tls] is not valid")?;
+    }
+    if let Some(c) = &file.control {
+        check_control_tls(c, file.tls.as_ref())?;
+    }
+    for (name, site) in &file.sites {
+        if site.insecure_plaintext {
+            crate::api::client::check_plaintext_address(&site.control)
+                .with_context(|| format!("[sites.{name}] insecure_plaintext"))?;
+        } else if file.tls.is_none() {
+            bail!(
+                "[sites.{name}] is reached over HTTPS with this site's certificate, and the \
+                 config has no [tls]: {TLS_SETUP}"
+            );
+        }
+    }
+
     let mut config = ServiceConfig::new(data_dir, listen);
     config.segment_size = segment_size;
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
     config.storage_classes = file.storage_classes;
-    Ok((config, key_file, file.control.map(|c| (c, file.sites))))
+    Ok((
+        config,
+        key_file,
+        file.control.map(|c| (c, file.sites, file.tls)),
+    ))
+}
+
+/// How to give a site its certificate, for refusals.
+const TLS_SETUP: &str = "make the site pair's CA once with `ferry tls init --dir \
+    /etc/ferry/tls`, issue this site a certificate with `ferry tls issue --dir \
+    /etc/ferry/tls --name SITE --san ADDRESS` (ADDRESS: the host or IP clients connect \
+    to), and set [tls] ca, cert and key in the config (docs/api.md)";
+
+/// The control API is HTTPS, or plain HTTP on loopback when asked explicitly.
+fn check_control_tls(c: &ControlConfig, tls: Option<&ferry_tls::TlsFiles>) -> Result<()> {
+    let loopback = c
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    match (c.insecure_plaintext, tls) {
+        (true, _) if !loopback => bail!(
+            "[control] insecure_plaintext is allowed only on a loopback listen, not on {}: \
+             the token would cross the network in clear; remove it and serve HTTPS: \
+             {TLS_SETUP}",
+            c.listen
+        ),
+        (true, _) | (false, Some(_)) => Ok(()),
+        (false, None) => bail!(
+            "the control API on {} is served over HTTPS only, and the config has no [tls]: \
+             {TLS_SETUP}; or, on a loopback listen only, set insecure_plaintext = true in \
+             [control]",
+            c.listen
+        ),
+    }
 }
