@@ -535,3 +535,45 @@ fn plaintext_is_refused_off_loopback_and_unless_asked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only to a loopback address"), "{err}");
 }
+
+#[test]
+fn a_silent_or_idle_tls_connection_is_closed_at_the_header_timeout() {
+    let site = Site::new();
+    let standby = Standby::start(&site.config("b", "127.0.0.1:0", "", true));
+    let token = site.token();
+    // One connection finishes its handshake and sends nothing; another sends one
+    // request and then idles with keep-alive.
+    let silent = tls_to(&site, &standby.control);
+    let idle = tls_to(&site, &standby.control);
+    (&idle)
+        .write_all(
+            format!("GET /v1/pairs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("request");
+    let started = Instant::now();
+    let mut answer = [0u8; 4096];
+    let n = (&idle).read(&mut answer).expect("an answer");
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    for (what, stream) in [("silent", &silent), ("idle", &idle)] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let end = (&*stream).read(&mut buf);
+        let waited = started.elapsed();
+        assert!(
+            matches!(&end, Ok(0))
+                || matches!(&end, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock),
+            "the {what} connection was not closed: {end:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(15),
+            "the {what} connection was closed only after {waited:?}"
+        );
+    }
+}
