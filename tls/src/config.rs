@@ -428,7 +428,7 @@ fn check_chain(
             None,
             None,
         )
-        .map_err(|e| crate::stream::describe_webpki(&e))?;
+        .map_err(|e| crate::describe::describe_webpki(&e))?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! - Every refusal names the file, the peer or the name it is about.
 
 pub mod config;
+mod describe;
 pub mod names;
 pub mod pki;
 pub mod stream;
@@ -40,7 +41,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// unknown issuer, an expired certificate, a peer that does not speak TLS, …).
 #[must_use]
 pub fn describe_tls_error(e: &rustls::Error) -> String {
-    stream::describe(e)
+    describe::describe(e)
 }
 
 /// The protocol versions ferry speaks: TLS 1.3 and nothing else.
