@@ -4,12 +4,13 @@
 //! `ferry server`, `ferry replication`, `ferry point`, …). Every request carries
 //! `Authorization: Bearer <token>` (the token file of the standby's `[control]`
 //! config); every error is `{"error": "<message naming the problem>"}` with a 4xx/5xx
-//! status. The endpoints are listed in `docs/api.md`; [`server`] routes them onto
-//! [`ferry_standby::control::Control`], [`client`] calls them.
+//! status. The endpoints are listed in `docs/api.md`; [`server`] serves them and
+//! [`routes`] maps them onto [`ferry_standby::control::Control`], [`client`] calls them.
 //!
 //! The request bodies are defined here, once, for both sides.
 
 pub(crate) mod client;
+mod routes;
 pub(crate) mod server;
 
 use serde::{Deserialize, Serialize};

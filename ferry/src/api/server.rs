@@ -13,20 +13,16 @@
 //! Two tokio workers run the connections; the handlers call the blocking
 //! [`Control`] on tokio's blocking pool (some wait for an agent or an instance), at most
 //! [`MAX_REQUESTS`] at once. The token is checked, in constant time, before the body is
-//! read; every refusal is a JSON error naming the problem.
+//! read; every refusal is a JSON error naming the problem. The routes are in
+//! [`super::routes`].
 
-use super::{AddServer, ErrorBody};
-use ferry_standby::catalog::{CatalogError, Pair, Replication};
-use ferry_standby::control::{Control, ControlError};
-use ferry_standby::instance::{InstanceError, Spec};
-use ferry_standby::lifecycle::Step;
-use ferry_wire::{ServerId, error_chain};
+use super::ErrorBody;
+use super::routes::{ApiError, Reply, route};
+use ferry_standby::control::Control;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,89 +48,6 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request's body.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest an operator's point request waits for the agent.
-const POINT_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// A refusal: HTTP status and message.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: u16,
-    message: String,
-}
-
-impl ApiError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
-        let status = match &e {
-            CatalogError::BadName(_) | CatalogError::BadSite(_) => 400,
-            CatalogError::UnknownPair(_) | CatalogError::UnknownServer(_) => 404,
-            CatalogError::PairExists(_)
-            | CatalogError::PairInUse { .. }
-            | CatalogError::ServerExists(..)
-            | CatalogError::ServerBusy(..)
-            | CatalogError::NotAllowed { .. } => 409,
-            CatalogError::Io { .. }
-            | CatalogError::Version { .. }
-            | CatalogError::Corrupt { .. } => 500,
-        };
-        Self::new(status, error_chain(&e))
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Catalog(e) => e.into(),
-            ControlError::NotReplicating(..) | ControlError::NotConnected(_) => {
-                Self::new(409, error_chain(&e))
-            }
-            ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
-            ControlError::UnknownStorageClass { .. }
-            | ControlError::LatestUsed
-            | ControlError::NotADisk(_) => Self::new(400, error_chain(&e)),
-            ControlError::Instance(i) => {
-                let status = match &i {
-                    InstanceError::Script(_)
-                    | InstanceError::NoScript
-                    | InstanceError::Size(..)
-                    | InstanceError::BadNetwork(_)
-                    | InstanceError::BadIp(_)
-                    | InstanceError::NoOriginal(_)
-                    | InstanceError::BadPoint(_) => 400,
-                    InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
-                    InstanceError::NotRegistered(_) => 409,
-                    _ => 500,
-                };
-                Self::new(status, error_chain(&i))
-            }
-            ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
-            ControlError::StillConnected(..)
-            | ControlError::Busy(_)
-            | ControlError::LatestInconsistent(..)
-            | ControlError::HasInstances(..) => Self::new(409, error_chain(&e)),
-            ControlError::Keys(_) => Self::new(500, error_chain(&e)),
-            ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
-            ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
-            ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
-                Self::new(500, error_chain(&e))
-            }
-        }
-    }
-}
-
-type Reply = Result<(u16, serde_json::Value), ApiError>;
-
-fn ok(value: impl Serialize) -> Reply {
-    Ok((200, serde_json::to_value(value).expect("replies serialize")))
-}
 
 /// What every connection's handlers share.
 struct Shared {
@@ -395,108 +308,4 @@ fn authorized(headers: &hyper::HeaderMap, token: &str) -> bool {
         return false;
     };
     bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
-}
-
-fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw)
-        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))
-}
-
-fn server_id(text: &str) -> Result<ServerId, ApiError> {
-    ServerId::new(text).map_err(|e| ApiError::new(400, format!("server name refused: {e}")))
-}
-
-fn route(method: &Method, path: &str, raw: &[u8], control: &Control) -> Reply {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method, parts.as_slice()) {
-        (&Method::GET, ["v1", "pairs"]) => ok(control.pairs()),
-        (&Method::POST, ["v1", "pairs"]) => {
-            let pair: Pair = body(raw)?;
-            control.create_pair(pair.clone())?;
-            ok(pair)
-        }
-        (&Method::DELETE, ["v1", "pairs", name]) => {
-            control.delete_pair(name)?;
-            ok(serde_json::json!({ "deleted": name }))
-        }
-        (&Method::GET, ["v1", "servers"]) => ok(control.servers()),
-        (&Method::POST, ["v1", "servers"]) => {
-            let add: AddServer = body(raw)?;
-            let id = server_id(&add.server)?;
-            control.add_server(&add.pair, id, &add.storage_class)?;
-            ok(control.server(&add.server)?)
-        }
-        (&Method::GET, ["v1", "servers", id]) => ok(control.server(id)?),
-        (&Method::DELETE, ["v1", "servers", id]) => {
-            control.remove_server(id)?;
-            ok(serde_json::json!({ "deleted": id }))
-        }
-        (&Method::POST, ["v1", "servers", id, "replication", "start"]) => {
-            let settings: Replication = body(raw)?;
-            settings
-                .policy
-                .check()
-                .map_err(|e| ApiError::new(400, error_chain(&e)))?;
-            control.start_replication(id, settings)?;
-            ok(control.server(id)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "replication", "stop"]) => {
-            control.step(id, Step::ReplicationStop)?;
-            ok(control.server(id)?)
-        }
-        (&Method::GET, ["v1", "servers", id, "points"]) => ok(control.points(id)?),
-        (&Method::POST, ["v1", "servers", id, "points"]) => {
-            ok(control.request_point(id, POINT_TIMEOUT)?)
-        }
-        (&Method::GET, ["v1", "servers", id, "instances"]) => ok(control.instances(id)?),
-        (&Method::POST, ["v1", "servers", id, "drills"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.drill_start(id, spec)?)
-        }
-        (&Method::DELETE, ["v1", "servers", id, "drills"]) => ok(control.drill_clean(id, None)?),
-        (&Method::DELETE, ["v1", "servers", id, "drills", instance]) => {
-            ok(control.drill_clean(id, Some(instance))?)
-        }
-        (&Method::POST, ["v1", "servers", id, "failover", "start"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failover_start(id, spec)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "failover", "change-point"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failover_change_point(id, spec)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "reverse", "register"]) => {
-            control.reverse_register(id)?;
-            ok(control.server(id)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "reverse", "start"]) => {
-            let start: super::StartReverse = body(raw)?;
-            control.reverse_start(id, start.original_machine)?;
-            ok(control.server(id)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "failback"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failback(id, spec)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "register"]) => {
-            control.register(id)?;
-            ok(control.server(id)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "restore"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.restore(id, spec)?)
-        }
-        (&Method::POST, ["v1", "servers", id, "failover", "confirm"]) => {
-            control.failover_confirm(id)?;
-            ok(control.server(id)?)
-        }
-        (_, ["v1", ..]) => Err(ApiError::new(
-            404,
-            format!("no endpoint {method} {path} (see docs/api.md)"),
-        )),
-        _ => Err(ApiError::new(
-            404,
-            format!("no endpoint {path}: the API lives under /v1 (see docs/api.md)"),
-        )),
-    }
 }
