@@ -298,3 +298,141 @@ fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_standby::control::Peers;
+    use ferry_tls::pki::{IssueRequest, init_ca, issue};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// A peer site's control API that requires a client certificate: answers one
+    /// request with `{}` and reports whose certificate the client presented.
+    fn peer_site(files: &TlsFiles) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let config = files
+            .server_config_client_required()
+            .expect("server config");
+        let serving = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().expect("accept");
+            let stream =
+                ferry_tls::TlsStream::accept(tcp, config, Instant::now() + Duration::from_secs(10))
+                    .expect("the standby's call completes a mutual TLS handshake");
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = (&stream).read(&mut buf).expect("request");
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            (&stream)
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                .expect("answer");
+            let _ = stream.close();
+            stream
+                .peer_certificates()
+                .and_then(|c| c.first().map(ferry_tls::peer_dns_names))
+                .unwrap_or_default()
+        });
+        (addr, serving)
+    }
+
+    /// A relay to `target` recording the bytes of both directions.
+    fn relay(target: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            let (client, _) = listener.accept().expect("accept");
+            let server = TcpStream::connect(&target).expect("connect");
+            for (mut from, mut to) in [
+                (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                ),
+                (server, client),
+            ] {
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 << 10];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        record.lock().expect("record").extend_from_slice(&buf[..n]);
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        (addr, seen)
+    }
+
+    #[test]
+    fn a_peer_site_call_presents_the_sites_certificate_and_hides_the_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        init_ca(dir.path(), false).expect("CA");
+        let mut names = Vec::new();
+        for name in ["site-a", "site-b"] {
+            let mut request = IssueRequest::new(name);
+            request.sans = vec!["127.0.0.1".into()];
+            names.push(issue(dir.path(), &request).expect("issue"));
+        }
+        let files = |i: usize| TlsFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: names[i].cert.clone(),
+            key: names[i].key.clone(),
+        };
+        let token = "peer-token-0123456789abcdef";
+        let token_file = dir.path().join("site-a.token");
+        std::fs::write(&token_file, token).expect("token");
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod");
+
+        let (site_a, serving) = peer_site(&files(0));
+        let (via, seen) = relay(site_a);
+        let site = crate::cmd::standby::SiteConfig {
+            data: "127.0.0.1:1".into(),
+            control: via,
+            token_file,
+            insecure_plaintext: false,
+        };
+        let peers = HttpPeers {
+            sites: [("site-a".to_owned(), site)].into(),
+            tls: Some(files(1)),
+        };
+        let answer = peers
+            .call("site-a", "POST", "/v1/pairs", &serde_json::json!({"x": 1}))
+            .expect("the call succeeds");
+        assert_eq!(answer, serde_json::json!({}));
+        let presented = serving.join().expect("peer site");
+        assert_eq!(
+            presented,
+            ["site-b"],
+            "the standby presented its own certificate"
+        );
+        let bytes = seen.lock().expect("record").clone();
+        assert!(bytes.len() > 500, "the relay saw {} bytes", bytes.len());
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token crossed the relay in clear"
+        );
+
+        let no_tls = HttpPeers {
+            sites: peers.sites,
+            tls: None,
+        };
+        let err = no_tls
+            .call("site-a", "GET", "/v1/pairs", &serde_json::Value::Null)
+            .expect_err("a TLS site was called without [tls]");
+        assert!(err.contains("no [tls]"), "{err}");
+    }
+}
