@@ -30,6 +30,13 @@
 //!   reads (the caller's own handshake messages) under a deadline the same way.
 //! - Shutting the socket down ([`TlsStream::shutdown`]) takes no lock: it unblocks a
 //!   reader or writer stuck in a system call, whoever holds the locks.
+//! - A failed or timed-out socket write shuts the connection down: records already taken
+//!   from rustls may be half-sent, so the session cannot go on (the reader then sees a
+//!   truncation, the caller reconnects).
+//!
+//! The reader takes the send lock only when rustls must answer something it read (an
+//! alert, a key update); it then waits behind a writer blocked in `write(2)`. ferry's
+//! links always read on a thread of their own, so the writer's peer keeps draining.
 
 use crate::describe::describe;
 use crate::names::{self, NameError};
