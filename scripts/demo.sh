@@ -45,8 +45,8 @@ now() { date +%s.%N; }
 since() { echo "$(now) - $1" | bc -l | xargs printf '%.1f'; }
 mib() { echo $(( $1 >> 20 )); }
 # The operator's console, against site B's control API (or site A's with ctl_a).
-ctl() { "$ferry" "$@" --control "127.0.0.1:$b_ctl" --token-file "$work/control.token"; }
-ctl_a() { "$ferry" "$@" --control "127.0.0.1:$a_ctl" --token-file "$work/control.token"; }
+ctl() { "$ferry" "$@" --control "127.0.0.1:$b_ctl" --token-file "$work/control.token" --ca "$work/pki/ca.pem"; }
+ctl_a() { "$ferry" "$@" --control "127.0.0.1:$a_ctl" --token-file "$work/control.token" --ca "$work/pki/ca.pem"; }
 # A field of a command's JSON: field EXPR ARGS… (EXPR in Python, the JSON is `s`).
 field() { local e="$1"; shift; "$@" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($e)"; }
 state() { field 's["shown_state"]' ctl server show web-1; }
@@ -86,6 +86,8 @@ step "1. two sites on loopback: a standby at site A (zone-a) and at site B (zone
 "$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
 "$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
 "$ferry" keygen --out "$work/control.token" >/dev/null
+"$ferry" tls init --dir "$work/pki"
+for s in a b; do "$ferry" tls issue --dir "$work/pki" --name "zone-$s" --san 127.0.0.1; done
 a_data=$(port); a_ctl=$(port); b_data=$(port); b_ctl=$(port)
 for s in a b; do
     data_var="${s}_data"; ctl_var="${s}_ctl"
@@ -97,6 +99,10 @@ recovery_key_file = "$work/pair.key"
 [control]
 listen = "127.0.0.1:${!ctl_var}"
 token_file = "$work/control.token"
+[tls]
+ca = "$work/pki/ca.pem"
+cert = "$work/pki/zone-$s.pem"
+key = "$work/pki/zone-$s.key"
 EOF
 done
 cat >>"$work/site-b.toml" <<EOF

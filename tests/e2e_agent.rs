@@ -71,11 +71,12 @@ impl Site {
             &agent_conf,
             format!(
                 "server = \"web-1\"\nstandby = \"{connect}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
-                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n{extra}\n",
+                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n{extra}\n{}",
                 host_key(&key, "web-1").to_str().expect("utf-8"),
                 disk.path_str(),
                 state.to_str().expect("utf-8"),
                 pins.path_str(),
+                tls_section(&pki_of(&key), "web-1"),
             ),
         )
         .expect("write agent config");

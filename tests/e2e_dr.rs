@@ -39,6 +39,8 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Console {
     control: String,
     token: PathBuf,
+    /// The site pair's CA: the control API is HTTPS.
+    ca: PathBuf,
 }
 
 impl Console {
@@ -47,6 +49,8 @@ impl Console {
             .args(args)
             .args(["--control", &self.control, "--token-file"])
             .arg(&self.token)
+            .arg("--ca")
+            .arg(&self.ca)
             .output()
             .expect("running ferry")
     }
@@ -105,6 +109,8 @@ struct Site {
     dir: tempfile::TempDir,
     key: PathBuf,
     token: PathBuf,
+    /// The site pair's CA and the sites' certificates (site-b, zone-a).
+    pki: PathBuf,
     data: PathBuf,
     standby_conf: PathBuf,
     /// Site A, the pair's primary: a second standby that reverse replication ships to.
@@ -127,6 +133,7 @@ impl Site {
         let (key, token) = (p("pair.key"), p("control.token"));
         new_key(&key);
         ferry(&["keygen", "--out", token.to_str().expect("utf-8")]);
+        let pki = pki_of(&key);
         let data = p("standby");
         let addr = format!("127.0.0.1:{data_port}");
         let (primary_data, primary_control) = (free_port(), free_port());
@@ -142,25 +149,28 @@ impl Site {
              token_file = {token_text:?}\n",
             p("ssd").to_str().expect("utf-8")
         );
-        for (conf, dir, listen, control, extra) in [
-            (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str()),
+        // Site A takes site B's reverse agents (site B's certificate) for any server.
+        for (conf, dir, listen, control, extra, cert, top) in [
+            (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str(), "site-b", ""),
             (
                 &primary_conf,
                 p("primary"),
                 format!("127.0.0.1:{primary_data}"),
                 primary_control,
                 "",
+                "zone-a",
+                "peer_sites = [\"site-b\"]\n",
             ),
         ] {
-            standby_config(conf, &dir, &key, &[], 16);
+            standby_config_as(conf, &dir, &key, &[], 16, cert);
             let text = std::fs::read_to_string(conf).expect("read config");
             std::fs::write(
                 conf,
                 format!(
-                    "{}scripts_dir = {:?}\n\n[control]\nlisten = \"127.0.0.1:{control}\"\n\
+                    "scripts_dir = {:?}\n{top}{}\n[control]\nlisten = \"127.0.0.1:{control}\"\n\
                      token_file = {token_text:?}\n\n{extra}",
-                    text.replace("127.0.0.1:0", &listen),
                     scripts.to_str().expect("utf-8"),
+                    text.replace("127.0.0.1:0", &listen),
                 ),
             )
             .expect("write config");
@@ -174,11 +184,12 @@ impl Site {
             &agent_conf,
             format!(
                 "server = \"web-1\"\nstandby = \"{addr}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
-                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n",
+                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n{}",
                 host_key(&key, "web-1").to_str().expect("utf-8"),
                 disk.path_str(),
                 state.to_str().expect("utf-8"),
                 pins.path_str(),
+                tls_section(&pki, "web-1"),
             ),
         )
         .expect("write agent config");
@@ -187,6 +198,7 @@ impl Site {
             dir,
             key,
             token,
+            pki,
             data,
             standby_conf,
             primary_conf,
@@ -203,6 +215,7 @@ impl Site {
         let console = Console {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
+            ca: self.pki.join("ca.pem"),
         };
         (standby, console)
     }
@@ -213,6 +226,7 @@ impl Site {
         let console = Console {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
+            ca: self.pki.join("ca.pem"),
         };
         (standby, console)
     }
@@ -354,6 +368,7 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
     let wrong = Console {
         control: console.control.clone(),
         token: site.key.clone(),
+        ca: console.ca.clone(),
     };
     let e = wrong.refused(&["pair", "list"]);
     assert!(e.contains("token"), "{e}");

@@ -45,19 +45,12 @@ fn temp_config(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-fn load_agent(path: &Path) -> (AgentConfig, PathBuf) {
+fn load_agent(path: &Path) -> (AgentConfig, PathBuf, cmd::agent::AgentTls) {
     cmd::agent::load_config(path)
         .unwrap_or_else(|e| panic!("the agent refuses {}: {e:#}", path.display()))
 }
 
-fn load_standby(
-    path: &Path,
-) -> (
-    ferry_standby::receiver::ServiceConfig,
-    cmd::standby::KeyFiles,
-    Option<cmd::standby::ControlSettings>,
-    ferry_standby::scripts::ScriptsDir,
-) {
+fn load_standby(path: &Path) -> cmd::standby::Settings {
     let config = path.to_str().expect("utf-8 path");
     let cli = crate::Cli::try_parse_from(["ferry", "standby", "--config", config])
         .expect("parsing the standby's command line");
@@ -101,7 +94,12 @@ fn assert_documents_every_key(packaged: &str, doc_page: &str) {
 #[test]
 fn packaged_agent_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/agent.toml");
-    let (config, key_file) = load_agent(&path);
+    let (config, key_file, tls) = load_agent(&path);
+    assert_eq!(
+        tls.map(|t| t.cert),
+        Some(PathBuf::from("/etc/ferry/tls/host.pem")),
+        "the packaged agent names its [tls] files"
+    );
     assert_eq!(key_file, Path::new("/etc/ferry/keys/host.key"));
     assert_eq!(config.state_dir, Path::new(cmd::agent::DEFAULT_STATE_DIR));
     let defaults = AgentConfig::new(
@@ -123,7 +121,7 @@ fn packaged_agent_config_loads_with_the_documented_defaults() {
 fn packaged_agent_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/agent.toml"));
     let file = temp_config(&text);
-    let (config, _) = load_agent(file.path());
+    let (config, _, _) = load_agent(file.path());
     // The commented values are the defaults, so they change nothing but the examples.
     assert_eq!(config.disks, [PathBuf::from("/dev/vda")]);
     assert_eq!(config.point_interval, Some(Duration::from_secs(3600)));
@@ -137,7 +135,21 @@ fn packaged_agent_config_loads_with_every_commented_setting_enabled() {
 #[test]
 fn packaged_standby_config_loads_with_the_documented_defaults() {
     let path = repo_file("packaging/etc/standby.toml");
-    let (config, (key_file, recovery_key_file), control, scripts) = load_standby(&path);
+    let cmd::standby::Settings {
+        service: config,
+        key_file,
+        recovery_key_file,
+        control,
+        scripts,
+        tls,
+        insecure_plaintext,
+    } = load_standby(&path);
+    assert!(!insecure_plaintext, "the packaged data link is TLS");
+    assert_eq!(
+        tls.map(|t| t.ca),
+        Some(PathBuf::from("/etc/ferry/tls/ca.pem")),
+        "the packaged standby names its [tls] files"
+    );
     assert_eq!(
         recovery_key_file, None,
         "a packaged standby reads no replica"
@@ -167,9 +179,12 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
 fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let text = uncommented(&read("packaging/etc/standby.toml"));
     let file = temp_config(&text);
-    let (config, _, control, scripts) = load_standby(file.path());
-    assert_eq!(scripts, ferry_standby::scripts::ScriptsDir::default());
-    let (control, sites) = control.expect("[control] is in the packaged config");
+    let settings = load_standby(file.path());
+    let config = settings.service;
+    assert_eq!(settings.scripts, ferry_standby::scripts::ScriptsDir::default());
+    let (control, sites, _tls) = settings
+        .control
+        .expect("[control] is in the packaged config");
     assert_eq!(
         sites.get("eu-west").map(|s| s.data.as_str()),
         Some("10.0.0.5:7420")

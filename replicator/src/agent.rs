@@ -106,6 +106,8 @@ pub struct AgentConfig {
     pub seal_threads: usize,
     pub zstd_level: i32,
     pub io_uring: bool,
+    /// How the link runs: TLS (what a config file gives), or plain TCP to loopback.
+    pub tls: ferry_tls::LinkTls,
 }
 
 impl AgentConfig {
@@ -129,6 +131,7 @@ impl AgentConfig {
             seal_threads: std::thread::available_parallelism().map_or(2, usize::from),
             zstd_level: ferry_wire::seal::DEFAULT_ZSTD_LEVEL,
             io_uring: true,
+            tls: ferry_tls::LinkTls::PlaintextLoopback,
         }
     }
 
@@ -628,6 +631,7 @@ impl Agent {
     fn connect(&mut self) -> Result<Stream, AgentError> {
         let config = LinkConfig {
             window_bytes: self.config.window_bytes,
+            tls: self.config.tls.clone(),
             ..LinkConfig::default()
         };
         let mut link = Link::connect(

@@ -35,14 +35,14 @@ use ferry_wire::message::{PointRequest, PointResult, Progress, ReplicationPhase}
 use ferry_wire::{Message, RecoveryKey, RecoveryKeys, ServerId};
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// A session's way to send to its agent (shared with the receiver's session).
-pub type Outbound = Arc<Mutex<TcpStream>>;
+pub type Outbound = Arc<Mutex<ferry_tls::Conn>>;
 
 /// Loads a server's recovery keys when an instance of it is rebuilt (the data and seal
 /// keys are needed then and only then, DESIGN.md I6); the error says why it could not.

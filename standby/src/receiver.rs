@@ -1,13 +1,18 @@
-//! The standby service: accepts agent connections over TCP (TLS is a later issue),
+//! The standby service: accepts agent connections over TLS 1.3 (client certificates of
+//! the site pair's CA; plain TCP only on a loopback listen asked for explicitly),
 //! authenticates them, stores what they send, and acknowledges only what is durable.
 //!
 //! Per connection:
 //!
 //! ```text
-//! Hello ──▶ server on the allow-list or in the control catalogue? else
-//!           Error(UnknownServer), logged, closed
+//! TLS handshake (the whole handshake, TLS and the messages below, under one absolute
+//! deadline of `handshake_timeout`)
+//! Hello ──▶ the client certificate names this server (or a peer site)? else
+//!           Error(AuthenticationFailed); server on the allow-list or in the control
+//!           catalogue? else Error(UnknownServer), logged, closed
 //!       ◀── Challenge { server nonce, standby proof }
-//! Authenticate ──▶ proof checks with the auth key? else Error(AuthenticationFailed)
+//! Authenticate ──▶ proof checks with the server's auth key, over the TLS exporter? else
+//!                  Error(AuthenticationFailed)
 //!       ◀── Welcome { last_durable }   (the log is fsynced first, so it is true)
 //! RegisterServer | Record | Barrier | Heartbeat ──▶ …   ◀── Ack { durable } …
 //! ```
@@ -51,12 +56,14 @@ use ferry_wire::message::{
 use ferry_wire::{MacKey, Message, Seq, ServerId, StandbyKey, error_chain};
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
+use ferry_tls::{Conn, LinkListen};
+use std::collections::HashSet;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Connections allowed to be in the handshake at once; more are closed at once, so that
 /// unauthenticated peers cannot make the standby hold unbounded threads and buffers.
@@ -85,6 +92,12 @@ pub struct ServiceConfig {
     /// Where replicas of each storage class live ("standard", the default, is
     /// `data_dir`).
     pub storage_classes: HashMap<String, PathBuf>,
+    /// TLS (the default a config gives), or plain TCP on a loopback listen. Default
+    /// here: plain TCP, which [`Standby::bind`] refuses off loopback.
+    pub tls: LinkListen,
+    /// Peer sites whose certificates may speak for any server (their reverse agents
+    /// replicate failed-over servers back); the server's auth key is still needed.
+    pub peer_sites: HashSet<String>,
 }
 
 impl ServiceConfig {
@@ -97,6 +110,8 @@ impl ServiceConfig {
             clean_interval: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
             storage_classes: HashMap::new(),
+            tls: LinkListen::PlaintextLoopback,
+            peer_sites: HashSet::new(),
         }
     }
 }
@@ -114,6 +129,8 @@ pub enum ServiceError {
     DataDir(#[from] OpenError),
     #[error(transparent)]
     Control(#[from] crate::catalog::CatalogError),
+    #[error(transparent)]
+    Plaintext(#[from] ferry_tls::LinkConnError),
 }
 
 /// A server's state and its current connection.
@@ -132,7 +149,7 @@ struct Slot {
 struct SlotInner {
     state: Option<ServerState>,
     /// The connection currently serving this server, and a handle to shut it down.
-    conn: Option<(u64, TcpStream)>,
+    conn: Option<(u64, Conn)>,
     /// Set when an fsync failed and the unsynced tail could not be cut off: the page
     /// cache may hold frames the disk lacks, so the store is not reopened by this process.
     broken: Option<String>,
@@ -143,7 +160,7 @@ impl SlotInner {
     /// the log back to what fsyncs covered so that the next open reads only durable
     /// frames. The agent resends everything above the last ack. Returns the connection
     /// it detached (which must be closed: its session can no longer store anything).
-    fn discard_state(&mut self, server: &ServerId) -> Option<TcpStream> {
+    fn discard_state(&mut self, server: &ServerId) -> Option<Conn> {
         if let Some(mut state) = self.state.take()
             && let Err(e) = state.log.discard_unsynced()
         {
@@ -225,6 +242,11 @@ impl Standby {
             addr: config.listen.clone(),
             source,
         })?;
+        let local = listener.local_addr().map_err(|source| ServiceError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+        config.tls.check(local)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -313,7 +335,8 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         listen = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         data_dir = %shared.config.data_dir.display(),
         servers = shared.config.servers.len(),
-        "standby listening (plain TCP; TLS is not implemented yet)"
+        tls = matches!(shared.config.tls, LinkListen::Tls(_)),
+        "standby listening"
     );
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
@@ -376,8 +399,8 @@ enum SessionEnd {
 /// Tells the agent why its records are not taken and waits (briefly) for it to close the
 /// connection, discarding what it sent meanwhile.
 fn paused(
-    out: &Mutex<TcpStream>,
-    input: &mut BufReader<TcpStream>,
+    out: &Mutex<Conn>,
+    input: &mut BufReader<Conn>,
     peer: &str,
     server: &ServerId,
     reason: String,
@@ -405,13 +428,13 @@ fn paused(
 }
 
 /// Sends an error to the agent and logs it; returns the session's end.
-fn refuse(out: &Mutex<TcpStream>, peer: &str, code: ErrorCode, message: String) -> SessionEnd {
+fn refuse(out: &Mutex<Conn>, peer: &str, code: ErrorCode, message: String) -> SessionEnd {
     tracing::warn!(peer, ?code, "{message}");
     send_error(out, code, &message);
     SessionEnd::Refused(message)
 }
 
-fn send_error(out: &Mutex<TcpStream>, code: ErrorCode, message: &str) {
+fn send_error(out: &Mutex<Conn>, code: ErrorCode, message: &str) {
     let mut text: String = message
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -428,7 +451,7 @@ fn send_error(out: &Mutex<TcpStream>, code: ErrorCode, message: &str) {
     );
 }
 
-fn send(out: &Mutex<TcpStream>, message: &Message) -> io::Result<()> {
+fn send(out: &Mutex<Conn>, message: &Message) -> io::Result<()> {
     let frame = message
         .encode()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -438,9 +461,9 @@ fn send(out: &Mutex<TcpStream>, message: &Message) -> io::Result<()> {
 }
 
 fn read_next(
-    input: &mut BufReader<TcpStream>,
+    input: &mut BufReader<Conn>,
     buf: &mut Vec<u8>,
-    out: &Mutex<TcpStream>,
+    out: &Mutex<Conn>,
     peer: &str,
 ) -> Result<Message, SessionEnd> {
     match read_frame(input, buf) {
@@ -479,12 +502,21 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), SessionEnd> {
+fn session(shared: &Arc<Shared>, tcp: TcpStream, peer: &str) -> Result<(), SessionEnd> {
     let mut handshaking = Handshaking(Some(&shared.handshaking));
-    stream.set_nodelay(true).map_err(SessionEnd::Io)?;
-    stream
-        .set_read_timeout(Some(shared.config.handshake_timeout))
-        .map_err(SessionEnd::Io)?;
+    tcp.set_nodelay(true).map_err(SessionEnd::Io)?;
+    // One deadline for the whole handshake, TLS and ferry's messages: a peer sending a
+    // byte at a time is cut off at it, whatever each read waits.
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let stream = shared.config.tls.accept(tcp, deadline).map_err(|e| {
+        let text = error_chain(&e);
+        tracing::warn!(peer, "{text}");
+        SessionEnd::Refused(text)
+    })?;
+    stream.set_deadline(Some(deadline)).map_err(SessionEnd::Io)?;
+    let channel = Channel(stream.channel().map_err(|e| {
+        SessionEnd::Refused(format!("cannot bind the session: {}", error_chain(&e)))
+    })?);
     let out = Arc::new(Mutex::new(stream.try_clone().map_err(SessionEnd::Io)?));
     let mut input = BufReader::with_capacity(2 << 20, stream.try_clone().map_err(SessionEnd::Io)?);
     let mut buf = Vec::new();
@@ -502,6 +534,28 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         }
     };
     let server = hello.server.clone();
+    if stream.is_tls() {
+        let names = stream.peer_names();
+        let speaks_for = names.iter().any(|n| {
+            n.as_str() == server.as_str() || shared.config.peer_sites.contains(n.as_str())
+        });
+        if !speaks_for {
+            return Err(refuse(
+                &out,
+                peer,
+                ErrorCode::AuthenticationFailed,
+                format!(
+                    "the client certificate names {}, not server {server} (nor a peer site): \
+                     each host connects with its own certificate",
+                    if names.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
     if !shared.config.servers.contains_key(&server) && !shared.control.manages(&server) {
         return Err(refuse(
             &out,
@@ -519,7 +573,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         server: &server,
         client_nonce: &hello.client_nonce,
         server_nonce: &server_nonce,
-        channel: &Channel([0; 32]),
+        channel: &channel,
     };
     send(
         &out,
@@ -561,6 +615,7 @@ fn session(shared: &Arc<Shared>, stream: TcpStream, peer: &str) -> Result<(), Se
         }
     }
     handshaking.done();
+    stream.set_deadline(None).map_err(SessionEnd::Io)?;
     stream.set_read_timeout(None).map_err(SessionEnd::Io)?;
 
     // Take over the server: replace any older connection, open its state, make it durable.
@@ -677,9 +732,9 @@ fn ingest_loop(
     shared: &Shared,
     slot: &Slot,
     conn_id: u64,
-    input: &mut BufReader<TcpStream>,
+    input: &mut BufReader<Conn>,
     buf: &mut Vec<u8>,
-    out: &Mutex<TcpStream>,
+    out: &Mutex<Conn>,
     peer: &str,
     server: &ServerId,
     mac_key: &MacKey,
@@ -811,7 +866,7 @@ enum DigestRefusal {
 }
 
 impl DigestRefusal {
-    fn refuse(self, out: &Mutex<TcpStream>, peer: &str, server: &ServerId) -> SessionEnd {
+    fn refuse(self, out: &Mutex<Conn>, peer: &str, server: &ServerId) -> SessionEnd {
         match self {
             DigestRefusal::End(end) => end,
             DigestRefusal::Bad(text) => refuse(
@@ -899,7 +954,7 @@ fn answer_digests(
 }
 
 fn refuse_ingest(
-    out: &Mutex<TcpStream>,
+    out: &Mutex<Conn>,
     peer: &str,
     server: &ServerId,
     e: &IngestError,
@@ -916,7 +971,7 @@ fn refuse_ingest(
 fn sync_loop(
     slot: &Slot,
     conn_id: u64,
-    out: &Mutex<TcpStream>,
+    out: &Mutex<Conn>,
     done: &AtomicBool,
     server: &ServerId,
     mut acked: Seq,

@@ -195,6 +195,8 @@ pub(crate) fn open_direct(path: &Path) -> std::fs::File {
 pub(crate) struct StandbyProcess {
     child: std::process::Child,
     pub(crate) addr: String,
+    /// The pki beside the config (made by [`new_key`]): agents' certificates.
+    pki: PathBuf,
     /// The control API's address, when the config has a `[control]` section.
     pub(crate) control: Option<String>,
     log: Log,
@@ -255,6 +257,7 @@ impl StandbyProcess {
         };
         Self {
             addr: addr.to_owned(),
+            pki: config.with_file_name("pki"),
             control,
             child,
             log,
@@ -301,13 +304,28 @@ impl Drop for StandbyProcess {
 }
 
 /// Writes a standby config file for `data_dir` and the allowed `servers`: its key is the
-/// standby key beside the pair key `key` (see [`new_key`]), its recovery key the pair key.
+/// standby key beside the pair key `key` (see [`new_key`]), its recovery key the pair key,
+/// its `[tls]` the certificate `standby` of the pki beside the key.
 pub(crate) fn standby_config(
     path: &Path,
     data_dir: &Path,
     key: &Path,
     servers: &[&str],
     segment_mib: u64,
+) {
+    standby_config_as(path, data_dir, key, servers, segment_mib, "standby");
+}
+
+/// [`standby_config`] with the certificate `cert` (made by [`new_key`]); the top-level
+/// keys come first, then `[tls]` and the `[[servers]]`, so a caller may prepend more
+/// top-level keys or append more tables.
+pub(crate) fn standby_config_as(
+    path: &Path,
+    data_dir: &Path,
+    key: &Path,
+    servers: &[&str],
+    segment_mib: u64,
+    cert: &str,
 ) {
     let mut text = format!(
         "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\nrecovery_key_file = {:?}\n\
@@ -316,17 +334,55 @@ pub(crate) fn standby_config(
         standby_key(key).to_str().expect("utf-8 path"),
         key.to_str().expect("utf-8 path"),
     );
+    text.push_str(&tls_section(&pki_of(key), cert));
     for s in servers {
         text.push_str(&format!("\n[[servers]]\nid = \"{s}\"\n"));
     }
     std::fs::write(path, text).expect("writing the standby config");
 }
 
+/// The pki (CA and certificates, [`new_pki`]) beside the pair key `pair`.
+pub(crate) fn pki_of(pair: &Path) -> PathBuf {
+    pair.with_file_name("pki")
+}
+
+/// The names [`new_key`] issues certificates for (all valid for 127.0.0.1).
+pub(crate) const TEST_CERTS: &[&str] = &["standby", "web-1", "site-b", "zone-a"];
+
+/// Makes a site pair's CA in `dir` (`ferry tls init`) and, for each of `names`, a
+/// certificate also valid for 127.0.0.1 (`ferry tls issue --san 127.0.0.1`).
+pub(crate) fn new_pki(dir: &Path, names: &[&str]) {
+    ferry(&["tls", "init", "--dir", dir.to_str().expect("utf-8 path")]);
+    for name in names {
+        new_cert(dir, name);
+    }
+}
+
+/// Issues the certificate `name` (also valid for 127.0.0.1) from the CA in `dir`.
+pub(crate) fn new_cert(dir: &Path, name: &str) {
+    let d = dir.to_str().expect("utf-8 path");
+    ferry(&["tls", "issue", "--dir", d, "--name", name, "--san", "127.0.0.1"]);
+}
+
+/// The `[tls]` table of a config: the CA of `pki` (made by [`new_pki`]) and the
+/// certificate of `name`.
+pub(crate) fn tls_section(pki: &Path, name: &str) -> String {
+    let file = |f: String| pki.join(f).to_str().expect("utf-8 path").to_owned();
+    format!(
+        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+        file("ca.pem".into()),
+        file(format!("{name}.pem")),
+        file(format!("{name}.key")),
+    )
+}
+
 /// Runs `ferry keygen --out PATH` (a pair key), derives beside it a standby key
-/// ([`standby_key`]) and the host key of web-1 ([`host_key`]), and returns web-1's keys.
+/// ([`standby_key`]) and the host key of web-1 ([`host_key`]), makes a pki beside it
+/// ([`pki_of`], certificates [`TEST_CERTS`]), and returns web-1's keys.
 pub(crate) fn new_key(path: &Path) -> ferry_wire::HostKeys {
     let utf8 = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     ferry(&["keygen", "--out", &utf8(path)]);
+    new_pki(&pki_of(path), TEST_CERTS);
     ferry(&[
         "keygen",
         "--from",
@@ -378,15 +434,14 @@ impl StandbyProcess {
         keys: &ferry_wire::HostKeys,
     ) -> ferry_replicator::link::Link {
         use ferry_replicator::link::{Link, LinkConfig};
+        let config = LinkConfig {
+            tls: self.tls_as(server),
+            ..LinkConfig::default()
+        };
         let server = ferry_wire::ServerId::new(server).expect("a valid server name");
         let start = std::time::Instant::now();
         loop {
-            match Link::connect(
-                self.addr.as_str(),
-                &server,
-                &keys.ingest.auth,
-                &LinkConfig::default(),
-            ) {
+            match Link::connect(self.addr.as_str(), &server, &keys.ingest.auth, &config) {
                 Ok(link) => return link,
                 Err(e)
                     if e.is_retryable() && start.elapsed() < std::time::Duration::from_secs(20) =>
@@ -395,6 +450,25 @@ impl StandbyProcess {
                 }
                 Err(e) => panic!("cannot connect to the standby at {}: {e}", self.addr),
             }
+        }
+    }
+}
+
+impl StandbyProcess {
+    /// TLS to this standby with the certificate `name` of its pki (issued if missing).
+    pub(crate) fn tls_as(&self, name: &str) -> ferry_tls::LinkTls {
+        if !self.pki.join(format!("{name}.pem")).exists() {
+            new_cert(&self.pki, name);
+        }
+        ferry_tls::LinkTls::Tls {
+            config: ferry_tls::TlsFiles {
+                ca: self.pki.join("ca.pem"),
+                cert: self.pki.join(format!("{name}.pem")),
+                key: self.pki.join(format!("{name}.key")),
+            }
+            .client_config()
+            .expect("the test pki loads"),
+            server_name: "127.0.0.1".try_into().expect("an IP server name"),
         }
     }
 }

@@ -332,8 +332,20 @@ fn load_certs_as(
 
 /// Loads the private key of `path`: a regular file of mode 0600 or stricter, PEM.
 pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigError> {
-    let text = zeroize_on_drop(read_bounded(path, "private key file", true)?);
-    match PrivateKeyDer::from_pem_slice(&text.0) {
+    let text = zeroize::Zeroizing::new(read_bounded(path, "private key file", true)?);
+    load_key_from(path, &text)
+}
+
+/// The PEM text of the private key `path` (same checks as [`load_private_key`]), for
+/// libraries that take a key only as PEM (ureq). Zeroized when dropped.
+pub fn load_private_key_pem(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ConfigError> {
+    let text = zeroize::Zeroizing::new(read_bounded(path, "private key file", true)?);
+    drop(load_key_from(path, &text)?);
+    Ok(text)
+}
+
+fn load_key_from(path: &Path, text: &[u8]) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    match PrivateKeyDer::from_pem_slice(text) {
         Ok(key) => Ok(key),
         Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(ConfigError::NoKey {
             path: path.to_owned(),
@@ -344,20 +356,6 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, ConfigErr
             source,
         }),
     }
-}
-
-/// Bytes that are overwritten with zeros when dropped (private key PEM).
-struct Secret(Vec<u8>);
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        self.0.zeroize();
-    }
-}
-
-fn zeroize_on_drop(bytes: Vec<u8>) -> Secret {
-    Secret(bytes)
 }
 
 /// Reads at most [`MAX_PEM_FILE`] bytes of `path`; a `private` file must be a regular
@@ -430,7 +428,7 @@ fn check_chain(
             None,
             None,
         )
-        .map_err(|e| crate::stream::describe_webpki(&e))?;
+        .map_err(|e| crate::describe::describe_webpki(&e))?;
     }
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! - Every refusal names the file, the peer or the name it is about.
 
 pub mod config;
+mod describe;
 pub mod link;
 pub mod names;
 pub mod pki;
@@ -26,12 +27,24 @@ pub use stream::{StreamError, TlsStream};
 
 use std::sync::Arc;
 
-/// The only crypto provider ferry's TLS uses: *ring*, with its default cipher suites
-/// (every TLS 1.3 suite it has: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305) and key
-/// exchange groups (X25519, P-256, P-384).
+/// The only crypto provider ferry's TLS uses: *ring*, with its TLS 1.3 cipher suites
+/// (AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305) and key exchange groups (X25519,
+/// P-256, P-384). Its TLS 1.2 suites are removed, so even a config built elsewhere with
+/// every protocol version enabled (ureq's) can only negotiate TLS 1.3.
 #[must_use]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .retain(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)));
+    Arc::new(provider)
+}
+
+/// What a rustls error means for an operator (a sentence naming the likely cause: an
+/// unknown issuer, an expired certificate, a peer that does not speak TLS, …).
+#[must_use]
+pub fn describe_tls_error(e: &rustls::Error) -> String {
+    describe::describe(e)
 }
 
 /// The protocol versions ferry speaks: TLS 1.3 and nothing else.

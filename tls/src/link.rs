@@ -175,6 +175,18 @@ impl Conn {
         }
     }
 
+    /// Puts later reads under the absolute `deadline` (`None`: none). Over TLS every read
+    /// is; over plain TCP (loopback only) each socket read gets the time left now.
+    pub fn set_deadline(&self, deadline: Option<Instant>) -> io::Result<()> {
+        match self {
+            Conn::Tls(s) => s.set_deadline(deadline),
+            Conn::Plain(s) => s.set_read_timeout(deadline.map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            })),
+        }
+    }
+
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         match self {
             Conn::Tls(s) => s.set_nodelay(nodelay),

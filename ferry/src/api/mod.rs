@@ -1,14 +1,16 @@
-//! The control API of a standby site: HTTP/1.1 + JSON, served by `ferry standby` on its
-//! own address (loopback by default) and used by the operator commands (`ferry pair`,
+//! The control API of a standby site: HTTP/1.1 + JSON over TLS 1.3 (plain HTTP only on
+//! loopback when asked), served by `ferry standby` on its own address (loopback by
+//! default) and used by the operator commands (`ferry pair`,
 //! `ferry server`, `ferry replication`, `ferry point`, …). Every request carries
 //! `Authorization: Bearer <token>` (the token file of the standby's `[control]`
 //! config); every error is `{"error": "<message naming the problem>"}` with a 4xx/5xx
-//! status. The endpoints are listed in `docs/api.md`; [`server`] routes them onto
-//! [`ferry_standby::control::Control`], [`client`] calls them.
+//! status. The endpoints are listed in `docs/api.md`; [`server`] serves them and
+//! [`routes`] maps them onto [`ferry_standby::control::Control`], [`client`] calls them.
 //!
 //! The request bodies are defined here, once, for both sides.
 
 pub(crate) mod client;
+mod routes;
 pub(crate) mod server;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +19,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) const DEFAULT_CONTROL: &str = "127.0.0.1:7421";
 /// Default token file of both sides.
 pub(crate) const DEFAULT_TOKEN_FILE: &str = "/etc/ferry/keys/control.token";
+/// Default CA file of the operator commands (the site pair's ca.pem).
+pub(crate) const DEFAULT_CA_FILE: &str = "/etc/ferry/tls/ca.pem";
 
 /// `POST /v1/servers`
 #[derive(Debug, Serialize, Deserialize)]

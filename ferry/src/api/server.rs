@@ -1,149 +1,251 @@
-//! Serves the control API: one thread per request (at most [`MAX_REQUESTS`] at once;
-//! some wait for an agent or an instance), the token checked before anything else,
-//! bodies at most [`MAX_BODY`] bytes, every refusal a JSON error naming the problem.
+//! Serves the control API over HTTPS (or, on loopback when asked, plain HTTP) on hyper
+//! and tokio, bounded against abuse:
+//!
+//! | bound | value | past it |
+//! |---|---|---|
+//! | connections at once | [`MAX_CONNECTIONS`], [`MAX_PER_ADDRESS`] from one IP | a new connection is closed at once |
+//! | TLS handshake | [`HANDSHAKE_TIMEOUT`], absolute | the connection is closed |
+//! | request line and headers | [`MAX_HEADER_BYTES`] | `431`, connection closed |
+//! | time to send the headers (also the idle time between requests) | [`HEADER_TIMEOUT`] | connection closed |
+//! | body | [`MAX_BODY`] bytes within [`BODY_TIMEOUT`] | `413` / `408` |
+//! | requests being handled | [`MAX_REQUESTS`] | `503` |
+//!
+//! Two tokio workers run the connections; the handlers call the blocking
+//! [`Control`] on tokio's blocking pool (some wait for an agent or an instance), at most
+//! [`MAX_REQUESTS`] at once. The token is checked, in constant time, before the body is
+//! read; every refusal is a JSON error naming the problem. The routes are in
+//! [`super::routes`].
 
-use super::{AddServer, ErrorBody};
-use ferry_standby::catalog::{CatalogError, Pair, Replication};
-use ferry_standby::control::{Control, ControlError};
-use ferry_standby::instance::{InstanceError, Spec};
-use ferry_standby::lifecycle::Step;
-use ferry_wire::{ServerId, error_chain};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
-use std::io::Read;
+use super::ErrorBody;
+use super::routes::{ApiError, Reply, route};
+use ferry_standby::control::Control;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tiny_http::{Header, Method, Request, Response};
+use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-/// Requests served at once; more get 503.
+/// Requests handled at once; more get 503.
 pub(crate) const MAX_REQUESTS: usize = 16;
+/// Connections open at once (TLS handshakes included); more are closed at once.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one IP address: one flooding host cannot take every
+/// slot from the operators.
+pub(crate) const MAX_PER_ADDRESS: usize = 32;
 /// Largest request body read.
-pub(crate) const MAX_BODY: u64 = 64 << 10;
-/// Longest an operator's point request waits for the agent.
-const POINT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const MAX_BODY: usize = 64 << 10;
+/// Largest request head (request line and headers) buffered; hyper's minimum is 8 KiB.
+pub(crate) const MAX_HEADER_BYTES: usize = 16 << 10;
+/// Longest a TLS handshake may take, from accept to its end.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a client may take to send a request's head, counted from the moment the
+/// server waits for it: on a kept-alive connection, that is also the idle timeout.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's body.
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A refusal: HTTP status and message.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: u16,
-    message: String,
+/// What every connection's handlers share.
+struct Shared {
+    control: Arc<Control>,
+    token: Zeroizing<String>,
+    /// Handlers running (on the blocking pool).
+    busy: Arc<Semaphore>,
 }
 
-impl ApiError {
-    fn new(status: u16, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
+/// Serves the control API on `listener` until the process ends: TLS with `tls`, plain
+/// HTTP with `None` (the caller allows that only on loopback, when asked).
+pub(crate) fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    control: Arc<Control>,
+    token: Zeroizing<String>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(MAX_REQUESTS + 2)
+        .thread_name("ferry-api")
+        .enable_io()
+        .enable_time()
+        .build()?;
+    listener.set_nonblocking(true)?;
+    let shared = Arc::new(Shared {
+        control,
+        token,
+        busy: Arc::new(Semaphore::new(MAX_REQUESTS)),
+    });
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        accept_loop(listener, tls.map(tokio_rustls::TlsAcceptor::from), shared).await;
+        Ok(())
+    })
 }
 
-impl From<CatalogError> for ApiError {
-    fn from(e: CatalogError) -> Self {
-        let status = match &e {
-            CatalogError::BadName(_) | CatalogError::BadSite(_) => 400,
-            CatalogError::UnknownPair(_) | CatalogError::UnknownServer(_) => 404,
-            CatalogError::PairExists(_)
-            | CatalogError::PairInUse { .. }
-            | CatalogError::ServerExists(..)
-            | CatalogError::ServerBusy(..)
-            | CatalogError::NotAllowed { .. } => 409,
-            CatalogError::Io { .. }
-            | CatalogError::Version { .. }
-            | CatalogError::Corrupt { .. } => 500,
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut refused = 0u64;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait rather than spin.
+                tracing::warn!(error = %e, "control API: cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        Self::new(status, error_chain(&e))
-    }
-}
-
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Catalog(e) => e.into(),
-            ControlError::NotReplicating(..) | ControlError::NotConnected(_) => {
-                Self::new(409, error_chain(&e))
+        let Some(slot) = PerAddress::take(&per_address, peer.ip()) else {
+            drop(tcp);
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    refused,
+                    "control API: {MAX_PER_ADDRESS} connections from this address are open; \
+                     closing new ones"
+                );
             }
-            ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
-            ControlError::UnknownStorageClass { .. }
-            | ControlError::LatestUsed
-            | ControlError::NotADisk(_) => Self::new(400, error_chain(&e)),
-            ControlError::Instance(i) => {
-                let status = match &i {
-                    InstanceError::Script(_)
-                    | InstanceError::NoScript
-                    | InstanceError::Size(..)
-                    | InstanceError::BadNetwork(_)
-                    | InstanceError::BadIp(_)
-                    | InstanceError::NoOriginal(_)
-                    | InstanceError::BadPoint(_) => 400,
-                    InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
-                    InstanceError::NotRegistered(_) => 409,
-                    _ => 500,
-                };
-                Self::new(status, error_chain(&i))
-            }
-            ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
-            ControlError::StillConnected(..)
-            | ControlError::Busy(_)
-            | ControlError::LatestInconsistent(..)
-            | ControlError::HasInstances(..) => Self::new(409, error_chain(&e)),
-            ControlError::Keys(_) => Self::new(500, error_chain(&e)),
-            ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
-            ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
-            ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
-                Self::new(500, error_chain(&e))
-            }
-        }
-    }
-}
-
-type Reply = Result<(u16, serde_json::Value), ApiError>;
-
-fn ok(value: impl Serialize) -> Reply {
-    Ok((200, serde_json::to_value(value).expect("replies serialize")))
-}
-
-/// Serves `server` until the process ends.
-pub(crate) fn serve(server: tiny_http::Server, control: Arc<Control>, token: Zeroizing<String>) {
-    let token = Arc::new(token);
-    let busy = Arc::new(AtomicUsize::new(0));
-    for request in server.incoming_requests() {
-        if busy.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS {
-            busy.fetch_sub(1, Ordering::SeqCst);
-            respond(
-                request,
-                Err(ApiError::new(503, "too many requests at once; retry")),
-            );
             continue;
-        }
-        let (control, token, busy) = (control.clone(), token.clone(), busy.clone());
-        let spawned = std::thread::Builder::new()
-            .name("ferry-api".into())
-            .spawn(move || {
-                // Counted out even if the handler panics.
-                let _slot = Slot(busy);
-                handle(request, &control, &token);
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start a control API thread");
-        }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            drop(tcp);
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    %peer,
+                    refused,
+                    "control API: {MAX_CONNECTIONS} connections are open; closing new ones"
+                );
+            }
+            continue;
+        };
+        let (tls, shared) = (tls.clone(), shared.clone());
+        tokio::spawn(async move {
+            let _permit = (permit, slot);
+            let _ = tcp.set_nodelay(true);
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_http(stream, shared).await,
+                        Ok(Err(e)) => {
+                            let reason = tls_reason(&e);
+                            tracing::info!(%peer, "control API: tls handshake failed: {reason}");
+                        }
+                        Err(_) => tracing::info!(
+                            %peer,
+                            "control API: tls handshake did not finish within {HANDSHAKE_TIMEOUT:?}"
+                        ),
+                    }
+                }
+                None => serve_http(tcp, shared).await,
+            }
+        });
     }
 }
 
-/// One request being served.
-struct Slot(Arc<AtomicUsize>);
+/// Connections open per IP address.
+type Counts = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
 
-impl Drop for Slot {
+/// One connection counted against its address; counted out when dropped.
+struct PerAddress {
+    counts: Counts,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `ip`, unless it has [`MAX_PER_ADDRESS`] already.
+    fn take(counts: &Counts, ip: IpAddr) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
-fn handle(mut request: Request, control: &Control, token: &str) {
-    let reply = if authorized(&request, token) {
-        route(&mut request, control)
+/// The rustls error inside an I/O error, worded for the operator.
+fn tls_reason(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .map_or_else(|| e.to_string(), ferry_tls::describe_tls_error)
+}
+
+async fn serve_http<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(request, shared).await) }
+    });
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    if let Err(e) = http
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "control API connection ended");
+    }
+}
+
+async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let reply = if authorized(request.headers(), &shared.token) {
+        match shared.busy.clone().try_acquire_owned() {
+            Ok(permit) => match read_body(request.into_body()).await {
+                Ok(body) => {
+                    let (control, m, p) = (shared.control.clone(), method.clone(), path.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        route(&m, &p, &body, &control)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(ApiError::new(
+                            500,
+                            format!("the request's handler failed: {e}"),
+                        ))
+                    })
+                }
+                Err(e) => Err(e),
+            },
+            Err(_) => Err(ApiError::new(503, "too many requests at once; retry")),
+        }
     } else {
         Err(ApiError::new(
             401,
@@ -152,14 +254,33 @@ fn handle(mut request: Request, control: &Control, token: &str) {
         ))
     };
     if let Err(e) = &reply {
-        tracing::warn!(method = %request.method(), url = request.url(), status = e.status, "{}", e.message);
-    } else if *request.method() != Method::Get {
-        tracing::info!(method = %request.method(), url = request.url(), "control request done");
+        tracing::warn!(%method, url = %path, status = e.status, "{}", e.message);
+    } else if method != Method::GET {
+        tracing::info!(%method, url = %path, "control request done");
     }
-    respond(request, reply);
+    respond(reply)
 }
 
-fn respond(request: Request, reply: Reply) {
+/// The body, at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
+            413,
+            format!("request body over {MAX_BODY} bytes"),
+        )),
+        Ok(Err(e)) => Err(ApiError::new(
+            400,
+            format!("cannot read the request body: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            408,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let (status, body) = match reply {
         Ok(r) => r,
         Err(e) => (
@@ -167,143 +288,24 @@ fn respond(request: Request, reply: Reply) {
             serde_json::to_value(ErrorBody { error: e.message }).expect("serializes"),
         ),
     };
-    let json = Header::from_bytes("Content-Type", "application/json").expect("valid header");
-    let _ = request.respond(
-        Response::from_string(body.to_string())
-            .with_status_code(status)
-            .with_header(json),
-    );
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 /// Compares the bearer token in constant time.
-fn authorized(request: &Request, token: &str) -> bool {
-    let Some(given) = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+fn authorized(headers: &hyper::HeaderMap, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let Some(given) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
     else {
         return false;
     };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn body<T: DeserializeOwned>(request: &mut Request) -> Result<T, ApiError> {
-    let mut text = String::new();
-    request
-        .as_reader()
-        .take(MAX_BODY + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| ApiError::new(400, format!("cannot read the request body: {e}")))?;
-    if text.len() as u64 > MAX_BODY {
-        return Err(ApiError::new(
-            413,
-            format!("request body over {MAX_BODY} bytes"),
-        ));
-    }
-    serde_json::from_str(&text)
-        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))
-}
-
-fn server_id(text: &str) -> Result<ServerId, ApiError> {
-    ServerId::new(text).map_err(|e| ApiError::new(400, format!("server name refused: {e}")))
-}
-
-fn route(request: &mut Request, control: &Control) -> Reply {
-    let method = request.method().clone();
-    let url = request.url().to_owned();
-    let path = url.split('?').next().unwrap_or_default();
-    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (&method, parts.as_slice()) {
-        (Method::Get, ["v1", "pairs"]) => ok(control.pairs()),
-        (Method::Post, ["v1", "pairs"]) => {
-            let pair: Pair = body(request)?;
-            control.create_pair(pair.clone())?;
-            ok(pair)
-        }
-        (Method::Delete, ["v1", "pairs", name]) => {
-            control.delete_pair(name)?;
-            ok(serde_json::json!({ "deleted": name }))
-        }
-        (Method::Get, ["v1", "servers"]) => ok(control.servers()),
-        (Method::Post, ["v1", "servers"]) => {
-            let add: AddServer = body(request)?;
-            let id = server_id(&add.server)?;
-            control.add_server(&add.pair, id, &add.storage_class)?;
-            ok(control.server(&add.server)?)
-        }
-        (Method::Get, ["v1", "servers", id]) => ok(control.server(id)?),
-        (Method::Delete, ["v1", "servers", id]) => {
-            control.remove_server(id)?;
-            ok(serde_json::json!({ "deleted": id }))
-        }
-        (Method::Post, ["v1", "servers", id, "replication", "start"]) => {
-            let settings: Replication = body(request)?;
-            settings
-                .policy
-                .check()
-                .map_err(|e| ApiError::new(400, error_chain(&e)))?;
-            control.start_replication(id, settings)?;
-            ok(control.server(id)?)
-        }
-        (Method::Post, ["v1", "servers", id, "replication", "stop"]) => {
-            control.step(id, Step::ReplicationStop)?;
-            ok(control.server(id)?)
-        }
-        (Method::Get, ["v1", "servers", id, "points"]) => ok(control.points(id)?),
-        (Method::Post, ["v1", "servers", id, "points"]) => {
-            ok(control.request_point(id, POINT_TIMEOUT)?)
-        }
-        (Method::Get, ["v1", "servers", id, "instances"]) => ok(control.instances(id)?),
-        (Method::Post, ["v1", "servers", id, "drills"]) => {
-            let spec: Spec = body(request)?;
-            ok(control.drill_start(id, spec)?)
-        }
-        (Method::Delete, ["v1", "servers", id, "drills"]) => ok(control.drill_clean(id, None)?),
-        (Method::Delete, ["v1", "servers", id, "drills", instance]) => {
-            ok(control.drill_clean(id, Some(instance))?)
-        }
-        (Method::Post, ["v1", "servers", id, "failover", "start"]) => {
-            let spec: Spec = body(request)?;
-            ok(control.failover_start(id, spec)?)
-        }
-        (Method::Post, ["v1", "servers", id, "failover", "change-point"]) => {
-            let spec: Spec = body(request)?;
-            ok(control.failover_change_point(id, spec)?)
-        }
-        (Method::Post, ["v1", "servers", id, "reverse", "register"]) => {
-            control.reverse_register(id)?;
-            ok(control.server(id)?)
-        }
-        (Method::Post, ["v1", "servers", id, "reverse", "start"]) => {
-            let start: super::StartReverse = body(request)?;
-            control.reverse_start(id, start.original_machine)?;
-            ok(control.server(id)?)
-        }
-        (Method::Post, ["v1", "servers", id, "failback"]) => {
-            let spec: Spec = body(request)?;
-            ok(control.failback(id, spec)?)
-        }
-        (Method::Post, ["v1", "servers", id, "register"]) => {
-            control.register(id)?;
-            ok(control.server(id)?)
-        }
-        (Method::Post, ["v1", "servers", id, "restore"]) => {
-            let spec: Spec = body(request)?;
-            ok(control.restore(id, spec)?)
-        }
-        (Method::Post, ["v1", "servers", id, "failover", "confirm"]) => {
-            control.failover_confirm(id)?;
-            ok(control.server(id)?)
-        }
-        (_, ["v1", ..]) => Err(ApiError::new(
-            404,
-            format!("no endpoint {method} {path} (see docs/api.md)"),
-        )),
-        _ => Err(ApiError::new(
-            404,
-            format!("no endpoint {path}: the API lives under /v1 (see docs/api.md)"),
-        )),
-    }
+    bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }

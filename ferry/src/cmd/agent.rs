@@ -6,7 +6,8 @@
 //! ```toml
 //! server = "web-1"                        # required: this server's id at the standby
 //! standby = "standby.example:7420"        # required: the standby's address
-//! key_file = "/etc/ferry/keys/pair.key"   # required: site-pair master key, mode 0600
+//! key_file = "/etc/ferry/keys/host.key"   # required: this host's key (keygen --host), mode 0600
+//! insecure_plaintext = false              # true: plain TCP, to a loopback standby only
 //! disks = ["/dev/vda"]                    # default: every whole disk under a mounted filesystem
 //! state_dir = "/var/lib/ferry/agent"      # status.json, agent.sock, tracker state
 //! pin_dir = "/sys/fs/bpf/ferry"           # the tracker's pinned programs (bpffs)
@@ -20,6 +21,11 @@
 //! zstd_level = 1                          # 1 to 19
 //! seal_threads = 0                        # 0 = every core
 //! io_uring = true                         # false: synchronous reads
+//!
+//! [tls]                                   # required unless insecure_plaintext
+//! ca = "/etc/ferry/tls/ca.pem"            # the site pair's CA
+//! cert = "/etc/ferry/tls/host.pem"        # this host's certificate: it names the server
+//! key = "/etc/ferry/tls/host.key"         # its key, mode 0600
 //! ```
 
 use crate::cmd::human_bytes;
@@ -105,6 +111,9 @@ struct FileConfig {
     zstd_level: Option<i32>,
     seal_threads: Option<usize>,
     io_uring: Option<bool>,
+    #[serde(default)]
+    insecure_plaintext: bool,
+    tls: Option<ferry_tls::TlsFiles>,
 }
 
 fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64> {
@@ -119,8 +128,12 @@ fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Resu
     }
 }
 
+/// What the link runs on: the `[tls]` files (read at start), or `None` for plain TCP to
+/// a loopback standby (`insecure_plaintext = true`).
+pub(crate) type AgentTls = Option<ferry_tls::TlsFiles>;
+
 /// Reads and checks an agent config file.
-pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
+pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf, AgentTls)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let file: FileConfig = toml::from_str(&text)
@@ -179,7 +192,42 @@ pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf)> {
     if let Some(u) = file.io_uring {
         config.io_uring = u;
     }
-    Ok((config, file.key_file))
+    let tls = match (file.insecure_plaintext, file.tls) {
+        (true, _) => None,
+        (false, Some(tls)) => {
+            tls.validate().context("the config file's [tls] is not valid")?;
+            Some(tls)
+        }
+        (false, None) => bail!(
+            "the link to the standby is TLS only, and the config has no [tls]: get this \
+             host a certificate naming its server (`ferry tls issue --dir pki --name {}`) \
+             and set [tls] ca, cert and key; or, to a loopback standby only, set \
+             insecure_plaintext = true",
+            config.server
+        ),
+    };
+    Ok((config, file.key_file, tls))
+}
+
+/// The link's TLS from the config's files: the standby's certificate is checked for the
+/// host part of `standby` (a DNS name or an IP address).
+fn link_tls(standby: &str, tls: AgentTls) -> Result<ferry_tls::LinkTls> {
+    let Some(files) = tls else {
+        return Ok(ferry_tls::LinkTls::PlaintextLoopback);
+    };
+    let host = standby
+        .rsplit_once(':')
+        .map_or(standby, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .with_context(|| format!("standby {standby:?}: {host:?} is not a host name or address"))?;
+    Ok(ferry_tls::LinkTls::Tls {
+        config: files
+            .client_config()
+            .context("cannot set up TLS to the standby")?,
+        server_name,
+    })
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
@@ -197,7 +245,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 fn run_agent(path: &Path) -> Result<()> {
     crate::require_root("ferry agent")?;
-    let (config, key_file) = load_config(path)?;
+    let (mut config, key_file, tls) = load_config(path)?;
+    config.tls = link_tls(&config.standby, tls)?;
     let report = ferry_tracker::check::check(Path::new("/"))
         .context("the registration checks could not run")?;
     if !report.refusals.is_empty() {

@@ -21,9 +21,15 @@
 //! interval_hours = 1                    # 1 to 720
 //! keep = 24                             # 1 to 10000
 //!
-//! [control]                             # the control API; without it, none is served
+//! [control]                             # the control API (HTTPS); without it, none is served
 //! listen = "127.0.0.1:7421"             # default; keep it on loopback or a private network
 //! token_file = "/etc/ferry/keys/control.token"  # required in [control]; mode 0600
+//! insecure_plaintext = false            # true: plain HTTP, allowed on a loopback listen only
+//!
+//! [tls]                                 # this site's certificate (`ferry tls init`/`issue`);
+//! ca = "/etc/ferry/tls/ca.pem"          # required for [control] unless insecure_plaintext,
+//! cert = "/etc/ferry/tls/site-b.pem"    # and for [sites] reached over TLS (it is the
+//! key = "/etc/ferry/tls/site-b.key"     # client certificate there); key mode 0600
 //!
 //! [storage_classes]                     # more places for replicas ("standard" is data_dir)
 //! ssd = "/srv/ferry-ssd"
@@ -32,6 +38,7 @@
 //! data = "10.0.0.5:7420"                # its standby's data address
 //! control = "10.0.0.5:7421"             # its control API
 //! token_file = "/etc/ferry/keys/eu-west.token"  # its control API's token; mode 0600
+//! insecure_plaintext = false            # true: plain HTTP to it, loopback addresses only
 //!
 //! [[servers]]                           # static servers: replicate as soon as they connect
 //! id = "web-1"
@@ -101,6 +108,13 @@ struct FileConfig {
     #[serde(default)]
     sites: HashMap<String, SiteConfig>,
     scripts_dir: Option<PathBuf>,
+    tls: Option<ferry_tls::TlsFiles>,
+    /// The data link in plain TCP (loopback only): no [tls] needed for it.
+    #[serde(default)]
+    insecure_plaintext: bool,
+    /// Sites whose certificates may replicate any server back (reverse agents).
+    /// Default: the names of [sites].
+    peer_sites: Option<Vec<String>>,
 }
 
 /// A peer site (`[sites.NAME]`): reverse replication ships there and is driven there.
@@ -113,6 +127,10 @@ pub(crate) struct SiteConfig {
     pub control: String,
     /// The token of its control API (mode 0600).
     pub token_file: PathBuf,
+    /// Plain HTTP to its control API (loopback addresses only). Default false: HTTPS,
+    /// with this standby's `[tls]` certificate as client certificate.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 /// The `[control]` section: where the control API listens and its token.
@@ -122,6 +140,10 @@ pub(crate) struct ControlConfig {
     #[serde(default = "default_control")]
     pub listen: String,
     pub token_file: PathBuf,
+    /// Serve plain HTTP instead of HTTPS; allowed only on a loopback listen. Default
+    /// false: HTTPS with the `[tls]` files (required then).
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 fn default_control() -> String {
@@ -136,18 +158,52 @@ struct ServerEntry {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let (config, (key_file, recovery_key_file), control, scripts_dir) = load_config(args)?;
+    let Settings {
+        service: mut config,
+        key_file,
+        recovery_key_file,
+        control,
+        scripts: scripts_dir,
+        tls: link_tls,
+        insecure_plaintext,
+    } = load_config(args)?;
     let api = match &control {
-        Some((c, _)) => {
+        Some((c, _, tls)) => {
             let token = keyfile::load_token(&c.token_file)?;
-            let server = tiny_http::Server::http(&c.listen).map_err(|e| {
-                anyhow::anyhow!("cannot listen for the control API on {}: {e}", c.listen)
-            })?;
-            Some((server, token))
+            let tls = match tls {
+                Some(files) if !c.insecure_plaintext => Some(
+                    files
+                        .server_config_client_optional()
+                        .context("cannot serve the control API over TLS")?,
+                ),
+                _ => {
+                    tracing::warn!(
+                        listen = %c.listen,
+                        "the control API is plain HTTP (insecure_plaintext): loopback only"
+                    );
+                    None
+                }
+            };
+            let listener = std::net::TcpListener::bind(&c.listen)
+                .with_context(|| format!("cannot listen for the control API on {}", c.listen))?;
+            Some((listener, tls, token))
         }
         None => None,
     };
     let keys = keyfile::load_standby(&key_file)?;
+    config.tls = match (&link_tls, insecure_plaintext) {
+        (_, true) => ferry_tls::LinkListen::PlaintextLoopback,
+        (Some(files), false) => ferry_tls::LinkListen::Tls(
+            files
+                .server_config_client_required()
+                .context("cannot serve the data link over TLS")?,
+        ),
+        (None, false) => bail!(
+            "the data link on {} is TLS only, and the config has no [tls]: {TLS_SETUP}; or, \
+             on a loopback listen only, set insecure_plaintext = true",
+            config.listen
+        ),
+    };
     let standby = Standby::bind(config, keys.clone())?;
     standby.control().set_scripts_dir(scripts_dir);
     // Drills and failovers rebuild points: the recovery key file is read then, and the
@@ -157,23 +213,28 @@ pub(crate) fn run(args: Args) -> Result<()> {
             keyfile::load_recovery(&path, server).map_err(|e| format!("{e:#}"))
         }));
     }
-    if let Some((_, sites)) = control {
+    if let Some((_, sites, tls)) = control {
         standby
             .control()
             .set_reverse_tools(ferry_standby::control::ReverseTools {
                 ferry: std::env::current_exe().context("cannot find the ferry executable")?,
                 standby_key: keys,
                 pin_root: PathBuf::from("/sys/fs/bpf"),
-                peers: Box::new(crate::api::client::HttpPeers { sites }),
+                peers: Box::new(crate::api::client::HttpPeers { sites, tls }),
+                link_tls: (!insecure_plaintext).then_some(link_tls).flatten(),
             });
     }
     let mut status = format!("listening on {}", standby.local_addr()?);
-    if let Some((server, token)) = api {
-        status += &format!("; control API on {}", server.server_addr());
+    if let Some((listener, tls, token)) = api {
+        status += &format!("; control API on {}", listener.local_addr()?);
         let control = standby.control();
         std::thread::Builder::new()
             .name("ferry-api".into())
-            .spawn(move || crate::api::server::serve(server, control, token))
+            .spawn(move || {
+                if let Err(e) = crate::api::server::serve(listener, tls, control, token) {
+                    tracing::error!(error = %e, "the control API stopped");
+                }
+            })
             .context("cannot start the control API")?;
     } else {
         tracing::info!("no [control] section: the control API is not served");
@@ -188,15 +249,30 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 /// Reads the config file (if any) and the flags, and checks every setting; returns the
 /// service's config and the key file to load.
-/// The `[control]` section and the peer sites it drives.
-pub(crate) type ControlSettings = (ControlConfig, HashMap<String, SiteConfig>);
+/// The `[control]` section, the peer sites it drives, and the site's `[tls]` files.
+pub(crate) type ControlSettings = (
+    ControlConfig,
+    HashMap<String, SiteConfig>,
+    Option<ferry_tls::TlsFiles>,
+);
 
-/// The standby key file and the recovery key file, if any.
-pub(crate) type KeyFiles = (PathBuf, Option<PathBuf>);
+/// Everything `ferry standby` runs with, checked; the files it names are read at start.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) service: ServiceConfig,
+    /// The standby key file.
+    pub(crate) key_file: PathBuf,
+    /// The recovery key file, if any.
+    pub(crate) recovery_key_file: Option<PathBuf>,
+    pub(crate) control: Option<ControlSettings>,
+    pub(crate) scripts: ScriptsDir,
+    /// The `[tls]` table (the data link and the control API).
+    pub(crate) tls: Option<ferry_tls::TlsFiles>,
+    /// The data link in plain TCP, loopback only.
+    pub(crate) insecure_plaintext: bool,
+}
 
-pub(crate) fn load_config(
-    args: Args,
-) -> Result<(ServiceConfig, KeyFiles, Option<ControlSettings>, ScriptsDir)> {
+pub(crate) fn load_config(args: Args) -> Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -285,16 +361,74 @@ pub(crate) fn load_config(
             scripts_dir.display()
         );
     }
+    if let Some(tls) = &file.tls {
+        tls.validate()
+            .context("the config file's [tls] is not valid")?;
+    }
+    if file.insecure_plaintext {
+        crate::api::client::check_plaintext_address(&listen)
+            .context("insecure_plaintext (the data link)")?;
+    }
+    if let Some(c) = &file.control {
+        check_control_tls(c, file.tls.as_ref())?;
+    }
+    for (name, site) in &file.sites {
+        if site.insecure_plaintext {
+            crate::api::client::check_plaintext_address(&site.control)
+                .with_context(|| format!("[sites.{name}] insecure_plaintext"))?;
+        } else if file.tls.is_none() {
+            bail!(
+                "[sites.{name}] is reached over HTTPS with this site's certificate, and the \
+                 config has no [tls]: {TLS_SETUP}"
+            );
+        }
+    }
 
     let mut config = ServiceConfig::new(data_dir, listen);
     config.segment_size = segment_size;
     config.servers = servers;
     config.clean_interval = Duration::from_secs(clean_minutes * 60);
     config.storage_classes = file.storage_classes;
-    Ok((
-        config,
-        (key_file, recovery_key_file),
-        file.control.map(|c| (c, file.sites)),
-        ScriptsDir::new(scripts_dir),
-    ))
+    config.peer_sites = match file.peer_sites {
+        Some(names) => names.into_iter().collect(),
+        None => file.sites.keys().cloned().collect(),
+    };
+    Ok(Settings {
+        service: config,
+        key_file,
+        recovery_key_file,
+        control: file.control.map(|c| (c, file.sites, file.tls.clone())),
+        scripts: ScriptsDir::new(scripts_dir),
+        tls: file.tls,
+        insecure_plaintext: file.insecure_plaintext,
+    })
+}
+
+/// How to give a site its certificate, for refusals.
+const TLS_SETUP: &str = "make the site pair's CA once with `ferry tls init --dir \
+    /etc/ferry/tls`, issue this site a certificate with `ferry tls issue --dir \
+    /etc/ferry/tls --name SITE --san ADDRESS` (ADDRESS: the host or IP clients connect \
+    to), and set [tls] ca, cert and key in the config (docs/api.md)";
+
+/// The control API is HTTPS, or plain HTTP on loopback when asked explicitly.
+fn check_control_tls(c: &ControlConfig, tls: Option<&ferry_tls::TlsFiles>) -> Result<()> {
+    let loopback = c
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    match (c.insecure_plaintext, tls) {
+        (true, _) if !loopback => bail!(
+            "[control] insecure_plaintext is allowed only on a loopback listen, not on {}: \
+             the token would cross the network in clear; remove it and serve HTTPS: \
+             {TLS_SETUP}",
+            c.listen
+        ),
+        (true, _) | (false, Some(_)) => Ok(()),
+        (false, None) => bail!(
+            "the control API on {} is served over HTTPS only, and the config has no [tls]: \
+             {TLS_SETUP}; or, on a loopback listen only, set insecure_plaintext = true in \
+             [control]",
+            c.listen
+        ),
+    }
 }

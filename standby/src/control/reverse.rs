@@ -50,6 +50,10 @@ pub struct ReverseTools {
     /// Where reverse agents pin their trackers (a bpffs directory).
     pub pin_root: PathBuf,
     pub peers: Box<dyn Peers>,
+    /// This site's `[tls]` files: the reverse agent connects to the peer site with this
+    /// site's certificate (the peer lists this site in its `peer_sites`). `None`: this
+    /// site runs plain TCP on loopback, and so does its reverse agent.
+    pub link_tls: Option<ferry_tls::TlsFiles>,
 }
 
 impl std::fmt::Debug for ReverseTools {
@@ -196,12 +200,19 @@ impl Control {
                 "# The reverse agent of {id}: the failover instance's devices, shipped back to \
                  site {site}.\nserver = {id:?}\nstandby = {address:?}\nkey_file = {key:?}\n\
                  disks = [{disks}]\nstate_dir = {state:?}\npin_dir = {pins:?}\n\
-                 point_interval_minutes = 0\n",
+                 point_interval_minutes = 0\n{tls}",
                 site = reverse.site,
                 key = key_file,
                 disks = disks.join(", "),
                 state = state_dir,
                 pins = pin_dir,
+                tls = match &tools.link_tls {
+                    Some(t) => format!(
+                        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                        t.ca, t.cert, t.key
+                    ),
+                    None => "insecure_plaintext = true\n".to_owned(),
+                },
             )
             .as_bytes(),
         )

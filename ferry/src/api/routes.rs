@@ -1,0 +1,205 @@
+//! The control API's routes: each endpoint of docs/api.md mapped onto
+//! [`Control`], and every error of the control plane mapped to an HTTP status with a
+//! message naming the problem ([`ApiError`]). No I/O here: [`super::server`] hands a
+//! route the method, the path and the body it read, on the blocking pool.
+
+use super::AddServer;
+use ferry_standby::catalog::{CatalogError, Pair, Replication};
+use ferry_standby::control::{Control, ControlError};
+use ferry_standby::instance::{InstanceError, Spec};
+use ferry_standby::lifecycle::Step;
+use ferry_wire::{ServerId, error_chain};
+use hyper::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Longest an operator's point request waits for the agent.
+const POINT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A refusal: HTTP status and message.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: u16,
+    pub(crate) message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(e: CatalogError) -> Self {
+        let status = match &e {
+            CatalogError::BadName(_) | CatalogError::BadSite(_) => 400,
+            CatalogError::UnknownPair(_) | CatalogError::UnknownServer(_) => 404,
+            CatalogError::PairExists(_)
+            | CatalogError::PairInUse { .. }
+            | CatalogError::ServerExists(..)
+            | CatalogError::ServerBusy(..)
+            | CatalogError::NotAllowed { .. } => 409,
+            CatalogError::Io { .. }
+            | CatalogError::Version { .. }
+            | CatalogError::Corrupt { .. } => 500,
+        };
+        Self::new(status, error_chain(&e))
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Catalog(e) => e.into(),
+            ControlError::NotReplicating(..) | ControlError::NotConnected(_) => {
+                Self::new(409, error_chain(&e))
+            }
+            ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
+            ControlError::UnknownStorageClass { .. }
+            | ControlError::LatestUsed
+            | ControlError::NotADisk(_) => Self::new(400, error_chain(&e)),
+            ControlError::Instance(i) => {
+                let status = match &i {
+                    InstanceError::Script(_)
+                    | InstanceError::NoScript
+                    | InstanceError::Size(..)
+                    | InstanceError::BadNetwork(_)
+                    | InstanceError::BadIp(_)
+                    | InstanceError::NoOriginal(_)
+                    | InstanceError::BadPoint(_) => 400,
+                    InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
+                    InstanceError::NotRegistered(_) => 409,
+                    _ => 500,
+                };
+                Self::new(status, error_chain(&i))
+            }
+            ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
+            ControlError::StillConnected(..)
+            | ControlError::Busy(_)
+            | ControlError::LatestInconsistent(..)
+            | ControlError::HasInstances(..) => Self::new(409, error_chain(&e)),
+            ControlError::Keys(_) => Self::new(500, error_chain(&e)),
+            ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
+            ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
+            ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
+                Self::new(500, error_chain(&e))
+            }
+        }
+    }
+}
+
+/// A status and JSON answer, or a refusal.
+pub(crate) type Reply = Result<(u16, serde_json::Value), ApiError>;
+
+fn ok(value: impl Serialize) -> Reply {
+    Ok((200, serde_json::to_value(value).expect("replies serialize")))
+}
+
+fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))
+}
+
+fn server_id(text: &str) -> Result<ServerId, ApiError> {
+    ServerId::new(text).map_err(|e| ApiError::new(400, format!("server name refused: {e}")))
+}
+
+/// Serves `method path` with the request body `raw`.
+pub(crate) fn route(method: &Method, path: &str, raw: &[u8], control: &Control) -> Reply {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        (&Method::GET, ["v1", "pairs"]) => ok(control.pairs()),
+        (&Method::POST, ["v1", "pairs"]) => {
+            let pair: Pair = body(raw)?;
+            control.create_pair(pair.clone())?;
+            ok(pair)
+        }
+        (&Method::DELETE, ["v1", "pairs", name]) => {
+            control.delete_pair(name)?;
+            ok(serde_json::json!({ "deleted": name }))
+        }
+        (&Method::GET, ["v1", "servers"]) => ok(control.servers()),
+        (&Method::POST, ["v1", "servers"]) => {
+            let add: AddServer = body(raw)?;
+            let id = server_id(&add.server)?;
+            control.add_server(&add.pair, id, &add.storage_class)?;
+            ok(control.server(&add.server)?)
+        }
+        (&Method::GET, ["v1", "servers", id]) => ok(control.server(id)?),
+        (&Method::DELETE, ["v1", "servers", id]) => {
+            control.remove_server(id)?;
+            ok(serde_json::json!({ "deleted": id }))
+        }
+        (&Method::POST, ["v1", "servers", id, "replication", "start"]) => {
+            let settings: Replication = body(raw)?;
+            settings
+                .policy
+                .check()
+                .map_err(|e| ApiError::new(400, error_chain(&e)))?;
+            control.start_replication(id, settings)?;
+            ok(control.server(id)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "replication", "stop"]) => {
+            control.step(id, Step::ReplicationStop)?;
+            ok(control.server(id)?)
+        }
+        (&Method::GET, ["v1", "servers", id, "points"]) => ok(control.points(id)?),
+        (&Method::POST, ["v1", "servers", id, "points"]) => {
+            ok(control.request_point(id, POINT_TIMEOUT)?)
+        }
+        (&Method::GET, ["v1", "servers", id, "instances"]) => ok(control.instances(id)?),
+        (&Method::POST, ["v1", "servers", id, "drills"]) => {
+            let spec: Spec = body(raw)?;
+            ok(control.drill_start(id, spec)?)
+        }
+        (&Method::DELETE, ["v1", "servers", id, "drills"]) => ok(control.drill_clean(id, None)?),
+        (&Method::DELETE, ["v1", "servers", id, "drills", instance]) => {
+            ok(control.drill_clean(id, Some(instance))?)
+        }
+        (&Method::POST, ["v1", "servers", id, "failover", "start"]) => {
+            let spec: Spec = body(raw)?;
+            ok(control.failover_start(id, spec)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "failover", "change-point"]) => {
+            let spec: Spec = body(raw)?;
+            ok(control.failover_change_point(id, spec)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "reverse", "register"]) => {
+            control.reverse_register(id)?;
+            ok(control.server(id)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "reverse", "start"]) => {
+            let start: super::StartReverse = body(raw)?;
+            control.reverse_start(id, start.original_machine)?;
+            ok(control.server(id)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "failback"]) => {
+            let spec: Spec = body(raw)?;
+            ok(control.failback(id, spec)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "register"]) => {
+            control.register(id)?;
+            ok(control.server(id)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "restore"]) => {
+            let spec: Spec = body(raw)?;
+            ok(control.restore(id, spec)?)
+        }
+        (&Method::POST, ["v1", "servers", id, "failover", "confirm"]) => {
+            control.failover_confirm(id)?;
+            ok(control.server(id)?)
+        }
+        (_, ["v1", ..]) => Err(ApiError::new(
+            404,
+            format!("no endpoint {method} {path} (see docs/api.md)"),
+        )),
+        _ => Err(ApiError::new(
+            404,
+            format!("no endpoint {path}: the API lives under /v1 (see docs/api.md)"),
+        )),
+    }
+}
