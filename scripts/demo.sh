@@ -87,7 +87,7 @@ step "1. two sites on loopback: a standby at site A (zone-a) and at site B (zone
 "$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
 "$ferry" keygen --out "$work/control.token" >/dev/null
 "$ferry" tls init --dir "$work/pki"
-for s in a b; do "$ferry" tls issue --dir "$work/pki" --name "zone-$s" --san 127.0.0.1; done
+for n in zone-a zone-b web-1; do "$ferry" tls issue --dir "$work/pki" --name "$n" --san 127.0.0.1; done
 a_data=$(port); a_ctl=$(port); b_data=$(port); b_ctl=$(port)
 for s in a b; do
     data_var="${s}_data"; ctl_var="${s}_ctl"
@@ -96,6 +96,7 @@ data_dir = "$work/standby-$s"
 listen = "127.0.0.1:${!data_var}"
 key_file = "$work/standby.key"
 recovery_key_file = "$work/pair.key"
+$( [ "$s" = a ] && echo 'peer_sites = ["zone-b"]' )
 [control]
 listen = "127.0.0.1:${!ctl_var}"
 token_file = "$work/control.token"
@@ -137,6 +138,10 @@ disks = ["$disk"]
 state_dir = "$work/agent"
 pin_dir = "$pins"
 point_interval_minutes = 0
+[tls]
+ca = "$work/pki/ca.pem"
+cert = "$work/pki/web-1.pem"
+key = "$work/pki/web-1.key"
 EOF
 start_agent
 wait_state initialized

@@ -308,6 +308,13 @@ ct ferry keygen --from /etc/ferry/keys/pair.key --standby --out /etc/ferry/keys/
     || fail "ferry keygen --standby failed"
 ct ferry keygen --from /etc/ferry/keys/pair.key --host ct-1 --out /etc/ferry/keys/host.key 2>/dev/null \
     || fail "ferry keygen --host failed"
+# The packaged configs' [tls]: a CA, the standby's certificate, and the host's (naming ct-1).
+ct sh -c 'ferry tls init --dir /etc/ferry/tls \
+    && ferry tls issue --dir /etc/ferry/tls --name standby --san 127.0.0.1 \
+    && ferry tls issue --dir /etc/ferry/tls --name ct-1 \
+    && mv /etc/ferry/tls/ct-1.pem /etc/ferry/tls/host.pem \
+    && mv /etc/ferry/tls/ct-1.key /etc/ferry/tls/host.key' >/dev/null 2>&1 \
+    || fail "ferry tls init/issue failed"
 ct sh -c 'cat >>/etc/ferry/standby.toml <<EOF
 
 [[servers]]

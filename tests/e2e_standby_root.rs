@@ -67,6 +67,7 @@ fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed
     let server = ServerId::new("web-1").expect("name");
     let config = LinkConfig {
         window_bytes: 8 << 20,
+        tls: standby.tls_as("web-1"),
         ..LinkConfig::default()
     };
     let mut link =

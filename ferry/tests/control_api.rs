@@ -38,6 +38,14 @@ impl Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let site = Site { dir };
         ok(&["keygen", "--out", s(&site.path("pair.key"))]);
+        ok(&[
+            "keygen",
+            "--from",
+            s(&site.path("pair.key")),
+            "--standby",
+            "--out",
+            s(&site.path("standby.key")),
+        ]);
         ok(&["keygen", "--out", s(&site.path("control.token"))]);
         let pki = site.path("pki");
         ok(&["tls", "init", "--dir", s(&pki)]);
@@ -70,13 +78,19 @@ impl Site {
     }
 
     /// A standby config with `control` as the body of its `[control]` section (after
-    /// listen and token_file), and the `[tls]` section when `tls`.
+    /// listen and token_file), and the `[tls]` section when `tls` (without it, the data
+    /// link is plain TCP on loopback).
     fn config(&self, name: &str, listen: &str, control: &str, tls: bool) -> PathBuf {
         let mut text = format!(
-            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\n\n[control]\n\
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nkey_file = {:?}\n{}\n[control]\n\
              listen = {listen:?}\ntoken_file = {:?}\n{control}\n",
             s(&self.path(&format!("data-{name}"))),
-            s(&self.path("pair.key")),
+            s(&self.path("standby.key")),
+            if tls {
+                ""
+            } else {
+                "insecure_plaintext = true\n"
+            },
             s(&self.path("control.token")),
         );
         if tls {
