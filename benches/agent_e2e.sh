@@ -53,9 +53,19 @@ disk="$(losetup --find --show "$shm/disk.img")"
 "$ferry" keygen --out "$work/pair.key" 2>/dev/null
 "$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
 "$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
+"$ferry" tls init --dir "$work/pki" 2>/dev/null
+for n in standby web-1; do "$ferry" tls issue --dir "$work/pki" --name "$n" --san 127.0.0.1 2>/dev/null; done
+tls() { printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$work/pki/ca.pem" "$work/pki/$1.pem" "$work/pki/$1.key"; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ferry" standby --data-dir "$work/standby" --listen "127.0.0.1:$port" --key "$work/standby.key" \
-    --server web-1 >"$work/standby.out" 2>"$work/standby.log" &
+cat >"$work/standby.toml" <<EOF
+data_dir = "$work/standby"
+listen = "127.0.0.1:$port"
+key_file = "$work/standby.key"
+$(tls standby)
+[[servers]]
+id = "web-1"
+EOF
+"$ferry" standby --config "$work/standby.toml" >"$work/standby.out" 2>"$work/standby.log" &
 standby=$!
 until grep -q listening "$work/standby.out" 2>/dev/null; do sleep 0.05; done
 cat >"$work/agent.toml" <<EOF
@@ -66,6 +76,7 @@ disks = ["$disk"]
 state_dir = "$work/agent"
 pin_dir = "$pins"
 point_interval_minutes = 0
+$(tls web-1)
 EOF
 
 printf 'machine: %s, %s cores, %s GiB RAM; disk %s MiB (loop over a file on %s), standby data on %s\n' \

@@ -30,6 +30,8 @@ cat >"$work/standby.toml" <<TOML
 data_dir = "$work/data"
 listen = "127.0.0.1:0"
 key_file = "$work/standby.key"
+# The bench client (standby_bench) speaks plain TCP: ingest cost without TLS.
+insecure_plaintext = true
 [[servers]]
 id = "bench4k"
 [[servers]]
