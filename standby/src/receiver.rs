@@ -627,7 +627,14 @@ fn session(shared: &Arc<Shared>, tcp: TcpStream, peer: &str) -> Result<(), Sessi
         let _fsync = slot.lock_fsync();
         let mut inner = slot.lock();
         if let Some((_, old)) = inner.conn.take() {
-            tracing::info!(%server, "a new connection replaces the previous one");
+            // Only the server's own certificate and auth key get this far: a takeover is
+            // the agent reconnecting, or that server's credentials in another hand.
+            tracing::warn!(
+                %server, peer,
+                "a new authenticated connection for this server replaces the previous one \
+                 (an agent reconnecting; if not, its host key and certificate are in \
+                 someone else's hands)"
+            );
             let _ = old.shutdown(Shutdown::Both);
         }
         inner.conn = Some((conn_id, stream.try_clone().map_err(SessionEnd::Io)?));
