@@ -1062,3 +1062,76 @@ fn with_auto_restart_off_an_interrupted_server_waits_for_the_operator() {
     console.ok(&["replication", "start", "web-1"]);
     console.wait_state("web-1", "realtime");
 }
+
+/// A standby that holds no recovery key reads no replica: a drill needs the server's
+/// recovery key sent with the operation (over TLS), and only that server's opens it.
+#[test]
+fn a_standby_without_a_recovery_key_takes_one_with_the_operation_only() {
+    let site = Site::new("dr-recovery-key", 64 << 20, free_port());
+    let conf = std::fs::read_to_string(&site.standby_conf).expect("read config");
+    let without: String = conf
+        .lines()
+        .filter(|l| !l.starts_with("recovery_key_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(
+        without, conf,
+        "the harness gives standbys a recovery key file"
+    );
+    std::fs::write(&site.standby_conf, without).expect("write config");
+    let (_standby, console, agent) = protect(&site, &[]);
+    let files = {
+        let _m = site.mount();
+        write_files(&site.mnt, "keyed", 2, 1 << 20, 21)
+    };
+    agent.wait_in_sync(WAIT);
+    let script = check_script(&site.scripts, "keyed.sh", &manifest(&files), &[]);
+    let script = script.to_str().expect("utf-8");
+    let e = console.refused(&["drill", "start", "web-1", "--script", script]);
+    assert!(
+        e.contains("holds no recovery key") && e.contains("--recovery-key"),
+        "a standby without a key must say how to give one: {e}"
+    );
+    let key_of = |server: &str| {
+        let path = site.dir.path().join(format!("{server}.recovery.key"));
+        ferry(&[
+            "keygen",
+            "--from",
+            site.key.to_str().expect("utf-8"),
+            "--recovery",
+            server,
+            "--out",
+            path.to_str().expect("utf-8"),
+        ]);
+        path
+    };
+    let other = key_of("web-2");
+    let e = console.refused(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        script,
+        "--recovery-key",
+        other.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        e.contains("web-2") && e.contains("web-1"),
+        "another server's recovery key must be refused by name: {e}"
+    );
+    let mine = key_of("web-1");
+    let drill = console.json(&[
+        "drill",
+        "start",
+        "web-1",
+        "--script",
+        script,
+        "--recovery-key",
+        mine.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        drill["script"]["exit_code"], 0,
+        "the drill with the server's own key checks its files: {drill}"
+    );
+    console.ok(&["drill", "clean", "web-1"]);
+}

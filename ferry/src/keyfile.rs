@@ -28,6 +28,15 @@ pub(crate) fn load(path: &Path) -> Result<KeyFile> {
         .with_context(|| format!("key file {} is not a ferry key", path.display()))
 }
 
+/// The text of a key file of any kind (checked like [`load`]), to send with an
+/// operation.
+pub(crate) fn read_key_text(path: &Path) -> Result<Zeroizing<String>> {
+    let text = read_secret(path, "key file")?;
+    KeyFile::from_text(&text)
+        .with_context(|| format!("key file {} is not a ferry key", path.display()))?;
+    Ok(text)
+}
+
 /// Loads a host key (an agent's), for `server`.
 pub(crate) fn load_host(path: &Path, server: &ServerId) -> Result<HostKey> {
     let key = load(path)?

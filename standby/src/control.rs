@@ -178,7 +178,7 @@ pub enum ControlError {
     NotADisk(#[from] crate::original_disks::OriginalDiskError),
     #[error(transparent)]
     Instance(#[from] InstanceError),
-    #[error("the site pair's key is not available to rebuild: {0}")]
+    #[error("no recovery key to rebuild with: {0}")]
     Keys(String),
     #[error(
         "the post-launch script of {} exited with {}; its output ends with:\n{}\n(the \
@@ -784,17 +784,39 @@ impl Control {
         let _ = self.keys.set(loader);
     }
 
-    /// The recovery key of `server`.
-    pub fn recovery_key(&self, server: &ServerId) -> Result<RecoveryKey, ControlError> {
+    /// The recovery key of `server`: the one supplied with the operation (held only for
+    /// it, zeroized when dropped), else the standby's `recovery_key_file`.
+    pub fn recovery_key(
+        &self,
+        server: &ServerId,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<RecoveryKey, ControlError> {
+        if let Some(key) = supplied {
+            if &key.server != server {
+                return Err(ControlError::Keys(format!(
+                    "the recovery key supplied is server {}'s, not {server}'s",
+                    key.server
+                )));
+            }
+            return Ok(key.clone());
+        }
         let loader = self.keys.get().ok_or_else(|| {
-            ControlError::Keys("this standby has no recovery key (recovery_key_file)".to_owned())
+            ControlError::Keys(format!(
+                "this standby holds no recovery key: supply server {server}'s with the \
+                 operation (--recovery-key), or set recovery_key_file (then this standby \
+                 can read the replicas that key opens)"
+            ))
         })?;
         loader(server).map_err(ControlError::Keys)
     }
 
-    /// The recovery keys of `server` (derived from its recovery key).
-    pub fn load_keys(&self, server: &ServerId) -> Result<RecoveryKeys, ControlError> {
-        self.recovery_key(server).map(|k| k.keys())
+    /// The recovery keys of `server` (see [`Control::recovery_key`]).
+    pub fn load_keys(
+        &self,
+        server: &ServerId,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<RecoveryKeys, ControlError> {
+        self.recovery_key(server, supplied).map(|k| k.keys())
     }
 
     /// Every instance of `id`.
@@ -810,7 +832,12 @@ impl Control {
 
     /// Checks a launch before anything changes: the spec, the point (which must exist;
     /// "latest" only once the disks are consistent, i.e. after the full copy), the keys.
-    fn prepare(&self, server: &ProtectedServer, spec: &Spec) -> Result<RecoveryKeys, ControlError> {
+    fn prepare(
+        &self,
+        server: &ProtectedServer,
+        spec: &Spec,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<RecoveryKeys, ControlError> {
         if spec.point == "latest" && !matches!(server.state, State::Realtime | State::Interrupted) {
             return Err(ControlError::LatestInconsistent(
                 server.id.clone(),
@@ -818,15 +845,21 @@ impl Control {
             ));
         }
         self.instances.resolve(&server.id, spec)?;
-        self.load_keys(&server.id)
+        self.load_keys(&server.id, supplied)
     }
 
     /// Brings up a drill of `id` beside its running replication (the state stays).
-    pub fn drill_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+    /// `supplied`: the recovery key, when the operator sends it with the operation.
+    pub fn drill_start(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::DrillStart)?;
-        let keys = self.prepare(&server, &spec)?;
+        let keys = self.prepare(&server, &spec, supplied)?;
         let instance = self
             .instances
             .launch(Kind::Drill, &server.id, spec, &keys, &[])?;
@@ -870,11 +903,16 @@ impl Control {
     /// Fails over: replication stops (durably, the agent's session ends), the point is
     /// brought up as the production instance. The request is checked whole first: a bad
     /// one changes nothing.
-    pub fn failover_start(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+    pub fn failover_start(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::FailoverStart)?;
-        let keys = self.prepare(&server, &spec)?;
+        let keys = self.prepare(&server, &spec, supplied)?;
         self.change(|c| c.step(id, Step::FailoverStart))?;
         if let Err(e) = self.wait_disconnected(&server.id) {
             return Err(self.failed(id, e));
@@ -883,14 +921,19 @@ impl Control {
     }
 
     /// Replaces the failover instance by one at an earlier point.
-    pub fn failover_change_point(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+    pub fn failover_change_point(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         if spec.point == "latest" {
             return Err(ControlError::LatestUsed);
         }
         let current = self.catalog().server(id)?.clone();
         current.check(Step::ChangePoint)?;
-        let keys = self.prepare(&current, &spec)?;
+        let keys = self.prepare(&current, &spec, supplied)?;
         self.change(|c| c.step(id, Step::ChangePoint))?;
         if let Some(old) = &current.instance {
             match self.instances.clean(old) {

@@ -904,7 +904,7 @@ fn answer_digests(
     {
         let keys = shared
             .control
-            .load_keys(server)
+            .load_keys(server, None)
             .map_err(|e| DigestRefusal::Bad(error_chain(&e)))?;
         *baseline = Some(Baseline::open(&paths, &keys.digest).map_err(|e| {
             DigestRefusal::Bad(format!("cannot open the original disks {paths:?}: {e}"))

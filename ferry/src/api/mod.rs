@@ -50,4 +50,13 @@ pub(crate) struct ErrorBody {
 pub(crate) struct StartReverse {
     /// Onto the original machine's disks: only what differs travels.
     pub original_machine: bool,
+    /// The server's recovery key (key file text), if the standby holds none
+    /// ([`RECOVERY_KEY_FIELD`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_key: Option<String>,
 }
+
+/// The body field that carries a recovery key with an operation (drill, failover, change
+/// point, failback, restore, reverse start): the text of a recovery key file (or the pair
+/// key). The standby holds it only for the operation; TLS carries it.
+pub(crate) const RECOVERY_KEY_FIELD: &str = "recovery_key";

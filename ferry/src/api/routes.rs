@@ -8,11 +8,12 @@ use ferry_standby::catalog::{CatalogError, Pair, Replication};
 use ferry_standby::control::{Control, ControlError};
 use ferry_standby::instance::{InstanceError, Spec};
 use ferry_standby::lifecycle::Step;
-use ferry_wire::{ServerId, error_chain};
+use ferry_wire::{KeyFile, RecoveryKey, ServerId, error_chain};
 use hyper::Method;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// Longest an operator's point request waits for the agent.
 const POINT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -104,6 +105,37 @@ fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))
 }
 
+/// A launch's body: a [`Spec`] and, optionally, the server's recovery key
+/// ([`super::RECOVERY_KEY_FIELD`]), checked to be `id`'s.
+fn launch(raw: &[u8], id: &str) -> Result<(Spec, Option<RecoveryKey>), ApiError> {
+    let mut value: serde_json::Value = body(raw)?;
+    let text = match value.as_object_mut() {
+        Some(fields) => fields.remove(super::RECOVERY_KEY_FIELD),
+        None => None,
+    };
+    let spec: Spec = serde_json::from_value(value)
+        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))?;
+    let key = match text {
+        None => None,
+        Some(serde_json::Value::String(text)) => Some(recovery_key(&Zeroizing::new(text), id)?),
+        Some(_) => {
+            return Err(ApiError::new(
+                400,
+                "recovery_key must be the text of a recovery key file",
+            ));
+        }
+    };
+    Ok((spec, key))
+}
+
+/// The recovery key of `id` from key file text (a recovery, host or pair key).
+fn recovery_key(text: &str, id: &str) -> Result<RecoveryKey, ApiError> {
+    let server = server_id(id)?;
+    KeyFile::from_text(text)
+        .and_then(|k| k.recovery_for(&server))
+        .map_err(|e| ApiError::new(400, format!("recovery_key refused: {e}")))
+}
+
 fn server_id(text: &str) -> Result<ServerId, ApiError> {
     ServerId::new(text).map_err(|e| ApiError::new(400, format!("server name refused: {e}")))
 }
@@ -153,20 +185,20 @@ pub(crate) fn route(method: &Method, path: &str, raw: &[u8], control: &Control) 
         }
         (&Method::GET, ["v1", "servers", id, "instances"]) => ok(control.instances(id)?),
         (&Method::POST, ["v1", "servers", id, "drills"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.drill_start(id, spec)?)
+            let (spec, key) = launch(raw, id)?;
+            ok(control.drill_start(id, spec, key.as_ref())?)
         }
         (&Method::DELETE, ["v1", "servers", id, "drills"]) => ok(control.drill_clean(id, None)?),
         (&Method::DELETE, ["v1", "servers", id, "drills", instance]) => {
             ok(control.drill_clean(id, Some(instance))?)
         }
         (&Method::POST, ["v1", "servers", id, "failover", "start"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failover_start(id, spec)?)
+            let (spec, key) = launch(raw, id)?;
+            ok(control.failover_start(id, spec, key.as_ref())?)
         }
         (&Method::POST, ["v1", "servers", id, "failover", "change-point"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failover_change_point(id, spec)?)
+            let (spec, key) = launch(raw, id)?;
+            ok(control.failover_change_point(id, spec, key.as_ref())?)
         }
         (&Method::POST, ["v1", "servers", id, "reverse", "register"]) => {
             control.reverse_register(id)?;
@@ -174,20 +206,24 @@ pub(crate) fn route(method: &Method, path: &str, raw: &[u8], control: &Control) 
         }
         (&Method::POST, ["v1", "servers", id, "reverse", "start"]) => {
             let start: super::StartReverse = body(raw)?;
-            control.reverse_start(id, start.original_machine)?;
+            let key = match start.recovery_key.map(Zeroizing::new) {
+                Some(text) => Some(recovery_key(&text, id)?),
+                None => None,
+            };
+            control.reverse_start(id, start.original_machine, key.as_ref())?;
             ok(control.server(id)?)
         }
         (&Method::POST, ["v1", "servers", id, "failback"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.failback(id, spec)?)
+            let (spec, key) = launch(raw, id)?;
+            ok(control.failback(id, spec, key.as_ref())?)
         }
         (&Method::POST, ["v1", "servers", id, "register"]) => {
             control.register(id)?;
             ok(control.server(id)?)
         }
         (&Method::POST, ["v1", "servers", id, "restore"]) => {
-            let spec: Spec = body(raw)?;
-            ok(control.restore(id, spec)?)
+            let (spec, key) = launch(raw, id)?;
+            ok(control.restore(id, spec, key.as_ref())?)
         }
         (&Method::POST, ["v1", "servers", id, "failover", "confirm"]) => {
             control.failover_confirm(id)?;

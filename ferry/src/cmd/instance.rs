@@ -39,9 +39,30 @@ pub(crate) struct LaunchArgs {
     /// Address of the instance (given to the script, and to the VM via fw_cfg).
     #[arg(long)]
     ip: Option<String>,
+    /// The server's recovery key file (or the pair key), sent with the operation over
+    /// TLS when the standby holds none; it keeps it only for the operation.
+    #[arg(long)]
+    recovery_key: Option<PathBuf>,
 }
 
 impl LaunchArgs {
+    /// The request body: the spec, and the recovery key's text if one was given.
+    fn body(self) -> Result<serde_json::Value> {
+        let key = self
+            .recovery_key
+            .as_deref()
+            .map(crate::keyfile::read_key_text)
+            .transpose()?;
+        let mut body = serde_json::to_value(self.spec())?;
+        if let (Some(text), Some(fields)) = (key, body.as_object_mut()) {
+            fields.insert(
+                crate::api::RECOVERY_KEY_FIELD.into(),
+                serde_json::Value::String(text.to_string()),
+            );
+        }
+        Ok(body)
+    }
+
     fn spec(self) -> Spec {
         Spec {
             point: self.point,
@@ -115,6 +136,10 @@ pub(crate) struct ReverseStartArgs {
     /// Onto the original machine's disks (only the differences travel).
     #[arg(long)]
     original_machine: bool,
+    /// The server's recovery key file (or the pair key), when this standby holds none:
+    /// the reverse agent seals with it.
+    #[arg(long)]
+    recovery_key: Option<PathBuf>,
     #[command(flatten)]
     control: ControlArgs,
 }
@@ -219,6 +244,12 @@ pub(crate) fn reverse(command: ReverseCommand) -> Result<()> {
                 &format!("/v1/servers/{}/reverse/start", a.server),
                 &crate::api::StartReverse {
                     original_machine: a.original_machine,
+                    recovery_key: a
+                        .recovery_key
+                        .as_deref()
+                        .map(crate::keyfile::read_key_text)
+                        .transpose()?
+                        .map(|text| text.to_string()),
                 },
             )?,
             a.control.json,
@@ -245,7 +276,7 @@ fn start(a: StartArgs, endpoint: &str) -> Result<()> {
     let client = a.control.connect()?;
     let instance: Instance = client.post(
         &format!("/v1/servers/{}/{endpoint}", a.server),
-        &a.launch.spec(),
+        &a.launch.body()?,
     )?;
     if a.control.json {
         println!("{}", serde_json::to_string_pretty(&instance)?);

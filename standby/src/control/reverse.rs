@@ -131,7 +131,12 @@ impl Control {
     }
 
     /// Starts the reverse agent on the instance's devices, and the peer's replication.
-    pub fn reverse_start(&self, id: &str, original_machine: bool) -> Result<State, ControlError> {
+    pub fn reverse_start(
+        &self,
+        id: &str,
+        original_machine: bool,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<State, ControlError> {
         let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         server.check(Step::ReverseStart)?;
@@ -179,7 +184,9 @@ impl Control {
         let pin_dir = tools.pin_root.join(format!("ferry-reverse-{}", server.id));
         let config = instance.dir.join("reverse-agent.toml");
         let key_file = instance.dir.join("reverse-agent.key");
-        let host_key = tools.standby_key.host_key(self.recovery_key(&server.id)?);
+        let host_key = tools
+            .standby_key
+            .host_key(self.recovery_key(&server.id, supplied)?);
         crate::sys::write_secret(
             &key_file,
             ferry_wire::KeyFile::Host(host_key).to_text().as_bytes(),
@@ -309,7 +316,14 @@ impl Control {
 
     /// Fails back: a last point of the reverse replica, the reverse agent stopped, the
     /// peer restores the point and launches it; this site's instance is released.
-    pub fn failback(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+    /// `supplied` (the recovery key sent with the operation) goes on to the peer's
+    /// restore.
+    pub fn failback(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         crate::instance::Instances::check(&Spec {
             point: "latest".into(),
@@ -349,7 +363,11 @@ impl Control {
                 point: point.to_string(),
                 ..spec
             };
-            let body = serde_json::to_value(&restore).expect("a spec serializes");
+            let mut body = serde_json::to_value(&restore).expect("a spec serializes");
+            if let (Some(key), Some(fields)) = (supplied, body.as_object_mut()) {
+                let text = ferry_wire::KeyFile::Recovery(key.clone()).to_text();
+                fields.insert("recovery_key".into(), Value::String(text.to_string()));
+            }
             let up = self.peer(
                 &reverse.site,
                 "POST",
@@ -401,7 +419,12 @@ impl Control {
     /// At the original site: restores a point of a server's replica (onto its original
     /// disks when replication had them) and launches it. The replica must not be taking
     /// records.
-    pub fn restore(&self, id: &str, spec: Spec) -> Result<Instance, ControlError> {
+    pub fn restore(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         let server = self.catalog().server(id)?.clone();
         if server.state.replicating() {
@@ -419,7 +442,7 @@ impl Control {
             .into_iter()
             .map(|d| crate::original_disks::verify(&d).map(|()| d.path))
             .collect::<Result<_, _>>()?;
-        let keys = self.load_keys(&server.id)?;
+        let keys = self.load_keys(&server.id, supplied)?;
         let instance = self
             .instances
             .launch(Kind::Failback, &server.id, spec, &keys, &onto)?;
