@@ -1,6 +1,6 @@
 # ferry %postun ($1: 0 on erase, 1 on upgrade): make systemd forget or reload the units;
 # after an upgrade, restart what runs on the new binary (the agent's stop is clean: no
-# write lost). RPM has no purge: keys (/etc/ferry/keys) and state (/var/lib/ferry) stay;
+# write lost). RPM has no purge: keys (/etc/ferry/keys), certificates (/etc/ferry/tls) and state (/var/lib/ferry) stay;
 # delete them by hand to remove every trace.
 if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
