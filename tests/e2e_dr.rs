@@ -151,7 +151,15 @@ impl Site {
         );
         // Site A takes site B's reverse agents (site B's certificate) for any server.
         for (conf, dir, listen, control, extra, cert, top) in [
-            (&standby_conf, data.clone(), addr.clone(), 0, sites.as_str(), "site-b", ""),
+            (
+                &standby_conf,
+                data.clone(),
+                addr.clone(),
+                0,
+                sites.as_str(),
+                "site-b",
+                "",
+            ),
             (
                 &primary_conf,
                 p("primary"),

@@ -181,7 +181,10 @@ fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let file = temp_config(&text);
     let settings = load_standby(file.path());
     let config = settings.service;
-    assert_eq!(settings.scripts, ferry_standby::scripts::ScriptsDir::default());
+    assert_eq!(
+        settings.scripts,
+        ferry_standby::scripts::ScriptsDir::default()
+    );
     let (control, sites, _tls) = settings
         .control
         .expect("[control] is in the packaged config");

@@ -46,6 +46,7 @@ use crate::digests::{Baseline, chunk_digests};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
 use crate::server::{DataDir, DataDirLock, IngestError, Ingested, OpenError, ServerState};
+use ferry_tls::{Conn, LinkListen};
 use ferry_wire::auth::{self, Channel, Exchange, Nonce, Role};
 use ferry_wire::digest::CHUNK;
 use ferry_wire::frame::{FrameError, ReadFrameError, read_frame};
@@ -55,9 +56,8 @@ use ferry_wire::message::{
 };
 use ferry_wire::{MacKey, Message, Seq, ServerId, StandbyKey, error_chain};
 use std::collections::HashMap;
-use std::io::{self, BufReader, Write};
-use ferry_tls::{Conn, LinkListen};
 use std::collections::HashSet;
+use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -513,7 +513,9 @@ fn session(shared: &Arc<Shared>, tcp: TcpStream, peer: &str) -> Result<(), Sessi
         tracing::warn!(peer, "{text}");
         SessionEnd::Refused(text)
     })?;
-    stream.set_deadline(Some(deadline)).map_err(SessionEnd::Io)?;
+    stream
+        .set_deadline(Some(deadline))
+        .map_err(SessionEnd::Io)?;
     let channel = Channel(stream.channel().map_err(|e| {
         SessionEnd::Refused(format!("cannot bind the session: {}", error_chain(&e)))
     })?);
@@ -953,12 +955,7 @@ fn answer_digests(
     })
 }
 
-fn refuse_ingest(
-    out: &Mutex<Conn>,
-    peer: &str,
-    server: &ServerId,
-    e: &IngestError,
-) -> SessionEnd {
+fn refuse_ingest(out: &Mutex<Conn>, peer: &str, server: &ServerId, e: &IngestError) -> SessionEnd {
     refuse(
         out,
         peer,

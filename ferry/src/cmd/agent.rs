@@ -195,7 +195,8 @@ pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf, AgentTls
     let tls = match (file.insecure_plaintext, file.tls) {
         (true, _) => None,
         (false, Some(tls)) => {
-            tls.validate().context("the config file's [tls] is not valid")?;
+            tls.validate()
+                .context("the config file's [tls] is not valid")?;
             Some(tls)
         }
         (false, None) => bail!(
