@@ -361,7 +361,16 @@ pub(crate) fn new_pki(dir: &Path, names: &[&str]) {
 /// Issues the certificate `name` (also valid for 127.0.0.1) from the CA in `dir`.
 pub(crate) fn new_cert(dir: &Path, name: &str) {
     let d = dir.to_str().expect("utf-8 path");
-    ferry(&["tls", "issue", "--dir", d, "--name", name, "--san", "127.0.0.1"]);
+    ferry(&[
+        "tls",
+        "issue",
+        "--dir",
+        d,
+        "--name",
+        name,
+        "--san",
+        "127.0.0.1",
+    ]);
 }
 
 /// The `[tls]` table of a config: the CA of `pki` (made by [`new_pki`]) and the
@@ -559,6 +568,13 @@ impl AgentProcess {
 
     pub(crate) fn log(&self) -> String {
         log_text(&self.log)
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_none()))
     }
 
     /// The agent's status file.
