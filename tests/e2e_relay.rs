@@ -253,6 +253,11 @@ fn pump(s: &RelayShared, dir: usize, mut from: TcpStream, mut to: TcpStream, gen
     let _ = to.shutdown(Shutdown::Both);
 }
 
+/// Uniform in `0..n`.
+fn pick(rng: &mut Rng, n: usize) -> usize {
+    usize::try_from(rng.range(0, n as u64)).expect("below n")
+}
+
 /// Byte-level damage to one chunk: what to write instead (`None`: cut the connection).
 fn damage(s: &RelayShared, dir: usize, chunk: u64, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut rng = lock(&s.rng);
@@ -261,7 +266,7 @@ fn damage(s: &RelayShared, dir: usize, chunk: u64, bytes: &[u8]) -> Option<Vec<V
         if seen[dir].len() < 64 {
             seen[dir].push(bytes.to_vec());
         } else {
-            let i = rng.range(0, 64) as usize;
+            let i = pick(&mut rng, 64);
             seen[dir][i] = bytes.to_vec();
         }
     }
@@ -290,7 +295,7 @@ fn damage(s: &RelayShared, dir: usize, chunk: u64, bytes: &[u8]) -> Option<Vec<V
     match attack {
         0 => {
             let mut b = bytes.to_vec();
-            let at = rng.range(0, b.len() as u64) as usize;
+            let at = pick(&mut rng, b.len());
             b[at] ^= 1 << rng.range(0, 8);
             stats.flips += 1;
             Some(vec![b])
@@ -305,7 +310,7 @@ fn damage(s: &RelayShared, dir: usize, chunk: u64, bytes: &[u8]) -> Option<Vec<V
         }
         3 => {
             let seen = lock(&s.seen);
-            let old = seen[dir][rng.range(0, seen[dir].len() as u64) as usize].clone();
+            let old = seen[dir][pick(&mut rng, seen[dir].len())].clone();
             stats.replays += 1;
             Some(vec![bytes.to_vec(), old])
         }
@@ -462,7 +467,7 @@ impl Site {
         for _ in 0..count {
             let len = rng.range(1, 65) * 4096;
             let at = rng.range(0, (DISK - len) / 4096) * 4096;
-            let mut buf = AlignedBuf::new(len as usize);
+            let mut buf = AlignedBuf::new(usize::try_from(len).expect("a small length"));
             rng.fill(buf.bytes_mut());
             disk.write_all_at(buf.bytes(), at)
                 .unwrap_or_else(|e| panic!("writing {len} bytes at {at}: {e}"));
