@@ -71,6 +71,10 @@ pub const FREEZE_READ_CAP: u64 = 256 << 20;
 /// How often an agent whose standby takes no records yet asks again.
 pub const PAUSED_RETRY: Duration = Duration::from_secs(1);
 
+/// The first wait before asking a standby again after a refusal that may need an
+/// operator (it doubles up to 30 s while the refusals go on).
+pub const NEEDS_OPERATOR_RETRY: Duration = Duration::from_secs(1);
+
 /// How often the agent tells the standby its progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
@@ -582,6 +586,21 @@ impl Agent {
                 Err(e) if e.is_retryable() && self.config.auto_restart => {
                     tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
                     self.status.phase = Some(Phase::Interrupted);
+                    self.status.last_error = Some(error_chain(&e));
+                    self.status.reconnects += 1;
+                    self.write_status();
+                    self.idle(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                // A refusal, a frame that does not check out, a failed TLS handshake: they
+                // may need an operator (keys, certificates, the standby's server list), but
+                // a relay on the path can cause each of them too, so none stops the agent
+                // (DESIGN.md I8). Tracking goes on; the state shows the error; the standby
+                // is asked again, less and less often.
+                Err(AgentError::Link(e)) if self.config.auto_restart => {
+                    backoff = backoff.max(NEEDS_OPERATOR_RETRY);
+                    tracing::error!(error = %error_chain(&e), retry_in = ?backoff, "the standby refused, or the link failed in a way that may need an operator; tracking goes on and the standby is asked again");
+                    self.status.phase = Some(Phase::Error);
                     self.status.last_error = Some(error_chain(&e));
                     self.status.reconnects += 1;
                     self.write_status();

@@ -570,6 +570,13 @@ impl AgentProcess {
         log_text(&self.log)
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|status| status.is_none()))
+    }
+
     /// The agent's status file.
     pub(crate) fn status(&self) -> ferry_replicator::status::Status {
         ferry_replicator::status::Status::load(&self.state_dir.join("status.json"))

@@ -366,7 +366,16 @@ pub(crate) fn load_config(args: Args) -> Result<Settings> {
             .context("the config file's [tls] is not valid")?;
     }
     if file.insecure_plaintext {
-        crate::api::client::check_plaintext_address(&listen)
+        // The data link's own refusal (plain TCP, records and the challenge–response in
+        // clear), not the control API's (plain HTTP and its token).
+        let addr = listen.parse::<std::net::SocketAddr>().with_context(|| {
+            format!(
+                "insecure_plaintext: the data link may go without TLS only on a loopback \
+                 listen written as an address (e.g. 127.0.0.1:7420), not {listen}"
+            )
+        })?;
+        ferry_tls::LinkListen::PlaintextLoopback
+            .check(addr)
             .context("insecure_plaintext (the data link)")?;
     }
     if let Some(c) = &file.control {
