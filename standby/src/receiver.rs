@@ -65,9 +65,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Connections allowed to be in the handshake at once; more are closed at once, so that
-/// unauthenticated peers cannot make the standby hold unbounded threads and buffers.
-pub const MAX_HANDSHAKES: usize = 64;
+mod admission;
+
+use admission::{Admission, Ticket};
+pub use admission::{MAX_HANDSHAKES, MAX_PER_ADDRESS};
 
 /// How often a session retries an append that failed for lack of space.
 pub const FULL_RETRY: Duration = Duration::from_millis(250);
@@ -198,7 +199,7 @@ struct Shared {
     stop: AtomicBool,
     next_conn: AtomicU64,
     /// Connections not yet authenticated.
-    handshaking: std::sync::atomic::AtomicUsize,
+    handshakes: Arc<Admission>,
     control: Arc<Control>,
 }
 
@@ -255,7 +256,7 @@ impl Standby {
                 slots: Mutex::default(),
                 stop: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
-                handshaking: std::sync::atomic::AtomicUsize::new(0),
+                handshakes: Arc::default(),
                 control,
             }),
             listener,
@@ -338,6 +339,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         tls = matches!(shared.config.tls, LinkListen::Tls(_)),
         "standby listening"
     );
+    let mut pressure = Pressure::default();
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -350,30 +352,65 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                 continue;
             }
         };
-        if shared.handshaking.fetch_add(1, Ordering::SeqCst) >= MAX_HANDSHAKES {
-            shared.handshaking.fetch_sub(1, Ordering::SeqCst);
-            tracing::warn!(
-                peer = %stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
-                "{MAX_HANDSHAKES} connections are already in the handshake; closing this one"
-            );
-            continue;
-        }
+        let peer = match stream.peer_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, "a connection ended before it was accepted");
+                continue;
+            }
+        };
+        let ticket = match shared.handshakes.admit(&stream, peer.ip()) {
+            Ok((ticket, admitted)) => {
+                if let Some(cut) = admitted.cut {
+                    pressure.note(format!(
+                        "{MAX_HANDSHAKES} connections were in the handshake: cut the oldest \
+                         (from {cut}) to admit one from {peer}"
+                    ));
+                }
+                ticket
+            }
+            Err(e) => {
+                pressure.note(format!("closed a connection from {peer}: {e}"));
+                continue;
+            }
+        };
         let session_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("ferry-session".into())
             .spawn(move || {
-                let peer = stream
-                    .peer_addr()
-                    .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-                match session(&session_shared, stream, &peer) {
-                    // Refusals were logged as warnings when they happened.
-                    Err(SessionEnd::Refused(_)) | Ok(()) => {}
+                let peer = peer.to_string();
+                match session(&session_shared, stream, ticket, &peer) {
+                    // Refusals were logged as warnings when they happened, cuts counted.
+                    Err(SessionEnd::Refused(_) | SessionEnd::Cut) | Ok(()) => {}
                     Err(e) => tracing::info!(peer, reason = %e, "connection closed"),
                 }
             });
         if let Err(e) = spawned {
-            shared.handshaking.fetch_sub(1, Ordering::SeqCst);
             tracing::error!(error = %e, "cannot start a session thread");
+        }
+    }
+}
+
+/// Handshakes cut and connections refused for want of a slot, logged at most every
+/// [`Pressure::EVERY`] so that a flood of connections cannot flood the log.
+#[derive(Debug, Default)]
+struct Pressure {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Pressure {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&mut self, what: String) {
+        self.unlogged += 1;
+        if self.last.is_none_or(|t| t.elapsed() >= Self::EVERY) {
+            tracing::warn!(
+                events = self.unlogged,
+                "handshake slots under pressure ({} such events since the last report): {what}",
+                self.unlogged
+            );
+            (self.last, self.unlogged) = (Some(Instant::now()), 0);
         }
     }
 }
@@ -387,6 +424,8 @@ enum SessionEnd {
     Closed,
     #[error("refused: {0}")]
     Refused(String),
+    #[error("cut in the handshake to admit a newer connection")]
+    Cut,
     #[error("replaced by a newer connection for the same server")]
     Replaced,
     #[error("the standby is stopping")]
@@ -485,30 +524,20 @@ fn read_next(
     }
 }
 
-/// Counts a connection as handshaking until dropped (or [`Handshaking::done`]).
-struct Handshaking<'a>(Option<&'a std::sync::atomic::AtomicUsize>);
-
-impl Handshaking<'_> {
-    fn done(&mut self) {
-        if let Some(n) = self.0.take() {
-            n.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl Drop for Handshaking<'_> {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
-
-fn session(shared: &Arc<Shared>, tcp: TcpStream, peer: &str) -> Result<(), SessionEnd> {
-    let mut handshaking = Handshaking(Some(&shared.handshaking));
+fn session(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    mut handshake: Ticket,
+    peer: &str,
+) -> Result<(), SessionEnd> {
     tcp.set_nodelay(true).map_err(SessionEnd::Io)?;
     // One deadline for the whole handshake, TLS and ferry's messages: a peer sending a
     // byte at a time is cut off at it, whatever each read waits.
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let stream = shared.config.tls.accept(tcp, deadline).map_err(|e| {
+        if handshake.is_cut() {
+            return SessionEnd::Cut; // counted by the accept loop's report
+        }
         let text = error_chain(&e);
         tracing::warn!(peer, "{text}");
         SessionEnd::Refused(text)
@@ -616,7 +645,7 @@ fn session(shared: &Arc<Shared>, tcp: TcpStream, peer: &str) -> Result<(), Sessi
             ));
         }
     }
-    handshaking.done();
+    handshake.done();
     stream.set_deadline(None).map_err(SessionEnd::Io)?;
     stream.set_read_timeout(None).map_err(SessionEnd::Io)?;
 

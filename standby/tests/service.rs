@@ -332,32 +332,65 @@ fn the_standby_refuses_a_wrong_proof_and_a_frame_with_a_bad_crc() {
     );
 }
 
+/// A TCP connection to the standby from `from` (a loopback address of the attacker's
+/// own).
+fn connect_from(from: std::net::Ipv4Addr, standby: &StandbyHandle) -> std::net::TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&std::net::SocketAddr::from((from, 0)).into())
+        .expect("bind");
+    socket.connect(&standby.addr().into()).expect("connect");
+    socket.into()
+}
+
 #[test]
 fn unauthenticated_connections_are_bounded_and_do_not_lock_agents_out() {
-    use ferry_standby::receiver::MAX_HANDSHAKES;
+    use ferry_standby::receiver::{MAX_HANDSHAKES, MAX_PER_ADDRESS};
     use std::io::Read;
+    use std::net::Ipv4Addr;
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = keys();
     let standby = start(dir.path(), &keys);
-    // Peers that connect and say nothing hold a handshake slot each.
-    let idle: Vec<_> = (0..MAX_HANDSHAKES)
-        .map(|_| std::net::TcpStream::connect(standby.addr()).expect("connect"))
+    let closed_at_once = |mut c: std::net::TcpStream, what: &str| {
+        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        let mut byte = [0u8; 1];
+        let n = c.read(&mut byte);
+        assert!(
+            matches!(n, Ok(0))
+                || matches!(&n, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{what} must be closed at once: {n:?}"
+        );
+    };
+    // Peers that connect and say nothing hold a handshake slot each; one address holds
+    // at most its share.
+    let first = Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle: Vec<_> = (0..MAX_PER_ADDRESS)
+        .map(|_| connect_from(first, &standby))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let mut over = std::net::TcpStream::connect(standby.addr()).expect("connect");
-    over.set_read_timeout(Some(WAIT)).expect("read timeout");
-    let mut byte = [0u8; 1];
-    assert_eq!(
-        over.read(&mut byte).expect("the standby closes it"),
-        0,
-        "a connection beyond {MAX_HANDSHAKES} in the handshake must be closed at once"
+    closed_at_once(
+        connect_from(first, &standby),
+        &format!("a connection beyond {MAX_PER_ADDRESS} from one address"),
     );
-    drop(idle);
+    // Peers from many addresses fill every slot: the oldest handshakes are cut for them.
+    for i in 0..MAX_HANDSHAKES {
+        let from = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            3 + u8::try_from(i / MAX_PER_ADDRESS).expect("few"),
+        );
+        idle.push(connect_from(from, &standby));
+    }
     std::thread::sleep(Duration::from_millis(300));
+    closed_at_once(idle.remove(0), "the oldest unfinished handshake");
+    // An agent gets in while every slot is held.
     let link = connect(&standby, &keys);
     assert_eq!(
         link.welcome_durable(),
         Seq(0),
-        "an agent gets in once they are gone"
+        "an agent gets in under the flood"
     );
+    drop(idle);
 }

@@ -21,6 +21,18 @@ pub(crate) fn require_root(what: &str) {
     );
 }
 
+/// A TCP connection to `to` from the address `from` (any port): attackers in tests
+/// come from addresses of their own (127.0.0.2, …), as they would in the field.
+pub(crate) fn connect_from(
+    from: std::net::Ipv4Addr,
+    to: std::net::SocketAddr,
+) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((from, 0)).into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}
+
 /// Runs a command, panicking with its output if it fails; returns its stdout.
 pub(crate) fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)

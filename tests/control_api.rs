@@ -3,6 +3,8 @@
 //! connections, the token never on the wire in clear, clear refusals for a wrong CA and
 //! a plaintext client.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,6 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+use support::connect_from;
 
 fn ferry_cmd() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -250,7 +253,7 @@ fn a_huge_header_and_a_thousand_idle_connections_leave_the_standby_bounded() {
     let control: SocketAddr = standby.control.parse().expect("address");
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        let socket = socket_from(Ipv4Addr::new(127, 0, 0, 2), control);
+        let socket = connect_from(Ipv4Addr::new(127, 0, 0, 2), control).expect("connect");
         idle.push(socket);
     }
     thread::sleep(Duration::from_millis(500));
@@ -301,52 +304,6 @@ fn a_huge_header_and_a_thousand_idle_connections_leave_the_standby_bounded() {
                 || matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "an idle connection outlived the handshake deadline: {answer:?}"
         );
-    }
-}
-
-/// A TCP connection to `to` from the address `from` (any port).
-fn socket_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
-    bind_connect::bind_connect(from, to)
-        .unwrap_or_else(|e| panic!("connecting from {from} to {to}: {e}"))
-}
-
-mod bind_connect {
-    //! bind(2) then connect(2), with libc: std's TcpStream cannot choose its source.
-    use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-    use std::os::fd::FromRawFd;
-
-    pub(super) fn bind_connect(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-        let SocketAddr::V4(to) = to else {
-            return Err(std::io::Error::other("IPv4 only"));
-        };
-        let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-            sin_family: libc::sa_family_t::try_from(libc::AF_INET).expect("AF_INET fits"),
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(ip).to_be(),
-            },
-            sin_zero: [0; 8],
-        };
-        let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>())
-            .expect("sockaddr_in fits");
-        // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr
-        // structs live across the calls that read them.
-        unsafe {
-            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let stream = TcpStream::from_raw_fd(fd);
-            let local = sockaddr(from, 0);
-            if libc::bind(fd, (&raw const local).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let remote = sockaddr(*to.ip(), to.port());
-            if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(stream)
-        }
     }
 }
 
