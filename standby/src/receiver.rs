@@ -8,11 +8,12 @@
 //! TLS handshake (the whole handshake, TLS and the messages below, under one absolute
 //! deadline of `handshake_timeout`)
 //! Hello ──▶ the client certificate names this server (or a peer site)? else
-//!           Error(AuthenticationFailed); server on the allow-list or in the control
-//!           catalogue? else Error(UnknownServer), logged, closed
+//!           Error(AuthenticationFailed)
 //!       ◀── Challenge { server nonce, standby proof }
 //! Authenticate ──▶ proof checks with the server's auth key, over the TLS exporter? else
-//!                  Error(AuthenticationFailed)
+//!                  Error(AuthenticationFailed); then: server on the allow-list or in the
+//!                  control catalogue? else Error(UnknownServer), logged, closed (known
+//!                  or not, a peer without the key meets the same challenge and refusal)
 //!       ◀── Welcome { last_durable }   (the log is fsynced first, so it is true)
 //! RegisterServer | Record | Barrier | Heartbeat ──▶ …   ◀── Ack { durable } …
 //! ```
@@ -587,17 +588,6 @@ fn session(
             ));
         }
     }
-    if !shared.config.servers.contains_key(&server) && !shared.control.manages(&server) {
-        return Err(refuse(
-            &out,
-            peer,
-            ErrorCode::UnknownServer,
-            format!(
-                "server {server} is not known to this standby; an operator adds it with \
-                 `ferry server add` (or to the standby's [[servers]] list)"
-            ),
-        ));
-    }
     let keys = shared.keys.ingest_keys(&server);
     let server_nonce = Nonce::random(&mut rand_core::OsRng);
     let exchange = Exchange {
@@ -644,6 +634,19 @@ fn session(
                 format!("expected Authenticate, got {:?}", other.frame_type()),
             ));
         }
+    }
+    // Only now, so that a peer without the server's auth key learns nothing of which
+    // servers exist: known or not, it meets the same challenge and the same refusal.
+    if !shared.config.servers.contains_key(&server) && !shared.control.manages(&server) {
+        return Err(refuse(
+            &out,
+            peer,
+            ErrorCode::UnknownServer,
+            format!(
+                "server {server} is not known to this standby; an operator adds it with \
+                 `ferry server add` (or to the standby's [[servers]] list)"
+            ),
+        ));
     }
     handshake.done();
     stream.set_deadline(None).map_err(SessionEnd::Io)?;

@@ -115,10 +115,25 @@ fn an_unknown_server_and_a_wrong_key_are_refused_clearly() {
     let keys = keys();
     let standby = start(dir.path(), &keys);
     let stranger = ServerId::new("web-9").expect("name");
+    // Without web-9's key, web-9 is answered as web-1 is without web-1's: the standby's
+    // proof does not check, so nothing tells a peer which servers exist.
     let err = Link::connect(
         standby.addr(),
         &stranger,
         &keys.ingest.auth,
+        &LinkConfig::default(),
+    )
+    .expect_err("a wrong key must be refused");
+    assert!(
+        matches!(err, LinkError::StandbyNotAuthenticated),
+        "an unknown server without its key must meet the same refusal as a known one: {err}"
+    );
+    // With web-9's own key (of this pair), it is told web-9 is not known.
+    let stranger_keys = master().host_key(&stranger).keys();
+    let err = Link::connect(
+        standby.addr(),
+        &stranger,
+        &stranger_keys.ingest.auth,
         &LinkConfig::default(),
     )
     .expect_err("an unknown server must be refused");
