@@ -20,7 +20,7 @@ pub mod stream;
 mod x509;
 
 pub use config::{ConfigError, TlsFiles};
-pub use link::{Conn, LinkConnError, LinkListen, LinkTls};
+pub use link::{Conn, LinkConnError, LinkListen, LinkTls, is_loopback};
 pub use names::{NameError, check_peer_name, peer_dns_names};
 pub use pki::{IssueRequest, Issued, PkiError};
 pub use stream::{StreamError, TlsStream};

@@ -84,7 +84,9 @@ impl LinkConnError {
     }
 }
 
-fn is_loopback(ip: IpAddr) -> bool {
+/// Whether `ip` is a loopback address (an IPv4-mapped 127.x too): the one rule for
+/// where plaintext may go, on the data link and the control API alike.
+pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
         IpAddr::V6(v6) => {

@@ -124,7 +124,7 @@ impl ControlArgs {
 /// Refuses plain HTTP to anything but a loopback address.
 pub(crate) fn check_plaintext_address(control: &str) -> Result<()> {
     match control.parse::<std::net::SocketAddr>() {
-        Ok(addr) if addr.ip().is_loopback() => Ok(()),
+        Ok(addr) if ferry_tls::is_loopback(addr.ip()) => Ok(()),
         _ => bail!(
             "plain HTTP (insecure plaintext) is allowed only to a loopback address such as \
              127.0.0.1:7421, not to {control}: the token would cross the network in clear; \

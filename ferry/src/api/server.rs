@@ -103,30 +103,26 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = PerAddress::take(&per_address, peer.ip()) else {
-            drop(tcp);
-            refused += 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    %peer,
-                    refused,
-                    "control API: {MAX_PER_ADDRESS} connections from this address are open; \
-                     closing new ones"
-                );
+        let admitted = PerAddress::take(&per_address, peer.ip())
+            .ok_or(format!(
+                "{MAX_PER_ADDRESS} connections from this address are open"
+            ))
+            .and_then(|slot| {
+                let permit = connections.clone().try_acquire_owned();
+                permit
+                    .map(|p| (p, slot))
+                    .map_err(|_| format!("{MAX_CONNECTIONS} connections are open"))
+            });
+        let (permit, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                drop(tcp);
+                refused += 1;
+                if refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused, "control API: {why}; closing new ones");
+                }
+                continue;
             }
-            continue;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            drop(tcp);
-            refused += 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(
-                    %peer,
-                    refused,
-                    "control API: {MAX_CONNECTIONS} connections are open; closing new ones"
-                );
-            }
-            continue;
         };
         let (tls, shared) = (tls.clone(), shared.clone());
         tokio::spawn(async move {
@@ -164,6 +160,7 @@ struct PerAddress {
 impl PerAddress {
     /// A slot for `ip`, unless it has [`MAX_PER_ADDRESS`] already.
     fn take(counts: &Counts, ip: IpAddr) -> Option<Self> {
+        let ip = ip.to_canonical();
         let mut map = counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -424,7 +424,7 @@ fn check_control_tls(c: &ControlConfig, tls: Option<&ferry_tls::TlsFiles>) -> Re
     let loopback = c
         .listen
         .parse::<std::net::SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback());
+        .is_ok_and(|a| ferry_tls::is_loopback(a.ip()));
     match (c.insecure_plaintext, tls) {
         (true, _) if !loopback => bail!(
             "[control] insecure_plaintext is allowed only on a loopback listen, not on {}: \
