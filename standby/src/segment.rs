@@ -10,7 +10,7 @@
 //!
 //!  segment header, integers little-endian:
 //!  0   8  magic "FERRYSEG"
-//!  8   2  version = 2 (version 1 had no watermark)
+//!  8   2  version = 4 (3: frames of protocol 4; 2: no end-to-end seals; 1: no watermark)
 //!  10  6  reserved = 0
 //!  16  8  segment number (must match the file name)
 //!  24  4  reserved = 0
@@ -58,9 +58,10 @@ const HEADER_BYTES: usize = 48;
 /// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
 pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
-/// Version 3: frames of protocol version 4 (records sealed end to end). Version 2 segments
-/// are refused by this header, before any frame in them is read.
-const VERSION: u16 = 3;
+/// Version 4: frames of protocol version 5 (a record's tags hash its payload first).
+/// Segments of earlier versions are refused by this header, before any frame in them is
+/// read.
+const VERSION: u16 = 4;
 
 /// The header of segment `segment`.
 pub fn encode_header(segment: SegmentNo) -> [u8; HEADER_BYTES] {
@@ -416,4 +417,24 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
 /// The highest seq among `entries`, or `Seq(0)` for none.
 pub fn max_seq(entries: &[Entry]) -> Seq {
     entries.iter().map(|e| e.seq).max().unwrap_or(Seq(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_of_an_earlier_version_is_refused_naming_both_versions() {
+        let segment = SegmentNo(7);
+        assert_eq!(check_header(&encode_header(segment), segment), Ok(()));
+        let mut old = encode_header(segment);
+        old[8..10].copy_from_slice(&3u16.to_le_bytes());
+        let crc = crc32fast::hash(&old[..28]);
+        old[28..32].copy_from_slice(&crc.to_le_bytes());
+        let refused = check_header(&old, segment).expect_err("a version 3 segment");
+        assert!(
+            refused.contains("version 3") && refused.contains(&format!("reads {VERSION}")),
+            "{refused}"
+        );
+    }
 }

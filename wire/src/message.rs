@@ -31,10 +31,11 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-/// Version 4: per-server keys, records, barriers and registrations sealed end to end,
-/// a registration's disks carrying their identity ([`crate::disk_identity`]) (version
-/// 3's frames are refused, naming both versions).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5: a record's tags hash its payload first ([`crate::record`]). Version 4
+/// brought per-server keys, records, barriers and registrations sealed end to end, and a
+/// registration's disks carrying their identity ([`crate::disk_identity`]). Frames of
+/// earlier versions are refused, naming both versions.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Agent → standby: opens a connection for one server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,8 @@
 //! 1. all-zero data → a [`RecordKind::Zero`] record with no payload;
 //! 2. else zstd at the configured level, kept only if it shrinks the data (else stored raw);
 //! 3. AES-256-CTR with a fresh random 128-bit IV (the initial counter block);
-//! 4. the *seal*: keyed BLAKE3 with the server's seal key over the authenticated header
-//!    bytes, the grain digests of the plaintext ([`crate::digest`]) and the ciphertext
+//! 4. the *seal*: keyed BLAKE3 with the server's seal key over the ciphertext, the grain
+//!    digests of the plaintext ([`crate::digest`]) and the authenticated header bytes
 //!    ([`RecordHeader::mac_input`]); only the agent and a recovery hold that key;
 //! 5. the *MAC*: keyed BLAKE3 with the server's ingest MAC key over the same and the seal;
 //!    the standby checks it before it stores anything.
@@ -81,15 +81,21 @@ fn check_tag(
     }
 }
 
-/// Feeds a record's authenticated bytes (header, digests, payload) to `h`.
+/// Feeds a record's authenticated bytes to `h`: the payload first, so that BLAKE3 hashes
+/// it in whole, aligned 1 KiB chunks on its SIMD paths (fed after an 86-byte header, a
+/// 4 KiB payload was hashed mostly serially, at twice the cost); then the grain digests
+/// and the header bytes, and last the header's length, so that the input parses
+/// uniquely from its end (the header names the payload's length and, through its range,
+/// the digests' count).
 fn feed(h: &mut blake3::Hasher, header: &RecordHeader, digests: &[GrainDigest], payload: &[u8]) {
-    let mut input = [0u8; MAC_INPUT_MAX];
-    let n = header.mac_input(&mut input);
-    h.update(&input[..n]);
+    h.update(payload);
     for d in digests {
         h.update(d);
     }
-    h.update(payload);
+    let mut input = [0u8; MAC_INPUT_MAX];
+    let n = header.mac_input(&mut input);
+    h.update(&input[..n]);
+    h.update(&[u8::try_from(n).expect("a header is at most 119 bytes")]);
 }
 
 /// The seal hasher of a record's parts.

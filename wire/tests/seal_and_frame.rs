@@ -493,18 +493,18 @@ fn sealed_format_matches_golden_vectors() {
     let golden = [
         (
             &raw,
-            "185b9c5535935652fd258b41d9d8042d12156b181a470f40acbc59f3bb35cfc7",
-            "bdd9e9b7",
+            "8e34c4045b5a3cab776de0bbfae32e7dd650e9096dcb71a187c01b9294079021",
+            "a6b6b8b7",
         ),
         (
             &zstd,
-            "74b1c8d7ea1f4a771c6a9530e2a1401cf77292c533a7459d9ad22d09d3c5532d",
-            "c190de6a",
+            "bdaaca025b8740bceacfebece7c2776a2ca67094e990871dc02973843af4a7cc",
+            "2bca31d2",
         ),
         (
             &zero,
-            "446891b5c9abdeaea1350122116cf787ebbf1e8f1020f87de9c56e17f3120c89",
-            "8c2e70f8",
+            "9928969730b30043fbba14c86c9d24437a5ff6d866144dce8328c4fc267825da",
+            "9de1f763",
         ),
     ];
     let actual: Vec<_> = golden
