@@ -15,11 +15,15 @@
 //! - failover at the latest state (replication stops: the agent is paused), a change of
 //!   point to an earlier one (its files, without the later ones; "latest" only once),
 //!   confirm; what each state refuses;
-//! - the whole cycle with two standbys on loopback as sites A and B: failover after the
-//!   protected host is lost, writes on the instance, reverse register and start onto
+//! - the whole cycle with two standbys on loopback as sites A and B, site B reaching
+//!   site A through relays that hold no key: failover after the protected host is lost,
+//!   writes on the instance, a reverse register whose peer call the relay damages
+//!   (refused, naming the site; nothing changes) and then made, reverse start onto
 //!   the original machine (only the differences travel), both standbys killed and
-//!   restarted mid-reverse, the reverse agent killed and started again, failback (the original disk then equals the instance byte
-//!   for byte), register and forward replication again by digest (no full copy);
+//!   restarted mid-reverse, the reverse agent's link damaged by the relay (flips, drops,
+//!   duplicates, replays, cuts) while the instance is written, the reverse agent killed
+//!   and started again, failback (the original disk then equals the instance byte for
+//!   byte), register and forward replication again by digest (no full copy);
 //! - auto-restart off: an interrupted server stays interrupted (its agent is told why)
 //!   until the operator starts replication again;
 //! - the qemu launcher: a drill boots the replicated system disk (a boot sector that
@@ -31,6 +35,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant};
+use support::relay::{Mode, Relay};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -123,10 +128,22 @@ struct Site {
     _pins: PinDir,
     mnt: PathBuf,
     disk: LoopDevice,
+    /// Relays that site B reaches site A through (its data port, its control API), for
+    /// the tests that damage the path between the sites.
+    between_sites: Option<(Relay, Relay)>,
 }
 
 impl Site {
     fn new(name: &str, size: u64, data_port: u16) -> Self {
+        Self::build(name, size, data_port, false)
+    }
+
+    /// A site pair whose site B reaches site A through two relays that hold no key.
+    fn relayed(name: &str, size: u64, data_port: u16) -> Self {
+        Self::build(name, size, data_port, true)
+    }
+
+    fn build(name: &str, size: u64, data_port: u16, relayed: bool) -> Self {
         require_root("the DR operations' end-to-end tests");
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |n: &str| dir.path().join(n);
@@ -143,10 +160,23 @@ impl Site {
         std::fs::create_dir(&scripts).expect("mkdir scripts");
         run("chmod", &["755", scripts.to_str().expect("utf-8")]);
         let token_text = token.to_str().expect("utf-8");
+        let (primary_data_addr, primary_control_addr) = (
+            format!("127.0.0.1:{primary_data}"),
+            format!("127.0.0.1:{primary_control}"),
+        );
+        let between_sites = relayed.then(|| {
+            (
+                Relay::start(&primary_data_addr, 0x5eed_da7a),
+                Relay::start(&primary_control_addr, 0x5eed_c0de),
+            )
+        });
+        let (peer_data, peer_control) = match &between_sites {
+            Some((data, control)) => (data.addr(), control.addr()),
+            None => (primary_data_addr, primary_control_addr),
+        };
         let sites = format!(
-            "[storage_classes]\nssd = {:?}\n\n[sites.zone-a]\ndata = \
-             \"127.0.0.1:{primary_data}\"\ncontrol = \"127.0.0.1:{primary_control}\"\n\
-             token_file = {token_text:?}\n",
+            "[storage_classes]\nssd = {:?}\n\n[sites.zone-a]\ndata = \"{peer_data}\"\n\
+             control = \"{peer_control}\"\ntoken_file = {token_text:?}\n",
             p("ssd").to_str().expect("utf-8")
         );
         // Site A takes site B's reverse agents (site B's certificate) for any server.
@@ -215,6 +245,7 @@ impl Site {
             scripts,
             _pins: pins,
             disk,
+            between_sites,
         }
     }
 
@@ -817,7 +848,8 @@ fn digest_of(path: &str) -> String {
 
 #[test]
 fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fails_back() {
-    let site = Site::new("dr-cycle", 256 << 20, free_port());
+    let site = Site::relayed("dr-cycle", 256 << 20, free_port());
+    let (data_relay, control_relay) = site.between_sites.as_ref().expect("relayed");
     // The reverse agent's tracker, detached when the test ends (only this test has one).
     let _reverse_pins = PinDir(PathBuf::from("/sys/fs/bpf/ferry-reverse-web-1"));
     let (primary, site_a) = site.primary();
@@ -853,6 +885,24 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
         write_files(&instance_mnt, "failed-over", 3, 1 << 20, 22)
     };
 
+    // The path between the sites holds no key: a peer call whose TLS is damaged fails,
+    // naming the site, and changes nothing; made again on an honest path, it succeeds.
+    let confirmed = console.server("web-1")["state"].clone();
+    control_relay.set_mode(Mode::FlipFirst);
+    let e = console.refused(&["reverse", "register", "web-1"]);
+    assert!(e.contains("site zone-a") && e.contains("tls"), "{e}");
+    eprintln!("cycle: a damaged peer call: {}", e.trim());
+    assert!(
+        control_relay.stats().flips >= 1,
+        "the relay damaged nothing"
+    );
+    assert_eq!(
+        console.server("web-1")["state"],
+        confirmed,
+        "a failed call changed the state"
+    );
+    control_relay.set_mode(Mode::Pass);
+
     // Reverse: registered at site A, replicated onto the original machine's disk.
     console.ok(&["reverse", "register", "web-1"]);
     assert_eq!(site_a.server("web-1")["state"], "installing");
@@ -872,10 +922,37 @@ fn the_whole_cycle_fails_over_replicates_back_onto_the_original_machine_and_fail
          ({catch_up})",
         failover["ready_ms"]
     );
+    // The relay damages the reverse agent's link (flips, drops, duplicates, replays,
+    // cuts) while the instance is written: the link fails and is made again, and every
+    // byte still arrives (the failback below compares the whole disk).
+    data_relay.set_mode(Mode::Bytes);
     let during = {
         let _m = Mount::new(&instance_dev, &instance_mnt, "rw");
-        write_files(&instance_mnt, "reverse", 2, 1 << 20, 23)
+        let mut files = write_files(&instance_mnt, "reverse", 2, 1 << 20, 23);
+        let start = Instant::now();
+        for round in 0..300u64 {
+            if data_relay.stats().attacks() >= 10 || start.elapsed() > Duration::from_secs(90) {
+                break;
+            }
+            let prefix = format!("damaged-{round}");
+            files.extend(write_files(
+                &instance_mnt,
+                &prefix,
+                1,
+                256 << 10,
+                100 + round,
+            ));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        files
     };
+    data_relay.set_mode(Mode::Pass);
+    let attacked = data_relay.stats();
+    assert!(
+        attacked.attacks() >= 5 && attacked.connections >= 2,
+        "the relay between the sites barely attacked: {attacked:?}"
+    );
+    eprintln!("cycle: the reverse agent's link attacked: {attacked:?}");
     // Both sites' standbys crash (kill -9) and come back: the states hold, the reverse
     // agent reconnects by itself.
     primary.kill();

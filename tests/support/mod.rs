@@ -8,6 +8,8 @@
     reason = "each test binary uses a different subset of the fixtures"
 )]
 
+pub(crate) mod relay;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
