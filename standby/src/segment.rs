@@ -58,7 +58,7 @@ const HEADER_BYTES: usize = 48;
 /// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
 pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
-/// Version 4: frames of protocol version 5 (a record's tags hash its payload first).
+/// Version 4: frames of protocol version 5 (a record's tags cover its payload's hash).
 /// Segments of earlier versions are refused by this header, before any frame in them is
 /// read.
 const VERSION: u16 = 4;

@@ -31,7 +31,7 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
-/// Version 5: a record's tags hash its payload first ([`crate::record`]). Version 4
+/// Version 5: a record's tags cover its payload's BLAKE3 hash ([`crate::record`]). Version 4
 /// brought per-server keys, records, barriers and registrations sealed end to end, and a
 /// registration's disks carrying their identity ([`crate::disk_identity`]). Frames of
 /// earlier versions are refused, naming both versions.

@@ -6,7 +6,7 @@
 //! (end to end, under the server's seal key, which the standby does not hold) and the
 //! *MAC* (ingest, under the server's ingest MAC key, which the standby checks).
 //!
-//! Authenticated header layout (the bytes the tags cover, after the payload); all
+//! Authenticated header layout (the bytes the tags cover, before the payload's hash); all
 //! integers little-endian:
 //!
 //! ```text
@@ -24,14 +24,13 @@
 //!  59      n     server name   ASCII
 //! ```
 //!
-//! seal = BLAKE3-keyed(seal key, payload ‖ grain digests ‖ header bytes above ‖ h)
-//! MAC  = BLAKE3-keyed(ingest MAC key, payload ‖ grain digests ‖ header bytes ‖ h ‖ seal)
+//! seal = BLAKE3-keyed(seal key, header bytes above ‖ grain digests ‖ BLAKE3(payload))
+//! MAC  = BLAKE3-keyed(ingest MAC key, header bytes ‖ grain digests ‖ BLAKE3(payload) ‖ seal)
 //!
-//! where h is one byte, the header bytes' length (59 + n), so that the input parses
-//! uniquely from its end. The payload comes first so that BLAKE3 hashes it in aligned
-//! chunks (its SIMD paths).
+//! The payload is hashed once, whole (BLAKE3 then hashes all its chunks on its SIMD
+//! paths), and both tags cover its hash.
 //!
-//! (Version 03 fed the header first; version 02 had one HMAC-SHA256 under a key the
+//! (Version 03 fed the payload itself to each tag, after the header; version 02 had one HMAC-SHA256 under a key the
 //! standby held. Their records are refused by the frame version.)
 //!
 //! A data record carries, in plaintext, one 16-byte digest per grain it overlaps

@@ -493,18 +493,18 @@ fn sealed_format_matches_golden_vectors() {
     let golden = [
         (
             &raw,
-            "8e34c4045b5a3cab776de0bbfae32e7dd650e9096dcb71a187c01b9294079021",
-            "a6b6b8b7",
+            "5344ac0d950c54cc7326b7026f39821b6393e825db54cd3e264737bf396b145c",
+            "6878bc26",
         ),
         (
             &zstd,
-            "bdaaca025b8740bceacfebece7c2776a2ca67094e990871dc02973843af4a7cc",
-            "2bca31d2",
+            "2413d6bce2644c0c199c9e5a28618ef7bd6b5273cfb799d9bdda9f836632fb5b",
+            "21b99f7f",
         ),
         (
             &zero,
-            "9928969730b30043fbba14c86c9d24437a5ff6d866144dce8328c4fc267825da",
-            "9de1f763",
+            "810861a4ec5b3a0918daefe50d2f0fcf0040099ba2481a37a86d298065f8849b",
+            "2f540ed1",
         ),
     ];
     let actual: Vec<_> = golden
