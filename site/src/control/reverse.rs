@@ -1,0 +1,666 @@
+//! Reverse replication, failback and registering forward again (DESIGN.md §1.8), run by
+//! the standby site that holds the failed-over instance:
+//!
+//! - `reverse register`: the pair's primary site's standby (a peer, reached through its
+//!   control API) is told of the server (pair and server added there);
+//! - `reverse start [--original-machine]`: a reverse agent — the same `ferry agent`,
+//!   tracker and all — protects the instance's devices and ships to the peer; the peer
+//!   starts taking its records (with the original machine's disks as the baseline its
+//!   digests are computed over, so only what differs travels). The agent's phases move
+//!   the server through `reverse-starting`, `reverse-full`, `reverse-realtime`;
+//! - `failback`: a last point of the reverse replica, the reverse agent stopped, and the
+//!   peer restores that point (onto the original disks, writing only what the reverse
+//!   replica holds) and runs the launcher; then this site's instance is released;
+//! - `register`: the server is `initialized` here again; its own agent resumes forward
+//!   protection, catching up by digest (no full copy).
+
+use super::{Control, ControlError};
+use crate::catalog::{CatalogError, Reverse};
+use crate::instance::{Instance, Kind, Spec};
+use crate::lifecycle::{Phase, State, Step};
+use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::original_disks::OriginalDisk;
+use ferry_wire::{ServerId, error_chain};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Longest the peer may take to see the reverse agent's registration, and the reverse
+/// agent to make the failback's point.
+const PEER_WAIT: Duration = Duration::from_secs(60);
+const POINT_WAIT: Duration = Duration::from_secs(600);
+
+/// Another site's control API.
+pub trait Peers: Send + Sync {
+    /// The site's data address (where agents send), if this standby knows the site.
+    fn data_address(&self, site: &str) -> Option<String>;
+    /// `method path` with a JSON body at `site`; the answer, or the error's message.
+    fn call(&self, site: &str, method: &str, path: &str, body: &Value) -> Result<Value, String>;
+}
+
+/// What reverse replication needs from the program that runs the standby.
+pub struct ReverseTools {
+    /// The `ferry` executable: the reverse agent is `ferry agent`.
+    pub ferry: PathBuf,
+    /// This standby's key: with a server's recovery key it makes the host key the reverse
+    /// agent runs with.
+    pub standby_key: ferry_wire::StandbyKey,
+    /// Where reverse agents pin their trackers (a bpffs directory).
+    pub pin_root: PathBuf,
+    pub peers: Box<dyn Peers>,
+    /// This site's `[tls]` files: the reverse agent connects to the peer site with this
+    /// site's certificate (the peer lists this site in its `peer_sites`). `None`: this
+    /// site runs plain TCP on loopback, and so does its reverse agent.
+    pub link_tls: Option<ferry_tls::TlsFiles>,
+}
+
+impl std::fmt::Debug for ReverseTools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseTools")
+            .field("ferry", &self.ferry)
+            .field("pin_root", &self.pin_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// Sets what reverse replication needs (once, at start).
+    pub fn set_reverse_tools(&self, tools: ReverseTools) {
+        let _ = self.reverse_tools.set(tools);
+    }
+
+    fn tools(&self) -> Result<&ReverseTools, ControlError> {
+        self.reverse_tools.get().ok_or_else(|| {
+            ControlError::Reverse("this standby cannot run reverse replication".into())
+        })
+    }
+
+    fn peer(
+        &self,
+        site: &str,
+        method: &str,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ControlError> {
+        self.tools()?
+            .peers
+            .call(site, method, path, body)
+            .map_err(|e| ControlError::Reverse(format!("site {site}: {method} {path}: {e}")))
+    }
+
+    /// Registers the server at the pair's primary site for reverse replication.
+    pub fn reverse_register(&self, id: &str) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
+        let server = self.catalog().server(id)?.clone();
+        server.check(Step::ReverseRegister)?;
+        let pair = self
+            .catalog()
+            .pairs()
+            .iter()
+            .find(|p| p.name == server.pair)
+            .cloned()
+            .ok_or_else(|| CatalogError::UnknownPair(server.pair.clone()))?;
+        let site = pair.primary.clone();
+        if self.tools()?.peers.data_address(&site).is_none() {
+            return Err(ControlError::Reverse(format!(
+                "site {site} (the primary of pair {}) is not in this standby's [sites]: add its \
+                 data and control addresses and token file",
+                pair.name
+            )));
+        }
+        let mirrored = json!({
+            "name": pair.name, "kind": pair.kind,
+            "primary": pair.secondary, "secondary": pair.primary,
+        });
+        tolerate_exists(self.peer(&site, "POST", "/v1/pairs", &mirrored))?;
+        let add = json!({ "pair": pair.name, "server": server.id });
+        tolerate_exists(self.peer(&site, "POST", "/v1/servers", &add))?;
+        let reverse = Reverse {
+            site,
+            original_machine: false,
+            agent_pid: None,
+            config: None,
+            state_dir: None,
+            pin_dir: None,
+            final_point: None,
+            restored: None,
+        };
+        Ok(self.change(|c| c.step_and(id, Step::ReverseRegister, |s| s.reverse = Some(reverse)))?)
+    }
+
+    /// Starts the reverse agent on the instance's devices, and the peer's replication.
+    pub fn reverse_start(
+        &self,
+        id: &str,
+        original_machine: bool,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
+        let server = self.catalog().server(id)?.clone();
+        server.check(Step::ReverseStart)?;
+        let mut reverse = server.reverse.clone().expect("reverse-registered has it");
+        // Started again after an interruption: the same target; the old agent (if it still
+        // runs) is stopped and its tracker kept, so the new one resumes without a gap.
+        let original_machine = original_machine || reverse.original_machine;
+        if server.state == State::ReverseInterrupted {
+            self.stop_reverse_agent(&server.id, &reverse, false);
+        }
+        let instance = self.failover_instance(&server.id, server.instance.as_deref())?;
+        let tools = self.tools()?;
+        let address = tools.peers.data_address(&reverse.site).ok_or_else(|| {
+            ControlError::Reverse(format!("site {} is not in [sites]", reverse.site))
+        })?;
+        let original_disks: Vec<OriginalDisk> = if original_machine {
+            let (state, _) = self
+                .data
+                .open_server(&server.id, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+                .map_err(|e| ControlError::Store(server.id.clone(), e))?;
+            let registration = state.registration().cloned().ok_or_else(|| {
+                ControlError::Reverse(format!("server {id} never registered its disks here"))
+            })?;
+            // The names came from the agent: only a kernel disk name becomes a path. The
+            // peer finds each disk by the identity and size registered with it.
+            registration
+                .disks
+                .iter()
+                .map(|d| {
+                    ferry_wire::ids::validate_disk_name(&d.name)
+                        .map(|()| OriginalDisk {
+                            path: PathBuf::from(format!("/dev/{}", d.name)),
+                            size: d.size.0,
+                            identity: d.identity.clone(),
+                        })
+                        .map_err(|e| {
+                            ControlError::Reverse(format!("server {id}: disk {}: {e}", d.disk.0))
+                        })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let state_dir = instance.dir.join("reverse-agent");
+        let pin_dir = tools.pin_root.join(format!("ferry-reverse-{}", server.id));
+        let config = instance.dir.join("reverse-agent.toml");
+        let key_file = instance.dir.join("reverse-agent.key");
+        let host_key = tools
+            .standby_key
+            .host_key(self.recovery_key(&server.id, supplied)?);
+        ferry_standby::private_files::write_secret(
+            &key_file,
+            ferry_wire::KeyFile::Host(host_key).to_text().as_bytes(),
+        )
+        .map_err(|e| ControlError::Io {
+            action: "write",
+            path: key_file.clone(),
+            source: e,
+        })?;
+        let disks: Vec<String> = instance
+            .disks
+            .iter()
+            .map(|d| format!("{:?}", d.device))
+            .collect();
+        ferry_standby::private_files::write(
+            &config,
+            format!(
+                "# The reverse agent of {id}: the failover instance's devices, shipped back to \
+                 site {site}.\nserver = {id:?}\nstandby = {address:?}\nkey_file = {key:?}\n\
+                 disks = [{disks}]\nstate_dir = {state:?}\npin_dir = {pins:?}\n\
+                 point_interval_minutes = 0\n{tls}",
+                site = reverse.site,
+                key = key_file,
+                disks = disks.join(", "),
+                state = state_dir,
+                pins = pin_dir,
+                tls = match &tools.link_tls {
+                    Some(t) => format!(
+                        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                        t.ca, t.cert, t.key
+                    ),
+                    None => "insecure_plaintext = true\n".to_owned(),
+                },
+            )
+            .as_bytes(),
+        )
+        .map_err(|e| ControlError::Io {
+            action: "write",
+            path: config.clone(),
+            source: e,
+        })?;
+        let pid = match self.spawn_reverse_agent(&server.id, &config, &state_dir) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.detach_tracker(&server.id, &pin_dir);
+                return Err(self.failed(id, e));
+            }
+        };
+        reverse.agent_pid = Some(pid);
+        reverse.config = Some(config);
+        reverse.state_dir = Some(state_dir);
+        reverse.pin_dir = Some(pin_dir);
+        reverse.original_machine = original_machine;
+        let started = (|| {
+            let peer = self.wait_peer_state(
+                &reverse.site,
+                id,
+                &["initialized", "interrupted", "starting", "full", "realtime"],
+            )?;
+            if peer != "initialized" {
+                // Its replication was started before (auto-restart on: an interrupted
+                // one takes the agent back by itself).
+                return Ok(Value::Null);
+            }
+            let start = crate::catalog::Replication {
+                policy: ferry_standby::retention::Policy::default(),
+                storage_class: "standard".to_owned(),
+                replication_network: None,
+                recovery_network: None,
+                auto_restart: true,
+                original_disks,
+            };
+            let start = serde_json::to_value(start).expect("settings serialize");
+            self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/replication/start"),
+                &start,
+            )
+        })();
+        if let Err(e) = started {
+            self.stop_reverse_agent(&server.id, &reverse, true);
+            return Err(self.failed(id, e));
+        }
+        Ok(self.change(|c| c.step_and(id, Step::ReverseStart, |s| s.reverse = Some(reverse)))?)
+    }
+
+    /// Moves a reverse-replicating server's state with its reverse agent's phase.
+    pub(super) fn refresh_reverse(&self, id: &ServerId) {
+        let Ok(server) = self.catalog().server(id.as_str()).cloned() else {
+            return;
+        };
+        if !server.state.reverse_replicating() {
+            return;
+        }
+        let Some(status) = server.reverse.as_ref().and_then(reverse_status) else {
+            return;
+        };
+        let alive = server
+            .reverse
+            .as_ref()
+            .is_some_and(|r| self.reverse_agent_alive(id, r));
+        let phase = match status["phase"].as_str() {
+            _ if !alive => Phase::Interrupted,
+            Some("full") => Phase::Full,
+            Some("realtime") => Phase::Realtime,
+            Some("interrupted") => Phase::Interrupted,
+            _ => return,
+        };
+        let want = match phase {
+            Phase::Full => State::ReverseFull,
+            Phase::Realtime => State::ReverseRealtime,
+            _ => State::ReverseInterrupted,
+        };
+        if server.state != want
+            && let Err(e) = self.change(|c| c.step(id.as_str(), Step::Reverse(phase)))
+        {
+            tracing::error!(server = %id, "cannot record the reverse phase: {}", error_chain(&e));
+        }
+    }
+
+    /// The reverse agent's status, for the operator.
+    pub(super) fn reverse_view(&self, id: &ServerId) -> Option<Value> {
+        let server = self.catalog().server(id.as_str()).ok()?.clone();
+        server.reverse.as_ref().and_then(reverse_status)
+    }
+
+    /// Fails back: a last point of the reverse replica, the reverse agent stopped, the
+    /// peer restores the point and launches it; this site's instance is released.
+    /// `supplied` (the recovery key sent with the operation) goes on to the peer's
+    /// restore.
+    pub fn failback(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
+        crate::instance::Instances::check(&Spec {
+            point: "latest".into(),
+            ..spec.clone()
+        })?;
+        let sid = self.catalog().server(id)?.id.clone();
+        self.refresh_reverse(&sid);
+        let server = self.catalog().server(id)?.clone();
+        server.check(Step::Failback)?;
+        self.change(|c| c.step(id, Step::Failback))?;
+        let mut reverse = server.reverse.clone().expect("reverse replication ran");
+        let result = (|| {
+            if reverse.final_point.is_none() {
+                // Production stops here first, so nothing it writes can miss the point.
+                if let Some(old) = &server.instance {
+                    self.instances.stop(old)?;
+                }
+                let point = self.final_reverse_point(&reverse)?;
+                reverse.final_point = Some(point);
+                let saved = reverse.clone();
+                self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
+                self.stop_reverse_agent(&server.id, &reverse, true);
+            }
+            let point = reverse.final_point.expect("set above");
+            if let Some(restored) = &reverse.restored {
+                // A retry after the restore succeeded: never restore twice.
+                return Ok(restored.clone());
+            }
+            // The peer's replication stops (its agent is gone) before it restores.
+            let _ = self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/replication/stop"),
+                &Value::Null,
+            );
+            let restore = Spec {
+                point: point.to_string(),
+                ..spec
+            };
+            let mut body = serde_json::to_value(&restore).expect("a spec serializes");
+            if let (Some(key), Some(fields)) = (supplied, body.as_object_mut()) {
+                let text = ferry_wire::KeyFile::Recovery(key.clone()).to_text();
+                fields.insert("recovery_key".into(), Value::String(text.to_string()));
+            }
+            let up = self.peer(
+                &reverse.site,
+                "POST",
+                &format!("/v1/servers/{id}/restore"),
+                &body,
+            )?;
+            let instance = serde_json::from_value::<Instance>(up).map_err(|e| {
+                ControlError::Reverse(format!("the peer's answer is not an instance: {e}"))
+            })?;
+            reverse.restored = Some(instance.clone());
+            let saved = reverse.clone();
+            self.change(|c| c.edit(id, |s| s.reverse = Some(saved)))?;
+            if let Some(old) = &server.instance {
+                self.instances.clean(old)?;
+            }
+            Ok(instance)
+        })();
+        let instance = match result {
+            Ok(i) => i,
+            Err(e) => return Err(self.failed(id, e)),
+        };
+        self.change(|c| c.step_and(id, Step::InstanceUp, |s| s.instance = None))?;
+        Ok(instance)
+    }
+
+    /// Registers the failed-back server forward again: `initialized`, its replica here
+    /// kept, so its agent catches up by digest; the peer forgets the reverse replica.
+    pub fn register(&self, id: &str) -> Result<State, ControlError> {
+        let _op = self.operation(id)?;
+        let server = self.catalog().server(id)?.clone();
+        server.check(Step::Register)?;
+        if let Some(r) = &server.reverse
+            && let Err(e) = self.peer(
+                &r.site,
+                "DELETE",
+                &format!("/v1/servers/{id}"),
+                &Value::Null,
+            )
+        {
+            tracing::warn!(
+                server = id,
+                "the peer kept its reverse replica: {}",
+                error_chain(&e)
+            );
+        }
+        Ok(self.change(|c| c.step_and(id, Step::Register, |s| s.reverse = None))?)
+    }
+
+    /// At the original site: restores a point of a server's replica (onto its original
+    /// disks when replication had them) and launches it. The replica must not be taking
+    /// records.
+    pub fn restore(
+        &self,
+        id: &str,
+        spec: Spec,
+        supplied: Option<&ferry_wire::RecoveryKey>,
+    ) -> Result<Instance, ControlError> {
+        let _op = self.operation(id)?;
+        let server = self.catalog().server(id)?.clone();
+        if server.state.replicating() {
+            return Err(ControlError::Reverse(format!(
+                "server {id} is {}: stop its replication before restoring it",
+                server.state
+            )));
+        }
+        // Still the disks found at replication start (identity, size), and unused.
+        let onto: Vec<PathBuf> = server
+            .replication
+            .as_ref()
+            .map(|r| r.original_disks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| crate::original_disks::verify(&d).map(|()| d.path))
+            .collect::<Result<_, _>>()?;
+        let keys = self.load_keys(&server.id, supplied)?;
+        let instance = self
+            .instances
+            .launch(Kind::Failback, &server.id, spec, &keys, &onto)?;
+        if !instance.launched() {
+            // Nothing of a failed restore is left running (its disks stay written).
+            if let Err(e) = self.instances.clean(&instance.id) {
+                tracing::error!(instance = %instance.id, "cannot remove a failed restore: {}", error_chain(&e));
+            }
+            return Err(ControlError::ScriptFailed(Box::new(instance)));
+        }
+        Ok(instance)
+    }
+
+    fn failover_instance(
+        &self,
+        id: &ServerId,
+        instance: Option<&str>,
+    ) -> Result<Instance, ControlError> {
+        let name = instance.ok_or_else(|| {
+            ControlError::Reverse(format!(
+                "server {id} has no failover instance to replicate back"
+            ))
+        })?;
+        Ok(self.instances.get(name)?)
+    }
+
+    fn spawn_reverse_agent(
+        &self,
+        id: &ServerId,
+        config: &Path,
+        state_dir: &Path,
+    ) -> Result<u32, ControlError> {
+        let tools = self.tools()?;
+        ferry_standby::private_files::ensure_dir(state_dir).map_err(|e| ControlError::Io {
+            action: "create",
+            path: state_dir.to_owned(),
+            source: e,
+        })?;
+        let log_path = state_dir.join("agent.log");
+        let log = ferry_standby::private_files::create(&log_path).map_err(|e| ControlError::Io {
+            action: "create",
+            path: log_path.clone(),
+            source: e,
+        })?;
+        let mut child = Command::new(&tools.ferry)
+            .arg("agent")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ControlError::Io {
+                action: "start the reverse agent",
+                path: tools.ferry.clone(),
+                source: e,
+            })?;
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        let _ = BufReader::new(stdout).read_line(&mut first);
+        if first.trim() != "tracking" {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut text = String::new();
+            let _ = std::fs::File::open(&log_path).and_then(|mut f| f.read_to_string(&mut text));
+            return Err(ControlError::Reverse(format!(
+                "the reverse agent of {id} did not start: {}",
+                text.trim()
+            )));
+        }
+        let pid = child.id();
+        self.reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), child);
+        Ok(pid)
+    }
+
+    /// Stops the reverse agent (SIGTERM: it saves its state) and, with `detach`, its
+    /// tracker.
+    fn stop_reverse_agent(&self, id: &ServerId, reverse: &Reverse, detach: bool) {
+        let child = self
+            .reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        match child {
+            Some(mut c) => {
+                if let Ok(pid) = i32::try_from(c.id()) {
+                    crate::instance::terminate(
+                        nix::unistd::Pid::from_raw(pid),
+                        Duration::from_secs(30),
+                    );
+                }
+                let _ = c.wait();
+            }
+            // Started by an earlier run of the standby: signal it only if it still is
+            // the reverse agent of this config.
+            None => {
+                if let (Some(pid), Some(config)) = (reverse.agent_pid, &reverse.config)
+                    && is_reverse_agent(pid, config)
+                    && let Ok(pid) = i32::try_from(pid)
+                {
+                    crate::instance::terminate(
+                        nix::unistd::Pid::from_raw(pid),
+                        Duration::from_secs(30),
+                    );
+                }
+            }
+        }
+        if let (true, Some(pins)) = (detach, &reverse.pin_dir) {
+            self.detach_tracker(id, pins);
+        }
+    }
+
+    /// Detaches the reverse agent's tracker pinned in `pins` (`ferry track --detach`).
+    fn detach_tracker(&self, id: &ServerId, pins: &Path) {
+        let Ok(tools) = self.tools() else { return };
+        match Command::new(&tools.ferry)
+            .args(["track", "--detach", "--pin-dir"])
+            .arg(pins)
+            .output()
+        {
+            Ok(o) if o.status.success() => {}
+            other => {
+                tracing::error!(server = %id, pins = %pins.display(), "cannot detach the reverse agent's tracker: {other:?}")
+            }
+        }
+    }
+
+    /// Whether the reverse agent of `id` runs.
+    fn reverse_agent_alive(&self, id: &ServerId, reverse: &Reverse) -> bool {
+        if let Some(child) = self
+            .reverse_agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        match (reverse.agent_pid, &reverse.config) {
+            (Some(pid), Some(config)) => is_reverse_agent(pid, config),
+            _ => false,
+        }
+    }
+
+    /// Asks the reverse agent for a point (its control socket) and returns its id.
+    fn final_reverse_point(&self, reverse: &Reverse) -> Result<u64, ControlError> {
+        let state_dir = reverse
+            .state_dir
+            .as_ref()
+            .ok_or_else(|| ControlError::Reverse("the reverse agent never ran".into()))?;
+        let socket = state_dir.join("agent.sock");
+        let ask = || -> std::io::Result<Value> {
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket)?;
+            conn.set_read_timeout(Some(POINT_WAIT))?;
+            conn.write_all(b"point\n")?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)?;
+            serde_json::from_str(&text).map_err(std::io::Error::other)
+        };
+        let reply = ask().map_err(|e| {
+            ControlError::Reverse(format!(
+                "cannot reach the reverse agent at {}: {e}",
+                socket.display()
+            ))
+        })?;
+        match (reply["ok"].as_bool(), reply["point"].as_u64()) {
+            (Some(true), Some(point)) => Ok(point),
+            _ => Err(ControlError::Reverse(format!(
+                "the reverse agent could not make the failback's point: {}",
+                reply["error"].as_str().unwrap_or("no reason given")
+            ))),
+        }
+    }
+
+    /// Waits until the server is in one of `states` at `site`; returns which.
+    fn wait_peer_state(
+        &self,
+        site: &str,
+        id: &str,
+        states: &[&str],
+    ) -> Result<String, ControlError> {
+        let deadline = Instant::now() + PEER_WAIT;
+        loop {
+            let s = self.peer(site, "GET", &format!("/v1/servers/{id}"), &Value::Null)?;
+            if let Some(found) = states.iter().find(|w| s["state"] == **w) {
+                return Ok((*found).to_owned());
+            }
+            if Instant::now() >= deadline {
+                return Err(ControlError::Reverse(format!(
+                    "server {id} at site {site} is {} after {PEER_WAIT:?} (waiting for {})",
+                    s["state"],
+                    states.join(" or ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Whether process `pid` is `ferry agent --config <config>` (and not a zombie).
+fn is_reverse_agent(pid: u32, config: &Path) -> bool {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !cmdline.is_empty() && String::from_utf8_lossy(&cmdline).contains(&*config.to_string_lossy())
+}
+
+/// The reverse agent's status file, if it has one.
+fn reverse_status(r: &Reverse) -> Option<Value> {
+    let text = std::fs::read(r.state_dir.as_ref()?.join("status.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// A peer's "already exists" is what a repeated registration gets: fine.
+fn tolerate_exists(result: Result<Value, ControlError>) -> Result<(), ControlError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(ControlError::Reverse(e)) if e.contains("already") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
