@@ -361,7 +361,8 @@ fn json_errors_and_the_body_limit_are_kept() {
     );
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(
-        answer.contains(r#"{"error":"no endpoint /v2/x: the API lives under /v1"#),
+        answer.contains(r#""error":"no endpoint /v2/x: the API lives under /v1"#)
+            && answer.contains(r#""code":"not_found""#),
         "{answer}"
     );
 

@@ -166,7 +166,7 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
     assert_eq!(config.clean_interval, defaults.clean_interval);
     assert_eq!(
         scripts.path(),
-        Path::new(ferry_standby::scripts::DEFAULT_SCRIPTS_DIR),
+        Path::new(ferry_site::scripts::DEFAULT_SCRIPTS_DIR),
         "post-launch scripts only from the root-owned scripts directory"
     );
     assert!(
@@ -181,10 +181,7 @@ fn packaged_standby_config_loads_with_every_commented_setting_enabled() {
     let file = temp_config(&text);
     let settings = load_standby(file.path());
     let config = settings.service;
-    assert_eq!(
-        settings.scripts,
-        ferry_standby::scripts::ScriptsDir::default()
-    );
+    assert_eq!(settings.scripts, ferry_site::scripts::ScriptsDir::default());
     let (control, sites, _tls) = settings
         .control
         .expect("[control] is in the packaged config");

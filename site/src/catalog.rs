@@ -187,9 +187,9 @@ impl CatalogError {
             CatalogError::PairInUse { .. }
             | CatalogError::ServerBusy(..)
             | CatalogError::NotAllowed { .. } => ErrorCode::NotAllowed,
-            CatalogError::Io { .. } | CatalogError::Version { .. } | CatalogError::Corrupt { .. } => {
-                ErrorCode::Internal
-            }
+            CatalogError::Io { .. }
+            | CatalogError::Version { .. }
+            | CatalogError::Corrupt { .. } => ErrorCode::Internal,
         }
     }
 }

@@ -29,20 +29,17 @@ use crate::api::{CallError, ErrorCode};
 use crate::catalog::{Catalog, CatalogError, Pair, ProtectedServer, Replication};
 use crate::instance::{Instance, InstanceError, Instances, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
-use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use ferry_standby::receiver::{ControlPlane, Session};
 use ferry_standby::retention::Policy;
 use ferry_standby::server::{DataDir, OpenError, ServerState};
+use ferry_wire::message::Barrier;
 use ferry_wire::message::PointKind;
 use ferry_wire::message::{PointRequest, PointResult, Progress, ReplicationPhase};
-use ferry_standby::receiver::{ControlPlane, Session};
-use ferry_wire::message::Barrier;
 use ferry_wire::{DigestKey, RecoveryKey, RecoveryKeys, ServerId};
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::Shutdown;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// Loads a server's recovery keys when an instance of it is rebuilt (the data and seal
@@ -459,9 +456,6 @@ impl Control {
             .iter()
             .map(|s| s.id.clone())
             .collect();
-        for id in &ids {
-            self.refresh_reverse(id);
-        }
         let reverse: HashMap<ServerId, serde_json::Value> = ids
             .iter()
             .filter_map(|id| Some((id.clone(), self.reverse_view(id)?)))
@@ -607,9 +601,9 @@ impl Control {
     /// The retained points of a managed server.
     pub fn points(&self, id: &str) -> Result<Vec<PointView>, ControlError> {
         let server = self.catalog().server(id)?.id.clone();
-        let (state, _) = self
+        let state = self
             .data
-            .open_server(&server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .read_server(&server)
             .map_err(|e| ControlError::Store(server.clone(), e))?;
         Ok(point_views(&state))
     }
@@ -1027,7 +1021,8 @@ impl ControlPlane for Control {
     }
 
     fn point_stored(&self, id: &ServerId, barrier: &Barrier) {
-        self.live().entry(id.clone()).or_default().last_point = Some(PointView::of_barrier(barrier));
+        self.live().entry(id.clone()).or_default().last_point =
+            Some(PointView::of_barrier(barrier));
     }
 
     fn point_result(&self, id: &ServerId, result: PointResult) {

@@ -27,12 +27,11 @@
 //! instance's devices, detaches them and removes the directory — everything bringing it
 //! up created. Bringing one up that fails cleans what it had made.
 
-use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use crate::api::ErrorCode;
+use crate::scripts::ScriptsDir;
 use ferry_standby::points::{self, PointSelector};
 use ferry_standby::private_files;
 use ferry_standby::rebuild::{self, Target};
-use crate::api::ErrorCode;
-use crate::scripts::ScriptsDir;
 use ferry_standby::server::{DataDir, ServerState};
 use ferry_wire::Seq;
 use ferry_wire::{RecoveryKeys, ServerId, error_chain};
@@ -363,9 +362,9 @@ impl Instances {
     ) -> Result<(ServerState, Seq), InstanceError> {
         let selector = Self::check(spec)?;
         self.admit_script(spec)?;
-        let (state, _) = self
+        let state = self
             .data
-            .open_server(server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .read_server(server)
             .map_err(|e| InstanceError::Store(server.clone(), e))?;
         if state.registration().is_none() {
             return Err(InstanceError::NotRegistered(server.clone()));

@@ -73,6 +73,15 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     io::Write::write_all(&mut create(path)?, bytes)
 }
 
+/// Writes a secret (a key file) to `path`: created with mode 0600 from the start (never
+/// wider, whatever the umask), replacing an older file, fsynced.
+pub fn write_secret(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

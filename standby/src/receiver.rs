@@ -37,12 +37,12 @@
 //!   not locked out by its half-dead predecessor.
 //! - **Retention** runs every `clean_interval` for each allowed server, holding that
 //!   server's lock (its ingest pauses for the run).
-//! - **Control** ([`crate::control`]): a server the operator manages registers, reports
+//! - **Control** ([`ControlPlane`], the site's control plane): a server the operator
+//!   manages registers, reports
 //!   its progress and answers point requests through its session; its records are taken
 //!   only while its state replicates — otherwise the agent is told `Paused` (after its
 //!   registration is stored) and the connection ends once the agent closes it.
 
-use crate::control::{Control, PointView};
 use crate::digests::{Baseline, chunk_digests};
 use crate::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::retention::{self, Policy};
@@ -67,9 +67,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod admission;
+mod plane;
 
 use admission::{Admission, Ticket};
 pub use admission::{MAX_HANDSHAKES, MAX_PER_ADDRESS};
+pub use plane::{ControlPlane, NoControlPlane, Session, SessionGone};
 
 /// How often a session retries an append that failed for lack of space.
 pub const FULL_RETRY: Duration = Duration::from_millis(250);
@@ -100,6 +102,9 @@ pub struct ServiceConfig {
     /// Peer sites whose certificates may speak for any server (their reverse agents
     /// replicate failed-over servers back); the server's auth key is still needed.
     pub peer_sites: HashSet<String>,
+    /// The site's control plane (managed servers). Default: none, the config's servers
+    /// only.
+    pub control: Arc<dyn ControlPlane>,
 }
 
 impl ServiceConfig {
@@ -114,6 +119,7 @@ impl ServiceConfig {
             storage_classes: HashMap::new(),
             tls: LinkListen::PlaintextLoopback,
             peer_sites: HashSet::new(),
+            control: Arc::new(NoControlPlane),
         }
     }
 }
@@ -129,8 +135,6 @@ pub enum ServiceError {
     },
     #[error(transparent)]
     DataDir(#[from] OpenError),
-    #[error(transparent)]
-    Control(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
     Plaintext(#[from] ferry_tls::LinkConnError),
 }
@@ -201,7 +205,6 @@ struct Shared {
     next_conn: AtomicU64,
     /// Connections not yet authenticated.
     handshakes: Arc<Admission>,
-    control: Arc<Control>,
 }
 
 impl Shared {
@@ -236,10 +239,6 @@ impl Standby {
     pub fn bind(config: ServiceConfig, keys: StandbyKey) -> Result<Self, ServiceError> {
         let data = DataDir::new(&config.data_dir);
         let lock = data.lock()?;
-        let control = Arc::new(Control::open(
-            &config.data_dir,
-            config.storage_classes.clone(),
-        )?);
         let listener = TcpListener::bind(&config.listen).map_err(|source| ServiceError::Bind {
             addr: config.listen.clone(),
             source,
@@ -258,7 +257,6 @@ impl Standby {
                 stop: AtomicBool::new(false),
                 next_conn: AtomicU64::new(1),
                 handshakes: Arc::default(),
-                control,
             }),
             listener,
             _lock: lock,
@@ -267,11 +265,6 @@ impl Standby {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// The site's control plane (served by the HTTP API).
-    pub fn control(&self) -> Arc<Control> {
-        self.shared.control.clone()
     }
 
     /// Serves until the process ends.
@@ -637,7 +630,7 @@ fn session(
     }
     // Only now, so that a peer without the server's auth key learns nothing of which
     // servers exist: known or not, it meets the same challenge and the same refusal.
-    if !shared.config.servers.contains_key(&server) && !shared.control.manages(&server) {
+    if !shared.config.servers.contains_key(&server) && !shared.config.control.manages(&server) {
         return Err(refuse(
             &out,
             peer,
@@ -724,16 +717,24 @@ fn session(
     };
     let welcome = Welcome {
         last_durable,
-        digests: last_durable > Seq(0) || shared.control.baseline(&server).is_some(),
-        paused: shared.control.paused(&server),
+        digests: last_durable > Seq(0) || shared.config.control.baseline_disks(&server).is_some(),
+        paused: shared.config.control.paused(&server),
     };
     send(&out, &Message::Welcome(welcome)).map_err(SessionEnd::Io)?;
-    shared.control.connected(&server, conn_id, out.clone());
+    let (session, writer) = plane::session(conn_id);
+    shared.config.control.connected(&server, session);
     tracing::info!(
         peer, %server, agent = %hello.agent_version, %last_durable, "agent connected"
     );
 
     let done = Arc::new(AtomicBool::new(false));
+    let requests = {
+        let (out, done) = (out.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("ferry-requests".into())
+            .spawn(move || writer.run(&out, &done))
+            .map_err(SessionEnd::Io)?
+    };
     let syncer = {
         let (slot, out, done, server) = (slot.clone(), out.clone(), done.clone(), server.clone());
         std::thread::Builder::new()
@@ -748,7 +749,7 @@ fn session(
         Err(SessionEnd::Paused(reason)) => Err(paused(&out, &mut input, peer, &server, reason)),
         other => other,
     };
-    shared.control.disconnected(&server, conn_id);
+    shared.config.control.disconnected(&server, conn_id);
     done.store(true, Ordering::SeqCst);
     {
         let mut inner = slot.lock();
@@ -758,6 +759,7 @@ fn session(
     }
     slot.changed.notify_all();
     let _ = syncer.join();
+    let _ = requests.join();
     result
 }
 
@@ -806,17 +808,15 @@ fn ingest_loop(
                 continue;
             }
             Message::Progress(p) => {
-                if let Err(e) = shared.control.progress(server, *p) {
-                    tracing::error!(%server, "cannot record progress: {}", error_chain(&e));
-                }
+                shared.config.control.progress(server, *p);
                 continue;
             }
             Message::PointResult(r) => {
-                shared.control.point_result(server, r.clone());
+                shared.config.control.point_result(server, r.clone());
                 continue;
             }
             Message::RegisterServer(_) => {
-                if let Some(reason) = shared.control.registration_refused(server) {
+                if let Some(reason) = shared.config.control.registration_refused(server) {
                     return Err(SessionEnd::Paused(reason));
                 }
             }
@@ -833,7 +833,7 @@ fn ingest_loop(
             // Under the server's lock, on every try (a full disk retries): a record is
             // never appended once a step that ends replication is published.
             if matches!(message, Message::Record(_) | Message::Barrier(_))
-                && let Some(reason) = shared.control.paused(server)
+                && let Some(reason) = shared.config.control.paused(server)
             {
                 return Err(SessionEnd::Paused(reason));
             }
@@ -846,15 +846,15 @@ fn ingest_loop(
                 Ok(None) => {
                     // A registration: stored; the operator sees the server initialized.
                     drop(inner);
-                    if let Err(e) = shared.control.registered(server) {
+                    if let Err(e) = shared.config.control.registered(server) {
                         return Err(refuse(
                             out,
                             peer,
                             ErrorCode::Internal,
-                            format!("server {server}: {}", error_chain(&e)),
+                            format!("server {server}: {e}"),
                         ));
                     }
-                    if let Some(reason) = shared.control.paused(server) {
+                    if let Some(reason) = shared.config.control.paused(server) {
                         return Err(SessionEnd::Paused(reason));
                     }
                     break;
@@ -863,9 +863,7 @@ fn ingest_loop(
                     if matches!(stored, Some(Ingested::Stored(_))) {
                         slot.changed.notify_all();
                         if let Message::Barrier(b) = &message {
-                            shared
-                                .control
-                                .point_stored(server, PointView::of_barrier(b));
+                            shared.config.control.point_stored(server, b);
                         }
                     }
                     if reported_full {
@@ -932,13 +930,14 @@ fn answer_digests(
     baseline: &mut Option<Baseline>,
 ) -> Result<Digests, DigestRefusal> {
     if baseline.is_none()
-        && let Some(paths) = shared.control.baseline(server)
+        && let Some(paths) = shared.config.control.baseline_disks(server)
     {
-        let keys = shared
+        let key = shared
+            .config
             .control
-            .load_keys(server, None)
-            .map_err(|e| DigestRefusal::Bad(error_chain(&e)))?;
-        *baseline = Some(Baseline::open(&paths, &keys.digest).map_err(|e| {
+            .digest_key(server)
+            .map_err(DigestRefusal::Bad)?;
+        *baseline = Some(Baseline::open(&paths, &key).map_err(|e| {
             DigestRefusal::Bad(format!("cannot open the original disks {paths:?}: {e}"))
         })?);
     }
@@ -1090,7 +1089,7 @@ fn maintenance(shared: &Shared) {
             .iter()
             .map(|(s, p)| (s.clone(), *p))
             .collect();
-        policies.extend(shared.control.policies());
+        policies.extend(shared.config.control.policies());
         for (server, policy) in &policies {
             if !shared.data.server_dir(server).is_dir() {
                 continue;

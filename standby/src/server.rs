@@ -456,4 +456,11 @@ impl DataDir {
         }
         ServerState::open(id.clone(), &dir, segment_size, mode)
     }
+
+    /// Opens the store of `id` read-only, beside a live standby (a rebuild, a point
+    /// list, an instance): it never appends, so no segment size applies.
+    pub fn read_server(&self, id: &ServerId) -> Result<ServerState, OpenError> {
+        self.open_server(id, crate::log::DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            .map(|(state, _)| state)
+    }
 }

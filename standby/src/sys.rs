@@ -28,12 +28,3 @@ pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
-
-/// Writes a secret (a key file) to `path`: created with mode 0600 from the start (never
-/// wider, whatever the umask), replacing an older file, fsynced.
-pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = crate::private_files::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}

@@ -9,6 +9,7 @@
 use super::{DEFAULT_CA_FILE, DEFAULT_CONTROL, DEFAULT_TOKEN_FILE, ErrorBody};
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
+use ferry_site::api::CallError;
 use ferry_tls::TlsFiles;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,7 +61,7 @@ pub(crate) struct HttpPeers {
     pub tls: Option<TlsFiles>,
 }
 
-impl ferry_standby::control::Peers for HttpPeers {
+impl ferry_site::control::Peers for HttpPeers {
     fn data_address(&self, site: &str) -> Option<String> {
         self.sites.get(site).map(|s| s.data.clone())
     }
@@ -71,11 +72,15 @@ impl ferry_standby::control::Peers for HttpPeers {
         method: &str,
         path: &str,
         body: &serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
+    ) -> Result<serde_json::Value, CallError> {
+        let refused = |message: String| CallError {
+            code: None,
+            message,
+        };
         let s = self
             .sites
             .get(site)
-            .ok_or_else(|| format!("site {site} is not in this standby's [sites]"))?;
+            .ok_or_else(|| refused(format!("site {site} is not in this standby's [sites]")))?;
         let transport = if s.insecure_plaintext {
             Transport::Plaintext
         } else {
@@ -85,15 +90,18 @@ impl ferry_standby::control::Peers for HttpPeers {
                     identity: Some(tls.clone()),
                 },
                 None => {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "site {site} is reached over TLS and this standby has no [tls] files"
-                    ));
+                    )));
                 }
             }
         };
         Client::new(&s.control, &s.token_file, &transport)
             .and_then(|c| c.request(method, path, Some(body)))
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| match e.downcast_ref::<CallError>() {
+                Some(answer) => answer.clone(),
+                None => refused(format!("{e:#}")),
+            })
     }
 }
 
@@ -279,7 +287,14 @@ impl Client {
             .with_context(|| format!("cannot read the answer to {method} {path}"))?;
         if status >= 400 {
             match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(e) => bail!("{}", e.error),
+                // The code travels on (peer calls decide by it, never by the wording).
+                Ok(e) => {
+                    return Err(CallError {
+                        code: e.code,
+                        message: e.error,
+                    }
+                    .into());
+                }
                 Err(_) => bail!("{method} {path}: HTTP {status}: {text}"),
             }
         }
@@ -302,7 +317,7 @@ fn rustls_error(e: &ureq::Error) -> Option<&rustls::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_standby::control::Peers;
+    use ferry_site::control::Peers;
     use ferry_tls::pki::{IssueRequest, init_ca, issue};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -433,6 +448,6 @@ mod tests {
         let err = no_tls
             .call("site-a", "GET", "/v1/pairs", &serde_json::Value::Null)
             .expect_err("a TLS site was called without [tls]");
-        assert!(err.contains("no [tls]"), "{err}");
+        assert!(err.message.contains("no [tls]"), "{err}");
     }
 }

@@ -3,11 +3,11 @@
 //! message naming the problem ([`ApiError`]). No I/O here: [`super::server`] hands a
 //! route the method, the path and the body it read, on the blocking pool.
 
-use super::AddServer;
-use ferry_standby::catalog::{CatalogError, Pair, Replication};
-use ferry_standby::control::{Control, ControlError};
-use ferry_standby::instance::{InstanceError, Spec};
-use ferry_standby::lifecycle::Step;
+use super::{AddServer, ErrorCode};
+use ferry_site::catalog::{CatalogError, Pair, Replication};
+use ferry_site::control::{Control, ControlError};
+use ferry_site::instance::Spec;
+use ferry_site::lifecycle::Step;
 use ferry_wire::{KeyFile, RecoveryKey, ServerId, error_chain};
 use hyper::Method;
 use serde::Serialize;
@@ -18,17 +18,17 @@ use zeroize::Zeroizing;
 /// Longest an operator's point request waits for the agent.
 const POINT_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A refusal: HTTP status and message.
+/// A refusal: its code (the HTTP status follows) and message.
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    pub(crate) status: u16,
+    pub(crate) code: ErrorCode,
     pub(crate) message: String,
 }
 
 impl ApiError {
-    pub(crate) fn new(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            code,
             message: message.into(),
         }
     }
@@ -36,60 +36,13 @@ impl ApiError {
 
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
-        let status = match &e {
-            CatalogError::BadName(_) | CatalogError::BadSite(_) => 400,
-            CatalogError::UnknownPair(_) | CatalogError::UnknownServer(_) => 404,
-            CatalogError::PairExists(_)
-            | CatalogError::PairInUse { .. }
-            | CatalogError::ServerExists(..)
-            | CatalogError::ServerBusy(..)
-            | CatalogError::NotAllowed { .. } => 409,
-            CatalogError::Io { .. }
-            | CatalogError::Version { .. }
-            | CatalogError::Corrupt { .. } => 500,
-        };
-        Self::new(status, error_chain(&e))
+        Self::new(e.code(), error_chain(&e))
     }
 }
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
-        match e {
-            ControlError::Catalog(e) => e.into(),
-            ControlError::NotReplicating(..) | ControlError::NotConnected(_) => {
-                Self::new(409, error_chain(&e))
-            }
-            ControlError::Timeout(..) => Self::new(504, error_chain(&e)),
-            ControlError::UnknownStorageClass { .. }
-            | ControlError::LatestUsed
-            | ControlError::NotADisk(_) => Self::new(400, error_chain(&e)),
-            ControlError::Instance(i) => {
-                let status = match &i {
-                    InstanceError::Script(_)
-                    | InstanceError::NoScript
-                    | InstanceError::Size(..)
-                    | InstanceError::BadNetwork(_)
-                    | InstanceError::BadIp(_)
-                    | InstanceError::NoOriginal(_)
-                    | InstanceError::BadPoint(_) => 400,
-                    InstanceError::NoPoint(..) | InstanceError::Unknown(_) => 404,
-                    InstanceError::NotRegistered(_) => 409,
-                    _ => 500,
-                };
-                Self::new(status, error_chain(&i))
-            }
-            ControlError::ScriptFailed(_) => Self::new(422, error_chain(&e)),
-            ControlError::StillConnected(..)
-            | ControlError::Busy(_)
-            | ControlError::LatestInconsistent(..)
-            | ControlError::HasInstances(..) => Self::new(409, error_chain(&e)),
-            ControlError::Keys(_) => Self::new(500, error_chain(&e)),
-            ControlError::Reverse(_) => Self::new(502, error_chain(&e)),
-            ControlError::ClassChange { .. } => Self::new(409, error_chain(&e)),
-            ControlError::Failed(..) | ControlError::Store(..) | ControlError::Io { .. } => {
-                Self::new(500, error_chain(&e))
-            }
-        }
+        Self::new(e.code(), error_chain(&e))
     }
 }
 
@@ -101,8 +54,12 @@ fn ok(value: impl Serialize) -> Reply {
 }
 
 fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw)
-        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))
+    serde_json::from_slice(raw).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("request body is not valid: {e}"),
+        )
+    })
 }
 
 /// A launch's body: a [`Spec`] and, optionally, the server's recovery key
@@ -113,14 +70,18 @@ fn launch(raw: &[u8], id: &str) -> Result<(Spec, Option<RecoveryKey>), ApiError>
         Some(fields) => fields.remove(super::RECOVERY_KEY_FIELD),
         None => None,
     };
-    let spec: Spec = serde_json::from_value(value)
-        .map_err(|e| ApiError::new(400, format!("request body is not valid: {e}")))?;
+    let spec: Spec = serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("request body is not valid: {e}"),
+        )
+    })?;
     let key = match text {
         None => None,
         Some(serde_json::Value::String(text)) => Some(recovery_key(&Zeroizing::new(text), id)?),
         Some(_) => {
             return Err(ApiError::new(
-                400,
+                ErrorCode::BadRequest,
                 "recovery_key must be the text of a recovery key file",
             ));
         }
@@ -133,11 +94,12 @@ fn recovery_key(text: &str, id: &str) -> Result<RecoveryKey, ApiError> {
     let server = server_id(id)?;
     KeyFile::from_text(text)
         .and_then(|k| k.recovery_for(&server))
-        .map_err(|e| ApiError::new(400, format!("recovery_key refused: {e}")))
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("recovery_key refused: {e}")))
 }
 
 fn server_id(text: &str) -> Result<ServerId, ApiError> {
-    ServerId::new(text).map_err(|e| ApiError::new(400, format!("server name refused: {e}")))
+    ServerId::new(text)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("server name refused: {e}")))
 }
 
 /// Serves `method path` with the request body `raw`.
@@ -171,7 +133,7 @@ pub(crate) fn route(method: &Method, path: &str, raw: &[u8], control: &Control) 
             settings
                 .policy
                 .check()
-                .map_err(|e| ApiError::new(400, error_chain(&e)))?;
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, error_chain(&e)))?;
             control.start_replication(id, settings)?;
             ok(control.server(id)?)
         }
@@ -230,11 +192,11 @@ pub(crate) fn route(method: &Method, path: &str, raw: &[u8], control: &Control) 
             ok(control.server(id)?)
         }
         (_, ["v1", ..]) => Err(ApiError::new(
-            404,
+            ErrorCode::NotFound,
             format!("no endpoint {method} {path} (see docs/api.md)"),
         )),
         _ => Err(ApiError::new(
-            404,
+            ErrorCode::NotFound,
             format!("no endpoint {path}: the API lives under /v1 (see docs/api.md)"),
         )),
     }

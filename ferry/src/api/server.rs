@@ -16,9 +16,9 @@
 //! read; every refusal is a JSON error naming the problem. The routes are in
 //! [`super::routes`].
 
-use super::ErrorBody;
 use super::routes::{ApiError, Reply, route};
-use ferry_standby::control::Control;
+use super::{ErrorBody, ErrorCode};
+use ferry_site::control::Control;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -234,24 +234,27 @@ async fn handle(request: Request<Incoming>, shared: Arc<Shared>) -> Response<Ful
                     .await
                     .unwrap_or_else(|e| {
                         Err(ApiError::new(
-                            500,
+                            ErrorCode::Internal,
                             format!("the request's handler failed: {e}"),
                         ))
                     })
                 }
                 Err(e) => Err(e),
             },
-            Err(_) => Err(ApiError::new(503, "too many requests at once; retry")),
+            Err(_) => Err(ApiError::new(
+                ErrorCode::Overloaded,
+                "too many requests at once; retry",
+            )),
         }
     } else {
         Err(ApiError::new(
-            401,
+            ErrorCode::Unauthorized,
             "missing or wrong token: send `Authorization: Bearer <token>` with the token of \
              the standby's [control] token_file",
         ))
     };
     if let Err(e) = &reply {
-        tracing::warn!(%method, url = %path, status = e.status, "{}", e.message);
+        tracing::warn!(%method, url = %path, status = e.code.status(), "{}", e.message);
     } else if method != Method::GET {
         tracing::info!(%method, url = %path, "control request done");
     }
@@ -263,15 +266,15 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::new(
-            413,
+            ErrorCode::TooLarge,
             format!("request body over {MAX_BODY} bytes"),
         )),
         Ok(Err(e)) => Err(ApiError::new(
-            400,
+            ErrorCode::BadRequest,
             format!("cannot read the request body: {e}"),
         )),
         Err(_) => Err(ApiError::new(
-            408,
+            ErrorCode::TooSlow,
             format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
         )),
     }
@@ -281,8 +284,12 @@ fn respond(reply: Reply) -> Response<Full<Bytes>> {
     let (status, body) = match reply {
         Ok(r) => r,
         Err(e) => (
-            e.status,
-            serde_json::to_value(ErrorBody { error: e.message }).expect("serializes"),
+            e.code.status(),
+            serde_json::to_value(ErrorBody {
+                error: e.message,
+                code: Some(e.code),
+            })
+            .expect("serializes"),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));

@@ -6,8 +6,8 @@ use crate::api::client::{Client, ControlArgs};
 use crate::cmd::server::print_one;
 use crate::cmd::{point::utc_time, table};
 use anyhow::Result;
-use ferry_standby::control::ServerView;
-use ferry_standby::instance::{Instance, Launcher, Spec};
+use ferry_site::control::ServerView;
+use ferry_site::instance::{Instance, Launcher, Spec};
 use std::path::PathBuf;
 
 /// How to bring the instance up.

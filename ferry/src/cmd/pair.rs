@@ -3,7 +3,7 @@
 use crate::api::client::ControlArgs;
 use crate::cmd::{delete, table};
 use anyhow::{Context, Result};
-use ferry_standby::catalog::{Pair, PairKind};
+use ferry_site::catalog::{Pair, PairKind};
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {

@@ -3,8 +3,7 @@
 
 use crate::api::client::ControlArgs;
 use anyhow::{Context, Result};
-use ferry_standby::control::{PointView, point_views};
-use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
+use ferry_site::control::{PointView, point_views};
 use ferry_standby::server::DataDir;
 use ferry_wire::ServerId;
 use ferry_wire::message::PointResult;
@@ -75,8 +74,8 @@ fn create(args: &CreateArgs) -> Result<()> {
 fn list(args: &ListArgs) -> Result<()> {
     let rows: Vec<PointView> = match &args.data_dir {
         Some(dir) => {
-            let (state, _) = DataDir::new(dir)
-                .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+            let state = DataDir::new(dir)
+                .read_server(&args.server)
                 .with_context(|| format!("cannot read the store of server {}", args.server))?;
             point_views(&state)
         }

@@ -15,7 +15,6 @@
 
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
-use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use ferry_standby::points::{self, PointSelector};
 use ferry_standby::private_files;
 use ferry_standby::rebuild::{self, Target};
@@ -58,8 +57,8 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> Result<()> {
     let keys = keyfile::load_recovery(&args.key, &args.server)?.keys();
     let data = DataDir::new(&args.data_dir);
-    let (state, _) = data
-        .open_server(&args.server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+    let state = data
+        .read_server(&args.server)
         .with_context(|| format!("cannot read the store of server {}", args.server))?;
     if state.registration().is_none() {
         bail!("server {} has not registered any disk yet", args.server);

@@ -3,8 +3,8 @@
 use crate::api::client::ControlArgs;
 use crate::cmd::server::print_one;
 use anyhow::Result;
-use ferry_standby::catalog::Replication;
-use ferry_standby::control::ServerView;
+use ferry_site::catalog::Replication;
+use ferry_site::control::ServerView;
 use ferry_standby::retention::Policy;
 
 #[derive(Debug, clap::Subcommand)]

@@ -4,7 +4,7 @@ use crate::api::AddServer;
 use crate::api::client::ControlArgs;
 use crate::cmd::{delete, human_bytes, point::utc_time, table};
 use anyhow::Result;
-use ferry_standby::control::ServerView;
+use ferry_site::control::ServerView;
 
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {

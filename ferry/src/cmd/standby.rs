@@ -49,14 +49,16 @@
 
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
+use ferry_site::control::Control;
+use ferry_site::scripts::{DEFAULT_SCRIPTS_DIR, ScriptsDir};
 use ferry_standby::log::{MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE};
 use ferry_standby::receiver::{ServiceConfig, Standby};
 use ferry_standby::retention::Policy;
-use ferry_standby::scripts::{DEFAULT_SCRIPTS_DIR, ScriptsDir};
 use ferry_wire::ServerId;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Run the standby service: receive, verify and store agents' sealed extents.
@@ -204,30 +206,36 @@ pub(crate) fn run(args: Args) -> Result<()> {
             config.listen
         ),
     };
-    let standby = Standby::bind(config, keys.clone())?;
-    standby.control().set_scripts_dir(scripts_dir);
+    let control_plane = Arc::new(
+        Control::open(&config.data_dir, config.storage_classes.clone())
+            .context("cannot open the site's catalogue")?,
+    );
+    control_plane.set_scripts_dir(scripts_dir);
     // Drills and failovers rebuild points: the recovery key file is read then, and the
     // keys live only as long as that rebuild.
     if let Some(path) = recovery_key_file {
-        standby.control().set_key_loader(Box::new(move |server| {
+        control_plane.set_key_loader(Box::new(move |server| {
             keyfile::load_recovery(&path, server).map_err(|e| format!("{e:#}"))
         }));
     }
     if let Some((_, sites, tls)) = control {
-        standby
-            .control()
-            .set_reverse_tools(ferry_standby::control::ReverseTools {
-                ferry: std::env::current_exe().context("cannot find the ferry executable")?,
-                standby_key: keys,
-                pin_root: PathBuf::from("/sys/fs/bpf"),
-                peers: Box::new(crate::api::client::HttpPeers { sites, tls }),
-                link_tls: (!insecure_plaintext).then_some(link_tls).flatten(),
-            });
+        control_plane.set_reverse_tools(ferry_site::control::ReverseTools {
+            ferry: std::env::current_exe().context("cannot find the ferry executable")?,
+            standby_key: keys.clone(),
+            pin_root: PathBuf::from("/sys/fs/bpf"),
+            peers: Box::new(crate::api::client::HttpPeers { sites, tls }),
+            link_tls: (!insecure_plaintext).then_some(link_tls).flatten(),
+        });
+        control_plane
+            .watch_reverse_agents()
+            .context("cannot start following the reverse agents")?;
     }
+    config.control = control_plane.clone();
+    let standby = Standby::bind(config, keys)?;
     let mut status = format!("listening on {}", standby.local_addr()?);
     if let Some((listener, tls, token)) = api {
         status += &format!("; control API on {}", listener.local_addr()?);
-        let control = standby.control();
+        let control = control_plane;
         std::thread::Builder::new()
             .name("ferry-api".into())
             .spawn(move || {

@@ -15,13 +15,13 @@
 //!   protection, catching up by digest (no full copy).
 
 use super::{Control, ControlError};
-use crate::catalog::{CatalogError, Reverse};
+use crate::api::{AddServer, CallError, ErrorCode};
+use crate::catalog::{CatalogError, Pair, Reverse};
 use crate::instance::{Instance, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
-use ferry_standby::log::{DEFAULT_SEGMENT_SIZE, OpenMode};
 use crate::original_disks::OriginalDisk;
 use ferry_wire::{ServerId, error_chain};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,13 +31,16 @@ use std::time::{Duration, Instant};
 /// agent to make the failback's point.
 const PEER_WAIT: Duration = Duration::from_secs(60);
 const POINT_WAIT: Duration = Duration::from_secs(600);
+/// How often the reverse agents' phases are read into their servers' states.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Another site's control API.
 pub trait Peers: Send + Sync {
     /// The site's data address (where agents send), if this standby knows the site.
     fn data_address(&self, site: &str) -> Option<String>;
-    /// `method path` with a JSON body at `site`; the answer, or the error's message.
-    fn call(&self, site: &str, method: &str, path: &str, body: &Value) -> Result<Value, String>;
+    /// `method path` with a JSON body at `site`; the answer, or why not (with the
+    /// answer's code when the peer's API answered).
+    fn call(&self, site: &str, method: &str, path: &str, body: &Value) -> Result<Value, CallError>;
 }
 
 /// What reverse replication needs from the program that runs the standby.
@@ -87,7 +90,74 @@ impl Control {
         self.tools()?
             .peers
             .call(site, method, path, body)
-            .map_err(|e| ControlError::Reverse(format!("site {site}: {method} {path}: {e}")))
+            .map_err(|source| ControlError::Peer {
+                site: site.to_owned(),
+                call: format!("{method} {path}"),
+                source,
+            })
+    }
+
+    /// Makes `pair` exist at `site`: a repeated registration finds it there already,
+    /// which is fine only if what is there is this pair (read back, never judged by the
+    /// refusal's wording).
+    fn ensure_peer_pair(&self, site: &str, pair: &Pair) -> Result<(), ControlError> {
+        let body = serde_json::to_value(pair).expect("a pair serializes");
+        match self.peer(site, "POST", "/v1/pairs", &body) {
+            Err(ControlError::Peer { source, .. })
+                if source.code == Some(ErrorCode::PairExists) =>
+            {
+                let theirs: Vec<Pair> =
+                    serde_json::from_value(self.peer(site, "GET", "/v1/pairs", &Value::Null)?)
+                        .map_err(|e| {
+                            ControlError::Reverse(format!(
+                                "site {site}: its pairs do not read: {e}"
+                            ))
+                        })?;
+                match theirs.iter().find(|p| p.name == pair.name) {
+                    Some(p) if p == pair => Ok(()),
+                    other => Err(ControlError::Reverse(format!(
+                        "site {site} has a pair named {:?} that is not this pair mirrored \
+                         (it has {other:?}, this site expects {pair:?})",
+                        pair.name
+                    ))),
+                }
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Makes `server` a server of `pair` at `site`: one already there is fine only in
+    /// the same pair.
+    fn ensure_peer_server(
+        &self,
+        site: &str,
+        pair: &str,
+        server: &ServerId,
+    ) -> Result<(), ControlError> {
+        let add = serde_json::to_value(AddServer {
+            pair: pair.to_owned(),
+            server: server.to_string(),
+            storage_class: "standard".to_owned(),
+        })
+        .expect("a request serializes");
+        match self.peer(site, "POST", "/v1/servers", &add) {
+            Err(ControlError::Peer { source, .. })
+                if source.code == Some(ErrorCode::ServerExists) =>
+            {
+                let theirs =
+                    self.peer(site, "GET", &format!("/v1/servers/{server}"), &Value::Null)?;
+                if theirs["pair"] == pair {
+                    Ok(())
+                } else {
+                    Err(ControlError::Reverse(format!(
+                        "site {site} protects server {server} in pair {} already, not in pair \
+                         {pair}: remove it there first",
+                        theirs["pair"]
+                    )))
+                }
+            }
+            other => other.map(drop),
+        }
     }
 
     /// Registers the server at the pair's primary site for reverse replication.
@@ -110,13 +180,14 @@ impl Control {
                 pair.name
             )));
         }
-        let mirrored = json!({
-            "name": pair.name, "kind": pair.kind,
-            "primary": pair.secondary, "secondary": pair.primary,
-        });
-        tolerate_exists(self.peer(&site, "POST", "/v1/pairs", &mirrored))?;
-        let add = json!({ "pair": pair.name, "server": server.id });
-        tolerate_exists(self.peer(&site, "POST", "/v1/servers", &add))?;
+        let mirrored = Pair {
+            name: pair.name.clone(),
+            kind: pair.kind,
+            primary: pair.secondary.clone(),
+            secondary: pair.primary.clone(),
+        };
+        self.ensure_peer_pair(&site, &mirrored)?;
+        self.ensure_peer_server(&site, &pair.name, &server.id)?;
         let reverse = Reverse {
             site,
             original_machine: false,
@@ -153,9 +224,9 @@ impl Control {
             ControlError::Reverse(format!("site {} is not in [sites]", reverse.site))
         })?;
         let original_disks: Vec<OriginalDisk> = if original_machine {
-            let (state, _) = self
+            let state = self
                 .data
-                .open_server(&server.id, DEFAULT_SEGMENT_SIZE, OpenMode::ReadOnly)
+                .read_server(&server.id)
                 .map_err(|e| ControlError::Store(server.id.clone(), e))?;
             let registration = state.registration().cloned().ok_or_else(|| {
                 ControlError::Reverse(format!("server {id} never registered its disks here"))
@@ -274,8 +345,34 @@ impl Control {
         Ok(self.change(|c| c.step_and(id, Step::ReverseStart, |s| s.reverse = Some(reverse)))?)
     }
 
+    /// Follows the reverse agents on a background thread (until the control plane is
+    /// dropped): their phases move their servers' states, so that reading the API never
+    /// changes anything.
+    pub fn watch_reverse_agents(self: &std::sync::Arc<Self>) -> std::io::Result<()> {
+        let control = std::sync::Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("ferry-reverse-watch".into())
+            .spawn(move || {
+                while let Some(control) = control.upgrade() {
+                    let following: Vec<ServerId> = control
+                        .catalog()
+                        .servers()
+                        .iter()
+                        .filter(|s| s.state.reverse_replicating())
+                        .map(|s| s.id.clone())
+                        .collect();
+                    for id in &following {
+                        control.refresh_reverse(id);
+                    }
+                    drop(control);
+                    std::thread::sleep(WATCH_EVERY);
+                }
+            })
+            .map(drop)
+    }
+
     /// Moves a reverse-replicating server's state with its reverse agent's phase.
-    pub(super) fn refresh_reverse(&self, id: &ServerId) {
+    fn refresh_reverse(&self, id: &ServerId) {
         let Ok(server) = self.catalog().server(id.as_str()).cloned() else {
             return;
         };
@@ -482,11 +579,12 @@ impl Control {
             source: e,
         })?;
         let log_path = state_dir.join("agent.log");
-        let log = ferry_standby::private_files::create(&log_path).map_err(|e| ControlError::Io {
-            action: "create",
-            path: log_path.clone(),
-            source: e,
-        })?;
+        let log =
+            ferry_standby::private_files::create(&log_path).map_err(|e| ControlError::Io {
+                action: "create",
+                path: log_path.clone(),
+                source: e,
+            })?;
         let mut child = Command::new(&tools.ferry)
             .arg("agent")
             .arg("--config")
@@ -656,11 +754,111 @@ fn reverse_status(r: &Reverse) -> Option<Value> {
     serde_json::from_slice(&text).ok()
 }
 
-/// A peer's "already exists" is what a repeated registration gets: fine.
-fn tolerate_exists(result: Result<Value, ControlError>) -> Result<(), ControlError> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(ControlError::Reverse(e)) if e.contains("already") => Ok(()),
-        Err(e) => Err(e),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A peer site that answers every `POST` with one refusal and every `GET` with one
+    /// body, and records the calls.
+    struct Answering {
+        refusal: CallError,
+        get: Value,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Peers for Answering {
+        fn data_address(&self, _: &str) -> Option<String> {
+            Some("127.0.0.1:1".into())
+        }
+        fn call(&self, _: &str, method: &str, path: &str, _: &Value) -> Result<Value, CallError> {
+            self.calls.lock().unwrap().push(format!("{method} {path}"));
+            match method {
+                "GET" => Ok(self.get.clone()),
+                _ => Err(self.refusal.clone()),
+            }
+        }
+    }
+
+    fn control_with(peer: Answering) -> (tempfile::TempDir, Control) {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::open(dir.path(), std::collections::HashMap::new()).unwrap();
+        control.set_reverse_tools(ReverseTools {
+            ferry: PathBuf::from("/nonexistent/ferry"),
+            standby_key: ferry_wire::MasterKey::from_bytes([3; 32]).standby_key(),
+            pin_root: dir.path().join("pins"),
+            peers: Box::new(peer),
+            link_tls: None,
+        });
+        (dir, control)
+    }
+
+    fn exists(code: ErrorCode, message: &str) -> CallError {
+        CallError {
+            code: Some(code),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_server_the_peer_protects_in_another_pair_is_not_taken_as_registered() {
+        let server = ServerId::new("web-1").unwrap();
+        // The refusal's wording says "already": only the code and the read-back decide.
+        let (_dir, control) = control_with(Answering {
+            refusal: exists(
+                ErrorCode::ServerExists,
+                "server web-1 is already protected (by pair \"other\")",
+            ),
+            get: serde_json::json!({ "id": "web-1", "pair": "other" }),
+            calls: Mutex::default(),
+        });
+        let refused = control
+            .ensure_peer_server("zone-a", "p1", &server)
+            .expect_err("another pair's server is not this registration");
+        let text = ferry_wire::error_chain(&refused);
+        assert!(
+            text.contains("in pair \"other\" already, not in pair p1"),
+            "{text}"
+        );
+
+        let (_dir, control) = control_with(Answering {
+            refusal: exists(ErrorCode::ServerExists, "server web-1 is already protected"),
+            get: serde_json::json!({ "id": "web-1", "pair": "p1" }),
+            calls: Mutex::default(),
+        });
+        control
+            .ensure_peer_server("zone-a", "p1", &server)
+            .expect("the same pair's server is a repeated registration");
+    }
+
+    #[test]
+    fn only_an_exists_code_is_tolerated_and_a_pair_must_read_back_the_same() {
+        let pair = Pair {
+            name: "p1".into(),
+            kind: crate::catalog::PairKind::ZoneToZone,
+            primary: "zone-a".into(),
+            secondary: "zone-b".into(),
+        };
+        // A refusal that merely says "already" is an error.
+        let (_dir, control) = control_with(Answering {
+            refusal: CallError {
+                code: Some(ErrorCode::NotAllowed),
+                message: "already busy".into(),
+            },
+            get: Value::Null,
+            calls: Mutex::default(),
+        });
+        assert!(control.ensure_peer_pair("zone-a", &pair).is_err());
+        // A pair of that name, defined otherwise, is an error; the same pair is fine.
+        let mut other = serde_json::to_value(&pair).unwrap();
+        other["primary"] = "zone-c".into();
+        for (theirs, ok) in [(other, false), (serde_json::to_value(&pair).unwrap(), true)] {
+            let (_dir, control) = control_with(Answering {
+                refusal: exists(ErrorCode::PairExists, "a pair named \"p1\" already exists"),
+                get: Value::Array(vec![theirs]),
+                calls: Mutex::default(),
+            });
+            assert_eq!(control.ensure_peer_pair("zone-a", &pair).is_ok(), ok);
+        }
     }
 }
