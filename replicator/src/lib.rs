@@ -2,6 +2,7 @@
 //!
 //! - [`agent`]: the replication loop — pick dirty extents, read, seal, ship, clear on ack
 //!   (DESIGN.md I1), catch-ups after tracking gaps, consistent points.
+//! - [`config_file`]: the agent's config file, read and checked, or built and written.
 //! - [`catch_up`]: full copy or digest compare after a tracking gap (DESIGN.md I3).
 //! - [`read`]: `O_DIRECT` reads through io_uring (synchronous fallback).
 //! - [`seal_pool`]: sealing on every core.
@@ -12,6 +13,7 @@
 
 pub mod agent;
 mod catch_up;
+pub mod config_file;
 pub mod freeze;
 pub mod link;
 pub mod read;

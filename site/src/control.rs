@@ -72,7 +72,7 @@ pub struct ServerView {
     pub progress: Option<ProgressView>,
     pub last_point: Option<PointView>,
     /// The reverse agent's status (its `ferry agent status --json`), while it runs.
-    pub reverse_agent: Option<serde_json::Value>,
+    pub reverse_agent: Option<ferry_replicator::status::Status>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -456,7 +456,7 @@ impl Control {
             .iter()
             .map(|s| s.id.clone())
             .collect();
-        let reverse: HashMap<ServerId, serde_json::Value> = ids
+        let reverse: HashMap<ServerId, ferry_replicator::status::Status> = ids
             .iter()
             .filter_map(|id| Some((id.clone(), self.reverse_view(id)?)))
             .collect();

@@ -32,16 +32,14 @@ use crate::cmd::human_bytes;
 use crate::keyfile;
 use anyhow::{Context, Result, bail};
 use ferry_replicator::agent::{Agent, AgentConfig};
+use ferry_replicator::config_file::AgentFile;
 use ferry_replicator::status::Status;
 use ferry_wire::ServerId;
-use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
-/// The agent's default state directory.
-pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/ferry/agent";
+pub(crate) use ferry_replicator::config_file::DEFAULT_STATE_DIR;
 
 /// Run the agent (protect this host's disks), or show a running agent's status.
 ///
@@ -92,42 +90,6 @@ pub(crate) struct StatusArgs {
     json: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    server: ServerId,
-    standby: String,
-    key_file: PathBuf,
-    disks: Option<Vec<PathBuf>>,
-    state_dir: Option<PathBuf>,
-    pin_dir: Option<PathBuf>,
-    point_interval_minutes: Option<u64>,
-    pre_freeze: Option<String>,
-    post_thaw: Option<String>,
-    max_freeze_ms: Option<u64>,
-    bandwidth_mib_per_sec: Option<u64>,
-    auto_restart: Option<bool>,
-    window_mib: Option<u64>,
-    zstd_level: Option<i32>,
-    seal_threads: Option<usize>,
-    io_uring: Option<bool>,
-    #[serde(default)]
-    insecure_plaintext: bool,
-    tls: Option<ferry_tls::TlsFiles>,
-}
-
-fn bounded(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<u64> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        bail!(
-            "{name} is {value}; it must be {} to {}",
-            range.start(),
-            range.end()
-        )
-    }
-}
-
 /// What the link runs on: the `[tls]` files (read at start), or `None` for plain TCP to
 /// a loopback standby (`insecure_plaintext = true`).
 pub(crate) type AgentTls = Option<ferry_tls::TlsFiles>;
@@ -136,78 +98,10 @@ pub(crate) type AgentTls = Option<ferry_tls::TlsFiles>;
 pub(crate) fn load_config(path: &Path) -> Result<(AgentConfig, PathBuf, AgentTls)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let file: FileConfig = toml::from_str(&text)
+    let file: AgentFile = toml::from_str(&text)
         .with_context(|| format!("config file {} is not valid", path.display()))?;
-    let disks = match file.disks {
-        Some(d) if d.is_empty() => bail!(
-            "disks is empty: list the disks to protect, or leave it out to protect every disk under a mounted filesystem"
-        ),
-        Some(d) => d,
-        None => ferry_tracker::check::disks_with_mounts(Path::new("/"))
-            .context("cannot find the disks under the mounted filesystems")?
-            .into_iter()
-            .map(|name| PathBuf::from("/dev").join(name))
-            .collect(),
-    };
-    let state_dir = file
-        .state_dir
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-    let mut config = AgentConfig::new(file.server, file.standby, disks, state_dir);
-    if let Some(p) = file.pin_dir {
-        config.pin_dir = p;
-    }
-    if let Some(m) = file.point_interval_minutes {
-        config.point_interval = match m {
-            0 => None,
-            m => Some(Duration::from_secs(
-                bounded("point_interval_minutes", m, 1..=10_080)? * 60,
-            )),
-        };
-    }
-    config.pre_freeze = file.pre_freeze;
-    config.post_thaw = file.post_thaw;
-    if let Some(ms) = file.max_freeze_ms {
-        config.max_freeze = Duration::from_millis(bounded("max_freeze_ms", ms, 100..=60_000)?);
-    }
-    if let Some(b) = file.bandwidth_mib_per_sec {
-        config.bandwidth = (b > 0).then(|| b.saturating_mul(1 << 20));
-    }
-    if let Some(a) = file.auto_restart {
-        config.auto_restart = a;
-    }
-    if let Some(w) = file.window_mib {
-        config.window_bytes = bounded("window_mib", w, 1..=4096)? << 20;
-    }
-    if let Some(z) = file.zstd_level {
-        if !(1..=19).contains(&z) {
-            bail!("zstd_level is {z}; it must be 1 to 19");
-        }
-        config.zstd_level = z;
-    }
-    if let Some(t) = file.seal_threads
-        && t > 0
-    {
-        config.seal_threads = t;
-    }
-    if let Some(u) = file.io_uring {
-        config.io_uring = u;
-    }
-    let tls = match (file.insecure_plaintext, file.tls) {
-        (true, _) => None,
-        (false, Some(tls)) => {
-            tls.validate()
-                .context("the config file's [tls] is not valid")?;
-            Some(tls)
-        }
-        (false, None) => bail!(
-            "the link to the standby is TLS only, and the config has no [tls]: get this \
-             host a certificate naming its server (`ferry tls issue --dir pki --name {}`) \
-             and set [tls] ca, cert and key; or, to a loopback standby only, set \
-             insecure_plaintext = true",
-            config.server
-        ),
-    };
-    Ok((config, file.key_file, tls))
+    let v = file.validate(|| ferry_tracker::check::disks_with_mounts(Path::new("/")))?;
+    Ok((v.config, v.key_file, v.tls))
 }
 
 /// The link's TLS from the config's files: the standby's certificate is checked for the

@@ -20,9 +20,12 @@ use crate::catalog::{CatalogError, Pair, Reverse};
 use crate::instance::{Instance, Kind, Spec};
 use crate::lifecycle::{Phase, State, Step};
 use crate::original_disks::OriginalDisk;
+use ferry_replicator::agent::request_point;
+use ferry_replicator::config_file::AgentFile;
+use ferry_replicator::status::{Phase as AgentPhase, Status};
 use ferry_wire::{ServerId, error_chain};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -267,30 +270,31 @@ impl Control {
             path: key_file.clone(),
             source: e,
         })?;
-        let disks: Vec<String> = instance
-            .disks
-            .iter()
-            .map(|d| format!("{:?}", d.device))
-            .collect();
+        // The instance's devices, shipped back; points only when the failback asks.
+        let agent = AgentFile {
+            insecure_plaintext: tools.link_tls.is_none(),
+            disks: Some(
+                instance
+                    .disks
+                    .iter()
+                    .map(|d| PathBuf::from(&d.device))
+                    .collect(),
+            ),
+            state_dir: Some(state_dir.clone()),
+            pin_dir: Some(pin_dir.clone()),
+            point_interval_minutes: Some(0),
+            tls: tools.link_tls.clone(),
+            ..AgentFile::new(server.id.clone(), address, key_file)
+        };
+        let text = agent
+            .to_toml()
+            .map_err(|e| ControlError::Reverse(ferry_wire::error_chain(&e)))?;
         ferry_standby::private_files::write(
             &config,
             format!(
                 "# The reverse agent of {id}: the failover instance's devices, shipped back to \
-                 site {site}.\nserver = {id:?}\nstandby = {address:?}\nkey_file = {key:?}\n\
-                 disks = [{disks}]\nstate_dir = {state:?}\npin_dir = {pins:?}\n\
-                 point_interval_minutes = 0\n{tls}",
-                site = reverse.site,
-                key = key_file,
-                disks = disks.join(", "),
-                state = state_dir,
-                pins = pin_dir,
-                tls = match &tools.link_tls {
-                    Some(t) => format!(
-                        "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-                        t.ca, t.cert, t.key
-                    ),
-                    None => "insecure_plaintext = true\n".to_owned(),
-                },
+                 site {}.\n{text}",
+                reverse.site
             )
             .as_bytes(),
         )
@@ -386,11 +390,11 @@ impl Control {
             .reverse
             .as_ref()
             .is_some_and(|r| self.reverse_agent_alive(id, r));
-        let phase = match status["phase"].as_str() {
+        let phase = match status.phase {
             _ if !alive => Phase::Interrupted,
-            Some("full") => Phase::Full,
-            Some("realtime") => Phase::Realtime,
-            Some("interrupted") => Phase::Interrupted,
+            Some(AgentPhase::Full) => Phase::Full,
+            Some(AgentPhase::Realtime) => Phase::Realtime,
+            Some(AgentPhase::Interrupted) => Phase::Interrupted,
             _ => return,
         };
         let want = match phase {
@@ -406,7 +410,7 @@ impl Control {
     }
 
     /// The reverse agent's status, for the operator.
-    pub(super) fn reverse_view(&self, id: &ServerId) -> Option<Value> {
+    pub(super) fn reverse_view(&self, id: &ServerId) -> Option<Status> {
         let server = self.catalog().server(id.as_str()).ok()?.clone();
         server.reverse.as_ref().and_then(reverse_status)
     }
@@ -694,25 +698,17 @@ impl Control {
             .as_ref()
             .ok_or_else(|| ControlError::Reverse("the reverse agent never ran".into()))?;
         let socket = state_dir.join("agent.sock");
-        let ask = || -> std::io::Result<Value> {
-            let mut conn = std::os::unix::net::UnixStream::connect(&socket)?;
-            conn.set_read_timeout(Some(POINT_WAIT))?;
-            conn.write_all(b"point\n")?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text)?;
-            serde_json::from_str(&text).map_err(std::io::Error::other)
-        };
-        let reply = ask().map_err(|e| {
+        let reply = request_point(&socket, POINT_WAIT).map_err(|e| {
             ControlError::Reverse(format!(
                 "cannot reach the reverse agent at {}: {e}",
                 socket.display()
             ))
         })?;
-        match (reply["ok"].as_bool(), reply["point"].as_u64()) {
-            (Some(true), Some(point)) => Ok(point),
+        match (reply.ok, reply.point) {
+            (true, Some(point)) => Ok(point),
             _ => Err(ControlError::Reverse(format!(
                 "the reverse agent could not make the failback's point: {}",
-                reply["error"].as_str().unwrap_or("no reason given")
+                reply.error.as_deref().unwrap_or("no reason given")
             ))),
         }
     }
@@ -749,9 +745,8 @@ fn is_reverse_agent(pid: u32, config: &Path) -> bool {
 }
 
 /// The reverse agent's status file, if it has one.
-fn reverse_status(r: &Reverse) -> Option<Value> {
-    let text = std::fs::read(r.state_dir.as_ref()?.join("status.json")).ok()?;
-    serde_json::from_slice(&text).ok()
+fn reverse_status(r: &Reverse) -> Option<Status> {
+    Status::load(&r.state_dir.as_ref()?.join("status.json")).ok()
 }
 
 #[cfg(test)]
