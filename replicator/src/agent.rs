@@ -739,6 +739,11 @@ impl Agent {
             if let Some(e) = stream.link.closed() {
                 return Err(e.into());
             }
+            for w in stream.link.take_warnings() {
+                tracing::warn!(code = ?w.code, "the standby warns: {}", w.message);
+                self.status.last_warning = Some(format!("{:?}: {}", w.code, w.message));
+                self.status.last_warning_unix_ms = now_ms();
+            }
             self.serve_control(Some(&mut stream));
             for request in stream.link.take_point_requests() {
                 let status = self.manual_point(Some(&mut stream));

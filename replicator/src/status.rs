@@ -115,6 +115,12 @@ pub struct Status {
     pub reconnects: u64,
     pub reads_io_uring: bool,
     pub last_error: Option<String>,
+    /// The standby's last warning on the link (a retryable refusal, e.g. its storage is
+    /// full), and when it came (Unix ms).
+    #[serde(default)]
+    pub last_warning: Option<String>,
+    #[serde(default)]
+    pub last_warning_unix_ms: u64,
     pub last_point: Option<PointStatus>,
     pub updated_unix_ms: u64,
 }

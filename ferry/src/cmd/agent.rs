@@ -303,5 +303,11 @@ fn status(args: &StatusArgs) -> Result<()> {
     if let Some(e) = &s.last_error {
         println!("last error: {e}");
     }
+    if let Some(w) = &s.last_warning {
+        println!(
+            "standby warning: {w} ({} s ago)",
+            ferry_standby::now_ms().saturating_sub(s.last_warning_unix_ms) / 1000
+        );
+    }
     Ok(())
 }
