@@ -365,3 +365,25 @@ fn rebuilt_images_are_0600_in_0700_directories_whatever_the_umask() {
         );
     }
 }
+
+#[test]
+fn a_point_list_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let site = populated();
+    let data = site.s("data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["point", "list", "--data-dir", &data, "--server", "web-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ferry");
+    // The reader goes away before ferry writes a line, as `| head -0` would.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("ferry ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && out.status.signal() == Some(libc::SIGPIPE),
+        "ferry point list into a closed pipe: {:?}, stderr: {stderr}",
+        out.status
+    );
+}

@@ -82,6 +82,14 @@ pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Standby(_) | Command::Agent(_)) {
+        // A command whose output goes into `head` ends quietly when the pipe closes, as
+        // Unix tools do (Rust ignores SIGPIPE, so println! would panic on EPIPE). The
+        // services keep ignoring it: a peer closing a socket must be an error, not death.
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: SIG_DFL installs no handler of ours, and no other thread runs yet.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
     let level = match cli.command {
         Command::Standby(_) | Command::Agent(_) => tracing::Level::INFO,
         _ => tracing::Level::WARN,
