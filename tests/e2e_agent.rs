@@ -27,13 +27,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// One protected disk, its standby and its agent's config, in a temporary directory.
 struct Site {
     dir: tempfile::TempDir,

@@ -341,13 +341,6 @@ impl Drop for Site {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The last seq the standby holds for web-1 ("latest").
 fn latest_seq(console: &Console) -> u64 {
     let points = console.json(&["point", "list", "--server", "web-1"]);

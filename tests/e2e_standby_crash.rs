@@ -11,22 +11,9 @@ use ferry_replicator::sim::{SimServer, noise};
 use ferry_wire::message::PointKind;
 use ferry_wire::{Message, Seq};
 use std::time::Duration;
-use support::{StandbyProcess, new_key, rebuild_web1, standby_config};
+use support::{Rng, StandbyProcess, new_key, rebuild_web1, standby_config};
 
 const DISK: usize = 16 << 20;
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.below64(n as u64)).expect("below a usize")
-    }
-    fn below64(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 #[test]
 fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
@@ -67,7 +54,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
         }
         // Stream new records; a killer strikes after a random delay.
         let pid = standby.pid();
-        let delay = Duration::from_millis(100 + rng.below64(900));
+        let delay = Duration::from_millis(rng.range(100, 1000));
         let killer = std::thread::spawn(move || {
             std::thread::sleep(delay);
             // SAFETY: kill has no memory preconditions; pid is our own child, not reaped yet.
@@ -75,8 +62,9 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
         });
         let monitor = link.monitor();
         for i in 0..4000u64 {
-            let len = [4096usize, 65_536, 1 << 20][rng.below(3)];
-            let offset = rng.below((DISK - len) / 4096) as u64 * 4096;
+            let len =
+                [4096usize, 65_536, 1 << 20][usize::try_from(rng.range(0, 3)).expect("small")];
+            let offset = rng.range(0, ((DISK - len) / 4096) as u64) * 4096;
             let m = if i % 50 == 49 {
                 sim.barrier(PointKind::Scheduled, i).0
             } else {

@@ -142,6 +142,14 @@ pub(crate) fn ferry(args: &[&str]) -> String {
     run(env!("CARGO_BIN_EXE_ferry"), args)
 }
 
+/// A TCP port free on loopback now (for a service the test starts next).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A deterministic pseudo-random sequence (xorshift64*), so failures reproduce.
 #[derive(Debug, Clone)]
 pub(crate) struct Rng(pub(crate) u64);
