@@ -242,15 +242,15 @@ impl Mapped {
         writable: bool,
     ) -> Result<Self, BpfError> {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&data.fd().as_fd());
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, shared; `bytes` is at
-        // most its value area (the caller sizes it from the map's definition). The
-        // mapping lives until `Drop` unmaps it and is only accessed through `atomic_u64`
-        // and `atomic_u32`.
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
             libc::PROT_READ
         };
+        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, shared; `bytes` is at
+        // most its value area (the caller sizes it from the map's definition). The
+        // mapping lives until `Drop` unmaps it and is only accessed through `atomic_u64`
+        // and `atomic_u32`.
         let ptr = unsafe { libc::mmap(std::ptr::null_mut(), bytes, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
             return Err(BpfError::Mmap {
