@@ -714,7 +714,7 @@ fn unmount_device(device: &str) -> Result<(), InstanceError> {
     // Deepest first.
     targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
     for target in targets {
-        let target = target.replace("\\040", " ");
+        let target = crate::original_disks::unescape(target);
         if nix::mount::umount(target.as_str()).is_err() {
             nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH)
                 .map_err(|e| io_err("unmount", Path::new(&target))(e.into()))?;

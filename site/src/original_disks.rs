@@ -306,7 +306,7 @@ fn devnum_of(path: &str) -> Option<String> {
 }
 
 /// Unescapes the octal escapes (`\040`) of a mountinfo field.
-fn unescape(field: &str) -> String {
+pub(crate) fn unescape(field: &str) -> String {
     let mut out = String::new();
     let mut rest = field;
     while let Some(at) = rest.find('\\') {
