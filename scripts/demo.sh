@@ -49,12 +49,22 @@ ctl() { "$ferry" "$@" --control "127.0.0.1:$b_ctl" --token-file "$work/control.t
 ctl_a() { "$ferry" "$@" --control "127.0.0.1:$a_ctl" --token-file "$work/control.token" --ca "$work/pki/ca.pem"; }
 # A field of a command's JSON: field EXPR ARGS… (EXPR in Python, the JSON is `s`).
 field() { local e="$1"; shift; "$@" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($e)"; }
+# wait_until WHAT SECONDS CMD…: runs CMD until it succeeds; after SECONDS the demo stops,
+# naming WHAT (every wait of the demo is bounded).
+wait_until() { local what="$1" limit="$2" t0; shift 2; t0=$(now)
+    until "$@"; do
+        if (( $(echo "$(now) - $t0 > $limit" | bc) )); then
+            echo "demo: $what did not happen within $limit s" >&2; exit 1
+        fi
+        sleep 0.1
+    done; }
 state() { field 's["shown_state"]' ctl server show web-1; }
-wait_state() { local t0; t0=$(now); until [ "$(state)" = "$1" ]; do
-    if (( $(echo "$(now) - $t0 > 300" | bc) )); then echo "web-1 never became $1 (is $(state))"; exit 1; fi
-    sleep 0.2; done; }
+is_state() { [ "$(state)" = "$1" ]; }
+wait_state() { wait_until "web-1 becoming $1" 300 is_state "$1"; }
 agent_json() { "$ferry" agent status --state-dir "$work/agent" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-wait_in_sync() { until [ "$(agent_json 's["phase"]=="realtime" and s["backlog_bytes"]==0')" = True ]; do sleep 0.3; done; }
+in_sync() { [ "$(agent_json 's["phase"]=="realtime" and s["backlog_bytes"]==0')" = True ]; }
+wait_in_sync() { wait_until "the agent catching up (realtime, no backlog)" 300 in_sync; }
+gone() { ! kill -0 "$1" 2>/dev/null; }
 sums() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 # A post-launch script that mounts the instance's disk read-only and checks every file.
 verify_script() {
@@ -71,14 +81,14 @@ EOF
 start_standby() { # start_standby NAME
     "$ferry" standby --config "$work/$1.toml" >"$work/$1.out" 2>>"$work/$1.log" &
     disown
-    until grep -q listening "$work/$1.out" 2>/dev/null; do sleep 0.05; done
+    wait_until "standby $1 listening" 60 grep -qs listening "$work/$1.out"
 }
 start_agent() {
     : >"$work/agent.out"
     "$ferry" agent --config "$work/agent.toml" >"$work/agent.out" 2>>"$work/agent.log" &
     agent=$!
     disown
-    until grep -q tracking "$work/agent.out" 2>/dev/null; do sleep 0.05; done
+    wait_until "the agent tracking" 60 grep -qs tracking "$work/agent.out"
 }
 
 step "1. two sites on loopback: a standby at site A (zone-a) and at site B (zone-b)"
@@ -191,7 +201,7 @@ ctl drill clean web-1
 
 step "8. disaster: the host is lost (agent kill -9); failover at the latest state"
 sums "$work/mnt-web1" >"$work/sums-final"
-kill -9 "$agent"; while kill -0 "$agent" 2>/dev/null; do sleep 0.05; done
+kill -9 "$agent"; wait_until "the agent's exit" 30 gone "$agent"
 umount "$work/mnt-web1"
 failover_ms=$(field 's["ready_ms"]' ctl failover start web-1 --script "$(verify_script failover sums-final)")
 ctl server show web-1
@@ -213,7 +223,8 @@ t0=$(now)
 ctl reverse start web-1 --original-machine >/dev/null
 wait_state reverse-realtime
 reverse_s=$(since "$t0")
-until [ "$(field 's["state"]' ctl_a server show web-1)" = realtime ]; do sleep 0.2; done
+a_realtime() { [ "$(field 's["state"]' ctl_a server show web-1)" = realtime ]; }
+wait_until "web-1 realtime at site A" 300 a_realtime
 reverse_bytes=$(field 's["reverse_agent"]["shipped_bytes"]' ctl server show web-1)
 field '"reverse catch-up: %s, %d MiB compared, %d MiB differed, %d MiB shipped" % (lambda c: (c["method"], c["compared_bytes"] >> 20, c["differing_bytes"] >> 20, c["shipped_bytes"] >> 20))(s["reverse_agent"]["disks"][0]["last_catch_up"])' ctl server show web-1
 ctl_a server list
