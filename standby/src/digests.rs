@@ -24,6 +24,7 @@
 use crate::extent_map::ExtentMap;
 use crate::index::{Entry, EntryKind};
 use crate::log::ServerLog;
+use ferry_wire::body::RECORD_HEAD_MAX_LEN;
 use ferry_wire::digest::Digester;
 use ferry_wire::digest::{
     CHUNK, ChunkDigest, GRAIN, GrainDigest, ZERO_GRAIN, chunk_digest, grains_overlapped,
@@ -88,10 +89,6 @@ impl Baseline {
         out.first().copied()
     }
 }
-
-/// Bytes of a record frame that hold its header (bincode: server name ≤ 60 bytes, the
-/// rest fixed fields with varints) and the length of its digest list.
-const HEAD_ROOM: u64 = 256;
 
 /// The digests of chunks `first_chunk .. first_chunk + count` of `disk` (clipped to the
 /// disk's end). The caller checked that the range starts inside the disk.
@@ -197,8 +194,10 @@ fn record_digests(log: &ServerLog, e: &Entry) -> Option<Vec<GrainDigest>> {
         None
     };
     let (file, _) = log.segment_file(e.segment)?;
-    let want = (FRAME_HEADER_LEN as u64 + HEAD_ROOM + 16 * grains_overlapped(offset.0, length.0))
-        .min(u64::from(e.frame_len));
+    let want = (FRAME_HEADER_LEN as u64
+        + RECORD_HEAD_MAX_LEN as u64
+        + 16 * grains_overlapped(offset.0, length.0))
+    .min(u64::from(e.frame_len));
     let mut buf = vec![0u8; usize::try_from(want).ok()?];
     if let Err(err) = file.read_exact_at(&mut buf, e.position.0) {
         return damaged(err.to_string());

@@ -10,7 +10,7 @@
 //!
 //!  segment header, integers little-endian:
 //!  0   8  magic "FERRYSEG"
-//!  8   2  version = 4 (3: frames of protocol 4; 2: no end-to-end seals; 1: no watermark)
+//!  8   2  version = 5 (4: frames of protocol 5; 3: frames of protocol 4; 2: no end-to-end seals; 1: no watermark)
 //!  10  6  reserved = 0
 //!  16  8  segment number (must match the file name)
 //!  24  4  reserved = 0
@@ -58,10 +58,11 @@ const HEADER_BYTES: usize = 48;
 /// Where the durable watermark (8 bytes, crc32, reserved) sits in the header.
 pub const WATERMARK_AT: u64 = 32;
 const MAGIC: &[u8; 8] = b"FERRYSEG";
+/// Version 5: frames of protocol version 6 (bodies in `ferry_wire::body`'s layout).
 /// Version 4: frames of protocol version 5 (a record's tags cover its payload's hash).
 /// Segments of earlier versions are refused by this header, before any frame in them is
 /// read.
-const VERSION: u16 = 4;
+const VERSION: u16 = 5;
 
 /// The header of segment `segment`.
 pub fn encode_header(segment: SegmentNo) -> [u8; HEADER_BYTES] {
@@ -428,12 +429,12 @@ mod tests {
         let segment = SegmentNo(7);
         assert_eq!(check_header(&encode_header(segment), segment), Ok(()));
         let mut old = encode_header(segment);
-        old[8..10].copy_from_slice(&3u16.to_le_bytes());
+        old[8..10].copy_from_slice(&4u16.to_le_bytes());
         let crc = crc32fast::hash(&old[..28]);
         old[28..32].copy_from_slice(&crc.to_le_bytes());
-        let refused = check_header(&old, segment).expect_err("a version 3 segment");
+        let refused = check_header(&old, segment).expect_err("a version 4 segment");
         assert!(
-            refused.contains("version 3") && refused.contains(&format!("reads {VERSION}")),
+            refused.contains("version 4") && refused.contains(&format!("reads {VERSION}")),
             "{refused}"
         );
     }

@@ -22,11 +22,10 @@ use crate::ids::ServerId;
 use crate::keys::AuthKey;
 use hmac::{Hmac, Mac};
 use rand_core::{CryptoRng, RngCore};
-use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// A random per-connection challenge value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nonce(pub [u8; 32]);
 
 impl Nonce {
@@ -38,7 +37,7 @@ impl Nonce {
 }
 
 /// An HMAC proving possession of the auth key for one exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Proof(pub [u8; 32]);
 
 /// Which side of the link a proof speaks for.

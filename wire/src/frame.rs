@@ -10,23 +10,22 @@
 //! ```
 //!
 //! - `version` is [`PROTOCOL_VERSION`]; any other is refused, naming both versions.
-//! - `type` names the message ([`FrameType`]); the body is that message's bincode
-//!   encoding (bincode 2, standard configuration).
+//! - `type` names the message ([`FrameType`]); the body is that message in the layout
+//!   [`crate::body`] draws.
 //! - `crc32` (IEEE, crc32fast) covers header bytes 0..12 and the body.
 //! - `body_len` is at most [`MAX_FRAME_BODY`]; a larger value is refused from the
-//!   16-byte header alone, before any body buffer is allocated. Bincode decoding of the
-//!   body is limited to the same cap, so no length inside a body can allocate more.
+//!   16-byte header alone, before any body buffer is allocated; no length inside a body
+//!   is trusted beyond the bytes that remain of it ([`crate::body`]).
 //!
 //! A reader of a stream reads [`FRAME_HEADER_LEN`] bytes, calls [`FrameHeader::parse`],
 //! reads `body_len` more bytes and calls [`FrameHeader::decode_body`]. [`decode`] does
 //! both for a buffer that holds exactly one frame.
 
+use crate::body::{BodyError, LayoutError};
 use crate::digest::GrainDigest;
 use crate::message::MessageError;
 use crate::message::*;
 use crate::record::{MAX_DATA_EXTENT, RecordHeader};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"FERY";
@@ -40,16 +39,6 @@ const _: () = assert!(
     MAX_DATA_EXTENT + 4096 < MAX_FRAME_BODY as usize,
     "a data extent must fit a frame"
 );
-
-type BodyConfig = bincode::config::Configuration<
-    bincode::config::LittleEndian,
-    bincode::config::Varint,
-    bincode::config::Limit<{ MAX_FRAME_BODY as usize }>,
->;
-
-fn body_config() -> BodyConfig {
-    bincode::config::standard().with_limit::<{ MAX_FRAME_BODY as usize }>()
-}
 
 /// The message type byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +111,8 @@ pub enum FrameError {
     Body {
         frame_type: FrameType,
         #[source]
-        source: bincode::error::DecodeError,
+        source: BodyError,
     },
-    #[error("{frame_type:?} frame body has {count} trailing bytes")]
-    BodyTrailingBytes { frame_type: FrameType, count: usize },
     #[error("{frame_type:?} frame holds an invalid message")]
     Invalid {
         frame_type: FrameType,
@@ -135,7 +122,7 @@ pub enum FrameError {
     #[error("frame body is {available} bytes; its header says {declared}")]
     BodyLenMismatch { declared: usize, available: usize },
     #[error("message cannot be encoded")]
-    Encode(#[source] bincode::error::EncodeError),
+    Encode(#[source] LayoutError),
 }
 
 /// A parsed and checked frame header.
@@ -214,23 +201,10 @@ impl FrameHeader {
             });
         }
         let t = self.frame_type;
-        let message = match t {
-            FrameType::Hello => Message::Hello(body_as(t, body)?),
-            FrameType::Challenge => Message::Challenge(body_as(t, body)?),
-            FrameType::Authenticate => Message::Authenticate(body_as(t, body)?),
-            FrameType::Welcome => Message::Welcome(body_as(t, body)?),
-            FrameType::RegisterServer => Message::RegisterServer(body_as(t, body)?),
-            FrameType::Record => Message::Record(body_as(t, body)?),
-            FrameType::Barrier => Message::Barrier(body_as(t, body)?),
-            FrameType::Ack => Message::Ack(body_as(t, body)?),
-            FrameType::Heartbeat => Message::Heartbeat(body_as(t, body)?),
-            FrameType::Error => Message::Error(body_as(t, body)?),
-            FrameType::DigestRequest => Message::DigestRequest(body_as(t, body)?),
-            FrameType::Digests => Message::Digests(body_as(t, body)?),
-            FrameType::Progress => Message::Progress(body_as(t, body)?),
-            FrameType::PointRequest => Message::PointRequest(body_as(t, body)?),
-            FrameType::PointResult => Message::PointResult(body_as(t, body)?),
-        };
+        let message = crate::body::decode(t, body).map_err(|source| FrameError::Body {
+            frame_type: t,
+            source,
+        })?;
         message.check().map_err(|source| FrameError::Invalid {
             frame_type: t,
             source,
@@ -254,29 +228,13 @@ impl FrameHeader {
                 source: MessageError::NotARecord,
             });
         }
-        let t = self.frame_type;
         let prefix = &body_prefix[..body_prefix.len().min(self.body_len())];
-        let (head, _): ((RecordHeader, Vec<GrainDigest>), usize) =
-            bincode::serde::decode_from_slice(prefix, body_config()).map_err(|source| {
-                FrameError::Body {
-                    frame_type: t,
-                    source,
-                }
-            })?;
+        let head = crate::body::decode_record_head(prefix).map_err(|source| FrameError::Body {
+            frame_type: self.frame_type,
+            source,
+        })?;
         Ok(head)
     }
-}
-
-fn body_as<T: DeserializeOwned>(frame_type: FrameType, body: &[u8]) -> Result<T, FrameError> {
-    let (value, used) = bincode::serde::decode_from_slice(body, body_config())
-        .map_err(|source| FrameError::Body { frame_type, source })?;
-    if used != body.len() {
-        return Err(FrameError::BodyTrailingBytes {
-            frame_type,
-            count: body.len() - used,
-        });
-    }
-    Ok(value)
 }
 
 impl Message {
@@ -310,23 +268,7 @@ impl Message {
         })?;
         let start = out.len();
         out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-        let body = match self {
-            Message::Hello(m) => encode_body(m, out),
-            Message::Challenge(m) => encode_body(m, out),
-            Message::Authenticate(m) => encode_body(m, out),
-            Message::Welcome(m) => encode_body(m, out),
-            Message::RegisterServer(m) => encode_body(m, out),
-            Message::Record(m) => encode_body(m, out),
-            Message::Barrier(m) => encode_body(m, out),
-            Message::Ack(m) => encode_body(m, out),
-            Message::Heartbeat(m) => encode_body(m, out),
-            Message::Error(m) => encode_body(m, out),
-            Message::DigestRequest(m) => encode_body(m, out),
-            Message::Digests(m) => encode_body(m, out),
-            Message::Progress(m) => encode_body(m, out),
-            Message::PointRequest(m) => encode_body(m, out),
-            Message::PointResult(m) => encode_body(m, out),
-        };
+        let body = crate::body::encode(self, out).map_err(FrameError::Encode);
         if let Err(e) = body {
             out.truncate(start);
             return Err(e);
@@ -356,12 +298,6 @@ impl Message {
         self.encode_into(&mut out)?;
         Ok(out)
     }
-}
-
-fn encode_body<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), FrameError> {
-    bincode::serde::encode_into_std_write(value, out, bincode::config::standard())
-        .map(|_| ())
-        .map_err(FrameError::Encode)
 }
 
 /// Decodes a buffer holding exactly one frame.

@@ -7,11 +7,12 @@
 //!   from it.
 //! - [`record`]: the plaintext record header that the standby stores and indexes.
 //! - [`digest`]: keyed grain digests and chunk digests, for digest catch-up.
-//! - [`seal`]: sealing an extent (zero detection → zstd → AES-256-CTR → HMAC-SHA256) and
-//!   unsealing it (MAC checked before anything is decrypted).
+//! - [`seal`]: sealing an extent (zero detection → zstd → AES-256-CTR → keyed BLAKE3 seal
+//!   and ingest MAC) and unsealing it (tags checked before anything is decrypted).
 //! - [`auth`]: the challenge–response proofs an agent and a standby exchange.
 //! - [`message`]: the agent ↔ standby protocol messages.
-//! - [`frame`]: how a message is framed on the link (magic, version, type, length, CRC).
+//! - [`frame`]: how a message is framed on the link (magic, version, type, length, CRC);
+//!   [`body`]: each message's byte layout inside its frame.
 //!
 //! Invariants kept here:
 //! - Nothing decodes a length from outside without checking it against a documented cap
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod body;
 pub mod digest;
 pub mod disk_identity;
 pub mod frame;

@@ -1,5 +1,6 @@
 //! The agent ↔ standby protocol messages. Each message travels in one frame whose type
-//! byte names the message ([`crate::frame`]); the body is the message's bincode encoding.
+//! byte names the message ([`crate::frame`]); the body is the message in the layout
+//! [`crate::body`] draws.
 //!
 //! Conversation on one connection (one ordered stream per server):
 //!
@@ -31,14 +32,15 @@ use crate::record::SealedRecord;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks (the frame header's version field).
+/// Version 6: frame bodies in ferry's own layout ([`crate::body`]), no longer bincode's.
 /// Version 5: a record's tags cover its payload's BLAKE3 hash ([`crate::record`]). Version 4
 /// brought per-server keys, records, barriers and registrations sealed end to end, and a
 /// registration's disks carrying their identity ([`crate::disk_identity`]). Frames of
 /// earlier versions are refused, naming both versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Agent → standby: opens a connection for one server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub server: ServerId,
     /// The agent's software version, for the standby's logs.
@@ -47,21 +49,21 @@ pub struct Hello {
 }
 
 /// Standby → agent: the standby's nonce and its proof of holding the auth key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
     pub server_nonce: Nonce,
     pub standby_proof: Proof,
 }
 
 /// Agent → standby: the agent's proof of holding the auth key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticate {
     pub agent_proof: Proof,
 }
 
 /// Standby → agent: authenticated. Everything at or below `last_durable` is safe; the
 /// agent resumes after it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
     pub last_durable: Seq,
     /// The standby can answer digest requests for this server's disks (it holds records
@@ -87,6 +89,8 @@ pub struct DiskInfo {
 /// Agent → standby: the server and its disks, sealed by the agent
 /// ([`crate::seal::sign_registration`]): the standby stores it and every barrier names the
 /// registration it was taken under, so a rebuild uses exactly those disks and sizes.
+///
+/// Also kept by the standby as JSON (`registrations.json`), hence serde.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterServer {
     pub hostname: String,
@@ -106,14 +110,14 @@ impl RegisterServer {
 }
 
 /// How a recovery point came to be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointKind {
     Scheduled,
     Manual,
 }
 
 /// Agent → standby: every record before this seq, and none after, belongs to the point.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Barrier {
     /// The server whose point this is.
     pub server: ServerId,
@@ -133,13 +137,13 @@ pub struct Barrier {
 }
 
 /// Standby → agent: every record and barrier with seq ≤ `durable` is on stable storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     pub durable: Seq,
 }
 
 /// Either way: the link is alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     pub unix_time_ms: u64,
 }
@@ -147,7 +151,7 @@ pub struct Heartbeat {
 /// Agent → standby: the digests of chunks `first_chunk .. first_chunk + count` of `disk`
 /// ([`crate::digest`]), as the standby's latest durable state holds them. The standby
 /// answers after every record sent before the request is durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DigestRequest {
     /// The agent's id for the request, echoed in the answer.
     pub request: u64,
@@ -159,7 +163,7 @@ pub struct DigestRequest {
 /// Standby → agent: the answer to a [`DigestRequest`], one entry per chunk asked for;
 /// `None` where the standby cannot tell (a grain pieced together from several records),
 /// which the agent treats as different.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digests {
     pub request: u64,
     pub disk: DiskId,
@@ -168,7 +172,7 @@ pub struct Digests {
 }
 
 /// What an agent is doing, as DESIGN.md §5 shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicationPhase {
     /// Copying or comparing whole disks (first start, or a tracking gap).
     Full,
@@ -177,7 +181,7 @@ pub enum ReplicationPhase {
 }
 
 /// Agent → standby: where replication is; about once a second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     pub phase: ReplicationPhase,
     /// Bytes of the running full copy or digest compare done, of the total.
@@ -190,7 +194,7 @@ pub struct Progress {
 }
 
 /// Standby → agent: make a manual recovery point now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PointRequest {
     /// The standby's id for the request, echoed in the result.
     pub request: u64,
@@ -198,6 +202,8 @@ pub struct PointRequest {
 
 /// Agent → standby: the outcome of a [`PointRequest`]: the point, once its barrier is
 /// durable, or why none was made (`error`, for the operator).
+///
+/// Also the control API's answer to `POST /v1/servers/{id}/points` (JSON), hence serde.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PointResult {
     pub request: u64,
@@ -211,7 +217,7 @@ pub struct PointResult {
 pub const MAX_DIGEST_CHUNKS: u32 = 1024;
 
 /// What went wrong, in a form the other side can act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     UnsupportedVersion,
     AuthenticationFailed,
@@ -233,7 +239,7 @@ impl ErrorCode {
 }
 
 /// Either way: a refusal, with a message for the operator.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorMessage {
     pub code: ErrorCode,
     pub message: String,

@@ -46,7 +46,6 @@
 
 use crate::digest::{GrainDigest, grains_overlapped};
 use crate::ids::{ByteLen, ByteOffset, DiskId, MAX_NAME_LEN, Seq, ServerId};
-use serde::{Deserialize, Serialize};
 
 /// Longest extent a data record may carry, in bytes.
 pub const MAX_DATA_EXTENT: usize = 1 << 20;
@@ -63,7 +62,7 @@ const MAC_INPUT_FIXED: usize = 59;
 pub const MAC_INPUT_MAX: usize = MAC_INPUT_FIXED + MAX_NAME_LEN;
 
 /// What a record says about the range it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
     /// The range holds the (sealed) payload.
     Data,
@@ -74,14 +73,14 @@ pub enum RecordKind {
 }
 
 /// How a data record's payload was encoded before encryption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Compression {
     None,
     Zstd,
 }
 
 /// The plaintext header of a record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RecordHeader {
     pub server: ServerId,
     pub disk: DiskId,
@@ -220,11 +219,10 @@ impl RecordHeader {
 /// A header, its grain digests, its payload, the seal and the MAC over them: what
 /// travels and what is stored. The digests come before the payload, so a reader that wants only them can
 /// stop early.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedRecord {
     pub header: RecordHeader,
     pub digests: Vec<GrainDigest>,
-    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// The end-to-end tag: only the server's agent can make it.
     pub seal: [u8; MAC_LEN],

@@ -4,8 +4,10 @@
 
 mod common;
 
-use common::reframe;
+use common::{Body, record_body, reframe};
 use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader, MAGIC};
+use ferry_wire::record::RecordAddress;
+use ferry_wire::{ByteLen, ByteOffset, DiskId, MasterKey, Sealer, Seq, ServerId};
 use ferry_wire::{MAX_FRAME_BODY, PROTOCOL_VERSION};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,13 +37,6 @@ unsafe impl GlobalAlloc for LargestAllocation {
 #[global_allocator]
 static ALLOCATOR: LargestAllocation = LargestAllocation;
 
-/// bincode varint for a u64: marker 253 then 8 bytes little-endian.
-fn varint_u64(n: u64) -> Vec<u8> {
-    let mut v = vec![253];
-    v.extend_from_slice(&n.to_le_bytes());
-    v
-}
-
 #[test]
 fn claimed_lengths_are_refused_before_allocating() {
     // In the frame header: refused from the 16 bytes alone.
@@ -56,17 +51,38 @@ fn claimed_lengths_are_refused_before_allocating() {
         assert!(err.to_string().contains("over the"), "{err}");
     }
 
-    // Inside a body under the cap: a string (error message, frame type 10) and a byte
-    // payload (hello's agent version is a string too) each claiming 64 GiB.
+    // Inside a body under the cap: lists and a payload each claiming gigabytes.
+    let record = {
+        let keys = MasterKey::from_bytes([1; 32])
+            .host_key(&ServerId::new("a").unwrap())
+            .keys();
+        let mut r = Sealer::new(&keys, 1)
+            .unwrap()
+            .zeroes(
+                RecordAddress {
+                    server: ServerId::new("a").unwrap(),
+                    disk: DiskId(0),
+                    offset: ByteOffset(0),
+                    seq: Seq(1),
+                },
+                ByteLen(4096),
+            )
+            .unwrap();
+        r.header.payload_len = u32::MAX;
+        r
+    };
     let claims = [
+        // a registration of 2^32 - 1 disks
         (
-            10u8,
-            [vec![5u8], varint_u64(64 << 30), vec![b'x'; 32]].concat(),
-        ), // code 5, message
-        (
-            1u8,
-            [vec![1u8, b'a'], varint_u64(64 << 30), vec![0u8; 32]].concat(),
-        ), // server "a", version
+            5u8,
+            Body::default().text("h").u32(u32::MAX).bytes(&[0; 64]).0,
+        ),
+        // digests of 2^32 - 1 chunks
+        (12, Body::default().u64(1).u32(0).u64(0).u32(u32::MAX).0),
+        // a record whose payload is 4 GiB long
+        (6, record_body(&record)),
+        // an error message of 64 KiB
+        (10, Body::default().u8(5).u32(0xffff).bytes(&[b'x'; 32]).0),
     ];
     for (frame_type, body) in claims {
         let bytes = reframe(frame_type, &body);

@@ -4,7 +4,8 @@
 use ferry_wire::auth::{Nonce, Proof};
 mod common;
 
-use common::reframe;
+use common::{Body, record_body, reframe};
+use ferry_wire::body::{BodyError, RECORD_HEAD_MAX_LEN};
 use ferry_wire::disk_identity::DiskIdentity;
 use ferry_wire::frame::{self, FRAME_HEADER_LEN, FrameError, FrameHeader};
 use ferry_wire::message::*;
@@ -318,11 +319,10 @@ fn a_body_of_another_type_is_refused() {
     );
 }
 
-#[test]
-fn every_message_round_trips() {
-    let k = keys(1);
+/// One message of every type (the record is the caller's).
+fn one_of_each(record: SealedRecord) -> Vec<Message> {
     let server = ServerId::new("db.eu-1").unwrap();
-    let messages = vec![
+    vec![
         Message::Hello(Hello {
             server: server.clone(),
             agent_version: "0.1.0".into(),
@@ -351,7 +351,7 @@ fn every_message_round_trips() {
             seal: [4; 32],
             mac: [5; 32],
         }),
-        Message::Record(sample_record(&k)),
+        Message::Record(record),
         Message::Barrier(Barrier {
             server: server.clone(),
             seq: Seq(78),
@@ -396,7 +396,12 @@ fn every_message_round_trips() {
             freeze_ms: 40,
             error: None,
         }),
-    ];
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    let messages = one_of_each(sample_record(&keys(1)));
     let mut stream = Vec::new();
     for m in &messages {
         m.encode_into(&mut stream).unwrap();
@@ -494,17 +499,17 @@ fn sealed_format_matches_golden_vectors() {
         (
             &raw,
             "5344ac0d950c54cc7326b7026f39821b6393e825db54cd3e264737bf396b145c",
-            "6878bc26",
+            "278cf72c",
         ),
         (
             &zstd,
             "2413d6bce2644c0c199c9e5a28618ef7bd6b5273cfb799d9bdda9f836632fb5b",
-            "21b99f7f",
+            "49e29f23",
         ),
         (
             &zero,
             "810861a4ec5b3a0918daefe50d2f0fcf0040099ba2481a37a86d298065f8849b",
-            "2f540ed1",
+            "fa0a6aac",
         ),
     ];
     let actual: Vec<_> = golden
@@ -590,7 +595,7 @@ fn every_inconsistent_record_header_is_refused_on_decode() {
     assert_eq!(data.header.compression, Compression::None);
     let zero = sealer(&k).zeroes(addr("a", 0, 2), ByteLen(4096)).unwrap();
     type Damage = fn(&mut SealedRecord);
-    let cases: [(&str, &SealedRecord, Damage); 9] = [
+    let cases: [(&str, &SealedRecord, Damage); 8] = [
         ("runs past the end", &zero, |r| {
             r.header.offset = ByteOffset(u64::MAX - 1)
         }),
@@ -612,14 +617,11 @@ fn every_inconsistent_record_header_is_refused_on_decode() {
         ("zstd fewer", &data, |r| {
             r.header.compression = Compression::Zstd
         }),
-        ("does not match the header's payload length", &data, |r| {
-            r.payload.pop();
-        }),
     ];
     for (expect, original, damage) in cases {
         let mut record = original.clone();
         damage(&mut record);
-        let body = bincode::serde::encode_to_vec(&record, bincode::config::standard()).unwrap();
+        let body = record_body(&record);
         let err = frame::decode(&reframe(6, &body)).expect_err(expect);
         let chain = error_chain(&err);
         assert!(
@@ -631,6 +633,19 @@ fn every_inconsistent_record_header_is_refused_on_decode() {
             "encoding refuses what decoding would ({expect})"
         );
     }
+    // The payload is as long as the header says: one byte short, the body ends early.
+    let mut short = data.clone();
+    short.payload.pop();
+    let chain = error_chain(&frame::decode(&reframe(6, &record_body(&short))).unwrap_err());
+    assert!(
+        chain.contains("mac: 32 bytes needed, 31 left"),
+        "a short payload: {chain}"
+    );
+    let err = Message::Record(short).encode().unwrap_err();
+    assert!(
+        error_chain(&err).contains("does not match the header's payload length"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -650,14 +665,8 @@ fn text_fields_are_bounded_and_printable() {
         code: ErrorCode::Internal,
         message: "ok\n[fake] log line".into(),
     });
-    let body = bincode::serde::encode_to_vec(
-        ErrorMessage {
-            code: ErrorCode::Internal,
-            message: "ok\n[fake] log line".into(),
-        },
-        bincode::config::standard(),
-    )
-    .unwrap();
+    // code 5 (internal), then the text.
+    let body = Body::default().u8(5).text("ok\n[fake] log line").0;
     let chain = error_chain(&frame::decode(&reframe(10, &body)).unwrap_err());
     assert!(
         chain.contains("error message contains a control character"),
@@ -705,7 +714,15 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
             "encoding: the refusal names the name and the rule: {chain}"
         );
         // From a peer: the frame is sound, the message is refused on decode.
-        let body = bincode::serde::encode_to_vec(&reg, bincode::config::standard()).unwrap();
+        let body = Body::default()
+            .text("h")
+            .u32(1)
+            .u32(0)
+            .text(bad)
+            .u64(1 << 20)
+            .u8(0)
+            .bytes(&[0; 64])
+            .0;
         let chain = error_chain(&frame::decode(&reframe(5, &body)).unwrap_err());
         assert!(
             chain.contains(&format!("{bad:?}")) && chain.contains("^[a-z][a-z0-9_-]{0,31}$"),
@@ -737,7 +754,7 @@ proptest! {
     }
 
     #[test]
-    fn decoding_arbitrary_bodies_never_panics(frame_type in 0u8..12, body in prop::collection::vec(any::<u8>(), 0..600)) {
+    fn decoding_arbitrary_bodies_never_panics(frame_type in 0u8..17, body in prop::collection::vec(any::<u8>(), 0..600)) {
         if let Ok(message) = frame::decode(&reframe(frame_type, &body)) {
             // Whatever decodes is well-formed: it re-encodes to an equal message.
             prop_assert_eq!(frame::decode(&message.encode().unwrap()).unwrap(), message);
@@ -752,7 +769,13 @@ fn bytes_after_a_message_inside_its_body_are_refused() {
     body.push(0);
     let err = frame::decode(&reframe(8, &body)).unwrap_err();
     assert!(
-        matches!(err, FrameError::BodyTrailingBytes { count: 1, .. }),
+        matches!(
+            err,
+            FrameError::Body {
+                source: BodyError::TrailingBytes { count: 1 },
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -801,10 +824,26 @@ fn a_record_head_decodes_from_a_prefix_of_its_frame() {
     let bytes = Message::Record(record.clone()).encode().unwrap();
     let header = FrameHeader::parse(bytes[..FRAME_HEADER_LEN].try_into().unwrap()).unwrap();
     // Header and digests only: far less than the frame.
-    let prefix = &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 256 + 4 * 16];
+    let prefix = &bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + RECORD_HEAD_MAX_LEN + 4 * 16];
     let (head, digests) = header.decode_record_head(prefix).unwrap();
     assert_eq!(head, record.header);
     assert_eq!(digests, record.digests);
+    // RECORD_HEAD_MAX_LEN is exact for the longest server name.
+    let longest = "s".repeat(ferry_wire::ids::MAX_NAME_LEN);
+    let record = sealer(&k)
+        .seal(addr(&longest, 0, 6), &data, &mut rand_core::OsRng)
+        .unwrap();
+    let bytes = Message::Record(record.clone()).encode().unwrap();
+    let end = FRAME_HEADER_LEN + RECORD_HEAD_MAX_LEN + 4 * 16;
+    let (head, _) = header
+        .decode_record_head(&bytes[FRAME_HEADER_LEN..end])
+        .unwrap();
+    assert_eq!(head, record.header);
+    assert!(
+        header
+            .decode_record_head(&bytes[FRAME_HEADER_LEN..end - 1])
+            .is_err()
+    );
     let heartbeat = Message::Heartbeat(ferry_wire::message::Heartbeat { unix_time_ms: 1 })
         .encode()
         .unwrap();
@@ -911,4 +950,55 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
         .standby_key()
         .ingest_keys(&ServerId::new("web-2").unwrap());
     assert!(verify_barrier(&other.mac, &barrier).is_err());
+}
+
+/// The body layout must not drift (wire/src/body.rs draws it; it is stored in the
+/// standby's log): one message of every type gives these exact bytes. After an intended
+/// change, bump the protocol version (and the standby's segment version) and update.
+#[test]
+fn every_message_body_matches_its_golden_bytes() {
+    let k = keys(0x42);
+    let record = sealer(&k)
+        .seal(addr("web-1", 4096, 7), &[0xa5], &mut FixedRng(0))
+        .unwrap();
+    let golden: [&str; 15] = [
+        // Hello
+        "070064622e65752d310500302e312e300909090909090909090909090909090909090909090909090909090909090909",
+        // Challenge
+        "01010101010101010101010101010101010101010101010101010101010101010202020202020202020202020202020202020202020202020202020202020202",
+        // Authenticate
+        "0303030303030303030303030303030303030303030303030303030303030303",
+        // Welcome
+        "4d0000000000000001010b006e6f742073746172746564",
+        // RegisterServer
+        "03006462310100000000000000030076646100000000050000000114006575692e3030323533383862373162326335653104040404040404040404040404040404040404040404040404040404040404040505050505050505050505050505050505050505050505050505050505050505",
+        // Record
+        "05007765622d31030000000010000000000000010000000000000007000000000000000000000102030405060708090a0b0c0d0e0f0100000001000000090319d8b863cd51845583be6eab099670fdcdc8df6df9496ecdc491a709b665858c00efa9dadf8db40b9285d24ae3cde75344ac0d950c54cc7326b7026f39821b6393e825db54cd3e264737bf396b145c",
+        // Barrier
+        "070064622e65752d314e00000000000000040000000000000000010068e5cf8b010000040404040404040404040404040404040404040404040404040404040404040406060606060606060606060606060606060606060606060606060606060606060303030303030303030303030303030303030303030303030303030303030303",
+        // Ack
+        "4e00000000000000",
+        // Heartbeat
+        "0100000000000000",
+        // Error
+        "0409006469736b2066756c6c",
+        // DigestRequest
+        "030000000000000001000000070000000000000002000000",
+        // Digests
+        "03000000000000000100000007000000000000000200000000010505050505050505050505050505050505050505050505050505050505050505",
+        // Progress
+        "000000100000000000000080000000000000100000000000000c00000000000000",
+        // PointRequest
+        "0900000000000000",
+        // PointResult
+        "090000000000000001050000000000000001280000000000000000",
+    ];
+    let actual: Vec<String> = one_of_each(record)
+        .iter()
+        .map(|m| hex(&m.encode().unwrap()[FRAME_HEADER_LEN..]))
+        .collect();
+    for (i, (got, want)) in actual.iter().zip(golden).enumerate() {
+        assert_eq!(got, want, "body of message {i} drifted (all: {actual:#?})");
+    }
+    assert_eq!(actual.len(), golden.len(), "all: {actual:#?}");
 }
