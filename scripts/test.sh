@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every ferry test: formatting, lints, unit, property and end-to-end tests (the
+# Runs every ferry test: formatting, lints, dependency checks (cargo deny: advisories,
+# licences, bans, sources), unit, property and end-to-end tests (the
 # end-to-end ones use loop devices and mounts, so this runs as root), then the packaging
 # test (scripts/test-packaging.sh: builds the .deb and .rpm, checks the .rpm, installs the
 # .deb under a real systemd in a container and runs, restarts, upgrades, removes and
@@ -17,5 +18,6 @@ ferry_rust
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+ferry_deny
 cargo test --workspace --locked
 bash scripts/test-packaging.sh
