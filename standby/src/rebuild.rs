@@ -33,8 +33,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 /// Why a rebuild failed. All are permanent for the same store and target.
 #[derive(Debug, thiserror::Error)]
@@ -440,7 +440,10 @@ fn rebuild_into(
     if target.is_device() && !target.keep_gaps {
         for &(start, end) in &gaps {
             target.zero(start, end - start)?;
-            report.lock().expect("not poisoned").bytes_zeroed += end - start;
+            report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .bytes_zeroed += end - start;
         }
     }
     progress(gaps.iter().map(|(s, e)| e - s).sum());
@@ -470,7 +473,7 @@ fn rebuild_into(
                             progress(done);
                         }
                     }
-                    let mut total = report.lock().expect("not poisoned");
+                    let mut total = report.lock().unwrap_or_else(PoisonError::into_inner);
                     total.records_read += mine.records_read;
                     total.bytes_written += mine.bytes_written;
                     total.bytes_zeroed += mine.bytes_zeroed;
@@ -478,15 +481,21 @@ fn rebuild_into(
                 })();
                 if let Err(e) = result {
                     failed.store(true, Ordering::Relaxed);
-                    first_error.lock().expect("not poisoned").get_or_insert(e);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert(e);
                 }
             });
         }
     });
-    if let Some(e) = first_error.into_inner().expect("not poisoned") {
+    if let Some(e) = first_error
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
         return Err(e);
     }
-    Ok(report.into_inner().expect("not poisoned"))
+    Ok(report.into_inner().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// Reads, checks and unseals one record and writes its live ranges. Returns the disk
