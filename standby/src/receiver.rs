@@ -184,8 +184,16 @@ impl SlotInner {
 }
 
 impl Slot {
+    /// A panic under this lock may have left the server's store mid-append: its in-memory
+    /// state is dropped, to be reopened from disk at next use as after a restart (torn
+    /// tail cut; nothing unsynced was acknowledged). The rest is plain data, recovered.
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            let mut inner = poisoned.into_inner();
+            inner.state = None;
+            self.inner.clear_poison();
+            inner
+        })
     }
 
     fn lock_fsync(&self) -> MutexGuard<'_, ()> {
@@ -1134,5 +1142,37 @@ fn maintenance(shared: &Shared) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_under_a_slot_lock_leaves_the_store_to_be_reopened_from_disk() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let server = ServerId::new("web-1").expect("a valid name");
+        let (state, _) = DataDir::new(dir.path())
+            .open_server(&server, DEFAULT_SEGMENT_SIZE, OpenMode::ReadWrite)
+            .expect("a new store opens");
+        let slot = Slot::default();
+        slot.lock().state = Some(state);
+        std::thread::scope(|s| {
+            let panicked = s
+                .spawn(|| {
+                    let _inner = slot.lock();
+                    panic!("a bug while appending");
+                })
+                .join();
+            assert!(panicked.is_err(), "the thread panicked");
+        });
+        let inner = slot.lock();
+        assert!(
+            inner.state.is_none(),
+            "a store a panic may have left mid-append must be reopened, not used"
+        );
+        drop(inner);
+        assert!(!slot.inner.is_poisoned(), "the slot is usable again");
     }
 }
