@@ -16,6 +16,7 @@
 
 mod support;
 
+use ferry_replicator::config_file::AgentFile;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
@@ -43,8 +44,14 @@ struct Site {
 
 impl Site {
     /// A `size`-byte disk with ext4 (not mounted), a standby config listening on
-    /// `listen`, and an agent config connecting to `connect` (plus `extra` TOML lines).
-    fn new(name: &str, size: u64, listen: &str, connect: &str, extra: &str) -> Self {
+    /// `listen`, and an agent config connecting to `connect` (as `change` leaves it).
+    fn new(
+        name: &str,
+        size: u64,
+        listen: &str,
+        connect: &str,
+        change: impl FnOnce(&mut AgentFile),
+    ) -> Self {
         require_root("the agent's end-to-end tests");
         let dir = tempfile::tempdir().expect("tempdir");
         let p = |n: &str| dir.path().join(n);
@@ -60,19 +67,9 @@ impl Site {
         let pins = PinDir::new(name);
         let state = p("agent");
         let agent_conf = p("agent.toml");
-        std::fs::write(
-            &agent_conf,
-            format!(
-                "server = \"web-1\"\nstandby = \"{connect}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
-                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n{extra}\n{}",
-                host_key(&key, "web-1").to_str().expect("utf-8"),
-                disk.path_str(),
-                state.to_str().expect("utf-8"),
-                pins.path_str(),
-                tls_section(&pki_of(&key), "web-1"),
-            ),
-        )
-        .expect("write agent config");
+        let mut file = agent_file(&key, connect, &[disk.path_str()], &state, pins.path_str());
+        change(&mut file);
+        write_agent_config(&agent_conf, &file);
         Self {
             mnt: p("mnt"),
             dir,
@@ -112,12 +109,7 @@ impl Site {
 
     /// Panics unless the rebuilt image equals the disk byte for byte.
     fn assert_identical(&self, image: &Path) {
-        let want = std::fs::read(&self.disk.path).expect("reading the source disk");
-        let got = std::fs::read(image).expect("reading the rebuilt image");
-        assert_eq!(got.len(), want.len(), "rebuilt size");
-        if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
-            panic!("the rebuilt disk differs from the source first at byte {at}");
-        }
+        assert_same_bytes(image, &self.disk.path, "rebuilt");
     }
 }
 
@@ -125,7 +117,7 @@ impl Site {
 fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resumes() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let site = Site::new("full", 128 << 20, &addr, &addr, "");
+    let site = Site::new("full", 128 << 20, &addr, &addr, |_| {});
     let before = {
         let _m = site.mount();
         write_files(&site.mnt, "before", 8, 1 << 20, 1)
@@ -299,7 +291,7 @@ fn resumes_after_a_standby_kill_and_a_30s_network_cut_without_a_full_copy() {
         256 << 20,
         &standby_addr,
         &format!("127.0.0.1:{}", proxy.port),
-        "",
+        |_| {},
     );
     let standby = site.standby();
     let agent = site.agent();
@@ -356,7 +348,7 @@ fn an_agent_killed_mid_stream_or_rebooted_catches_up_by_digest_without_a_full_co
     const SIZE: u64 = 256 << 20;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let site = Site::new("digest", SIZE, &addr, &addr, "");
+    let site = Site::new("digest", SIZE, &addr, &addr, |_| {});
     {
         let _m = site.mount();
         write_files(&site.mnt, "before", 32, 1 << 20, 11);
@@ -447,13 +439,9 @@ fn converges_under_fio_with_verify_through_a_kill_in_the_full_copy_within_the_ba
     const LIMIT: u64 = 48 << 20;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let site = Site::new(
-        "fio",
-        SIZE,
-        &addr,
-        &addr,
-        &format!("bandwidth_mib_per_sec = {}", LIMIT >> 20),
-    );
+    let site = Site::new("fio", SIZE, &addr, &addr, |f| {
+        f.bandwidth_mib_per_sec = Some(LIMIT >> 20)
+    });
     let mounted = site.mount();
     // Incompressible data before protection: its full copy takes seconds at the limit.
     write_files(&site.mnt, "before", 96, 1 << 20, 21);
@@ -548,13 +536,9 @@ fn assert_writable(dir: &Path, limit: Duration) {
 fn a_failing_hook_or_an_unreachable_standby_fails_the_point_and_thaws() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let site = Site::new(
-        "freeze",
-        128 << 20,
-        &addr,
-        &addr,
-        "pre_freeze = \"echo database not ready >&2; exit 3\"",
-    );
+    let site = Site::new("freeze", 128 << 20, &addr, &addr, |f| {
+        f.pre_freeze = Some("echo database not ready >&2; exit 3".into())
+    });
     let standby = site.standby();
     let agent = site.agent();
     agent.wait_in_sync(WAIT);
@@ -592,7 +576,7 @@ fn every_consistent_point_shows_a_prefix_of_dependent_writes() {
     const BLOCKS: u64 = 4096;
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let site = Site::new("order", 128 << 20, &addr, &addr, "");
+    let site = Site::new("order", 128 << 20, &addr, &addr, |_| {});
     let _standby = site.standby();
     let agent = site.agent();
     agent.wait_in_sync(WAIT);

@@ -218,19 +218,8 @@ impl Site {
         let pins = PinDir::new(name);
         let state = p("agent");
         let agent_conf = p("agent.toml");
-        std::fs::write(
-            &agent_conf,
-            format!(
-                "server = \"web-1\"\nstandby = \"{addr}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
-                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n{}",
-                host_key(&key, "web-1").to_str().expect("utf-8"),
-                disk.path_str(),
-                state.to_str().expect("utf-8"),
-                pins.path_str(),
-                tls_section(&pki, "web-1"),
-            ),
-        )
-        .expect("write agent config");
+        let file = agent_file(&key, &addr, &[disk.path_str()], &state, pins.path_str());
+        write_agent_config(&agent_conf, &file);
         Self {
             mnt: p("mnt"),
             dir,

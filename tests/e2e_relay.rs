@@ -64,25 +64,19 @@ impl Site {
         let pins = PinDir::new(name);
         let state = p("agent");
         let agent_conf = p("agent.toml");
-        let link = if tls {
-            tls_section(&pki_of(&key), "web-1")
-        } else {
-            "insecure_plaintext = true\n".to_owned()
-        };
-        std::fs::write(
-            &agent_conf,
-            format!(
-                "server = \"web-1\"\nstandby = \"{}\"\nkey_file = {:?}\ndisks = [{:?}]\n\
-                 state_dir = {:?}\npin_dir = {:?}\npoint_interval_minutes = 0\n\
-                 window_mib = 4\n{link}",
-                relay.addr(),
-                host_key(&key, "web-1").to_str().expect("utf-8"),
-                disk.path_str(),
-                state.to_str().expect("utf-8"),
-                pins.path_str(),
-            ),
-        )
-        .expect("write agent config");
+        let mut file = agent_file(
+            &key,
+            &relay.addr(),
+            &[disk.path_str()],
+            &state,
+            pins.path_str(),
+        );
+        file.window_mib = Some(4);
+        if !tls {
+            file.tls = None;
+            file.insecure_plaintext = true;
+        }
+        write_agent_config(&agent_conf, &file);
         Self {
             dir,
             key,
@@ -124,21 +118,11 @@ impl Site {
             "{when}: ferry rebuild --point latest failed: {}",
             String::from_utf8_lossy(&result.stderr)
         );
-        let want = std::fs::read(&self.disk.path).expect("reading the disk");
-        let got = std::fs::read(&out).expect("reading the rebuilt image");
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{when}: the rebuilt disk has another size (a rewritten registration?)"
+        assert_same_bytes(
+            &out,
+            &self.disk.path,
+            &format!("{when}: a write was lost? relay: {:?}", self.relay.stats()),
         );
-        if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
-            let grain = at / 4096 * 4096;
-            panic!(
-                "{when}: a write was lost: the rebuild of latest differs from the disk first \
-                 at byte {at} (grain at {grain}); relay: {:?}",
-                self.relay.stats()
-            );
-        }
         let _ = std::fs::remove_file(&out);
     }
 }

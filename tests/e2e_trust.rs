@@ -427,17 +427,15 @@ fn configs_without_tls_off_loopback_are_refused_at_start() {
 
     // An agent with neither [tls] nor insecure_plaintext.
     let agent_conf = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent_conf,
-        format!(
-            "server = \"web-1\"\nstandby = \"127.0.0.1:7420\"\nkey_file = {:?}\n\
-             disks = [\"/dev/null\"]\nstate_dir = {:?}\npin_dir = {:?}\n",
-            host_key(&key, "web-1").to_str().expect("utf-8"),
-            dir.path().join("agent").to_str().expect("utf-8"),
-            dir.path().join("pins").to_str().expect("utf-8"),
-        ),
-    )
-    .expect("write agent config");
+    let mut file = agent_file(
+        &key,
+        "127.0.0.1:7420",
+        &["/dev/null"],
+        &dir.path().join("agent"),
+        dir.path().join("pins").to_str().expect("utf-8"),
+    );
+    file.tls = None;
+    write_agent_config(&agent_conf, &file);
     let stderr = ferry_fails(
         &["agent", "--config", agent_conf.to_str().expect("utf-8")],
         "an agent config without [tls]",

@@ -407,6 +407,60 @@ pub(crate) fn tls_section(pki: &Path, name: &str) -> String {
     )
 }
 
+/// web-1's agent config for `disks`, as the agent's own type writes it: its host key and
+/// certificate from beside `pair` ([`host_key`], [`pki_of`]), no scheduled points. Tests
+/// change what they need, then [`write_agent_config`].
+pub(crate) fn agent_file(
+    pair: &Path,
+    standby: &str,
+    disks: &[&str],
+    state: &Path,
+    pins: &str,
+) -> ferry_replicator::config_file::AgentFile {
+    let pki = pki_of(pair);
+    let mut file = ferry_replicator::config_file::AgentFile::new(
+        ferry_wire::ServerId::new("web-1").expect("a valid name"),
+        standby.to_owned(),
+        host_key(pair, "web-1"),
+    );
+    file.disks = Some(disks.iter().map(PathBuf::from).collect());
+    file.state_dir = Some(state.to_owned());
+    file.pin_dir = Some(PathBuf::from(pins));
+    file.point_interval_minutes = Some(0);
+    file.tls = Some(ferry_tls::TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join("web-1.pem"),
+        key: pki.join("web-1.key"),
+    });
+    file
+}
+
+/// Writes an agent config file.
+pub(crate) fn write_agent_config(path: &Path, file: &ferry_replicator::config_file::AgentFile) {
+    let text = file.to_toml().expect("an agent config serializes");
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// Panics unless the image at `got` equals the disk at `want` byte for byte, naming the
+/// first byte (and its 4 KiB grain) that differs; `context` says when.
+pub(crate) fn assert_same_bytes(got: &Path, want: &Path, context: &str) {
+    let want = std::fs::read(want)
+        .unwrap_or_else(|e| panic!("{context}: reading {}: {e}", want.display()));
+    let got =
+        std::fs::read(got).unwrap_or_else(|e| panic!("{context}: reading {}: {e}", got.display()));
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{context}: the rebuilt disk has another size (a rewritten registration?)"
+    );
+    if let Some(at) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        panic!(
+            "{context}: the rebuilt disk differs from the source first at byte {at} (grain at {})",
+            at / 4096 * 4096
+        );
+    }
+}
+
 /// Runs `ferry keygen --out PATH` (a pair key), derives beside it a standby key
 /// ([`standby_key`]) and the host key of web-1 ([`host_key`]), makes a pki beside it
 /// ([`pki_of`], certificates [`TEST_CERTS`]), and returns web-1's keys.
