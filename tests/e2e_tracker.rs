@@ -4,8 +4,8 @@
 
 mod support;
 
-use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Polled, Tracker, TrackerConfig};
+use ferry_tracker_core::range::{ByteRange, RangeSet};
 use ferry_wire::DiskId;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -51,7 +51,7 @@ fn readable_set(polls: &[Polled], disk: DiskId) -> RangeSet {
 }
 
 /// The dirty map's ranges as a set.
-fn dirty_set(map: &ferry_tracker::dirty::DirtyMap) -> RangeSet {
+fn dirty_set(map: &ferry_tracker_core::dirty::DirtyMap) -> RangeSet {
     let mut set = RangeSet::new();
     for (r, _) in map.iter() {
         set.insert(r);
@@ -219,7 +219,7 @@ fn every_extent_of_files_on_ext4_is_reported() {
     let discards = polls
         .iter()
         .flat_map(|p| &p.completed)
-        .filter(|r| r.op != ferry_tracker::event::Op::Write)
+        .filter(|r| r.op != ferry_tracker_core::event::Op::Write)
         .count();
     assert!(discards > 0, "fstrim's discards were not reported");
 }

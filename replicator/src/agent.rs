@@ -43,9 +43,9 @@ use crate::read::{AlignedBuf, DiskReader, ReadError, ReadReq};
 use crate::seal_pool::{SealPool, SealPoolError};
 use crate::seq_lease::SeqLease;
 use crate::status::{CatchUpReport, DiskStatus, Phase, PointStatus, Status};
-use ferry_tracker::dirty::{GRAIN, Generation};
-use ferry_tracker::range::{ByteRange, RangeSet};
 use ferry_tracker::{Tracker, TrackerConfig, TrackerError};
+use ferry_tracker_core::dirty::{GRAIN, Generation};
+use ferry_tracker_core::range::{ByteRange, RangeSet};
 use ferry_wire::digest::{CHUNK, ChunkDigest, Digester, chunk_digest};
 use ferry_wire::disk_identity::DiskIdentity;
 use ferry_wire::message::{

@@ -17,8 +17,8 @@
 //! marked at the generation of the moment its answer arrives, and the gap closes only
 //! once every grain marked up to the end of the scan is acknowledged.
 
-use ferry_tracker::dirty::Generation;
-use ferry_tracker::range::ByteRange;
+use ferry_tracker_core::dirty::Generation;
+use ferry_tracker_core::range::ByteRange;
 use ferry_wire::digest::{CHUNK, ChunkDigest};
 use ferry_wire::message::Digests;
 use std::collections::VecDeque;

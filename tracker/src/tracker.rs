@@ -9,16 +9,16 @@
 //!   had tracked (reboot, detach), an agent that stopped without saving its state, a
 //!   newly protected disk: a **gap** — the disk needs a full digest catch-up.
 
-use crate::dirty::GRAIN;
-use crate::event::{Event, sector_range};
-use crate::persist::{self, PersistError, Saved, SavedDisk};
-use crate::range::ByteRange;
-use crate::state::{Readable, TrackState, UnknownDisk};
 use crate::sys::blockdev::{BlockDevice, DeviceError, KernelDev};
 use crate::sys::bpf::{
     self, Bpf, BpfError, DiskInfo, FALLBACK_CHUNKS, InFlightEntry, LoadOptions, MAX_DISKS, Origin,
 };
 use crate::sys::monotonic_ns;
+use ferry_tracker_core::dirty::GRAIN;
+use ferry_tracker_core::event::{Event, sector_range};
+use ferry_tracker_core::persist::{self, PersistError, Saved, SavedDisk};
+use ferry_tracker_core::range::ByteRange;
+use ferry_tracker_core::state::{Readable, TrackState, UnknownDisk};
 use ferry_wire::DiskId;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub enum TrackerError {
     #[error("{0} is listed twice")]
     Duplicate(PathBuf),
     #[error("malformed event from the BPF programs")]
-    Event(#[from] crate::event::EventError),
+    Event(#[from] ferry_tracker_core::event::EventError),
     #[error(transparent)]
     UnknownDisk(#[from] UnknownDisk),
 }
@@ -87,7 +87,7 @@ pub struct TrackerStats {
     /// Runs of the submission programs the kernel skipped (each a gap).
     pub skipped_runs: u64,
     pub in_flight: usize,
-    pub counters: crate::state::Counters,
+    pub counters: ferry_tracker_core::state::Counters,
 }
 
 /// What one [`Tracker::poll`] saw.

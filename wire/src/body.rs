@@ -99,28 +99,34 @@ pub struct LayoutError {
     max: u64,
 }
 
-/// Appends fields to a body.
-struct Writer<'a> {
+/// Appends fields to a body, in the primitives above. Public so that ferry's other hand
+/// layouts (the tracker's state file) are written in the same primitives, not a copy.
+#[derive(Debug)]
+pub struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
 
-impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
+impl<'a> Writer<'a> {
+    /// Appends to `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> Self {
+        Self { out }
+    }
+    pub fn u8(&mut self, v: u8) {
         self.out.push(v);
     }
-    fn u32(&mut self, v: u32) {
+    pub fn u32(&mut self, v: u32) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub fn u64(&mut self, v: u64) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
-    fn bool(&mut self, v: bool) {
+    pub fn bool(&mut self, v: bool) {
         self.u8(u8::from(v));
     }
-    fn bytes(&mut self, v: &[u8]) {
+    pub fn bytes(&mut self, v: &[u8]) {
         self.out.extend_from_slice(v);
     }
-    fn text(&mut self, field: &'static str, v: &str) -> Result<(), LayoutError> {
+    pub fn text(&mut self, field: &'static str, v: &str) -> Result<(), LayoutError> {
         let len = u16::try_from(v.len()).map_err(|_| LayoutError {
             field,
             len: v.len(),
@@ -130,7 +136,7 @@ impl Writer<'_> {
         self.bytes(v.as_bytes());
         Ok(())
     }
-    fn count(&mut self, field: &'static str, n: usize) -> Result<(), LayoutError> {
+    pub fn count(&mut self, field: &'static str, n: usize) -> Result<(), LayoutError> {
         let count = u32::try_from(n).map_err(|_| LayoutError {
             field,
             len: n,
@@ -139,19 +145,25 @@ impl Writer<'_> {
         self.u32(count);
         Ok(())
     }
-    fn opt_text(&mut self, field: &'static str, v: Option<&str>) -> Result<(), LayoutError> {
+    pub fn opt_text(&mut self, field: &'static str, v: Option<&str>) -> Result<(), LayoutError> {
         self.bool(v.is_some());
         v.map_or(Ok(()), |v| self.text(field, v))
     }
 }
 
-/// Takes fields from the front of a body.
-struct Reader<'a> {
+/// Takes fields from the front of a body, in the primitives above; never allocates more
+/// than the bytes that remain could hold.
+#[derive(Debug)]
+pub struct Reader<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, field: &'static str, n: u64) -> Result<&'a [u8], BodyError> {
+    /// Reads `body` from its first byte.
+    pub fn new(body: &'a [u8]) -> Self {
+        Self { rest: body }
+    }
+    pub fn take(&mut self, field: &'static str, n: u64) -> Result<&'a [u8], BodyError> {
         let truncated = || BodyError::Truncated {
             field,
             needed: n,
@@ -165,44 +177,44 @@ impl<'a> Reader<'a> {
         self.rest = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], BodyError> {
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], BodyError> {
         let bytes = self.take(field, N as u64)?;
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Ok(out)
     }
-    fn u8(&mut self, field: &'static str) -> Result<u8, BodyError> {
+    pub fn u8(&mut self, field: &'static str) -> Result<u8, BodyError> {
         Ok(self.array::<1>(field)?[0])
     }
-    fn u16(&mut self, field: &'static str) -> Result<u16, BodyError> {
+    pub fn u16(&mut self, field: &'static str) -> Result<u16, BodyError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
-    fn u32(&mut self, field: &'static str) -> Result<u32, BodyError> {
+    pub fn u32(&mut self, field: &'static str) -> Result<u32, BodyError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
-    fn u64(&mut self, field: &'static str) -> Result<u64, BodyError> {
+    pub fn u64(&mut self, field: &'static str) -> Result<u64, BodyError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
-    fn bool(&mut self, field: &'static str) -> Result<bool, BodyError> {
+    pub fn bool(&mut self, field: &'static str) -> Result<bool, BodyError> {
         match self.u8(field)? {
             0 => Ok(false),
             1 => Ok(true),
             tag => Err(BodyError::UnknownTag { field, tag }),
         }
     }
-    fn text(&mut self, field: &'static str) -> Result<String, BodyError> {
+    pub fn text(&mut self, field: &'static str) -> Result<String, BodyError> {
         let len = self.u16(field)?;
         let bytes = self.take(field, u64::from(len))?;
         let text = std::str::from_utf8(bytes).map_err(|_| BodyError::NotUtf8 { field })?;
         Ok(text.to_owned())
     }
-    fn server(&mut self, field: &'static str) -> Result<ServerId, BodyError> {
+    pub fn server(&mut self, field: &'static str) -> Result<ServerId, BodyError> {
         let name = self.text(field)?;
         ServerId::new(&name).map_err(|source| BodyError::ServerName { field, source })
     }
     /// A list's count, refused when even elements of `least` bytes each could not fit in
     /// what remains (so the caller may allocate `count` elements).
-    fn count(&mut self, field: &'static str, least: u64) -> Result<usize, BodyError> {
+    pub fn count(&mut self, field: &'static str, least: u64) -> Result<usize, BodyError> {
         let count = self.u32(field)?;
         let needed = u64::from(count) * least;
         if needed > self.rest.len() as u64 {
@@ -214,7 +226,7 @@ impl<'a> Reader<'a> {
         }
         Ok(count as usize)
     }
-    fn opt<T>(
+    pub fn opt<T>(
         &mut self,
         field: &'static str,
         value: impl FnOnce(&mut Self) -> Result<T, BodyError>,
@@ -225,7 +237,7 @@ impl<'a> Reader<'a> {
             Ok(None)
         }
     }
-    fn finish(&self) -> Result<(), BodyError> {
+    pub fn finish(&self) -> Result<(), BodyError> {
         match self.rest.len() {
             0 => Ok(()),
             count => Err(BodyError::TrailingBytes { count }),
@@ -337,7 +349,7 @@ pub const RECORD_HEAD_MAX_LEN: usize = 2 + MAX_NAME_LEN + 4 + 8 + 8 + 8 + 1 + 1 
 
 /// Appends `message`'s body (layout in the module doc) to `out`.
 pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutError> {
-    let w = &mut Writer { out };
+    let w = &mut Writer::new(out);
     match message {
         Message::Hello(m) => {
             w.text("server", m.server.as_str())?;
@@ -431,7 +443,7 @@ pub(crate) fn decode(
     body: &[u8],
 ) -> Result<Message, BodyError> {
     use crate::frame::FrameType as T;
-    let r = &mut Reader { rest: body };
+    let r = &mut Reader::new(body);
     let message = match frame_type {
         T::Hello => Message::Hello(Hello {
             server: r.server("server")?,
@@ -551,5 +563,5 @@ pub(crate) fn decode(
 pub(crate) fn decode_record_head(
     prefix: &[u8],
 ) -> Result<(RecordHeader, Vec<GrainDigest>), BodyError> {
-    read_record_head(&mut Reader { rest: prefix })
+    read_record_head(&mut Reader::new(prefix))
 }

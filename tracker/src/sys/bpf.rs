@@ -15,11 +15,11 @@
 //! `struct inflight` and `struct log_record` in the C program.
 
 use super::blockdev::KernelDev;
-use crate::event::EVENT_LEN;
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{BtfTracePoint, ProgramFd};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
+use ferry_tracker_core::event::EVENT_LEN;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -132,7 +132,7 @@ const SLOT_SECTORS: usize = 16;
 const SLOT_DISK: usize = 20;
 const SLOT_SEQ: usize = 24;
 /// A log record (`struct log_record`): the commit word (sequence number + 1, written
-/// last), then the event ([`crate::event`]).
+/// last), then the event ([`ferry_tracker_core::event`]).
 const RECORD_BYTES: usize = 8 + EVENT_LEN;
 
 /// Why the BPF side could not be set up or read.

@@ -2,7 +2,7 @@
 //!
 //! One COMPLETE per write (per part, for a split one). Submissions are not logged: they
 //! are read from the programs' in-flight table on every poll
-//! ([`crate::sys::bpf::InFlightEntry`]); a SUBMIT event comes only for a write that table
+//! (`ferry_tracker::sys::bpf::InFlightEntry`); a SUBMIT event comes only for a write that table
 //! could not follow (untracked).
 //!
 //! Layout (`struct ferry_event` in `ebpf/tracker.bpf.c`; native endian, 32 bytes):
