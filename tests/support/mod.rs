@@ -395,15 +395,24 @@ pub(crate) fn new_cert(dir: &Path, name: &str) {
     ]);
 }
 
-/// The `[tls]` table of a config: the CA of `pki` (made by [`new_pki`]) and the
-/// certificate of `name`.
+/// The TLS files of `name` in `pki` (made by [`new_pki`]): the CA and its certificate.
+pub(crate) fn tls_files(pki: &Path, name: &str) -> ferry_tls::TlsFiles {
+    ferry_tls::TlsFiles {
+        ca: pki.join("ca.pem"),
+        cert: pki.join(format!("{name}.pem")),
+        key: pki.join(format!("{name}.key")),
+    }
+}
+
+/// The `[tls]` table of a config naming [`tls_files`].
 pub(crate) fn tls_section(pki: &Path, name: &str) -> String {
-    let file = |f: String| pki.join(f).to_str().expect("utf-8 path").to_owned();
+    let files = tls_files(pki, name);
+    let file = |f: &Path| f.to_str().expect("utf-8 path").to_owned();
     format!(
         "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-        file("ca.pem".into()),
-        file(format!("{name}.pem")),
-        file(format!("{name}.key")),
+        file(&files.ca),
+        file(&files.cert),
+        file(&files.key),
     )
 }
 
@@ -417,7 +426,6 @@ pub(crate) fn agent_file(
     state: &Path,
     pins: &str,
 ) -> ferry_replicator::config_file::AgentFile {
-    let pki = pki_of(pair);
     let mut file = ferry_replicator::config_file::AgentFile::new(
         ferry_wire::ServerId::new("web-1").expect("a valid name"),
         standby.to_owned(),
@@ -427,11 +435,7 @@ pub(crate) fn agent_file(
     file.state_dir = Some(state.to_owned());
     file.pin_dir = Some(PathBuf::from(pins));
     file.point_interval_minutes = Some(0);
-    file.tls = Some(ferry_tls::TlsFiles {
-        ca: pki.join("ca.pem"),
-        cert: pki.join("web-1.pem"),
-        key: pki.join("web-1.key"),
-    });
+    file.tls = Some(tls_files(&pki_of(pair), "web-1"));
     file
 }
 
@@ -542,17 +546,12 @@ impl StandbyProcess {
 impl StandbyProcess {
     /// TLS to this standby with the certificate `name` of its pki (issued if missing).
     pub(crate) fn tls_as(&self, name: &str) -> ferry_tls::LinkTls {
-        if !self.pki.join(format!("{name}.pem")).exists() {
+        let files = tls_files(&self.pki, name);
+        if !files.cert.exists() {
             new_cert(&self.pki, name);
         }
         ferry_tls::LinkTls::Tls {
-            config: ferry_tls::TlsFiles {
-                ca: self.pki.join("ca.pem"),
-                cert: self.pki.join(format!("{name}.pem")),
-                key: self.pki.join(format!("{name}.key")),
-            }
-            .client_config()
-            .expect("the test pki loads"),
+            config: files.client_config().expect("the test pki loads"),
             server_name: "127.0.0.1".try_into().expect("an IP server name"),
         }
     }
