@@ -253,13 +253,15 @@ ct() {
     nsenter -t "$ct_pid" -m -u -i -n -p -C -- \
         env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 TERM=dumb "$@"
 }
+# Until its systemd answers on its bus, systemctl fails at once (no state); idle, that is
+# a second, but one CI run on a loaded 2-core machine saw no answer for 30 s: allow 120.
 state=
-for _ in $(seq 60); do
-    state=$(ct systemctl is-system-running --wait 2>/dev/null || true)
+for _ in $(seq 240); do
+    state=$(ct systemctl is-system-running --wait 2>"$work/systemctl.err" || true)
     case "$state" in running | degraded) break ;; esac
     sleep 0.5
 done
-case "$state" in running | degraded) ;; *) fail "the container's systemd did not come up (state '$state')" ;; esac
+case "$state" in running | degraded) ;; *) fail "the container's systemd did not come up within 120 s (state '$state'; systemctl said: $(tail -n 2 "$work/systemctl.err"))" ;; esac
 step "container running in $((SECONDS - boot_started)) s (systemd: $state)"
 
 # Helpers in the container.
