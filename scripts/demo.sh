@@ -26,6 +26,7 @@ cargo build --release --locked -q -p ferry
 ferry="$PWD/target/release/ferry"
 
 work="$(mktemp -d /tmp/ferry-demo.XXXXXX)"
+mkdir -m 755 "$work/scripts"
 pins="/sys/fs/bpf/ferry-demo-$$"
 cleanup() {
     # Every process started here has $work on its command line (the reverse agent is
@@ -48,7 +49,9 @@ mib() { echo $(( $1 >> 20 )); }
 ctl() { "$ferry" "$@" --control "127.0.0.1:$b_ctl" --token-file "$work/control.token" --ca "$work/pki/ca.pem"; }
 ctl_a() { "$ferry" "$@" --control "127.0.0.1:$a_ctl" --token-file "$work/control.token" --ca "$work/pki/ca.pem"; }
 # A field of a command's JSON: field EXPR ARGS… (EXPR in Python, the JSON is `s`).
-field() { local e="$1"; shift; "$@" --json | python3 -c "import json,sys; s=json.load(sys.stdin); print($e)"; }
+# A command that fails stops the demo with its own error, not a JSON parser's.
+field() { local e="$1" out; shift; out=$("$@" --json) || exit 1
+    python3 -c "import json,sys; s=json.load(sys.stdin); print($e)" <<<"$out"; }
 # wait_until WHAT SECONDS CMD…: runs CMD until it succeeds; after SECONDS the demo stops,
 # naming WHAT (every wait of the demo is bounded).
 wait_until() { local what="$1" limit="$2" t0; shift 2; t0=$(now)
@@ -67,16 +70,17 @@ wait_in_sync() { wait_until "the agent catching up (realtime, no backlog)" 300 i
 gone() { ! kill -0 "$1" 2>/dev/null; }
 sums() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 # A post-launch script that mounts the instance's disk read-only and checks every file.
+# Standbys run only scripts in their scripts_dir (root's, not writable by others).
 verify_script() {
-    cat >"$work/$1.sh" <<EOF
+    cat >"$work/scripts/$1.sh" <<EOF
 #!/bin/sh
 m="\$FERRY_INSTANCE_DIR/mnt"; mkdir -p "\$m"
 mount -o ro,noload "\$FERRY_DEVICE_0" "\$m" || exit 2
 (cd "\$m" && sha256sum --quiet -c "$work/$2") && echo "\$FERRY_KIND \$FERRY_INSTANCE at point \$FERRY_POINT: \$(wc -l <"$work/$2") files verified on \$FERRY_DEVICE_0"
 rc=\$?; umount "\$m"; exit \$rc
 EOF
-    chmod 755 "$work/$1.sh"
-    echo "$work/$1.sh"
+    chmod 755 "$work/scripts/$1.sh"
+    echo "$work/scripts/$1.sh"
 }
 start_standby() { # start_standby NAME
     "$ferry" standby --config "$work/$1.toml" >"$work/$1.out" 2>>"$work/$1.log" &
@@ -106,6 +110,7 @@ data_dir = "$work/standby-$s"
 listen = "127.0.0.1:${!data_var}"
 key_file = "$work/standby.key"
 recovery_key_file = "$work/pair.key"
+scripts_dir = "$work/scripts"
 $( [ "$s" = a ] && echo 'peer_sites = ["zone-b"]' )
 [control]
 listen = "127.0.0.1:${!ctl_var}"
@@ -207,7 +212,9 @@ failover_ms=$(field 's["ready_ms"]' ctl failover start web-1 --script "$(verify_
 ctl server show web-1
 
 step "9. change point: the earlier consistent point instead (\"latest\" is used once), then confirm"
-ctl failover change-point web-1 --point "$point" --script "$(verify_script change sums-point)" | head -3
+# Its first lines only; kept whole first, as `| head` would end it early (pipefail).
+ctl failover change-point web-1 --point "$point" --script "$(verify_script change sums-point)" >"$work/change-point.out"
+head -n 3 "$work/change-point.out"
 ctl failover confirm web-1
 instance_dev=$(field 's["instances"][0]["disks"][0]["device"]' ctl drill status web-1)
 
