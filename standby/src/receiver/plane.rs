@@ -145,7 +145,7 @@ impl Writer {
         while !done.load(Ordering::SeqCst) {
             match self.from.recv_timeout(Duration::from_millis(250)) {
                 Ok(ToSession::Point(request)) => {
-                    if super::send(out, &Message::PointRequest(request)).is_err() {
+                    if super::session::send(out, &Message::PointRequest(request)).is_err() {
                         return;
                     }
                 }
