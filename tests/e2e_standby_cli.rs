@@ -210,8 +210,8 @@ fn points_list_rebuild_and_retention_work_from_the_command_line() {
         "{said}"
     );
     for (id, model) in &site.points[7..] {
-        let out = site.path(&format!("kept-{}", id.0));
-        let done = rebuild(&site, &id.0.to_string(), &out, &[]);
+        let out = site.path(&format!("kept-{}", id.get()));
+        let done = rebuild(&site, &id.get().to_string(), &out, &[]);
         assert!(
             done.status.success(),
             "{}",

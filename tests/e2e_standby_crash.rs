@@ -36,7 +36,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
     standby_config(&p("standby.toml"), &p("data"), &key, &["web-1"], 2);
     let mut sim = SimServer::new(&keys, &[DISK]).expect("sim");
     let mut sent: Vec<Message> = Vec::new(); // the agent's memory of every record it made
-    let mut acked = Seq(0);
+    let mut acked = Seq::new(0);
 
     for round in 0..6 {
         let standby = StandbyProcess::start(&p("standby.toml"));
@@ -101,7 +101,7 @@ fn every_acknowledged_seq_survives_kill_9_and_rebuilds() {
     drop(link);
     drop(standby);
     assert!(
-        acked > Seq(0),
+        acked > Seq::new(0),
         "no round acknowledged anything: the test proved nothing"
     );
 

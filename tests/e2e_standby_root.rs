@@ -87,7 +87,7 @@ fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed
                 .expect("send: the link must hold through a full disk");
             counter.fetch_add(1, Ordering::SeqCst);
         }
-        link.wait_durable(Seq(records), Duration::from_secs(120))
+        link.wait_durable(Seq::new(records), Duration::from_secs(120))
             .expect("all acked");
         link
     });
@@ -126,7 +126,7 @@ fn a_full_data_directory_stops_acks_pushes_back_and_recovers_when_space_is_freed
     let link = sender
         .join()
         .expect("the sender finishes once space is freed");
-    assert_eq!(link.durable(), Seq(records));
+    assert_eq!(link.durable(), Seq::new(records));
     standby.wait_for_log("ingest resumed", Duration::from_secs(10));
     drop(link);
     drop(standby);

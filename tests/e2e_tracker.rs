@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::{AlignedBuf, LoopDevice, Mount, Rng, open_direct, require_root, run};
 
-const D0: DiskId = DiskId(0);
+const D0: DiskId = DiskId::new(0);
 
 fn config(devices: &[&LoopDevice]) -> TrackerConfig {
     let mut c = TrackerConfig::new(devices.iter().map(|d| d.path.clone()).collect());

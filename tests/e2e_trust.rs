@@ -148,7 +148,8 @@ fn a_live_session_cannot_be_taken_over_by_another_host() {
         live.send(&sim.write(0, i * 4096, &noise(4096, i)).expect("seal"))
             .expect("send");
     }
-    live.wait_durable(Seq(4), WAIT).expect("B's records acked");
+    live.wait_durable(Seq::new(4), WAIT)
+        .expect("B's records acked");
 
     // A tries to take the session over, with its own key and with B's leaked auth key.
     for keys in [&a, &b] {
@@ -163,7 +164,7 @@ fn a_live_session_cannot_be_taken_over_by_another_host() {
         live.send(&sim.write(0, i * 4096, &noise(4096, i)).expect("seal"))
             .unwrap_or_else(|e| panic!("B's session was cut by A's attempt: {e}"));
     }
-    live.wait_durable(Seq(8), WAIT)
+    live.wait_durable(Seq::new(8), WAIT)
         .unwrap_or_else(|e| panic!("B's session was taken over by A's attempt: {e}"));
     assert!(
         live.closed().is_none(),
@@ -205,7 +206,7 @@ fn records_for_another_server_on_a_hosts_own_session_are_refused() {
         let err = match link.flush() {
             Err(e) => e,
             Ok(()) => link
-                .wait_durable(Seq(1), WAIT)
+                .wait_durable(Seq::new(1), WAIT)
                 .expect_err(&format!("{what}: acked")),
         };
         match &err {
@@ -225,7 +226,7 @@ fn records_for_another_server_on_a_hosts_own_session_are_refused() {
         .unwrap_or_else(|e| panic!("B connects: {e}"));
     assert_eq!(
         link.welcome_durable(),
-        Seq(0),
+        Seq::new(0),
         "nothing was stored for db-1 from A's session"
     );
 }

@@ -28,9 +28,9 @@ fn bench(c: &mut Criterion) {
             let mut rng = rand_core::OsRng;
             let addr = |i: usize| RecordAddress {
                 server: server.clone(),
-                disk: DiskId(0),
-                offset: ByteOffset((i * extent) as u64),
-                seq: Seq(i as u64 + 1),
+                disk: DiskId::new(0),
+                offset: ByteOffset::new((i * extent) as u64),
+                seq: Seq::new(i as u64 + 1),
             };
             group.bench_function(BenchmarkId::new("seal", name), |b| {
                 b.iter(|| {

@@ -170,7 +170,7 @@ mod tests {
     fn reply(request: u64, first: u64, chunks: Vec<Option<ChunkDigest>>) -> Digests {
         Digests {
             request,
-            disk: DiskId(0),
+            disk: DiskId::new(0),
             first_chunk: first,
             chunks,
         }

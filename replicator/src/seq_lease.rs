@@ -89,7 +89,7 @@ impl SeqLease {
         let bound = u64::from_le_bytes(bytes[8..16].try_into().map_err(|_| damaged("bound"))?);
         Ok(Self {
             path,
-            bound: Some(Seq(bound)),
+            bound: Some(Seq::new(bound)),
         })
     }
 
@@ -103,10 +103,10 @@ impl SeqLease {
         if self.bound.is_some_and(|b| seq <= b) {
             return Ok(());
         }
-        let bound = Seq(seq.0.saturating_add(LEASE_STEP));
+        let bound = Seq::new(seq.get().saturating_add(LEASE_STEP));
         let mut bytes = [0u8; LEN];
         bytes[..8].copy_from_slice(MAGIC);
-        bytes[8..16].copy_from_slice(&bound.0.to_le_bytes());
+        bytes[8..16].copy_from_slice(&bound.get().to_le_bytes());
         let crc = crc32fast::hash(&bytes[..16]);
         bytes[16..].copy_from_slice(&crc.to_le_bytes());
         let io = |what, source| LeaseError::Io {
@@ -139,23 +139,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut lease = SeqLease::open(dir.path()).unwrap();
         assert_eq!(lease.bound(), None, "a new install has no bound");
-        lease.cover(Seq(1)).unwrap();
-        assert_eq!(lease.bound(), Some(Seq(1 + LEASE_STEP)));
-        lease.cover(Seq(LEASE_STEP)).unwrap();
+        lease.cover(Seq::new(1)).unwrap();
+        assert_eq!(lease.bound(), Some(Seq::new(1 + LEASE_STEP)));
+        lease.cover(Seq::new(LEASE_STEP)).unwrap();
         assert_eq!(
             lease.bound(),
-            Some(Seq(1 + LEASE_STEP)),
+            Some(Seq::new(1 + LEASE_STEP)),
             "rewritten too early"
         );
-        lease.cover(Seq(LEASE_STEP + 2)).unwrap();
+        lease.cover(Seq::new(LEASE_STEP + 2)).unwrap();
         let again = SeqLease::open(dir.path()).unwrap();
-        assert_eq!(again.bound(), Some(Seq(2 * LEASE_STEP + 2)));
+        assert_eq!(again.bound(), Some(Seq::new(2 * LEASE_STEP + 2)));
     }
 
     #[test]
     fn a_damaged_lease_is_refused_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        SeqLease::open(dir.path()).unwrap().cover(Seq(5)).unwrap();
+        SeqLease::open(dir.path())
+            .unwrap()
+            .cover(Seq::new(5))
+            .unwrap();
         let path = dir.path().join("seq.lease");
         let mut bytes = fs::read(&path).unwrap();
         bytes[9] ^= 1;

@@ -30,7 +30,7 @@ impl SimServer {
             sealer: Sealer::new(keys, DEFAULT_ZSTD_LEVEL)?,
             keys: keys.clone(),
             disks: disk_sizes.iter().map(|&n| vec![0u8; n]).collect(),
-            last_seq: Seq(0),
+            last_seq: Seq::new(0),
             next_point: 1,
         })
     }
@@ -58,9 +58,9 @@ impl SimServer {
                 .iter()
                 .enumerate()
                 .map(|(i, d)| DiskInfo {
-                    disk: DiskId(u32::try_from(i).expect("few disks")),
+                    disk: DiskId::from_index(i).expect("few disks"),
                     name: format!("sim{i}"),
-                    size: ByteLen(d.len() as u64),
+                    size: ByteLen::new(d.len() as u64),
                     identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
                 })
                 .collect(),
@@ -74,8 +74,8 @@ impl SimServer {
         self.last_seq = self.last_seq.checked_next().expect("seqs never run out");
         RecordAddress {
             server: self.server.clone(),
-            disk: DiskId(disk),
-            offset: ByteOffset(offset),
+            disk: DiskId::new(disk),
+            offset: ByteOffset::new(offset),
             seq: self.last_seq,
         }
     }
@@ -104,7 +104,7 @@ impl SimServer {
         self.range(disk, offset, len).fill(0);
         let addr = self.next(disk, offset);
         Ok(Message::Record(
-            self.sealer.zeroes(addr, ByteLen(len as u64))?,
+            self.sealer.zeroes(addr, ByteLen::new(len as u64))?,
         ))
     }
 
@@ -113,14 +113,14 @@ impl SimServer {
         self.range(disk, offset, len).fill(0);
         let addr = self.next(disk, offset);
         Ok(Message::Record(
-            self.sealer.discard(addr, ByteLen(len as u64))?,
+            self.sealer.discard(addr, ByteLen::new(len as u64))?,
         ))
     }
 
     /// A barrier: a recovery point of the disks as they are now. Returns it and its id.
     pub fn barrier(&mut self, kind: PointKind, unix_time_ms: u64) -> (Message, PointId) {
         self.last_seq = self.last_seq.checked_next().expect("seqs never run out");
-        let point = PointId(self.next_point);
+        let point = PointId::new(self.next_point);
         self.next_point += 1;
         let barrier = ferry_wire::seal::sign_barrier(
             &self.keys,

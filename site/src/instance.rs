@@ -351,7 +351,7 @@ impl Instances {
     /// Checks a launch of `server` at `spec.point` without making anything: the spec,
     /// the server's registration, the point; returns the point's seq.
     pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<u64, InstanceError> {
-        self.open_point(server, spec).map(|(_, seq)| seq.0)
+        self.open_point(server, spec).map(|(_, seq)| seq.get())
     }
 
     /// The server's store (read-only) and the seq of the point.
@@ -370,7 +370,7 @@ impl Instances {
             return Err(InstanceError::NotRegistered(server.clone()));
         }
         match points::resolve(&state.points(), state.log.last_seq(), selector) {
-            Some(seq) if seq.0 > 0 => Ok((state, seq)),
+            Some(seq) if seq.get() > 0 => Ok((state, seq)),
             _ => Err(InstanceError::NoPoint(server.clone(), spec.point.clone())),
         }
     }
@@ -407,10 +407,10 @@ impl Instances {
             server: server.clone(),
             point: match selector {
                 PointSelector::Latest => None,
-                PointSelector::Id(p) => Some(p.0),
+                PointSelector::Id(p) => Some(p.get()),
             },
             spec,
-            seq: seq.0,
+            seq: seq.get(),
             dir: dir.clone(),
             disks: Vec::new(),
             script: None,
@@ -422,13 +422,13 @@ impl Instances {
         let result = (|| {
             let threads = std::thread::available_parallelism().map_or(2, usize::from);
             for disk in &disks {
-                let (image, target) = match onto.get(disk.disk.0 as usize) {
+                let (image, target) = match onto.get(disk.disk.index()) {
                     Some(device) => (device.clone(), Target::overlay(device, disk)?),
                     None if !onto.is_empty() => {
-                        return Err(InstanceError::NoOriginal(disk.disk.0));
+                        return Err(InstanceError::NoOriginal(disk.disk.get()));
                     }
                     None => {
-                        let image = dir.join(format!("disk-{}.img", disk.disk.0));
+                        let image = dir.join(format!("disk-{}.img", disk.disk.get()));
                         let target = Target::open(&image, disk)?;
                         (image, target)
                     }
@@ -441,7 +441,7 @@ impl Instances {
                     image.to_string_lossy().into_owned()
                 };
                 instance.disks.push(Disk {
-                    disk: disk.disk.0,
+                    disk: disk.disk.get(),
                     name: disk.name.clone(),
                     image,
                     device,

@@ -62,23 +62,23 @@ impl Baseline {
 
     /// Why `disk` cannot be laid over this baseline, if it cannot.
     pub fn check(&self, disk: &DiskInfo) -> Result<(), String> {
-        match self.disks.get(disk.disk.0 as usize) {
+        match self.disks.get(disk.disk.index()) {
             None => Err(format!(
                 "no original disk is given for disk {}",
-                disk.disk.0
+                disk.disk.get()
             )),
-            Some((path, _, size)) if *size != disk.size.0 => Err(format!(
+            Some((path, _, size)) if *size != disk.size.get() => Err(format!(
                 "original disk {} is {size} bytes, but disk {} is {} bytes: not the same disk",
                 path.display(),
-                disk.disk.0,
-                disk.size.0
+                disk.disk.get(),
+                disk.size.get()
             )),
             Some(_) => Ok(()),
         }
     }
 
     fn grain(&self, disk: &DiskInfo, start: u64, end: u64) -> Option<GrainDigest> {
-        let (path, file, _) = self.disks.get(disk.disk.0 as usize)?;
+        let (path, file, _) = self.disks.get(disk.disk.index())?;
         let mut buf = vec![0u8; usize::try_from(end - start).ok()?];
         if let Err(e) = file.read_exact_at(&mut buf, start) {
             tracing::error!(disk = %path.display(), offset = start, "cannot read the original disk: {e}; its chunk is reported unknown");
@@ -99,7 +99,7 @@ pub fn chunk_digests(
     count: u32,
     baseline: Option<&Baseline>,
 ) -> Vec<Option<ChunkDigest>> {
-    let size = disk.size.0;
+    let size = disk.size.get();
     let lo = first_chunk.saturating_mul(CHUNK).min(size);
     let hi = first_chunk
         .saturating_add(u64::from(count))
@@ -163,7 +163,7 @@ fn grain_of(e: &Entry, digests: &[GrainDigest], grain_start: u64) -> Option<Grai
             offset,
             ..
         } => {
-            let i = grain_start / GRAIN - offset.0 / GRAIN;
+            let i = grain_start / GRAIN - offset.get() / GRAIN;
             digests.get(usize::try_from(i).ok()?).copied()
         }
         EntryKind::Record { .. } => Some(ZERO_GRAIN),
@@ -196,7 +196,7 @@ fn record_digests(log: &ServerLog, e: &Entry) -> Option<Vec<GrainDigest>> {
     let (file, _) = log.segment_file(e.segment)?;
     let want = (FRAME_HEADER_LEN as u64
         + RECORD_HEAD_MAX_LEN as u64
-        + 16 * grains_overlapped(offset.0, length.0))
+        + 16 * grains_overlapped(offset.get(), length.get()))
     .min(u64::from(e.frame_len));
     let mut buf = vec![0u8; usize::try_from(want).ok()?];
     if let Err(err) = file.read_exact_at(&mut buf, e.position.0) {
@@ -212,7 +212,7 @@ fn record_digests(log: &ServerLog, e: &Entry) -> Option<Vec<GrainDigest>> {
                 && h.offset == offset
                 && h.length == length
                 && h.kind == kind
-                && digests.len() as u64 == grains_overlapped(offset.0, length.0) =>
+                && digests.len() as u64 == grains_overlapped(offset.get(), length.get()) =>
         {
             Some(digests)
         }

@@ -118,7 +118,11 @@ impl Entry {
                 offset,
                 length,
                 ..
-            } => Some((disk, offset.0, offset.0.saturating_add(length.0))),
+            } => Some((
+                disk,
+                offset.get(),
+                offset.get().saturating_add(length.get()),
+            )),
             EntryKind::Barrier { .. } => None,
         }
     }
@@ -164,7 +168,7 @@ pub fn encode_sidecar(segment: SegmentNo, segment_len: u64, entries: &[Entry]) -
     out.extend_from_slice(&segment_len.to_le_bytes());
     for e in entries {
         let mut b = [0u8; ENTRY_LEN];
-        b[0..8].copy_from_slice(&e.seq.0.to_le_bytes());
+        b[0..8].copy_from_slice(&e.seq.get().to_le_bytes());
         b[8..16].copy_from_slice(&e.position.0.to_le_bytes());
         b[16..20].copy_from_slice(&e.frame_len.to_le_bytes());
         let (a, c) = match e.what {
@@ -179,8 +183,8 @@ pub fn encode_sidecar(segment: SegmentNo, segment_len: u64, entries: &[Entry]) -
                     RecordKind::Zero => 1,
                     RecordKind::Discard => 2,
                 };
-                b[24..28].copy_from_slice(&disk.0.to_le_bytes());
-                (offset.0, length.0)
+                b[24..28].copy_from_slice(&disk.get().to_le_bytes());
+                (offset.get(), length.get())
             }
             EntryKind::Barrier {
                 point,
@@ -194,7 +198,7 @@ pub fn encode_sidecar(segment: SegmentNo, segment_len: u64, entries: &[Entry]) -
                     PointKind::Manual => 1,
                 };
                 b[22] = u8::from(consistent);
-                (point.0, unix_time_ms)
+                (point.get(), unix_time_ms)
             }
         };
         b[32..40].copy_from_slice(&a.to_le_bytes());
@@ -265,16 +269,16 @@ pub fn decode_sidecar(bytes: &[u8], segment: SegmentNo) -> Result<(u64, Vec<Entr
         let (a, c) = (u64_at(b, 32), u64_at(b, 40));
         let record = |kind| EntryKind::Record {
             kind,
-            disk: DiskId(u32_at(b, 24)),
-            offset: ByteOffset(a),
-            length: ByteLen(c),
+            disk: DiskId::new(u32_at(b, 24)),
+            offset: ByteOffset::new(a),
+            length: ByteLen::new(c),
         };
         let what = match b[20] {
             0 => record(RecordKind::Data),
             1 => record(RecordKind::Zero),
             2 => record(RecordKind::Discard),
             3 => EntryKind::Barrier {
-                point: PointId(a),
+                point: PointId::new(a),
                 kind: match b[21] {
                     0 => PointKind::Scheduled,
                     1 => PointKind::Manual,
@@ -290,7 +294,7 @@ pub fn decode_sidecar(bytes: &[u8], segment: SegmentNo) -> Result<(u64, Vec<Entr
             _ => return Err(bad()),
         };
         entries.push(Entry {
-            seq: Seq(u64_at(b, 0)),
+            seq: Seq::new(u64_at(b, 0)),
             segment,
             position: SegmentPos(position),
             frame_len,
@@ -307,24 +311,24 @@ mod tests {
     fn sample() -> Vec<Entry> {
         vec![
             Entry {
-                seq: Seq(7),
+                seq: Seq::new(7),
                 segment: SegmentNo(3),
                 position: SegmentPos(32),
                 frame_len: 100,
                 what: EntryKind::Record {
                     kind: RecordKind::Zero,
-                    disk: DiskId(2),
-                    offset: ByteOffset(4096),
-                    length: ByteLen(8192),
+                    disk: DiskId::new(2),
+                    offset: ByteOffset::new(4096),
+                    length: ByteLen::new(8192),
                 },
             },
             Entry {
-                seq: Seq(8),
+                seq: Seq::new(8),
                 segment: SegmentNo(3),
                 position: SegmentPos(132),
                 frame_len: 60,
                 what: EntryKind::Barrier {
-                    point: PointId(5),
+                    point: PointId::new(5),
                     kind: PointKind::Manual,
                     consistent: true,
                     unix_time_ms: 1_700_000_000_000,

@@ -335,7 +335,7 @@ impl ServerLog {
             active,
             entries,
             last_seq,
-            durable_seq: if read_only { last_seq } else { Seq(0) },
+            durable_seq: if read_only { last_seq } else { Seq::new(0) },
             // A killed process may have created segments whose directory entries were
             // never fsynced: the first sync covers the directory too.
             dir_generation: 1,

@@ -54,12 +54,12 @@ impl Catalog {
     }
 
     pub fn is_dropped(&self, barrier_seq: Seq) -> bool {
-        self.dropped.contains(&barrier_seq.0)
+        self.dropped.contains(&barrier_seq.get())
     }
 
     /// Marks the points with these barrier seqs dropped.
     pub fn drop_points(&mut self, barrier_seqs: &[Seq]) {
-        self.dropped.extend(barrier_seqs.iter().map(|s| s.0));
+        self.dropped.extend(barrier_seqs.iter().map(|s| s.get()));
     }
 }
 
@@ -77,7 +77,7 @@ impl std::str::FromStr for PointSelector {
             return Ok(PointSelector::Latest);
         }
         s.parse()
-            .map(|n| PointSelector::Id(PointId(n)))
+            .map(|n| PointSelector::Id(PointId::new(n)))
             .map_err(|_| format!("{s:?} is not a point id (a number) or \"latest\""))
     }
 }
@@ -86,7 +86,7 @@ impl std::fmt::Display for PointSelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PointSelector::Latest => f.write_str("latest"),
-            PointSelector::Id(id) => write!(f, "{}", id.0),
+            PointSelector::Id(id) => write!(f, "{}", id.get()),
         }
     }
 }

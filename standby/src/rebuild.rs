@@ -134,7 +134,7 @@ impl Target {
     /// Opens `path` for a disk of `size` bytes: an existing block device (refused if
     /// smaller), or a new image file (refused if something exists there).
     pub fn open(path: &Path, disk: &DiskInfo) -> Result<Self, RebuildError> {
-        let need = disk.size.0;
+        let need = disk.size.get();
         match fs::metadata(path) {
             Ok(meta) if meta.file_type().is_block_device() => {
                 let mut file = OpenOptions::new()
@@ -148,7 +148,7 @@ impl Target {
                 if have < need {
                     return Err(RebuildError::TooSmall {
                         path: path.to_owned(),
-                        disk: disk.disk.0,
+                        disk: disk.disk.get(),
                         have,
                         need,
                     });
@@ -203,12 +203,12 @@ impl Target {
         let have = file
             .seek(SeekFrom::End(0))
             .map_err(io_err("measure", path))?;
-        if have != disk.size.0 {
+        if have != disk.size.get() {
             return Err(RebuildError::NotThatDisk {
                 path: path.to_owned(),
-                disk: disk.disk.0,
+                disk: disk.disk.get(),
                 have,
-                need: disk.size.0,
+                need: disk.size.get(),
             });
         }
         Ok(Self {
@@ -375,7 +375,7 @@ fn plan(entries: &[Entry], disk: &DiskInfo, point: Seq) -> (Vec<Work>, Vec<(u64,
         if let Some((d, start, end)) = e.disk_range()
             && d == disk.disk
         {
-            map.insert(start.min(disk.size.0), end.min(disk.size.0), i);
+            map.insert(start.min(disk.size.get()), end.min(disk.size.get()), i);
         }
     }
     let mut by_entry: std::collections::HashMap<usize, Vec<(u64, u64)>> = Default::default();
@@ -388,8 +388,8 @@ fn plan(entries: &[Entry], disk: &DiskInfo, point: Seq) -> (Vec<Work>, Vec<(u64,
         by_entry.entry(i).or_default().push((start, end));
         cursor = end;
     }
-    if cursor < disk.size.0 {
-        gaps.push((cursor, disk.size.0));
+    if cursor < disk.size.get() {
+        gaps.push((cursor, disk.size.get()));
     }
     let mut work: Vec<Work> = by_entry
         .into_iter()
@@ -514,7 +514,7 @@ fn rebuild_one(
     let Message::Record(record) = &message else {
         return Err(corrupt(format!("expected a record for seq {}", e.seq)).into());
     };
-    let record_start = record.header.offset.0;
+    let record_start = record.header.offset.get();
     let unsealed = unsealer.unseal(record).map_err(|err| {
         corrupt(format!(
             "record seq {}: {}",

@@ -287,8 +287,8 @@ mod tests {
     /// A point at `tenths` of an hour after the epoch.
     fn point(seq: u64, tenths: u64, kind: PointKind) -> Point {
         Point {
-            id: PointId(seq),
-            seq: Seq(seq),
+            id: PointId::new(seq),
+            seq: Seq::new(seq),
             unix_time_ms: tenths * 360_000,
             consistent: false,
             kind,
@@ -312,14 +312,14 @@ mod tests {
         };
         assert_eq!(
             policy.expired(&points),
-            vec![Seq(1), Seq(2)],
+            vec![Seq::new(1), Seq::new(2)],
             "newest first: 6, 5, 4, 3 kept; 2 over the count, 1 thinned"
         );
         let all = Policy {
             interval_hours: 1,
             keep: 100,
         };
-        assert_eq!(all.expired(&points), vec![Seq(1)]);
+        assert_eq!(all.expired(&points), vec![Seq::new(1)]);
         assert!(
             Policy {
                 interval_hours: 0,

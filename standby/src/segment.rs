@@ -417,7 +417,7 @@ pub fn scan(file: &dyn LogFile, path: &Path, segment: SegmentNo) -> Result<Scan,
 
 /// The highest seq among `entries`, or `Seq(0)` for none.
 pub fn max_seq(entries: &[Entry]) -> Seq {
-    entries.iter().map(|e| e.seq).max().unwrap_or(Seq(0))
+    entries.iter().map(|e| e.seq).max().unwrap_or(Seq::new(0))
 }
 
 #[cfg(test)]

@@ -48,9 +48,9 @@ pub enum IngestError {
         found: ServerId,
         expected: ServerId,
     },
-    #[error("record seq {seq} is for disk {}, which the server did not register", disk.0)]
+    #[error("record seq {seq} is for disk {}, which the server did not register", disk.get())]
     UnknownDisk { seq: Seq, disk: DiskId },
-    #[error("record seq {seq} ends at byte {end}, past the end of disk {} ({size} bytes)", disk.0)]
+    #[error("record seq {seq} ends at byte {end}, past the end of disk {} ({size} bytes)", disk.get())]
     PastEndOfDisk {
         seq: Seq,
         disk: DiskId,
@@ -69,7 +69,7 @@ pub enum IngestError {
     OutOfOrder { last: Seq, got: Seq },
     #[error("a {0:?} frame cannot be stored")]
     NotStorable(ferry_wire::frame::FrameType),
-    #[error("registration lists disk {} twice", disk.0)]
+    #[error("registration lists disk {} twice", disk.get())]
     DuplicateDisk { disk: DiskId },
     #[error("barrier seq {seq} is for server {found}, but this connection is for {expected}")]
     BarrierOfAnotherServer {
@@ -319,16 +319,16 @@ impl ServerState {
                         disk: h.disk,
                     },
                 )?;
-                if h.length.0 == 0 {
+                if h.length.get() == 0 {
                     return Err(IngestError::EmptyRecord { seq: h.seq });
                 }
-                let end = h.offset.0.saturating_add(h.length.0);
-                if end > disk.size.0 {
+                let end = h.offset.get().saturating_add(h.length.get());
+                if end > disk.size.get() {
                     return Err(IngestError::PastEndOfDisk {
                         seq: h.seq,
                         disk: h.disk,
                         end,
-                        size: disk.size.0,
+                        size: disk.size.get(),
                     });
                 }
                 seal::verify(mac_key, record)

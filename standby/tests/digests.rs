@@ -50,7 +50,7 @@ fn local_digests(disk: &[u8], digester: &Digester) -> Vec<ChunkDigest> {
         .enumerate()
         .map(|(i, chunk)| {
             grains.clear();
-            digester.grains(DiskId(0), i as u64 * CHUNK, chunk, &mut grains);
+            digester.grains(DiskId::new(0), i as u64 * CHUNK, chunk, &mut grains);
             chunk_digest(&grains)
         })
         .collect()

@@ -50,7 +50,7 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
     let (meta, log, mut state, mut sim) = registered_sim(4 << 20);
     write_some(&mut state, &mut sim, 10, 0);
     let durable = state.log.sync().expect("first sync");
-    assert_eq!(durable, Seq(10));
+    assert_eq!(durable, Seq::new(10));
     let model_at_durable = sim.disks().to_vec();
 
     // Ten more frames; their fsync fails (the kernel marks the pages clean, unwritten).
@@ -88,7 +88,7 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
         feed(&mut state, m, &keys);
     }
     let acked = state.log.sync().expect("sync after the resend");
-    assert_eq!(acked, Seq(20));
+    assert_eq!(acked, Seq::new(20));
 
     let scratch = tempfile::tempdir().expect("tempdir");
     let after = open_sim(&meta.after_power_loss(), &log.after_power_loss());
@@ -97,7 +97,7 @@ fn a_failed_fsync_never_leads_to_acking_what_the_disk_lacks() {
         "a power loss lost acknowledged frames: {} < {acked}",
         after.log.last_seq()
     );
-    let got = rebuild_all(&after, Seq(10), &keys, scratch.path());
+    let got = rebuild_all(&after, Seq::new(10), &keys, scratch.path());
     assert_disks_eq(
         &got,
         &model_at_durable,
@@ -123,7 +123,7 @@ fn segments_a_killed_standby_created_are_durable_before_a_restart_acks_them() {
     let acked = restarted.log.sync().expect("sync after restart");
     assert_eq!(
         acked,
-        Seq(n),
+        Seq::new(n),
         "the restart fsyncs what the killed process wrote"
     );
     let after = open_sim(&meta.after_power_loss(), &log.after_power_loss());
@@ -171,7 +171,7 @@ fn a_failed_fsync_is_sticky_even_when_the_kernel_would_report_success_next() {
     // must not believe it.
     let err = state.log.sync().expect_err("fsync failures are sticky");
     assert!(matches!(err, LogError::FsyncFailed { .. }), "{err:?}");
-    assert_eq!(state.log.durable_seq(), Seq(0));
+    assert_eq!(state.log.durable_seq(), Seq::new(0));
 }
 
 #[test]

@@ -87,7 +87,7 @@ fn a_torn_tail_is_truncated_and_reported_and_ingest_continues() {
     );
     assert_eq!(
         state.log.last_seq(),
-        Seq(11),
+        Seq::new(11),
         "10 records and one barrier survive"
     );
     // The agent resends the record that was torn; it is accepted as new.
@@ -173,7 +173,7 @@ fn a_changed_byte_in_a_sealed_segment_fails_rebuild_naming_segment_and_offset() 
         .map(|p| p.seq)
         .chain([state.log.last_seq()])
         .filter_map(|seq| {
-            let out = dir.path().join(format!("out-{}.img", seq.0));
+            let out = dir.path().join(format!("out-{}.img", seq.get()));
             let target = Target::open(&out, &disk).expect("target");
             match rebuild::rebuild_disk(&state.log, &disk, seq, target, &keys.recovery, 2, &|_| {})
             {
@@ -225,7 +225,7 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     );
     assert_eq!(
         state.log.last_seq(),
-        Seq(stored),
+        Seq::new(stored),
         "the refused record is not in the log"
     );
     let (seg, _) = state.log.segment_file(SegmentNo(1)).expect("segment 1");
@@ -244,7 +244,7 @@ fn a_full_disk_refuses_retryably_keeps_nothing_partial_and_recovers() {
     let now = state
         .ingest(&frame, &message, &keys.ingest.mac)
         .expect("ingest resumes");
-    assert!(matches!(now, ferry_standby::server::Ingested::Stored(s) if s == Seq(stored + 1)));
+    assert!(matches!(now, ferry_standby::server::Ingested::Stored(s) if s == Seq::new(stored + 1)));
     state.log.sync().expect("sync");
     let got = rebuild_all(&state, state.log.last_seq(), &keys, dir.path());
     assert_disks_eq(&got, sim.disks(), "after the disk had room again");
@@ -289,7 +289,7 @@ fn after_a_power_loss_garbage_past_the_watermark_is_a_torn_tail_even_with_frames
     );
     assert_eq!(
         state.log.last_seq(),
-        Seq(durable.0 + 1),
+        Seq::new(durable.get() + 1),
         "every durable frame and the whole one before the damage are kept"
     );
 }

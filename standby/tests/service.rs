@@ -61,7 +61,7 @@ fn records_are_acked_after_fsync_and_a_reconnect_resumes_after_the_last_durable_
         let mut link = connect(&standby, &keys);
         assert_eq!(
             link.welcome_durable(),
-            Seq(0),
+            Seq::new(0),
             "a new server starts at seq 0"
         );
         link.register(sim.registration()).expect("register");
@@ -76,12 +76,12 @@ fn records_are_acked_after_fsync_and_a_reconnect_resumes_after_the_last_durable_
         link.send(&barrier).expect("send barrier");
         sent.push(barrier);
         let durable = link.wait_durable(sim.last_seq(), WAIT).expect("acked");
-        assert_eq!(durable, Seq(401));
+        assert_eq!(durable, Seq::new(401));
     }
     let mut link = connect(&standby, &keys);
     assert_eq!(
         link.welcome_durable(),
-        Seq(401),
+        Seq::new(401),
         "Welcome names the last durable seq"
     );
     // Replaying from the start: the link skips what the standby has; a duplicate sent
@@ -93,19 +93,19 @@ fn records_are_acked_after_fsync_and_a_reconnect_resumes_after_the_last_durable_
         .expect("a raw duplicate is sent");
     let m = sim.write(0, 0, &noise(65_536, 1000)).expect("seal");
     link.send(&m).expect("send");
-    link.wait_durable(Seq(402), WAIT)
+    link.wait_durable(Seq::new(402), WAIT)
         .expect("the new record is acked");
     drop(link);
     drop(standby);
 
     let state = stored(dir.path());
-    let seqs: Vec<u64> = state.log.entries().iter().map(|e| e.seq.0).collect();
+    let seqs: Vec<u64> = state.log.entries().iter().map(|e| e.seq.get()).collect();
     assert_eq!(
         seqs,
         (1..=402).collect::<Vec<_>>(),
         "one entry per seq, none lost"
     );
-    let got = rebuild_all(&state, Seq(402), &keys, dir.path());
+    let got = rebuild_all(&state, Seq::new(402), &keys, dir.path());
     assert_disks_eq(&got, sim.disks(), "latest after the reconnect");
 }
 
@@ -166,7 +166,7 @@ fn an_unknown_server_and_a_wrong_key_are_refused_clearly() {
 
     // The standby still serves the right agent, and stored nothing for the others.
     let link = connect(&standby, &keys);
-    assert_eq!(link.welcome_durable(), Seq(0));
+    assert_eq!(link.welcome_durable(), Seq::new(0));
     drop(link);
     assert!(
         !dir.path().join("servers").join("web-9").exists(),
@@ -186,7 +186,7 @@ fn a_record_with_a_bad_mac_is_refused_and_not_stored() {
         link.send(&sim.write(0, i * 4096, &noise(4096, i)).expect("seal"))
             .expect("send");
     }
-    link.wait_durable(Seq(3), WAIT).expect("acked");
+    link.wait_durable(Seq::new(3), WAIT).expect("acked");
     let Message::Record(mut bad) = sim.write(0, 0, &noise(4096, 9)).expect("seal") else {
         unreachable!("write makes a record")
     };
@@ -197,7 +197,7 @@ fn a_record_with_a_bad_mac_is_refused_and_not_stored() {
     let err = match link.flush() {
         Err(refused) => refused,
         Ok(()) => link
-            .wait_durable(Seq(4), WAIT)
+            .wait_durable(Seq::new(4), WAIT)
             .expect_err("a bad MAC must not be acked"),
     };
     match &err {
@@ -215,7 +215,7 @@ fn a_record_with_a_bad_mac_is_refused_and_not_stored() {
     let link = connect(&standby, &keys);
     assert_eq!(
         link.welcome_durable(),
-        Seq(3),
+        Seq::new(3),
         "the bad record was not stored"
     );
 }
@@ -406,7 +406,7 @@ fn unauthenticated_connections_are_bounded_and_do_not_lock_agents_out() {
     let link = connect(&standby, &keys);
     assert_eq!(
         link.welcome_durable(),
-        Seq(0),
+        Seq::new(0),
         "an agent gets in under the flood"
     );
     drop(idle);

@@ -195,7 +195,7 @@ fn pump(s: &RelayShared, dir: usize, mut from: TcpStream, mut to: TcpStream, gen
             let forged = lock(&s.forge).ack.take();
             if let Some(durable) = forged {
                 let frame = Message::Ack(Ack {
-                    durable: Seq(durable),
+                    durable: Seq::new(durable),
                 })
                 .encode()
                 .expect("encode an ack");
@@ -367,7 +367,7 @@ fn forge(s: &RelayShared, dir: usize, message: Message) -> Option<Vec<u8>> {
         }
         (0, Message::RegisterServer(mut r)) => {
             let size = f.register_size.take()?;
-            r.disks[0].size = ferry_wire::ByteLen(size);
+            r.disks[0].size = ferry_wire::ByteLen::new(size);
             lock(&s.stats).rewritten_registrations += 1;
             Message::RegisterServer(r)
         }
@@ -375,7 +375,7 @@ fn forge(s: &RelayShared, dir: usize, message: Message) -> Option<Vec<u8>> {
             let last = f.welcome.take()?;
             lock(&s.stats).forged_welcomes += 1;
             Message::Welcome(Welcome {
-                last_durable: Seq(last),
+                last_durable: Seq::new(last),
                 ..w
             })
         }

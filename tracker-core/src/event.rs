@@ -130,7 +130,7 @@ impl Event {
         };
         Ok(Event {
             id: u64_at(b, 0),
-            disk: DiskId(u32_at(b, 20)),
+            disk: DiskId::new(u32_at(b, 20)),
             range,
             op: Op::from_byte(b[25]).ok_or(EventError::Op(b[25]))?,
             kind,
@@ -146,7 +146,7 @@ pub(crate) fn encode(e: &Event) -> [u8; EVENT_LEN] {
     b[8..16].copy_from_slice(&(e.range.start / SECTOR).to_ne_bytes());
     let sectors = u32::try_from(e.range.len() / SECTOR).expect("test ranges are small");
     b[16..20].copy_from_slice(&sectors.to_ne_bytes());
-    b[20..24].copy_from_slice(&e.disk.0.to_ne_bytes());
+    b[20..24].copy_from_slice(&e.disk.get().to_ne_bytes());
     b[25] = match e.op {
         Op::Write => 1,
         Op::Discard => 3,
@@ -174,7 +174,7 @@ mod tests {
     fn events_round_trip_and_garbage_is_refused() {
         let e = Event {
             id: 7,
-            disk: DiskId(2),
+            disk: DiskId::new(2),
             range: ByteRange::new(4096, 4096 + 8 * 512),
             op: Op::WriteZeroes,
             kind: Kind::Submit { untracked: true },

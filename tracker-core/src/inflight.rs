@@ -177,7 +177,7 @@ mod tests {
     #[test]
     fn split_completions_resolve_piece_by_piece_and_the_sweep_takes_the_rest() {
         let mut f = InFlight::new();
-        let d = DiskId(0);
+        let d = DiskId::new(0);
         f.submit(1, d, ByteRange::new(0, 8192), 100);
         f.submit(2, d, ByteRange::new(65536, 69632), 200);
         f.complete(1, ByteRange::new(0, 4096));
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn pieces_read_from_the_kernel_map_join_their_submission_once() {
         let mut f = InFlight::new();
-        let d = DiskId(0);
+        let d = DiskId::new(0);
         assert!(!f.add_piece(1, ByteRange::new(0, 4096)), "unknown id");
         f.submit(1, d, ByteRange::new(0, 8192), 100);
         assert!(

@@ -90,11 +90,11 @@ impl TrackState {
     }
 
     pub fn disk(&self, disk: DiskId) -> &DiskState {
-        &self.disks[disk.0 as usize]
+        &self.disks[disk.index()]
     }
 
     pub fn disk_mut(&mut self, disk: DiskId) -> &mut DiskState {
-        &mut self.disks[disk.0 as usize]
+        &mut self.disks[disk.index()]
     }
 
     pub fn disks(&self) -> usize {
@@ -104,12 +104,12 @@ impl TrackState {
     /// Marks `range` dirty at a new generation.
     pub fn mark_dirty(&mut self, disk: DiskId, range: ByteRange) {
         let g = self.generation.bump();
-        self.disks[disk.0 as usize].dirty.mark(range, g);
+        self.disks[disk.index()].dirty.mark(range, g);
     }
 
     /// Applies one event; returns what became readable, if anything.
     pub fn apply(&mut self, e: &Event) -> Result<Option<Readable>, UnknownDisk> {
-        if e.disk.0 as usize >= self.disks.len() {
+        if e.disk.index() >= self.disks.len() {
             return Err(UnknownDisk(e.disk));
         }
         self.mark_dirty(e.disk, e.range);
@@ -150,7 +150,7 @@ impl TrackState {
         range: ByteRange,
         since_ns: u64,
     ) -> Result<bool, UnknownDisk> {
-        if disk.0 as usize >= self.disks.len() {
+        if disk.index() >= self.disks.len() {
             return Err(UnknownDisk(disk));
         }
         let swept = !self.inflight.contains(id) && self.retired.contains(&id);
@@ -191,7 +191,7 @@ impl TrackState {
         for &(disk, range) in &swept {
             self.counters.swept += 1;
             self.mark_dirty(disk, range);
-            self.disks[disk.0 as usize].suspect.insert(range);
+            self.disks[disk.index()].suspect.insert(range);
         }
         swept
     }
@@ -249,9 +249,9 @@ mod tests {
         let mut s = TrackState::new(1);
         assert_eq!(s.dirty_since_ns(), None);
         s.tick(50);
-        s.mark_dirty(DiskId(0), ByteRange::new(0, 4096));
+        s.mark_dirty(DiskId::new(0), ByteRange::new(0, 4096));
         s.tick(100);
-        s.mark_dirty(DiskId(0), ByteRange::new(1 << 20, (1 << 20) + 4096));
+        s.mark_dirty(DiskId::new(0), ByteRange::new(1 << 20, (1 << 20) + 4096));
         s.tick(200);
         assert_eq!(
             s.dirty_since_ns(),
@@ -259,18 +259,18 @@ mod tests {
             "the first change, by the tick before it"
         );
         let g = s.generation();
-        s.disk_mut(DiskId(0))
+        s.disk_mut(DiskId::new(0))
             .dirty
             .clear_if_unchanged(ByteRange::new(0, 4096), g);
         assert_eq!(s.dirty_since_ns(), Some(100), "now the second change");
-        s.disk_mut(DiskId(0))
+        s.disk_mut(DiskId::new(0))
             .dirty
             .clear_if_unchanged(ByteRange::new(0, 2 << 20), g);
         assert_eq!(s.dirty_since_ns(), None, "nothing left to wait for");
         // A quiet spell: the clock keeps up, so a change after it is not dated back.
         s.tick(300);
         s.tick(5000);
-        s.mark_dirty(DiskId(0), ByteRange::new(0, 4096));
+        s.mark_dirty(DiskId::new(0), ByteRange::new(0, 4096));
         assert_eq!(
             s.dirty_since_ns(),
             Some(5000),
@@ -283,7 +283,7 @@ mod tests {
     fn ev(id: u64, kind: Kind, start: u64, end: u64, t: u64) -> Event {
         Event {
             id,
-            disk: DiskId(0),
+            disk: DiskId::new(0),
             range: ByteRange::new(start, end),
             op: Op::Write,
             kind,
@@ -297,14 +297,14 @@ mod tests {
         let submit = Kind::Submit { untracked: false };
         assert_eq!(s.apply(&ev(1, submit, 0, 8192, 10)).unwrap(), None);
         assert_eq!(
-            s.disk(DiskId(0)).dirty.bytes(),
+            s.disk(DiskId::new(0)).dirty.bytes(),
             8192,
             "not dirty at submission"
         );
         let readable = |s: &TrackState| {
-            s.disk(DiskId(0))
+            s.disk(DiskId::new(0))
                 .dirty
-                .next_readable(0, 1 << 20, &[&s.in_flight(DiskId(0))])
+                .next_readable(0, 1 << 20, &[&s.in_flight(DiskId::new(0))])
         };
         assert_eq!(readable(&s), None, "readable before completion");
         let (_, before) = (0, s.generation());
@@ -317,19 +317,24 @@ mod tests {
         assert_eq!(r, ByteRange::new(0, 8192));
         assert!(g > before, "completion must bump the generation");
         // A reader that picked before the completion cannot clear it.
-        assert_eq!(s.disk_mut(DiskId(0)).dirty.clear_if_unchanged(r, before), 0);
+        assert_eq!(
+            s.disk_mut(DiskId::new(0))
+                .dirty
+                .clear_if_unchanged(r, before),
+            0
+        );
     }
 
     #[test]
     fn submissions_read_from_the_kernel_map_are_dirty_and_in_flight_once() {
         let mut s = TrackState::new(1);
-        let d = DiskId(0);
+        let d = DiskId::new(0);
         assert!(s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
         assert!(!s.seen_in_flight(1, d, ByteRange::new(0, 8192), 10).unwrap());
         assert_eq!(s.disk(d).dirty.bytes(), 8192, "not dirty when first read");
         assert_eq!(s.in_flight_count(), 1);
         assert!(
-            s.seen_in_flight(9, DiskId(1), ByteRange::new(0, 1), 10)
+            s.seen_in_flight(9, DiskId::new(1), ByteRange::new(0, 1), 10)
                 .is_err()
         );
         // The kernel reports a part of it as untracked (its entry replaced): the write
@@ -370,24 +375,24 @@ mod tests {
         let mut s = TrackState::new(1);
         s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 4096, 10))
             .unwrap();
-        s.lost(DiskId(0), ByteRange::new(1 << 20, 2 << 20), 50);
-        assert_eq!(s.sweep(40), vec![(DiskId(0), ByteRange::new(0, 4096))]);
+        s.lost(DiskId::new(0), ByteRange::new(1 << 20, 2 << 20), 50);
+        assert_eq!(s.sweep(40), vec![(DiskId::new(0), ByteRange::new(0, 4096))]);
         assert_eq!(
             s.sweep(60),
-            vec![(DiskId(0), ByteRange::new(1 << 20, 2 << 20))]
+            vec![(DiskId::new(0), ByteRange::new(1 << 20, 2 << 20))]
         );
-        let d = s.disk(DiskId(0));
+        let d = s.disk(DiskId::new(0));
         assert_eq!(d.suspect.bytes(), 4096 + (1 << 20));
         assert_eq!(d.dirty.bytes(), 4096 + (1 << 20));
-        assert!(s.in_flight(DiskId(0)).is_empty());
+        assert!(s.in_flight(DiskId::new(0)).is_empty());
         assert!(
             s.apply(&ev(1, Kind::Submit { untracked: false }, 0, 1, 0).clone())
                 .is_ok()
         );
         let unknown = Event {
-            disk: DiskId(3),
+            disk: DiskId::new(3),
             ..ev(1, Kind::Complete { status: 0 }, 0, 512, 0)
         };
-        assert_eq!(s.apply(&unknown), Err(UnknownDisk(DiskId(3))));
+        assert_eq!(s.apply(&unknown), Err(UnknownDisk(DiskId::new(3))));
     }
 }

@@ -276,7 +276,7 @@ impl Tracker {
         }
         let now = monotonic_ns();
         for i in 0..self.devices.len() {
-            let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
+            let disk = DiskId::from_index(i).expect("at most MAX_DISKS");
             // Matched by device and size, not position: the disk list may have changed.
             let same = saved.as_ref().and_then(|s| {
                 s.disks
@@ -313,7 +313,7 @@ impl Tracker {
                         fresh_reason
                     };
                     self.set_gap(i, reason.to_owned());
-                    self.fallback_seen[i] = self.bpf.fallback_counters(disk.0);
+                    self.fallback_seen[i] = self.bpf.fallback_counters(disk.get());
                 }
             }
         }
@@ -345,19 +345,19 @@ impl Tracker {
 
     /// The gap of `disk`, if its tracking has one.
     pub fn gap(&self, disk: DiskId) -> Option<&Gap> {
-        self.gaps[disk.0 as usize].as_ref()
+        self.gaps[disk.index()].as_ref()
     }
 
     /// How many gaps `disk` has had: pass it to [`Tracker::close_gap`].
     pub fn gap_count(&self, disk: DiskId) -> u64 {
-        self.gap_counts[disk.0 as usize]
+        self.gap_counts[disk.index()]
     }
 
     /// Marks `disk`'s gap closed (the replicator finished a full catch-up that started
     /// when [`Tracker::gap_count`] was `count`). Returns false, keeping the gap, when a
     /// newer gap was recorded since: the catch-up must start again.
     pub fn close_gap(&mut self, disk: DiskId, count: u64) -> bool {
-        let i = disk.0 as usize;
+        let i = disk.index();
         if self.gap_counts[i] != count {
             return false;
         }
@@ -431,7 +431,7 @@ impl Tracker {
         self.mapped.clear();
         self.bpf.in_flight(&mut self.mapped);
         for m in &self.mapped {
-            let disk = DiskId(m.disk);
+            let disk = DiskId::new(m.disk);
             let Some(range) = sector_range(m.sector, m.sectors) else {
                 self.counters_malformed += 1;
                 continue;
@@ -484,8 +484,8 @@ impl Tracker {
         self.drops_seen = drops;
         let now = monotonic_ns();
         for i in 0..self.devices.len() {
-            let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
-            let current = self.bpf.fallback_counters(disk.0);
+            let disk = DiskId::from_index(i).expect("at most MAX_DISKS");
+            let current = self.bpf.fallback_counters(disk.get());
             let chunk_bytes = 512u64 << self.chunk_shift[i];
             let seen = std::mem::take(&mut self.fallback_seen[i]);
             for (chunk, (&now_count, &seen)) in current.iter().zip(&seen).enumerate() {
@@ -520,7 +520,7 @@ impl Tracker {
         };
         let disks = (0..self.devices.len())
             .map(|i| {
-                let disk = DiskId(u32::try_from(i).expect("at most MAX_DISKS"));
+                let disk = DiskId::from_index(i).expect("at most MAX_DISKS");
                 let d = self.state.disk(disk);
                 SavedDisk {
                     dev: self.devices[i].dev.0,

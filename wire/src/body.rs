@@ -311,10 +311,10 @@ fn write_record_head(
     digests: &[GrainDigest],
 ) -> Result<(), LayoutError> {
     w.text("server", h.server.as_str())?;
-    w.u32(h.disk.0);
-    w.u64(h.offset.0);
-    w.u64(h.length.0);
-    w.u64(h.seq.0);
+    w.u32(h.disk.get());
+    w.u64(h.offset.get());
+    w.u64(h.length.get());
+    w.u64(h.seq.get());
     w.u8(kind_tag(h.kind));
     w.u8(compression_tag(h.compression));
     w.bytes(&h.iv);
@@ -327,10 +327,10 @@ fn write_record_head(
 fn read_record_head(r: &mut Reader<'_>) -> Result<(RecordHeader, Vec<GrainDigest>), BodyError> {
     let header = RecordHeader {
         server: r.server("server")?,
-        disk: DiskId(r.u32("disk")?),
-        offset: ByteOffset(r.u64("offset")?),
-        length: ByteLen(r.u64("length")?),
-        seq: Seq(r.u64("seq")?),
+        disk: DiskId::new(r.u32("disk")?),
+        offset: ByteOffset::new(r.u64("offset")?),
+        length: ByteLen::new(r.u64("length")?),
+        seq: Seq::new(r.u64("seq")?),
         kind: read_kind(r)?,
         compression: read_compression(r)?,
         iv: r.array("iv")?,
@@ -362,7 +362,7 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
         }
         Message::Authenticate(m) => w.bytes(&m.agent_proof.0),
         Message::Welcome(m) => {
-            w.u64(m.last_durable.0);
+            w.u64(m.last_durable.get());
             w.bool(m.digests);
             w.opt_text("paused", m.paused.as_deref())?;
         }
@@ -370,9 +370,9 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
             w.text("host name", &m.hostname)?;
             w.count("disks", m.disks.len())?;
             for d in &m.disks {
-                w.u32(d.disk.0);
+                w.u32(d.disk.get());
                 w.text("disk name", &d.name)?;
-                w.u64(d.size.0);
+                w.u64(d.size.get());
                 write_identity(w, &d.identity)?;
             }
             w.bytes(&m.seal);
@@ -386,8 +386,8 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
         }
         Message::Barrier(m) => {
             w.text("server", m.server.as_str())?;
-            w.u64(m.seq.0);
-            w.u64(m.point.0);
+            w.u64(m.seq.get());
+            w.u64(m.point.get());
             w.u8(point_kind_tag(m.kind));
             w.bool(m.consistent);
             w.u64(m.unix_time_ms);
@@ -395,7 +395,7 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
             w.bytes(&m.seal);
             w.bytes(&m.mac);
         }
-        Message::Ack(m) => w.u64(m.durable.0),
+        Message::Ack(m) => w.u64(m.durable.get()),
         Message::Heartbeat(m) => w.u64(m.unix_time_ms),
         Message::Error(m) => {
             w.u8(code_tag(m.code));
@@ -403,13 +403,13 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
         }
         Message::DigestRequest(m) => {
             w.u64(m.request);
-            w.u32(m.disk.0);
+            w.u32(m.disk.get());
             w.u64(m.first_chunk);
             w.u32(m.count);
         }
         Message::Digests(m) => {
             w.u64(m.request);
-            w.u32(m.disk.0);
+            w.u32(m.disk.get());
             w.u64(m.first_chunk);
             w.count("chunk digests", m.chunks.len())?;
             for chunk in &m.chunks {
@@ -428,7 +428,7 @@ pub(crate) fn encode(message: &Message, out: &mut Vec<u8>) -> Result<(), LayoutE
         Message::PointResult(m) => {
             w.u64(m.request);
             w.bool(m.point.is_some());
-            m.point.iter().for_each(|p| w.u64(p.0));
+            m.point.iter().for_each(|p| w.u64(p.get()));
             w.bool(m.consistent);
             w.u64(m.freeze_ms);
             w.opt_text("point error", m.error.as_deref())?;
@@ -458,7 +458,7 @@ pub(crate) fn decode(
             agent_proof: Proof(r.array("agent proof")?),
         }),
         T::Welcome => Message::Welcome(Welcome {
-            last_durable: Seq(r.u64("last durable")?),
+            last_durable: Seq::new(r.u64("last durable")?),
             digests: r.bool("digests")?,
             paused: r.opt("paused", |r| r.text("paused"))?,
         }),
@@ -468,9 +468,9 @@ pub(crate) fn decode(
             let disks = (0..count)
                 .map(|_| {
                     Ok(DiskInfo {
-                        disk: DiskId(r.u32("disk")?),
+                        disk: DiskId::new(r.u32("disk")?),
                         name: r.text("disk name")?,
-                        size: ByteLen(r.u64("disk size")?),
+                        size: ByteLen::new(r.u64("disk size")?),
                         identity: read_identity(r)?,
                     })
                 })
@@ -495,8 +495,8 @@ pub(crate) fn decode(
         }
         T::Barrier => Message::Barrier(Barrier {
             server: r.server("server")?,
-            seq: Seq(r.u64("seq")?),
-            point: PointId(r.u64("point")?),
+            seq: Seq::new(r.u64("seq")?),
+            point: PointId::new(r.u64("point")?),
             kind: read_point_kind(r)?,
             consistent: r.bool("consistent")?,
             unix_time_ms: r.u64("time")?,
@@ -505,7 +505,7 @@ pub(crate) fn decode(
             mac: r.array("mac")?,
         }),
         T::Ack => Message::Ack(Ack {
-            durable: Seq(r.u64("durable")?),
+            durable: Seq::new(r.u64("durable")?),
         }),
         T::Heartbeat => Message::Heartbeat(Heartbeat {
             unix_time_ms: r.u64("time")?,
@@ -516,14 +516,14 @@ pub(crate) fn decode(
         }),
         T::DigestRequest => Message::DigestRequest(DigestRequest {
             request: r.u64("request")?,
-            disk: DiskId(r.u32("disk")?),
+            disk: DiskId::new(r.u32("disk")?),
             first_chunk: r.u64("first chunk")?,
             count: r.u32("count")?,
         }),
         T::Digests => {
             let (request, disk, first_chunk) = (
                 r.u64("request")?,
-                DiskId(r.u32("disk")?),
+                DiskId::new(r.u32("disk")?),
                 r.u64("first chunk")?,
             );
             let count = r.count("chunk digests", 1)?;
@@ -549,7 +549,7 @@ pub(crate) fn decode(
         }),
         T::PointResult => Message::PointResult(PointResult {
             request: r.u64("request")?,
-            point: r.opt("point", |r| r.u64("point").map(PointId))?,
+            point: r.opt("point", |r| r.u64("point").map(PointId::new))?,
             consistent: r.bool("consistent")?,
             freeze_ms: r.u64("freeze time")?,
             error: r.opt("point error", |r| r.text("point error"))?,

@@ -83,7 +83,7 @@ impl Digester {
         }
         let mut mac = self.keyed.clone();
         mac.update(b"ferry grain v1");
-        mac.update(&disk.0.to_le_bytes());
+        mac.update(&disk.get().to_le_bytes());
         mac.update(&offset.to_le_bytes());
         mac.update(&(bytes.len() as u64).to_le_bytes());
         mac.update(bytes);
@@ -131,18 +131,18 @@ mod tests {
             .map(|i| u8::try_from(i % 251).unwrap() + 1)
             .collect();
         let mut whole = Vec::new();
-        d.grains(DiskId(1), 0, &data, &mut whole);
+        d.grains(DiskId::new(1), 0, &data, &mut whole);
         assert_eq!(whole.len(), 3);
         let mut pieces = Vec::new();
         for (i, grain) in data.chunks(G).enumerate() {
-            d.grains(DiskId(1), i as u64 * GRAIN, grain, &mut pieces);
+            d.grains(DiskId::new(1), i as u64 * GRAIN, grain, &mut pieces);
         }
         assert_eq!(
             whole, pieces,
             "a grain's digest depends on its bytes, not its record"
         );
         let mut odd = Vec::new();
-        d.grains(DiskId(1), 100, &data[..G], &mut odd);
+        d.grains(DiskId::new(1), 100, &data[..G], &mut odd);
         assert_eq!(odd.len(), 2, "an unaligned extent overlaps two grains");
     }
 
@@ -151,7 +151,7 @@ mod tests {
         let d = digester();
         let one = |disk: u32, offset: u64, data: &[u8], d: &Digester| {
             let mut out = Vec::new();
-            d.grains(DiskId(disk), offset, data, &mut out);
+            d.grains(DiskId::new(disk), offset, data, &mut out);
             out[0]
         };
         let a = vec![7u8; G];

@@ -134,22 +134,60 @@ impl std::str::FromStr for ServerId {
     }
 }
 
-/// A disk of a protected server, numbered by the agent at registration (0, 1, …).
+/// A disk of a protected server, numbered by the agent at registration (0, 1, …). The
+/// number is also the disk's index in every per-disk table ([`DiskId::index`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct DiskId(pub u32);
+#[serde(transparent)]
+pub struct DiskId(u32);
+
+impl DiskId {
+    pub const fn new(number: u32) -> Self {
+        Self(number)
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// The disk's position in a per-disk table (a `Vec` indexed by disk number).
+    pub const fn index(self) -> usize {
+        // Lossless: usize is at least 32 bits on every target ferry builds for.
+        self.0 as usize
+    }
+
+    /// The disk at position `index` of a per-disk table, or `None` if `index` does not
+    /// fit a disk number.
+    pub fn from_index(index: usize) -> Option<Self> {
+        u32::try_from(index).ok().map(Self)
+    }
+}
 
 /// Position in a server's ordered stream of records and barriers. The standby
 /// acknowledges sequence numbers; recovery points are defined by them.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
-pub struct Seq(pub u64);
+#[serde(transparent)]
+pub struct Seq(u64);
 
 impl Seq {
+    pub const fn new(n: u64) -> Self {
+        Self(n)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
     /// The sequence number after this one, or `None` after `u64::MAX` (a stream can
     /// never get there; a peer that claims it is refused).
     pub fn checked_next(self) -> Option<Seq> {
         self.0.checked_add(1).map(Seq)
+    }
+
+    /// The sequence number after this one, staying at `u64::MAX` there.
+    pub const fn saturating_next(self) -> Seq {
+        Seq(self.0.saturating_add(1))
     }
 }
 
@@ -161,20 +199,51 @@ impl fmt::Display for Seq {
 
 /// A recovery point's id, unique per server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PointId(pub u64);
+#[serde(transparent)]
+pub struct PointId(u64);
+
+impl PointId {
+    pub const fn new(id: u64) -> Self {
+        Self(id)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
 
 /// An offset into a disk, in bytes from the start of the whole disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ByteOffset(pub u64);
+#[serde(transparent)]
+pub struct ByteOffset(u64);
 
 /// A length in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct ByteLen(pub u64);
+#[serde(transparent)]
+pub struct ByteLen(u64);
 
 impl ByteOffset {
+    pub const fn new(bytes: u64) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
     /// The offset `len` bytes further on, or `None` if that passes `u64::MAX`.
     pub fn checked_add(self, len: ByteLen) -> Option<ByteOffset> {
         self.0.checked_add(len.0).map(ByteOffset)
+    }
+}
+
+impl ByteLen {
+    pub const fn new(bytes: u64) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
     }
 }
 
@@ -263,5 +332,21 @@ mod tests {
             err.to_string().contains("must start with a letter"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn units_serialize_as_their_bare_number() {
+        let json = |v: serde_json::Result<String>| v.expect("serializes");
+        assert_eq!(json(serde_json::to_string(&DiskId::new(3))), "3");
+        assert_eq!(json(serde_json::to_string(&Seq::new(5))), "5");
+        assert_eq!(json(serde_json::to_string(&PointId::new(7))), "7");
+        assert_eq!(json(serde_json::to_string(&ByteOffset::new(4096))), "4096");
+        assert_eq!(json(serde_json::to_string(&ByteLen::new(512))), "512");
+        let seq: Seq = serde_json::from_str("18446744073709551615").expect("decodes");
+        assert_eq!(seq, Seq::new(u64::MAX));
+        assert_eq!(seq.saturating_next(), seq, "saturates at the top");
+        assert_eq!(seq.checked_next(), None);
+        assert_eq!(DiskId::from_index(2), Some(DiskId::new(2)));
+        assert_eq!(DiskId::new(2).index(), 2);
     }
 }

@@ -143,7 +143,7 @@ pub enum HeaderError {
 impl RecordHeader {
     /// Checks the header's own consistency (see the module doc's bounds).
     pub fn check(&self) -> Result<(), HeaderError> {
-        let (offset, length) = (self.offset.0, self.length.0);
+        let (offset, length) = (self.offset.get(), self.length.get());
         if self.offset.checked_add(self.length).is_none() {
             return Err(HeaderError::RangeOverflow { offset, length });
         }
@@ -203,10 +203,10 @@ impl RecordHeader {
             Compression::None => 0,
             Compression::Zstd => 1,
         };
-        buf[10..14].copy_from_slice(&self.disk.0.to_le_bytes());
-        buf[14..22].copy_from_slice(&self.offset.0.to_le_bytes());
-        buf[22..30].copy_from_slice(&self.length.0.to_le_bytes());
-        buf[30..38].copy_from_slice(&self.seq.0.to_le_bytes());
+        buf[10..14].copy_from_slice(&self.disk.get().to_le_bytes());
+        buf[14..22].copy_from_slice(&self.offset.get().to_le_bytes());
+        buf[22..30].copy_from_slice(&self.length.get().to_le_bytes());
+        buf[30..38].copy_from_slice(&self.seq.get().to_le_bytes());
         buf[38..54].copy_from_slice(&self.iv);
         buf[54..58].copy_from_slice(&self.payload_len.to_le_bytes());
         // A ServerId is at most MAX_NAME_LEN ASCII characters, so its length fits a byte.
@@ -236,7 +236,9 @@ impl SealedRecord {
     pub fn check(&self) -> Result<(), HeaderError> {
         self.header.check()?;
         let expected = match self.header.kind {
-            RecordKind::Data => grains_overlapped(self.header.offset.0, self.header.length.0),
+            RecordKind::Data => {
+                grains_overlapped(self.header.offset.get(), self.header.length.get())
+            }
             RecordKind::Zero | RecordKind::Discard => 0,
         };
         if self.digests.len() as u64 != expected {

@@ -185,8 +185,8 @@ pub fn verify_seal(key: &SealKey, record: &SealedRecord) -> Result<(), SealError
 fn barrier_input(h: &mut blake3::Hasher, b: &Barrier) {
     h.update(b"ferry barrier v2");
     name_input(h, b.server.as_str());
-    h.update(&b.seq.0.to_le_bytes());
-    h.update(&b.point.0.to_le_bytes());
+    h.update(&b.seq.get().to_le_bytes());
+    h.update(&b.point.get().to_le_bytes());
     h.update(&[
         match b.kind {
             PointKind::Scheduled => 1,
@@ -243,9 +243,9 @@ fn registration_input(h: &mut blake3::Hasher, server: &ServerId, r: &RegisterSer
     name_input(h, &r.hostname);
     h.update(&(r.disks.len() as u64).to_le_bytes());
     for d in &r.disks {
-        h.update(&d.disk.0.to_le_bytes());
+        h.update(&d.disk.get().to_le_bytes());
         name_input(h, &d.name);
-        h.update(&d.size.0.to_le_bytes());
+        h.update(&d.size.get().to_le_bytes());
         // The identity a failback matches the original disk by is sealed too.
         let kind: u8 = match d.identity {
             DiskIdentity::Unknown => 0,
@@ -355,7 +355,7 @@ impl Sealer {
             return Err(SealError::ExtentTooLong { length: data.len() });
         }
         if is_all_zero(data) {
-            return self.without_payload(addr, ByteLen(data.len() as u64), RecordKind::Zero);
+            return self.without_payload(addr, ByteLen::new(data.len() as u64), RecordKind::Zero);
         }
         let mut iv = [0u8; IV_LEN];
         rng.fill_bytes(&mut iv);
@@ -370,10 +370,10 @@ impl Sealer {
         data: &[u8],
         iv: [u8; IV_LEN],
     ) -> Result<SealedRecord, SealError> {
-        let length = ByteLen(data.len() as u64);
+        let length = ByteLen::new(data.len() as u64);
         let mut digests = Vec::with_capacity(data.len().div_ceil(4096) + 1);
         self.digester
-            .grains(addr.disk, addr.offset.0, data, &mut digests);
+            .grains(addr.disk, addr.offset.get(), data, &mut digests);
         // Compress into a buffer one byte shorter than the data: zstd fails when the
         // output would not fit, which is exactly the "does not shrink" case.
         let mut payload = Vec::with_capacity(data.len() - 1);
@@ -495,7 +495,7 @@ impl Unsealer {
             RecordKind::Data => {}
         }
         // header.check() bounded length by MAX_DATA_EXTENT, so this cannot be huge.
-        let expected = header.length.0;
+        let expected = header.length.get();
         let mut cipher = keystream(&self.cipher, &header.iv);
         match header.compression {
             Compression::None => {

@@ -61,11 +61,11 @@ fn claimed_lengths_are_refused_before_allocating() {
             .zeroes(
                 RecordAddress {
                     server: ServerId::new("a").unwrap(),
-                    disk: DiskId(0),
-                    offset: ByteOffset(0),
-                    seq: Seq(1),
+                    disk: DiskId::new(0),
+                    offset: ByteOffset::new(0),
+                    seq: Seq::new(1),
                 },
-                ByteLen(4096),
+                ByteLen::new(4096),
             )
             .unwrap();
         r.header.payload_len = u32::MAX;

@@ -27,9 +27,9 @@ fn keys(byte: u8) -> HostKeys {
 fn addr(server: &str, offset: u64, seq: u64) -> RecordAddress {
     RecordAddress {
         server: ServerId::new(server).unwrap(),
-        disk: DiskId(3),
-        offset: ByteOffset(offset),
-        seq: Seq(seq),
+        disk: DiskId::new(3),
+        offset: ByteOffset::new(offset),
+        seq: Seq::new(seq),
     }
 }
 
@@ -80,9 +80,9 @@ fn header_strategy() -> impl Strategy<Value = RecordAddress> {
     )
         .prop_map(|(server, disk, offset, seq)| RecordAddress {
             server: ServerId::new(&server).unwrap(),
-            disk: DiskId(disk),
-            offset: ByteOffset(offset),
-            seq: Seq(seq),
+            disk: DiskId::new(disk),
+            offset: ByteOffset::new(offset),
+            seq: Seq::new(seq),
         })
 }
 
@@ -95,7 +95,7 @@ proptest! {
         let record = sealer(&k).seal(address.clone(), &data, &mut rand_core::OsRng).unwrap();
         let h = &record.header;
         prop_assert_eq!((&h.server, h.disk, h.offset, h.seq), (&address.server, address.disk, address.offset, address.seq));
-        prop_assert_eq!(h.length, ByteLen(data.len() as u64));
+        prop_assert_eq!(h.length, ByteLen::new(data.len() as u64));
         let all_zero = data.iter().all(|&b| b == 0);
         prop_assert_eq!(h.kind == RecordKind::Zero, all_zero, "zero detection");
         if h.kind == RecordKind::Data {
@@ -115,7 +115,7 @@ proptest! {
         let mut u = unsealer(&k);
         match u.unseal(&received).unwrap() {
             Unsealed::Data(plain) => prop_assert_eq!(plain, &data[..]),
-            Unsealed::Zeroes(len) => prop_assert!(all_zero && len.0 == data.len() as u64),
+            Unsealed::Zeroes(len) => prop_assert!(all_zero && len.get() == data.len() as u64),
             Unsealed::Discarded(_) => panic!("sealing data gave a discard record"),
         }
     }
@@ -127,15 +127,15 @@ proptest! {
         let mut moved = record.clone();
         let h = &mut moved.header;
         match which {
-            0 => h.offset = ByteOffset(h.offset.0 + 4096),
-            1 => h.seq = Seq(h.seq.0 + 1),
-            2 => h.disk = DiskId(h.disk.0 + 1),
+            0 => h.offset = ByteOffset::new(h.offset.get() + 4096),
+            1 => h.seq = Seq::new(h.seq.get() + 1),
+            2 => h.disk = DiskId::new(h.disk.get() + 1),
             3 => h.server = ServerId::new("web-2").unwrap(),
             4 => h.iv[0] ^= 1,
             5 => h.compression = if h.compression == Compression::Zstd { Compression::None } else { Compression::Zstd },
-            6 => { h.length = ByteLen(h.length.0 + 1); }
+            6 => { h.length = ByteLen::new(h.length.get() + 1); }
             // The grain digests the standby compares for catch-up are authenticated too.
-            _ => if let Some(d) = moved.digests.first_mut() { d[0] ^= 1 } else { moved.header.seq = Seq(0) },
+            _ => if let Some(d) = moved.digests.first_mut() { d[0] ^= 1 } else { moved.header.seq = Seq::new(0) },
         }
         let err = unsealer(&k).unseal(&moved).expect_err("a record replayed under another header was accepted");
         // Refused by the seal, or earlier by the header's own consistency rules.
@@ -250,12 +250,12 @@ fn zero_and_discard_records_are_authenticated_too() {
     let k = keys(1);
     let s = sealer(&k);
     for record in [
-        s.zeroes(addr("a", 0, 1), ByteLen(1 << 40)).unwrap(),
-        s.discard(addr("a", 0, 2), ByteLen(1 << 40)).unwrap(),
+        s.zeroes(addr("a", 0, 1), ByteLen::new(1 << 40)).unwrap(),
+        s.discard(addr("a", 0, 2), ByteLen::new(1 << 40)).unwrap(),
     ] {
         verify(&k.ingest.mac, &record).unwrap();
         let mut moved = record.clone();
-        moved.header.length = ByteLen(1 << 41);
+        moved.header.length = ByteLen::new(1 << 41);
         assert!(matches!(
             verify(&k.ingest.mac, &moved),
             Err(SealError::BadMac)
@@ -271,7 +271,7 @@ fn zero_and_discard_records_are_authenticated_too() {
             "a zero/discard record became data"
         );
     }
-    let overflow = s.discard(addr("a", u64::MAX - 10, 3), ByteLen(11));
+    let overflow = s.discard(addr("a", u64::MAX - 10, 3), ByteLen::new(11));
     assert!(overflow.is_err(), "a range past u64::MAX was sealed");
     let too_long = sealer(&k).seal(
         addr("a", 0, 4),
@@ -283,7 +283,11 @@ fn zero_and_discard_records_are_authenticated_too() {
 
 #[test]
 fn header_errors_name_the_problem() {
-    let good = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let good = Message::Ack(Ack {
+        durable: Seq::new(5),
+    })
+    .encode()
+    .unwrap();
     let with = |i: usize, b: u8| {
         let mut v = good.clone();
         v[i] = b;
@@ -311,7 +315,11 @@ fn header_errors_name_the_problem() {
 
 #[test]
 fn a_body_of_another_type_is_refused() {
-    let ack = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let ack = Message::Ack(Ack {
+        durable: Seq::new(5),
+    })
+    .encode()
+    .unwrap();
     let bytes = reframe(6, &ack[FRAME_HEADER_LEN..]);
     assert!(
         frame::decode(&bytes).is_err(),
@@ -336,16 +344,16 @@ fn one_of_each(record: SealedRecord) -> Vec<Message> {
             agent_proof: Proof([3; 32]),
         }),
         Message::Welcome(Welcome {
-            last_durable: Seq(77),
+            last_durable: Seq::new(77),
             digests: true,
             paused: Some("not started".into()),
         }),
         Message::RegisterServer(RegisterServer {
             hostname: "db1".into(),
             disks: vec![DiskInfo {
-                disk: DiskId(0),
+                disk: DiskId::new(0),
                 name: "vda".into(),
-                size: ByteLen(20 << 30),
+                size: ByteLen::new(20 << 30),
                 identity: DiskIdentity::Wwid("eui.0025388b71b2c5e1".into()),
             }],
             seal: [4; 32],
@@ -354,8 +362,8 @@ fn one_of_each(record: SealedRecord) -> Vec<Message> {
         Message::Record(record),
         Message::Barrier(Barrier {
             server: server.clone(),
-            seq: Seq(78),
-            point: PointId(4),
+            seq: Seq::new(78),
+            point: PointId::new(4),
             kind: PointKind::Scheduled,
             consistent: true,
             unix_time_ms: 1_700_000_000_000,
@@ -363,7 +371,9 @@ fn one_of_each(record: SealedRecord) -> Vec<Message> {
             seal: [6; 32],
             mac: [3; 32],
         }),
-        Message::Ack(Ack { durable: Seq(78) }),
+        Message::Ack(Ack {
+            durable: Seq::new(78),
+        }),
         Message::Heartbeat(Heartbeat { unix_time_ms: 1 }),
         Message::Error(ErrorMessage {
             code: ErrorCode::StorageFull,
@@ -371,13 +381,13 @@ fn one_of_each(record: SealedRecord) -> Vec<Message> {
         }),
         Message::DigestRequest(DigestRequest {
             request: 3,
-            disk: DiskId(1),
+            disk: DiskId::new(1),
             first_chunk: 7,
             count: 2,
         }),
         Message::Digests(Digests {
             request: 3,
-            disk: DiskId(1),
+            disk: DiskId::new(1),
             first_chunk: 7,
             chunks: vec![None, Some([5; 32])],
         }),
@@ -391,7 +401,7 @@ fn one_of_each(record: SealedRecord) -> Vec<Message> {
         Message::PointRequest(PointRequest { request: 9 }),
         Message::PointResult(PointResult {
             request: 9,
-            point: Some(PointId(5)),
+            point: Some(PointId::new(5)),
             consistent: true,
             freeze_ms: 40,
             error: None,
@@ -553,7 +563,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_seal() 
         .unwrap();
     assert_eq!(record.header.compression, Compression::Zstd);
     // Longer than the data: zstd stops short of it. (Shorter: zstd runs out of room.)
-    record.header.length = ByteLen(8193);
+    record.header.length = ByteLen::new(8193);
     record.digests.push(ferry_wire::digest::ZERO_GRAIN);
     reseal(&k, &mut record);
     let err = unsealer(&k)
@@ -569,7 +579,7 @@ fn a_length_that_disagrees_with_the_payload_is_refused_even_with_a_valid_seal() 
         ),
         "{err}"
     );
-    record.header.length = ByteLen(8191);
+    record.header.length = ByteLen::new(8191);
     record.digests.pop();
     reseal(&k, &mut record);
     let err = unsealer(&k)
@@ -593,16 +603,20 @@ fn every_inconsistent_record_header_is_refused_on_decode() {
         )
         .unwrap();
     assert_eq!(data.header.compression, Compression::None);
-    let zero = sealer(&k).zeroes(addr("a", 0, 2), ByteLen(4096)).unwrap();
+    let zero = sealer(&k)
+        .zeroes(addr("a", 0, 2), ByteLen::new(4096))
+        .unwrap();
     type Damage = fn(&mut SealedRecord);
     let cases: [(&str, &SealedRecord, Damage); 8] = [
         ("runs past the end", &zero, |r| {
-            r.header.offset = ByteOffset(u64::MAX - 1)
+            r.header.offset = ByteOffset::new(u64::MAX - 1)
         }),
         ("at most 1048576", &data, |r| {
-            r.header.length = ByteLen(2 << 20)
+            r.header.length = ByteLen::new(2 << 20)
         }),
-        ("covers 0 bytes", &data, |r| r.header.length = ByteLen(0)),
+        ("covers 0 bytes", &data, |r| {
+            r.header.length = ByteLen::new(0)
+        }),
         ("must carry none", &zero, |r| {
             r.header.payload_len = 1;
             r.payload = vec![1];
@@ -612,7 +626,7 @@ fn every_inconsistent_record_header_is_refused_on_decode() {
         }),
         ("non-zero IV", &zero, |r| r.header.iv[3] = 1),
         ("raw must store exactly", &data, |r| {
-            r.header.length = ByteLen(101)
+            r.header.length = ByteLen::new(101)
         }),
         ("zstd fewer", &data, |r| {
             r.header.compression = Compression::Zstd
@@ -675,9 +689,9 @@ fn text_fields_are_bounded_and_printable() {
     assert!(log_injection.encode().is_err());
     let disks = (0..=u32::try_from(MAX_DISKS).unwrap())
         .map(|i| DiskInfo {
-            disk: DiskId(i),
+            disk: DiskId::new(i),
             name: "d".into(),
-            size: ByteLen(1),
+            size: ByteLen::new(1),
             identity: DiskIdentity::Unknown,
         })
         .collect();
@@ -700,9 +714,9 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
         let reg = RegisterServer {
             hostname: "h".into(),
             disks: vec![DiskInfo {
-                disk: DiskId(0),
+                disk: DiskId::new(0),
                 name: bad.into(),
-                size: ByteLen(1 << 20),
+                size: ByteLen::new(1 << 20),
                 identity: DiskIdentity::Unknown,
             }],
             seal: [0; 32],
@@ -733,9 +747,9 @@ fn a_registration_with_a_disk_name_that_is_no_kernel_name_is_refused_both_ways()
         let reg = Message::RegisterServer(RegisterServer {
             hostname: "h".into(),
             disks: vec![DiskInfo {
-                disk: DiskId(0),
+                disk: DiskId::new(0),
                 name: good.into(),
-                size: ByteLen(1 << 20),
+                size: ByteLen::new(1 << 20),
                 identity: DiskIdentity::Unknown,
             }],
             seal: [0; 32],
@@ -764,7 +778,11 @@ proptest! {
 
 #[test]
 fn bytes_after_a_message_inside_its_body_are_refused() {
-    let ack = Message::Ack(Ack { durable: Seq(5) }).encode().unwrap();
+    let ack = Message::Ack(Ack {
+        durable: Seq::new(5),
+    })
+    .encode()
+    .unwrap();
     let mut body = ack[FRAME_HEADER_LEN..].to_vec();
     body.push(0);
     let err = frame::decode(&reframe(8, &body)).unwrap_err();
@@ -786,7 +804,11 @@ fn frames_read_from_a_stream_keep_their_bytes_and_stop_cleanly() {
     let record = sample_record(&k);
     let mut stream = Message::Record(record.clone()).encode().unwrap();
     let first_len = stream.len();
-    let ack = Message::Ack(Ack { durable: Seq(4) }).encode().unwrap();
+    let ack = Message::Ack(Ack {
+        durable: Seq::new(4),
+    })
+    .encode()
+    .unwrap();
     stream.extend_from_slice(&ack);
     let mut reader = &stream[..];
     let mut buf = Vec::new();
@@ -798,7 +820,12 @@ fn frames_read_from_a_stream_keep_their_bytes_and_stop_cleanly() {
         "buffer must hold the frame as read"
     );
     let second = frame::read_frame(&mut reader, &mut buf).expect("second frame reads");
-    assert_eq!(second, Some(Message::Ack(Ack { durable: Seq(4) })));
+    assert_eq!(
+        second,
+        Some(Message::Ack(Ack {
+            durable: Seq::new(4)
+        }))
+    );
     assert!(
         frame::read_frame(&mut reader, &mut buf).unwrap().is_none(),
         "a clean end of stream is None"
@@ -879,9 +906,9 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
     ));
     // A zero record made up over live data.
     let mut zero = sealer(&k)
-        .zeroes(addr("web-1", 0, 43), ByteLen(4096))
+        .zeroes(addr("web-1", 0, 43), ByteLen::new(4096))
         .unwrap();
-    zero.header.length = ByteLen(1 << 20);
+    zero.header.length = ByteLen::new(1 << 20);
     zero.mac = ferry_wire::seal::record_mac(&standby.mac, &zero);
     verify(&standby.mac, &zero).unwrap();
     assert!(matches!(
@@ -894,9 +921,9 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
         RegisterServer {
             hostname: "web-1".into(),
             disks: vec![DiskInfo {
-                disk: DiskId(0),
+                disk: DiskId::new(0),
                 name: "vda".into(),
-                size: ByteLen(64 << 20),
+                size: ByteLen::new(64 << 20),
                 identity: DiskIdentity::Serial("web-1-root".into()),
             }],
             seal: [0; 32],
@@ -914,7 +941,7 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
         Err(SealError::BadSeal)
     ));
     let mut shrunk = registration.clone();
-    shrunk.disks[0].size = ByteLen(4096);
+    shrunk.disks[0].size = ByteLen::new(4096);
     shrunk.mac = registration_mac(&standby.mac, &server, &shrunk);
     verify_registration(&standby.mac, &server, &shrunk).unwrap();
     assert!(matches!(
@@ -925,8 +952,8 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
         &k,
         Barrier {
             server: server.clone(),
-            seq: Seq(50),
-            point: PointId(2),
+            seq: Seq::new(50),
+            point: PointId::new(2),
             kind: PointKind::Manual,
             consistent: true,
             unix_time_ms: 1,
@@ -938,7 +965,7 @@ fn what_a_standby_forges_with_its_keys_fails_the_seal() {
     verify_barrier(&standby.mac, &barrier).unwrap();
     verify_barrier_seal(&k.recovery.seal, &barrier).unwrap();
     let mut moved = barrier.clone();
-    moved.seq = Seq(60);
+    moved.seq = Seq::new(60);
     moved.mac = barrier_mac(&standby.mac, &moved);
     verify_barrier(&standby.mac, &moved).unwrap();
     assert!(matches!(

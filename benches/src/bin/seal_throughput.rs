@@ -56,9 +56,9 @@ fn seal_median(data: &[u8], extent: usize, runs: usize) -> Result<(f64, usize)> 
         for (i, chunk) in data.chunks(extent).enumerate() {
             let addr = RecordAddress {
                 server: server.clone(),
-                disk: DiskId(0),
-                offset: ByteOffset((i * extent) as u64),
-                seq: Seq(i as u64 + 1),
+                disk: DiskId::new(0),
+                offset: ByteOffset::new((i * extent) as u64),
+                seq: Seq::new(i as u64 + 1),
             };
             sealed += sealer.seal(addr, chunk, &mut rng)?.payload.len();
         }

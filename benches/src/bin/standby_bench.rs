@@ -55,9 +55,9 @@ fn register(link: &mut Link, keys: &HostKeys, size: u64) -> Result<[u8; 32]> {
         RegisterServer {
             hostname: keys.recovery.server.to_string(),
             disks: vec![DiskInfo {
-                disk: DiskId(0),
+                disk: DiskId::new(0),
                 name: "bench".into(),
-                size: ByteLen(size),
+                size: ByteLen::new(size),
                 identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
             }],
             seal: [0; 32],
@@ -90,8 +90,8 @@ fn ingest(
         seq = seq.checked_next().context("seq")?;
         let addr = RecordAddress {
             server: server.clone(),
-            disk: DiskId(0),
-            offset: ByteOffset((i * record) as u64),
+            disk: DiskId::new(0),
+            offset: ByteOffset::new((i * record) as u64),
             seq,
         };
         let sealed = sealer.seal(addr, &corpus[at..at + record], &mut rand_core::OsRng)?;
@@ -128,8 +128,8 @@ fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
         seq = seq.checked_next().context("seq")?;
         let addr = RecordAddress {
             server: server.clone(),
-            disk: DiskId(0),
-            offset: ByteOffset(offset),
+            disk: DiskId::new(0),
+            offset: ByteOffset::new(offset),
             seq,
         };
         link.send(&Message::Record(sealer.seal(
@@ -145,7 +145,7 @@ fn fill(addr: &str, key: &str, server: &str, image: &str) -> Result<()> {
         Barrier {
             server: server.clone(),
             seq,
-            point: PointId(seq.0),
+            point: PointId::new(seq.get()),
             kind: PointKind::Manual,
             consistent: true,
             unix_time_ms: 0,

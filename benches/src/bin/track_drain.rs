@@ -21,7 +21,11 @@ fn main() -> Result<()> {
     let stats = tracker.stats()?;
     eprintln!(
         "track_drain: {stats:?}; dirty bytes {}",
-        tracker.state().disk(ferry_wire::DiskId(0)).dirty.bytes()
+        tracker
+            .state()
+            .disk(ferry_wire::DiskId::new(0))
+            .dirty
+            .bytes()
     );
     Ok(())
 }

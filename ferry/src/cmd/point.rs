@@ -59,7 +59,7 @@ fn create(args: &CreateArgs) -> Result<()> {
     }
     println!(
         "point {} of {}: {}, filesystems frozen {} ms",
-        point.point.map_or(0, |p| p.0),
+        point.point.map_or(0, |p| p.get()),
         args.server,
         if point.consistent {
             "consistent"

@@ -81,7 +81,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         Some(n) => {
             let disk = point_disks
                 .iter()
-                .find(|d| d.disk.0 == n)
+                .find(|d| d.disk.get() == n)
                 .with_context(|| format!("server {} has no disk {n}", args.server))?;
             vec![(disk, args.out.clone())]
         }
@@ -96,14 +96,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
             })?;
             point_disks
                 .iter()
-                .map(|d| (d, args.out.join(format!("disk-{}.img", d.disk.0))))
+                .map(|d| (d, args.out.join(format!("disk-{}.img", d.disk.get()))))
                 .collect()
         }
     };
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
-    let total: u64 = disks.iter().map(|(d, _)| d.size.0).sum();
+    let total: u64 = disks.iter().map(|(d, _)| d.size.get()).sum();
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template(
@@ -113,28 +113,28 @@ pub(crate) fn run(args: Args) -> Result<()> {
         .progress_chars("=> "),
     );
     for (disk, out) in disks {
-        bar.set_message(format!("disk {}", disk.disk.0));
+        bar.set_message(format!("disk {}", disk.disk.get()));
         let start = Instant::now();
         let target = Target::open(&out, disk)?;
         let report =
             rebuild::rebuild_disk(&state.log, disk, point_seq, target, &keys, threads, &|n| {
                 bar.inc(n)
             })
-            .with_context(|| format!("rebuilding disk {} of {}", disk.disk.0, args.server))?;
+            .with_context(|| format!("rebuilding disk {} of {}", disk.disk.get(), args.server))?;
         let secs = start.elapsed().as_secs_f64();
         bar.suspend(|| {
             println!(
                 "rebuilt disk {} ({}, {} bytes) of {} at seq {point_seq} into {}: {} records \
                  verified, {} bytes written, {} bytes zeroed, {secs:.2} s ({:.0} MB/s)",
-                disk.disk.0,
+                disk.disk.get(),
                 disk.name,
-                disk.size.0,
+                disk.size.get(),
                 args.server,
                 out.display(),
                 report.records_read,
                 report.bytes_written,
                 report.bytes_zeroed,
-                disk.size.0 as f64 / secs.max(1e-9) / 1e6
+                disk.size.get() as f64 / secs.max(1e-9) / 1e6
             );
         });
     }

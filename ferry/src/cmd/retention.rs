@@ -60,7 +60,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
         keep: args.keep,
     };
     let r = retention::apply(&mut state, &policy, &mac)?;
-    let dropped: Vec<u64> = r.points_dropped.iter().map(|p| p.0).collect();
+    let dropped: Vec<u64> = r.points_dropped.iter().map(|p| p.get()).collect();
     println!(
         "server {}: dropped {} points {dropped:?}, {} retained; space used {} -> {} bytes; \
          {} segments removed, {} frames ({} bytes) copied forward",

@@ -104,9 +104,9 @@ fn export(args: ExportArgs) -> Result<()> {
     let registration = RegisterServer {
         hostname: args.server.to_string(),
         disks: vec![DiskInfo {
-            disk: DiskId(args.disk),
+            disk: DiskId::new(args.disk),
             name,
-            size: ByteLen(size),
+            size: ByteLen::new(size),
             identity: ferry_wire::disk_identity::DiskIdentity::Unknown,
         }],
         seal: [0; 32],
@@ -119,7 +119,7 @@ fn export(args: ExportArgs) -> Result<()> {
     let (mut data_records, mut zero_records, mut written) = (0u64, 0u64, frame.len() as u64);
     let mut buf = vec![0u8; MAX_DATA_EXTENT];
     let mut offset = 0u64;
-    let mut seq = Seq(0);
+    let mut seq = Seq::new(0);
     while offset < size {
         let n = usize::try_from((size - offset).min(MAX_DATA_EXTENT as u64)).expect("≤ 1 MiB");
         device
@@ -130,8 +130,8 @@ fn export(args: ExportArgs) -> Result<()> {
             .expect("a disk has fewer than 2^64 extents");
         let addr = RecordAddress {
             server: args.server.clone(),
-            disk: DiskId(args.disk),
-            offset: ByteOffset(offset),
+            disk: DiskId::new(args.disk),
+            offset: ByteOffset::new(offset),
             seq,
         };
         let record = sealer.seal(addr, &buf[..n], &mut rand_core::OsRng)?;
@@ -179,9 +179,9 @@ fn restore(args: RestoreArgs) -> Result<()> {
             fs::rename(&tmp, &args.out)?;
             println!(
                 "restored disk {} of {} ({} bytes) from {} verified records into {}",
-                disk.disk.0,
+                disk.disk.get(),
                 disk.name,
-                disk.size.0,
+                disk.size.get(),
                 records,
                 args.out.display()
             );
@@ -224,8 +224,8 @@ fn restore_into(reader: &mut impl Read, key: &Path, tmp: &Path) -> Result<(DiskI
         None => bail!("seed file is empty"),
     };
     let out = private_files::create_new(tmp)?;
-    out.set_len(disk.size.0)?;
-    let (mut next_offset, mut last_seq, mut records) = (0u64, Seq(0), 0u64);
+    out.set_len(disk.size.get())?;
+    let (mut next_offset, mut last_seq, mut records) = (0u64, Seq::new(0), 0u64);
     while let Some(message) = next_frame(reader, &mut body)? {
         let Message::Record(record) = message else {
             bail!(
@@ -238,8 +238,8 @@ fn restore_into(reader: &mut impl Read, key: &Path, tmp: &Path) -> Result<(DiskI
             h.disk == disk.disk,
             "record seq {} is for disk {}, not {}",
             h.seq,
-            h.disk.0,
-            disk.disk.0
+            h.disk.get(),
+            disk.disk.get()
         );
         ensure!(
             h.seq > last_seq,
@@ -248,32 +248,32 @@ fn restore_into(reader: &mut impl Read, key: &Path, tmp: &Path) -> Result<(DiskI
             last_seq
         );
         ensure!(
-            h.offset.0 == next_offset,
+            h.offset.get() == next_offset,
             "record seq {} starts at offset {}; the disk's bytes from {next_offset} are missing",
             h.seq,
-            h.offset.0
+            h.offset.get()
         );
-        let end = h.offset.0 + h.length.0; // check() ruled out overflow
+        let end = h.offset.get() + h.length.get(); // check() ruled out overflow
         ensure!(
-            end <= disk.size.0,
+            end <= disk.size.get(),
             "record seq {} ends at {end}, past the disk's {} bytes",
             h.seq,
-            disk.size.0
+            disk.size.get()
         );
         match unsealer
             .unseal(&record)
             .with_context(|| format!("record seq {}", h.seq))?
         {
-            Unsealed::Data(bytes) => out.write_all_at(bytes, h.offset.0)?,
+            Unsealed::Data(bytes) => out.write_all_at(bytes, h.offset.get())?,
             Unsealed::Zeroes(_) | Unsealed::Discarded(_) => {} // the new file is a hole there
         }
         (next_offset, last_seq) = (end, h.seq);
         records += 1;
     }
     ensure!(
-        next_offset == disk.size.0,
+        next_offset == disk.size.get(),
         "seed file ends at offset {next_offset}; the disk has {} bytes",
-        disk.size.0
+        disk.size.get()
     );
     out.sync_all()?;
     Ok((disk, records))

@@ -71,7 +71,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         for r in tracker.poll(Duration::from_millis(100))?.completed {
             extents += 1;
             bytes += r.range.len();
-            let device = &names[r.disk.0 as usize];
+            let device = &names[r.disk.index()];
             let failed = if r.status != 0 {
                 format!(" (failed, status {})", r.status)
             } else {

@@ -60,7 +60,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
     /// then reads the next chunks of one disk and asks about them.
     pub(super) fn digest_step(&mut self, stream: &mut Stream) -> Result<(), AgentError> {
         for reply in stream.link.take_digests() {
-            let i = reply.disk.0 as usize;
+            let i = reply.disk.index();
             let Some(Some(CatchUp {
                 method: Method::Digest(scan),
                 ..
@@ -68,7 +68,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
             else {
                 return Err(AgentError::Protocol(format!(
                     "it answered digests of disk {}, which is not being compared",
-                    reply.disk.0
+                    reply.disk.get()
                 )));
             };
             let Some(differ) = scan.answer(&reply).map_err(AgentError::Protocol)? else {

@@ -149,7 +149,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn disk_id(i: usize) -> DiskId {
-    DiskId(u32::try_from(i).expect("at most 32 disks"))
+    DiskId::from_index(i).expect("at most 32 disks")
 }
 
 /// What identifies the protected disk `name` (`/sys/block/<name>`, see
@@ -227,7 +227,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                     .map(|(i, d)| DiskInfo {
                         disk: disk_id(i),
                         name: d.name.clone(),
-                        size: ByteLen(d.size),
+                        size: ByteLen::new(d.size),
                         identity: disk_identity(&d.name),
                     })
                     .collect(),

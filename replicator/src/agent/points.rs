@@ -86,10 +86,10 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
             .map(|d| d.name.clone())
             .collect();
         let mounts = self.freezer.mounts(&names).map_err(|e| error_chain(&e))?;
-        let point = PointId(now_ms());
+        let point = PointId::new(now_ms());
         let env = [
             ("FERRY_SERVER", self.config.server.to_string()),
-            ("FERRY_POINT", point.0.to_string()),
+            ("FERRY_POINT", point.get().to_string()),
         ];
         // Ship first what can be shipped without freezing.
         self.drain_dirty(stream, self.config.batch_bytes * 4)
@@ -126,7 +126,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
             tracing::warn!("{e}");
         }
         let mut status = result?;
-        let seq = Seq(status.seq.expect("a barrier was sent"));
+        let seq = Seq::new(status.seq.expect("a barrier was sent"));
         stream
             .link
             .wait_durable(seq, Duration::from_secs(60))
@@ -203,7 +203,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 return Ok(None);
             }
             for p in &batch {
-                read[p.disk.0 as usize].insert(p.range);
+                read[p.disk.index()].insert(p.range);
                 bytes += p.range.len();
             }
             let reqs = match self.read_batch(&batch) {
@@ -250,15 +250,15 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 mac: [0; 32],
             },
         );
-        stream.next_seq = Seq(seq.0.saturating_add(1));
+        stream.next_seq = seq.saturating_next();
         stream
             .link
             .send(&Message::Barrier(barrier.clone()))
             .and_then(|()| stream.link.flush())
             .map_err(|e| error_chain(&e))?;
         Ok(Some(PointStatus {
-            point: Some(point.0),
-            seq: Some(seq.0),
+            point: Some(point.get()),
+            seq: Some(seq.get()),
             consistent: barrier.consistent,
             freeze_ms,
             frozen: frozen_mounts,

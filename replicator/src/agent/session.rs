@@ -130,8 +130,11 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 // Give what is in flight a moment to be acknowledged.
-                let last = stream.next_seq.0.saturating_sub(1);
-                if let Ok(d) = stream.link.wait_durable(Seq(last), Duration::from_secs(5)) {
+                let last = stream.next_seq.get().saturating_sub(1);
+                if let Ok(d) = stream
+                    .link
+                    .wait_durable(Seq::new(last), Duration::from_secs(5))
+                {
                     self.apply_acks(d);
                 }
                 return Ok(());
@@ -150,7 +153,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 let status = self.manual_point(Some(&mut stream));
                 stream.link.send(&Message::PointResult(PointResult {
                     request: request.request,
-                    point: status.point.filter(|_| status.ok).map(PointId),
+                    point: status.point.filter(|_| status.ok).map(PointId::new),
                     consistent: status.consistent,
                     freeze_ms: status.freeze_ms,
                     error: status.error,

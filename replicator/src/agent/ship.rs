@@ -58,9 +58,9 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 .disk_mut(p.disk)
                 .dirty
                 .clear_if_unchanged(p.range, p.picked_at);
-            self.shipping[p.disk.0 as usize].remove(p.range);
+            self.shipping[p.disk.index()].remove(p.range);
         }
-        self.status.acked_seq = durable.0;
+        self.status.acked_seq = durable.get();
         self.status.last_ack_unix_ms = now_ms();
     }
     /// Dirty extents to read next, up to `max_bytes`, each with the generation of now.
@@ -94,7 +94,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 self.cursor[i] = range.end;
                 total += range.len();
                 out.push(Pending {
-                    seq: Seq(0),
+                    seq: Seq::new(0),
                     disk,
                     range,
                     picked_at,
@@ -117,7 +117,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
         let mut reqs: Vec<ReadReq> = batch
             .iter()
             .map(|p| ReadReq {
-                disk: p.disk.0 as usize,
+                disk: p.disk.index(),
                 offset: p.range.start,
                 buf: AlignedBuf::new(usize::try_from(p.range.len()).expect("≤ extent_max")),
             })
@@ -142,10 +142,10 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 let addr = RecordAddress {
                     server: self.config.server.clone(),
                     disk: p.disk,
-                    offset: ByteOffset(p.range.start),
+                    offset: ByteOffset::new(p.range.start),
                     seq,
                 };
-                seq = Seq(seq.0.saturating_add(1));
+                seq = seq.saturating_next();
                 (addr, &r.buf[..])
             })
             .collect();
@@ -153,12 +153,12 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
         let frames = self.pool.seal(&items)?;
         for ((p, frame), seq) in batch.into_iter().zip(frames).zip(seqs) {
             self.limiter.take(frame.len());
-            self.shipping[p.disk.0 as usize].insert(p.range);
+            self.shipping[p.disk.index()].insert(p.range);
             self.pending.push_back(Pending { seq, ..p });
-            stream.next_seq = Seq(seq.0.saturating_add(1));
+            stream.next_seq = seq.saturating_next();
             stream.link.send_frame(Some(seq), frame)?;
             self.status.shipped_bytes += p.range.len();
-            self.status.disks[p.disk.0 as usize].shipped_bytes += p.range.len();
+            self.status.disks[p.disk.index()].shipped_bytes += p.range.len();
             self.status.records_sent += 1;
             self.apply_acks(stream.link.durable());
         }

@@ -243,11 +243,14 @@ impl Control {
                     ferry_wire::ids::validate_disk_name(&d.name)
                         .map(|()| OriginalDisk {
                             path: PathBuf::from(format!("/dev/{}", d.name)),
-                            size: d.size.0,
+                            size: d.size.get(),
                             identity: d.identity.clone(),
                         })
                         .map_err(|e| {
-                            ControlError::Reverse(format!("server {id}: disk {}: {e}", d.disk.0))
+                            ControlError::Reverse(format!(
+                                "server {id}: disk {}: {e}",
+                                d.disk.get()
+                            ))
                         })
                 })
                 .collect::<Result<_, _>>()?

@@ -47,8 +47,8 @@ impl PointView {
     /// The point a stored barrier makes.
     pub fn of_barrier(b: &ferry_wire::message::Barrier) -> Self {
         Self {
-            id: Some(b.point.0),
-            seq: b.seq.0,
+            id: Some(b.point.get()),
+            seq: b.seq.get(),
             unix_time_ms: Some(b.unix_time_ms),
             consistent: b.consistent,
             kind: kind_name(b.kind).to_owned(),
@@ -69,8 +69,8 @@ pub fn point_views(state: &ServerState) -> Vec<PointView> {
         .points()
         .iter()
         .map(|p| PointView {
-            id: Some(p.id.0),
-            seq: p.seq.0,
+            id: Some(p.id.get()),
+            seq: p.seq.get(),
             unix_time_ms: Some(p.unix_time_ms),
             consistent: p.consistent,
             kind: kind_name(p.kind).to_owned(),
@@ -78,7 +78,7 @@ pub fn point_views(state: &ServerState) -> Vec<PointView> {
         .collect();
     rows.push(PointView {
         id: None,
-        seq: state.log.last_seq().0,
+        seq: state.log.last_seq().get(),
         unix_time_ms: None,
         consistent: false,
         kind: "latest".to_owned(),

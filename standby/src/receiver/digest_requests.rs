@@ -58,7 +58,10 @@ pub(super) fn answer_digests(
         })?);
     }
     let mut inner = slot.lock();
-    let target = inner.state.as_ref().map_or(Seq(0), |s| s.log.last_seq());
+    let target = inner
+        .state
+        .as_ref()
+        .map_or(Seq::new(0), |s| s.log.last_seq());
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return Err(DigestRefusal::End(SessionEnd::Stopping));
@@ -83,16 +86,18 @@ pub(super) fn answer_digests(
         .ok_or_else(|| {
             DigestRefusal::Bad(format!(
                 "digest request for disk {}, which the server has not registered",
-                req.disk.0
+                req.disk.get()
             ))
         })?;
     if let Some(b) = baseline {
         b.check(disk).map_err(DigestRefusal::Bad)?;
     }
-    if req.first_chunk.saturating_mul(CHUNK) >= disk.size.0 {
+    if req.first_chunk.saturating_mul(CHUNK) >= disk.size.get() {
         return Err(DigestRefusal::Bad(format!(
             "digest request for chunk {} of disk {}, past its end ({} bytes)",
-            req.first_chunk, req.disk.0, disk.size.0
+            req.first_chunk,
+            req.disk.get(),
+            disk.size.get()
         )));
     }
     Ok(Digests {

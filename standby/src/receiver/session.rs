@@ -70,7 +70,8 @@ pub(super) fn session(
     let last_durable = take_over(shared, &slot, conn_id, &stream, &out, peer, &server)?;
     let welcome = Welcome {
         last_durable,
-        digests: last_durable > Seq(0) || shared.config.control.baseline_disks(&server).is_some(),
+        digests: last_durable > Seq::new(0)
+            || shared.config.control.baseline_disks(&server).is_some(),
         paused: shared.config.control.paused(&server),
     };
     send(&out, &Message::Welcome(welcome)).map_err(SessionEnd::Io)?;

@@ -81,11 +81,14 @@ pub(crate) fn rebuild_all(
     disks
         .iter()
         .map(|disk| {
-            let out = scratch.join(format!("rebuild-{}-{}.img", seq.0, disk.disk.0));
+            let out = scratch.join(format!("rebuild-{}-{}.img", seq.get(), disk.disk.get()));
             let target = Target::open(&out, disk).expect("a new image file");
             rebuild::rebuild_disk(&state.log, disk, seq, target, &keys.recovery, 2, &|_| {})
                 .unwrap_or_else(|e| {
-                    panic!("rebuild of disk {} at seq {seq} failed: {e}", disk.disk.0)
+                    panic!(
+                        "rebuild of disk {} at seq {seq} failed: {e}",
+                        disk.disk.get()
+                    )
                 });
             let bytes = std::fs::read(&out).expect("reading the rebuilt image");
             std::fs::remove_file(&out).expect("removing the rebuilt image");

@@ -53,7 +53,7 @@ impl Rig {
         // What `connect` does with the standby's Welcome.
         self.agent.apply_acks(durable);
         self.agent.forget_unacked();
-        self.stream.next_seq = Seq(durable.0 + 1);
+        self.stream.next_seq = Seq::new(durable.get() + 1);
     }
 
     /// I1 at this moment: a block whose durable copy at the standby is not what the
@@ -75,7 +75,7 @@ impl Rig {
                     prop_assert!(
                         is_dirty,
                         "disk {d} block {b} differs at the standby (durable seq {}) but is clean",
-                        durable.0
+                        durable.get()
                     );
                 }
             }
@@ -89,7 +89,7 @@ impl Rig {
         self.land(usize::MAX);
         for _ in 0..1000 {
             self.ship_batch();
-            let sent = lock(&self.received).sent.0;
+            let sent = lock(&self.received).sent.get();
             self.ack(sent);
             let durable = self.stream.link.durable();
             self.agent.apply_acks(durable);
@@ -125,7 +125,7 @@ proptest! {
                 }
                 Op::Ship => rig.ship_batch(),
                 Op::Ack(n) => {
-                    let sent = lock(&rig.received).sent.0;
+                    let sent = lock(&rig.received).sent.get();
                     rig.ack(sent.saturating_sub(n));
                     let durable = rig.stream.link.durable();
                     rig.agent.apply_acks(durable);

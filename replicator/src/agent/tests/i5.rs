@@ -97,7 +97,7 @@ proptest! {
                 prop_assert!(
                     prefixes.contains(&image),
                     "the point at seq {} is marked consistent but shows no prefix of the writes",
-                    seq.0
+                    seq.get()
                 );
             }
         }

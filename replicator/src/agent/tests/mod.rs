@@ -118,7 +118,7 @@ impl FakeTracker {
         let offset = (w.block * BLOCK) as u64;
         let event = |kind| Event {
             id,
-            disk: DiskId(u32::try_from(w.disk).expect("few disks")),
+            disk: DiskId::from_index(w.disk).expect("few disks"),
             range: ByteRange::new(offset, offset + GRAIN),
             op: Op::Write,
             kind,
@@ -286,12 +286,12 @@ impl Uplink for FakeStandby {
                 let h = &record.header;
                 assert!(h.seq > r.sent, "records are sent in seq order");
                 r.sent = h.seq;
-                let offset = usize::try_from(h.offset.0).expect("small disks");
-                let (seq, disk) = (h.seq, h.disk.0 as usize);
+                let offset = usize::try_from(h.offset.get()).expect("small disks");
+                let (seq, disk) = (h.seq, h.disk.index());
                 let bytes = match self.unsealer.unseal(&record).expect("a record we sealed") {
                     Unsealed::Data(d) => d.to_vec(),
                     Unsealed::Zeroes(n) | Unsealed::Discarded(n) => {
-                        vec![0; usize::try_from(n.0).expect("small")]
+                        vec![0; usize::try_from(n.get()).expect("small")]
                     }
                 };
                 r.records.push((seq, disk, offset, bytes));
@@ -380,7 +380,7 @@ impl Rig {
                 unsealer,
                 received: received.clone(),
             }),
-            next_seq: Seq(1),
+            next_seq: Seq::new(1),
         };
         let sizes = lock(&server).disks.iter().map(Vec::len).collect();
         Rig {
@@ -408,7 +408,7 @@ impl Rig {
     /// The standby acknowledges every seq up to `seq` (at most what was sent).
     fn ack(&mut self, seq: u64) {
         let mut r = lock(&self.received);
-        r.durable = r.durable.max(Seq(seq).min(r.sent));
+        r.durable = r.durable.max(Seq::new(seq).min(r.sent));
     }
 
     fn queue(&self, writes: impl IntoIterator<Item = Write>) {
