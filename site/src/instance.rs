@@ -78,8 +78,8 @@ pub enum Launcher {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
-    /// A point id, or "latest" (the newest state the standby holds).
-    pub point: String,
+    /// A point id, or "latest" (the newest state the standby holds); a string in JSON.
+    pub point: PointSelector,
     pub launcher: Launcher,
     /// The post-launch script (required for the script launcher).
     pub script: Option<PathBuf>,
@@ -164,10 +164,8 @@ pub enum InstanceError {
     BadNetwork(String),
     #[error("{0:?} is not an IP address (optionally with /prefix)")]
     BadIp(String),
-    #[error("{0:?} is not a point: use a point id from `ferry point list` or \"latest\"")]
-    BadPoint(String),
     #[error("server {0} has no retained point {1}; see `ferry point list --server {0}`")]
-    NoPoint(ServerId, String),
+    NoPoint(ServerId, PointSelector),
     #[error("server {0} has not registered its disks yet")]
     NotRegistered(ServerId),
     #[error("cannot read the store of server {0}")]
@@ -200,8 +198,7 @@ impl InstanceError {
             | InstanceError::Size(..)
             | InstanceError::BadNetwork(_)
             | InstanceError::BadIp(_)
-            | InstanceError::NoOriginal(_)
-            | InstanceError::BadPoint(_) => ErrorCode::BadRequest,
+            | InstanceError::NoOriginal(_) => ErrorCode::BadRequest,
             InstanceError::NoPoint(..) | InstanceError::Unknown(_) => ErrorCode::NotFound,
             InstanceError::NotRegistered(_) => ErrorCode::NotAllowed,
             InstanceError::Store(..)
@@ -315,7 +312,8 @@ impl Instances {
     }
 
     /// Checks what can be checked before anything is made, anywhere: the script's
-    /// place is checked by the site that runs it ([`crate::scripts`]).
+    /// place is checked by the site that runs it ([`crate::scripts`]). Returns the point
+    /// asked for.
     pub fn check(spec: &Spec) -> Result<PointSelector, InstanceError> {
         if !(1..=64).contains(&spec.cpus) || !(128..=262_144).contains(&spec.memory_mib) {
             return Err(InstanceError::Size(spec.cpus, spec.memory_mib));
@@ -343,9 +341,7 @@ impl Instances {
                 return Err(InstanceError::BadIp(ip.clone()));
             }
         }
-        spec.point
-            .parse()
-            .map_err(|_| InstanceError::BadPoint(spec.point.clone()))
+        Ok(spec.point)
     }
 
     /// Checks a launch of `server` at `spec.point` without making anything: the spec,
@@ -371,7 +367,7 @@ impl Instances {
         }
         match points::resolve(&state.points(), state.log.last_seq(), selector) {
             Some(seq) if seq.get() > 0 => Ok((state, seq)),
-            _ => Err(InstanceError::NoPoint(server.clone(), spec.point.clone())),
+            _ => Err(InstanceError::NoPoint(server.clone(), spec.point)),
         }
     }
 
@@ -726,10 +722,11 @@ fn unmount_device(device: &str) -> Result<(), InstanceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_wire::PointId;
 
     fn spec() -> Spec {
         Spec {
-            point: "latest".into(),
+            point: PointSelector::Latest,
             launcher: Launcher::Qemu,
             script: None,
             cpus: 2,
@@ -789,15 +786,33 @@ mod tests {
                 script: Some("check.sh".into()),
                 ..spec()
             },
-            Spec {
-                point: "yesterday".into(),
-                ..spec()
-            },
         ];
         for s in bad {
             let err = Instances::check(&s).unwrap_err().to_string();
             assert!(!err.is_empty());
         }
         assert_eq!(Instances::check(&spec()).unwrap(), PointSelector::Latest);
+    }
+
+    #[test]
+    fn a_spec_names_its_point_as_text_and_refuses_what_is_not_a_point() {
+        let json = serde_json::to_value(spec()).expect("a spec serializes");
+        assert_eq!(json["point"], "latest");
+        let at = |point: &str| {
+            let mut json = json.clone();
+            json["point"] = point.into();
+            serde_json::from_value::<Spec>(json)
+        };
+        let earlier = at("1795533480000").expect("a point id decodes");
+        assert_eq!(
+            earlier.point,
+            PointSelector::Id(PointId::new(1795533480000))
+        );
+        assert_eq!(
+            serde_json::to_value(&earlier).expect("serializes")["point"],
+            "1795533480000"
+        );
+        let err = at("yesterday").expect_err("not a point");
+        assert!(err.to_string().contains("is not a point id"), "{err}");
     }
 }

@@ -63,7 +63,9 @@ impl Catalog {
     }
 }
 
-/// What a user may ask to rebuild.
+/// What a user may ask to rebuild. Written as text — a point id or `latest` — on the
+/// command line and in JSON (serde goes through [`Display`](std::fmt::Display) and
+/// [`FromStr`](std::str::FromStr)), so it is parsed once where it comes in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PointSelector {
     Latest,
@@ -91,11 +93,60 @@ impl std::fmt::Display for PointSelector {
     }
 }
 
+impl Serialize for PointSelector {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PointSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The seq a selector stands for: the newest retained point with that id, or the last
 /// seq for "latest". `None` when no such point is retained.
 pub fn resolve(points: &[Point], last_seq: Seq, selector: PointSelector) -> Option<Seq> {
     match selector {
         PointSelector::Latest => Some(last_seq),
         PointSelector::Id(id) => points.iter().rev().find(|p| p.id == id).map(|p| p.seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selector_is_the_same_text_in_json_as_on_the_command_line() {
+        for (selector, json) in [
+            (PointSelector::Latest, "\"latest\""),
+            (
+                PointSelector::Id(PointId::new(1795533480000)),
+                "\"1795533480000\"",
+            ),
+        ] {
+            let written = serde_json::to_string(&selector).expect("serializes");
+            assert_eq!(written, json);
+            let read: PointSelector = serde_json::from_str(json).expect("deserializes");
+            assert_eq!(read, selector);
+            assert_eq!(
+                json.trim_matches('"').parse::<PointSelector>(),
+                Ok(selector)
+            );
+        }
+        for bad in ["\"yesterday\"", "\"\"", "5", "null"] {
+            let err = serde_json::from_str::<PointSelector>(bad);
+            assert!(err.is_err(), "{bad} must not decode as a point: {err:?}");
+        }
+        let err = serde_json::from_str::<PointSelector>("\"yesterday\"")
+            .expect_err("not a point")
+            .to_string();
+        assert!(
+            err.contains("is not a point id"),
+            "the refusal says why: {err}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use crate::cmd::{point::utc_time, table};
 use anyhow::Result;
 use ferry_site::control::ServerView;
 use ferry_site::instance::{Instance, Launcher, Spec};
+use ferry_standby::points::PointSelector;
 use std::path::PathBuf;
 
 /// How to bring the instance up.
@@ -16,7 +17,7 @@ pub(crate) struct LaunchArgs {
     /// A point id from `ferry point list`, or "latest" (the newest state the standby
     /// holds).
     #[arg(long, default_value = "latest")]
-    point: String,
+    point: PointSelector,
     /// `script` runs the post-launch script with the instance's devices; `qemu` boots
     /// the system disk in a VM (serial console captured) and then runs the script, if any.
     #[arg(long, default_value = "script", value_parser = ["script", "qemu"])]

@@ -7,6 +7,7 @@ use super::{Control, ControlError};
 use crate::catalog::ProtectedServer;
 use crate::instance::{Instance, InstanceError, Kind, Spec};
 use crate::lifecycle::{State, Step};
+use ferry_standby::points::PointSelector;
 use ferry_wire::{RecoveryKey, RecoveryKeys, ServerId};
 use std::time::{Duration, Instant};
 
@@ -39,7 +40,9 @@ impl Control {
         spec: &Spec,
         supplied: Option<&RecoveryKey>,
     ) -> Result<RecoveryKeys, ControlError> {
-        if spec.point == "latest" && !matches!(server.state, State::Realtime | State::Interrupted) {
+        if spec.point == PointSelector::Latest
+            && !matches!(server.state, State::Realtime | State::Interrupted)
+        {
             return Err(ControlError::LatestInconsistent(
                 server.id.clone(),
                 server.state,
@@ -129,7 +132,7 @@ impl Control {
         supplied: Option<&RecoveryKey>,
     ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
-        if spec.point == "latest" {
+        if spec.point == PointSelector::Latest {
             return Err(ControlError::LatestUsed);
         }
         let current = self.catalog().server(id)?.clone();

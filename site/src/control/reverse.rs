@@ -23,7 +23,8 @@ use crate::original_disks::OriginalDisk;
 use ferry_replicator::agent::request_point;
 use ferry_replicator::config_file::AgentFile;
 use ferry_replicator::status::{Phase as AgentPhase, Status};
-use ferry_wire::{ServerId, error_chain};
+use ferry_standby::points::PointSelector;
+use ferry_wire::{PointId, ServerId, error_chain};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -430,7 +431,7 @@ impl Control {
     ) -> Result<Instance, ControlError> {
         let _op = self.operation(id)?;
         crate::instance::Instances::check(&Spec {
-            point: "latest".into(),
+            point: PointSelector::Latest,
             ..spec.clone()
         })?;
         let sid = self.catalog().server(id)?.id.clone();
@@ -464,7 +465,7 @@ impl Control {
                 &Value::Null,
             );
             let restore = Spec {
-                point: point.to_string(),
+                point: PointSelector::Id(PointId::new(point)),
                 ..spec
             };
             let mut body = serde_json::to_value(&restore).expect("a spec serializes");
