@@ -80,7 +80,11 @@ impl std::str::FromStr for PointSelector {
         }
         s.parse()
             .map(|n| PointSelector::Id(PointId::new(n)))
-            .map_err(|_| format!("{s:?} is not a point id (a number) or \"latest\""))
+            .map_err(|_| {
+                format!(
+                    "{s:?} is not a point id (a number, as `ferry point list` shows) or \"latest\""
+                )
+            })
     }
 }
 
