@@ -149,7 +149,7 @@ fn full_copy_then_realtime_and_points_rebuild_identical_and_a_clean_restart_resu
     );
 
     // The consistent point, mounted from its rebuild, holds every file written before it.
-    let image = site.rebuild(&point.point.expect("an id").to_string());
+    let image = site.rebuild(&point.point.expect("an id").get().to_string());
     {
         let disk = LoopDevice::attach(&image, true);
         let m = Mount::new(disk.path_str(), &site.dir.path().join("check"), "ro,noload");
@@ -606,7 +606,7 @@ fn every_consistent_point_shows_a_prefix_of_dependent_writes() {
         std::thread::sleep(Duration::from_millis(700));
         let (point, ok) = agent.create_point("web-1");
         assert!(ok && point.consistent, "{point:?}\n{}", agent.log());
-        points.push(point.point.expect("an id"));
+        points.push(point.point.expect("an id").get());
     }
     stop.store(true, Ordering::SeqCst);
     let written = writer.join().expect("writer");

@@ -2,6 +2,7 @@
 //! catch-ups and points. Written atomically to `status.json` in the agent's state
 //! directory (twice a second) and read by `ferry agent status`.
 
+use ferry_wire::{PointId, Seq};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::path::Path;
@@ -81,8 +82,8 @@ pub struct CatchUpReport {
 pub struct PointStatus {
     pub unix_time_ms: u64,
     pub ok: bool,
-    pub point: Option<u64>,
-    pub seq: Option<u64>,
+    pub point: Option<PointId>,
+    pub seq: Option<Seq>,
     pub consistent: bool,
     /// How long the filesystems were frozen.
     pub freeze_ms: u64,
@@ -137,5 +138,26 @@ impl Status {
     pub fn load(path: &Path) -> io::Result<Self> {
         let text = std::fs::read(path)?;
         serde_json::from_slice(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_status_reads_and_writes_the_json_it_always_has() {
+        // `ferry agent point --json` prints this, and `status.json` holds it.
+        let golden = r#"{"unix_time_ms":5,"ok":true,"point":7,"seq":42,"consistent":true,"freeze_ms":3,"frozen":["/"],"error":null}"#;
+        let read: PointStatus = serde_json::from_str(golden).expect("the golden point reads");
+        assert_eq!(
+            (read.point, read.seq),
+            (Some(PointId::new(7)), Some(Seq::new(42)))
+        );
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            golden,
+            "a point status is written as it was read"
+        );
     }
 }

@@ -12,8 +12,8 @@
 use crate::api::ErrorCode;
 use crate::lifecycle::{NotAllowed, State, Step};
 use ferry_standby::retention::Policy;
-use ferry_wire::ServerId;
 use ferry_wire::ids::{NameError, validate_name};
+use ferry_wire::{PointId, ServerId};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -77,7 +77,7 @@ pub struct Reverse {
     pub state_dir: Option<PathBuf>,
     pub pin_dir: Option<PathBuf>,
     /// The last point of the reverse replica, taken for the failback.
-    pub final_point: Option<u64>,
+    pub final_point: Option<PointId>,
     /// The instance the peer restored at failback (a retry does not restore again).
     #[serde(default)]
     pub restored: Option<crate::instance::Instance>,
@@ -528,5 +528,17 @@ mod tests {
         std::fs::write(&path, b"{\"version\": 1, \"pairs\": [").unwrap();
         let err = Catalog::open(&path).unwrap_err();
         assert!(err.to_string().contains("control.json"), "{err}");
+    }
+
+    #[test]
+    fn a_reverse_reads_and_writes_the_json_it_always_has() {
+        let golden = r#"{"site":"zone-a","original_machine":true,"agent_pid":12,"config":null,"state_dir":null,"pin_dir":null,"final_point":1795533480000,"restored":null}"#;
+        let read: Reverse = serde_json::from_str(golden).expect("the golden reverse reads");
+        assert_eq!(read.final_point, Some(PointId::new(1795533480000)));
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            golden,
+            "a reverse is written as it was read"
+        );
     }
 }

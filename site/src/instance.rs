@@ -33,7 +33,7 @@ use ferry_standby::points::{self, PointSelector};
 use ferry_standby::private_files;
 use ferry_standby::rebuild::{self, Target};
 use ferry_standby::server::{DataDir, ServerState};
-use ferry_wire::Seq;
+use ferry_wire::{DiskId, PointId, Seq};
 use ferry_wire::{RecoveryKeys, ServerId, error_chain};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -95,7 +95,7 @@ pub struct Spec {
 /// One disk of an instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
-    pub disk: u32,
+    pub disk: DiskId,
     /// The protected device's name.
     pub name: String,
     pub image: PathBuf,
@@ -129,8 +129,8 @@ pub struct Instance {
     pub server: ServerId,
     pub spec: Spec,
     /// The point's id (`None` for "latest") and the seq it was rebuilt at.
-    pub point: Option<u64>,
-    pub seq: u64,
+    pub point: Option<PointId>,
+    pub seq: Seq,
     pub dir: PathBuf,
     pub disks: Vec<Disk>,
     pub script: Option<ScriptRun>,
@@ -181,8 +181,8 @@ pub enum InstanceError {
     },
     #[error("{command} failed: {output}")]
     Tool { command: String, output: String },
-    #[error("no original disk is given for disk {0}")]
-    NoOriginal(u32),
+    #[error("no original disk is given for disk {}", .0.get())]
+    NoOriginal(DiskId),
     #[error("no instance {0}")]
     Unknown(String),
     #[error("instance {} of {} is not valid", .0.display(), "instance.json")]
@@ -346,8 +346,8 @@ impl Instances {
 
     /// Checks a launch of `server` at `spec.point` without making anything: the spec,
     /// the server's registration, the point; returns the point's seq.
-    pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<u64, InstanceError> {
-        self.open_point(server, spec).map(|(_, seq)| seq.get())
+    pub fn resolve(&self, server: &ServerId, spec: &Spec) -> Result<Seq, InstanceError> {
+        self.open_point(server, spec).map(|(_, seq)| seq)
     }
 
     /// The server's store (read-only) and the seq of the point.
@@ -403,10 +403,10 @@ impl Instances {
             server: server.clone(),
             point: match selector {
                 PointSelector::Latest => None,
-                PointSelector::Id(p) => Some(p.get()),
+                PointSelector::Id(p) => Some(p),
             },
             spec,
-            seq: seq.get(),
+            seq,
             dir: dir.clone(),
             disks: Vec::new(),
             script: None,
@@ -421,7 +421,7 @@ impl Instances {
                 let (image, target) = match onto.get(disk.disk.index()) {
                     Some(device) => (device.clone(), Target::overlay(device, disk)?),
                     None if !onto.is_empty() => {
-                        return Err(InstanceError::NoOriginal(disk.disk.get()));
+                        return Err(InstanceError::NoOriginal(disk.disk));
                     }
                     None => {
                         let image = dir.join(format!("disk-{}.img", disk.disk.get()));
@@ -437,7 +437,7 @@ impl Instances {
                     image.to_string_lossy().into_owned()
                 };
                 instance.disks.push(Disk {
-                    disk: disk.disk.get(),
+                    disk: disk.disk,
                     name: disk.name.clone(),
                     image,
                     device,
@@ -502,7 +502,7 @@ fn script_env(instance: &Instance) -> Vec<(String, String)> {
             "FERRY_POINT".to_owned(),
             instance
                 .point
-                .map_or_else(|| "latest".to_owned(), |p| p.to_string()),
+                .map_or_else(|| "latest".to_owned(), |p| p.get().to_string()),
         ),
         ("FERRY_SEQ".to_owned(), instance.seq.to_string()),
         ("FERRY_DEVICES".to_owned(), devices.join(" ")),
@@ -520,7 +520,7 @@ fn script_env(instance: &Instance) -> Vec<(String, String)> {
         ),
     ];
     for d in &instance.disks {
-        env.push((format!("FERRY_DEVICE_{}", d.disk), d.device.clone()));
+        env.push((format!("FERRY_DEVICE_{}", d.disk.get()), d.device.clone()));
     }
     env
 }
@@ -722,8 +722,6 @@ fn unmount_device(device: &str) -> Result<(), InstanceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_wire::PointId;
-
     fn spec() -> Spec {
         Spec {
             point: PointSelector::Latest,
@@ -814,5 +812,21 @@ mod tests {
         );
         let err = at("yesterday").expect_err("not a point");
         assert!(err.to_string().contains("is not a point id"), "{err}");
+    }
+
+    #[test]
+    fn an_instance_reads_and_writes_the_json_it_always_has() {
+        // Ids and seqs are bare numbers in `instance.json` and in the API's answers.
+        let golden = r#"{"id":"failover-web-1-5","kind":"failover","server":"web-1","spec":{"point":"7","launcher":"script","script":"/s/up.sh","cpus":1,"memory_mib":512,"network":null,"ip":null},"point":7,"seq":42,"dir":"/d/instances/failover-web-1-5","disks":[{"disk":0,"name":"vda","image":"/d/i/disk-0.img","device":"/dev/loop3"}],"script":null,"vm":null,"created_unix_ms":5,"rebuild_ms":10,"ready_ms":20}"#;
+        let read: Instance = serde_json::from_str(golden).expect("the golden instance reads");
+        assert_eq!(
+            (read.point, read.seq, read.disks[0].disk),
+            (Some(PointId::new(7)), Seq::new(42), DiskId::new(0))
+        );
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            golden,
+            "an instance is written as it was read"
+        );
     }
 }

@@ -27,7 +27,7 @@ pub struct Point {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Barrier seqs of dropped points.
-    dropped: BTreeSet<u64>,
+    dropped: BTreeSet<Seq>,
 }
 
 impl Catalog {
@@ -54,12 +54,12 @@ impl Catalog {
     }
 
     pub fn is_dropped(&self, barrier_seq: Seq) -> bool {
-        self.dropped.contains(&barrier_seq.get())
+        self.dropped.contains(&barrier_seq)
     }
 
     /// Marks the points with these barrier seqs dropped.
     pub fn drop_points(&mut self, barrier_seqs: &[Seq]) {
-        self.dropped.extend(barrier_seqs.iter().map(|s| s.get()));
+        self.dropped.extend(barrier_seqs.iter().copied());
     }
 }
 
@@ -151,6 +151,18 @@ mod tests {
         assert!(
             err.contains("is not a point id"),
             "the refusal says why: {err}"
+        );
+    }
+
+    #[test]
+    fn the_catalogue_reads_and_writes_the_json_it_always_has() {
+        let golden = r#"{"dropped":[3,5]}"#;
+        let read: Catalog = serde_json::from_str(golden).expect("the golden catalogue reads");
+        assert!(read.is_dropped(Seq::new(5)) && !read.is_dropped(Seq::new(4)));
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            golden,
+            "the catalogue is written as it was read"
         );
     }
 }

@@ -195,9 +195,9 @@ fn point(args: &PointArgs) -> Result<()> {
     if !args.json {
         println!(
             "point {} of {} at seq {}: {}, filesystems frozen {} ms ({})",
-            point.point.unwrap_or(0),
+            point.point.map_or(0, |p| p.get()),
             args.server,
-            point.seq.unwrap_or(0),
+            point.seq.map_or(0, |s| s.get()),
             if point.consistent {
                 "consistent"
             } else {
@@ -287,8 +287,8 @@ fn status(args: &StatusArgs) -> Result<()> {
         match &p.error {
             None => println!(
                 "\nlast point: id {} at seq {}, {}, frozen {} ms ({})",
-                p.point.unwrap_or(0),
-                p.seq.unwrap_or(0),
+                p.point.map_or(0, |p| p.get()),
+                p.seq.map_or(0, |s| s.get()),
                 if p.consistent {
                     "consistent"
                 } else {

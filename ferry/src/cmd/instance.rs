@@ -298,7 +298,7 @@ fn print_instance(i: &Instance) {
         i.kind,
         i.server,
         i.point
-            .map_or_else(|| "latest".to_owned(), |p| p.to_string()),
+            .map_or_else(|| "latest".to_owned(), |p| p.get().to_string()),
         i.seq,
         utc_time(i.created_unix_ms),
         i.rebuild_ms as f64 / 1000.0,
@@ -308,7 +308,7 @@ fn print_instance(i: &Instance) {
         &["DISK", "NAME", "DEVICE", "IMAGE"],
         i.disks.iter().map(|d| {
             vec![
-                d.disk.to_string(),
+                d.disk.get().to_string(),
                 d.name.clone(),
                 d.device.clone(),
                 d.image.display().to_string(),

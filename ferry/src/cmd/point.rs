@@ -95,7 +95,7 @@ fn list(args: &ListArgs) -> Result<()> {
     for r in &rows {
         println!(
             "{:<14} {:>10}  {:<20}  {:<10}  {}",
-            r.id.map_or_else(|| "latest".to_owned(), |id| id.to_string()),
+            r.id.map_or_else(|| "latest".to_owned(), |id| id.get().to_string()),
             r.seq,
             r.unix_time_ms.map_or_else(|| "-".to_owned(), utc_time),
             if r.consistent { "yes" } else { "no" },

@@ -127,7 +127,7 @@ fn row(s: &ServerView) -> Vec<String> {
         ),
         s.last_point
             .as_ref()
-            .and_then(|p| Some(format!("{} ({})", p.id?, utc_time(p.unix_time_ms?))))
+            .and_then(|p| Some(format!("{} ({})", p.id?.get(), utc_time(p.unix_time_ms?))))
             .unwrap_or_else(|| "-".to_owned()),
         if s.connected { "connected" } else { "-" }.to_owned(),
     ]

@@ -66,7 +66,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
         };
         match &status.error {
             None => {
-                tracing::info!(point = ?status.point, seq = ?status.seq, consistent = status.consistent, freeze_ms = status.freeze_ms, "recovery point made")
+                tracing::info!(point = ?status.point.map(PointId::get), seq = ?status.seq.map(Seq::get), consistent = status.consistent, freeze_ms = status.freeze_ms, "recovery point made")
             }
             Some(e) => tracing::error!("recovery point failed: {e}"),
         }
@@ -126,7 +126,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
             tracing::warn!("{e}");
         }
         let mut status = result?;
-        let seq = Seq::new(status.seq.expect("a barrier was sent"));
+        let seq = status.seq.expect("a barrier was sent");
         stream
             .link
             .wait_durable(seq, Duration::from_secs(60))
@@ -257,8 +257,8 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
             .and_then(|()| stream.link.flush())
             .map_err(|e| error_chain(&e))?;
         Ok(Some(PointStatus {
-            point: Some(point.get()),
-            seq: Some(seq.get()),
+            point: Some(point),
+            seq: Some(seq),
             consistent: barrier.consistent,
             freeze_ms,
             frozen: frozen_mounts,

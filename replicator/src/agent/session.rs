@@ -8,7 +8,7 @@ use super::{Agent, AgentError, NEEDS_OPERATOR_RETRY, PAUSED_RETRY, PROGRESS_EVER
 use crate::link::{Link, LinkConfig, LinkError};
 use crate::status::Phase;
 use ferry_wire::message::{ErrorCode, PointKind, PointResult};
-use ferry_wire::{Message, PointId, Seq, error_chain};
+use ferry_wire::{Message, Seq, error_chain};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -153,7 +153,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 let status = self.manual_point(Some(&mut stream));
                 stream.link.send(&Message::PointResult(PointResult {
                     request: request.request,
-                    point: status.point.filter(|_| status.ok).map(PointId::new),
+                    point: status.point.filter(|_| status.ok),
                     consistent: status.consistent,
                     freeze_ms: status.freeze_ms,
                     error: status.error,

@@ -465,7 +465,7 @@ impl Control {
                 &Value::Null,
             );
             let restore = Spec {
-                point: PointSelector::Id(PointId::new(point)),
+                point: PointSelector::Id(point),
                 ..spec
             };
             let mut body = serde_json::to_value(&restore).expect("a spec serializes");
@@ -696,7 +696,7 @@ impl Control {
     }
 
     /// Asks the reverse agent for a point (its control socket) and returns its id.
-    fn final_reverse_point(&self, reverse: &Reverse) -> Result<u64, ControlError> {
+    fn final_reverse_point(&self, reverse: &Reverse) -> Result<PointId, ControlError> {
         let state_dir = reverse
             .state_dir
             .as_ref()

@@ -3,8 +3,8 @@
 use super::Control;
 use crate::catalog::{CatalogError, ProtectedServer};
 use ferry_standby::server::ServerState;
-use ferry_wire::ServerId;
 use ferry_wire::message::{PointKind, ReplicationPhase};
+use ferry_wire::{PointId, Seq, ServerId};
 use std::collections::HashMap;
 
 /// A server as the operator sees it now.
@@ -35,8 +35,8 @@ pub struct ProgressView {
 /// A recovery point as the operator sees it; the last row is "latest" (`id` is `None`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PointView {
-    pub id: Option<u64>,
-    pub seq: u64,
+    pub id: Option<PointId>,
+    pub seq: Seq,
     pub unix_time_ms: Option<u64>,
     pub consistent: bool,
     /// "scheduled", "manual" or "latest".
@@ -47,8 +47,8 @@ impl PointView {
     /// The point a stored barrier makes.
     pub fn of_barrier(b: &ferry_wire::message::Barrier) -> Self {
         Self {
-            id: Some(b.point.get()),
-            seq: b.seq.get(),
+            id: Some(b.point),
+            seq: b.seq,
             unix_time_ms: Some(b.unix_time_ms),
             consistent: b.consistent,
             kind: kind_name(b.kind).to_owned(),
@@ -69,8 +69,8 @@ pub fn point_views(state: &ServerState) -> Vec<PointView> {
         .points()
         .iter()
         .map(|p| PointView {
-            id: Some(p.id.get()),
-            seq: p.seq.get(),
+            id: Some(p.id),
+            seq: p.seq,
             unix_time_ms: Some(p.unix_time_ms),
             consistent: p.consistent,
             kind: kind_name(p.kind).to_owned(),
@@ -78,7 +78,7 @@ pub fn point_views(state: &ServerState) -> Vec<PointView> {
         .collect();
     rows.push(PointView {
         id: None,
-        seq: state.log.last_seq().get(),
+        seq: state.log.last_seq(),
         unix_time_ms: None,
         consistent: false,
         kind: "latest".to_owned(),
@@ -144,5 +144,25 @@ impl Control {
             .into_iter()
             .find(|s| s.server.id.as_str() == id)
             .ok_or_else(|| CatalogError::UnknownServer(id.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn points_read_and_write_the_json_they_always_have() {
+        let golden = r#"[{"id":7,"seq":42,"unix_time_ms":5,"consistent":true,"kind":"manual"},{"id":null,"seq":43,"unix_time_ms":null,"consistent":false,"kind":"latest"}]"#;
+        let read: Vec<PointView> = serde_json::from_str(golden).expect("the golden points read");
+        assert_eq!(
+            (read[0].id, read[0].seq, read[1].id),
+            (Some(PointId::new(7)), Seq::new(42), None)
+        );
+        assert_eq!(
+            serde_json::to_string(&read).expect("serializes"),
+            golden,
+            "points are written as they were read"
+        );
     }
 }
