@@ -37,12 +37,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 }
                 Err(e) if e.is_retryable() && self.config.auto_restart => {
                     tracing::warn!(error = %error_chain(&e), retry_in = ?backoff, "replication interrupted; reconnecting");
-                    self.status.phase = Some(Phase::Interrupted);
-                    self.status.last_error = Some(error_chain(&e));
-                    self.status.reconnects += 1;
-                    self.write_status();
-                    self.idle(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    self.wait_to_reconnect(Phase::Interrupted, &e, &mut backoff);
                 }
                 // A refusal, a frame that does not check out, a failed TLS handshake: they
                 // may need an operator (keys, certificates, the standby's server list), but
@@ -52,12 +47,7 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
                 Err(AgentError::Link(e)) if self.config.auto_restart => {
                     backoff = backoff.max(NEEDS_OPERATOR_RETRY);
                     tracing::error!(error = %error_chain(&e), retry_in = ?backoff, "the standby refused, or the link failed in a way that may need an operator; tracking goes on and the standby is asked again");
-                    self.status.phase = Some(Phase::Error);
-                    self.status.last_error = Some(error_chain(&e));
-                    self.status.reconnects += 1;
-                    self.write_status();
-                    self.idle(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    self.wait_to_reconnect(Phase::Error, &e, &mut backoff);
                 }
                 Err(e) => break Err(e),
             }
@@ -73,6 +63,22 @@ impl<D: DirtySource, R: ExtentReader, F: Freezer> Agent<D, R, F> {
         let stopped = self.shutdown();
         result.and(stopped)
     }
+    /// Shows `phase` and `error` in the status, waits `backoff` (answering the control
+    /// socket), and doubles `backoff` up to 30 s for the next time.
+    pub(super) fn wait_to_reconnect(
+        &mut self,
+        phase: Phase,
+        error: &dyn std::error::Error,
+        backoff: &mut Duration,
+    ) {
+        self.status.phase = Some(phase);
+        self.status.last_error = Some(error_chain(error));
+        self.status.reconnects += 1;
+        self.write_status();
+        self.idle(*backoff);
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+    }
+
     /// Waits `time` while disconnected, answering the control socket.
     pub(super) fn idle(&mut self, time: Duration) {
         let until = Instant::now() + time;
