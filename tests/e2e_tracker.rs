@@ -103,27 +103,7 @@ fn random_direct_writes_are_reported_exactly_on_disk_and_partition() {
     let file = open_direct(&disk.path);
     let mut written = random_writes(&file, 1000, size, &mut rng, 0);
     // A partition starting 1 MiB in: writes through it land 1 MiB further on the disk.
-    // A reused loop device may still carry a partition 1 from an earlier user.
-    let delpart = |dev: &str| {
-        std::process::Command::new("delpart")
-            .args([dev, "1"])
-            .stderr(std::process::Stdio::null())
-            .status()
-    };
-    let _ = delpart(disk.path_str());
-    run("addpart", &[disk.path_str(), "1", "2048", "1048576"]);
-    struct DropPartition<'a, F: Fn(&str) -> std::io::Result<std::process::ExitStatus>>(&'a str, F);
-    impl<F: Fn(&str) -> std::io::Result<std::process::ExitStatus>> Drop for DropPartition<'_, F> {
-        fn drop(&mut self) {
-            let _ = (self.1)(self.0);
-        }
-    }
-    let _partition = DropPartition(disk.path_str(), delpart);
-    let part = PathBuf::from(format!("{}p1", disk.path_str()));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !part.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let part = PathBuf::from(disk.add_partition(1, 2048, 1_048_576));
     let pfile = open_direct(&part);
     written.extend(random_writes(&pfile, 200, 512 << 20, &mut rng, 1 << 20));
     // An unprotected device: its writes must not appear.
@@ -592,16 +572,8 @@ fn ferry_track_prints_completed_extents_as_json_and_refuses_bad_devices() {
             .contains("/dev/ferry-no-such-disk: no such device")
     );
     assert!(fails(&["track", "/etc/hostname"]).contains("/etc/hostname: not a block device"));
-    run("addpart", &[disk.path_str(), "1", "2048", "2048"]);
-    let part = format!("{}p1", disk.path_str());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !Path::new(&part).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let part = disk.add_partition(1, 2048, 2048);
     let err = fails(&["track", &part]);
-    let _ = std::process::Command::new("delpart")
-        .args([disk.path_str(), "1"])
-        .status();
     assert!(
         err.contains("is a partition of") && err.contains("protect the whole disk"),
         "{err}"

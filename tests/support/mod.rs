@@ -8,6 +8,7 @@
     reason = "each test binary uses a different subset of the fixtures"
 )]
 
+pub(crate) mod guest;
 pub(crate) mod relay;
 
 use std::path::{Path, PathBuf};
@@ -90,18 +91,63 @@ impl LoopDevice {
             path.starts_with("/dev/loop"),
             "losetup gave {path:?}: loop devices unavailable?"
         );
-        Self {
+        let device = Self {
             path: PathBuf::from(path),
-        }
+        };
+        // A partition left by an earlier user of this device number (a crashed run).
+        device.drop_partitions();
+        device
     }
 
     pub(crate) fn path_str(&self) -> &str {
         self.path.to_str().expect("utf-8 path")
     }
+
+    /// Adds partition `n` (`START` and `SECTORS` in 512-byte sectors) with BLKPG: this
+    /// kernel does not scan loop devices' partition tables. Returns its device path.
+    pub(crate) fn add_partition(&self, n: u32, start: u64, sectors: u64) -> String {
+        let n = n.to_string();
+        run(
+            "addpart",
+            &[
+                self.path_str(),
+                &n,
+                &start.to_string(),
+                &sectors.to_string(),
+            ],
+        );
+        let part = format!("{}p{n}", self.path_str());
+        // devtmpfs makes the node at once; udev may take a moment more.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !Path::new(&part).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        part
+    }
+
+    /// Partitions added with BLKPG outlive the detach; they must go first, or the next
+    /// file attached to this device shows them (and an addpart there fails, busy).
+    fn drop_partitions(&self) {
+        let name = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Ok(entries) = std::fs::read_dir(Path::new("/sys/block").join(name)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let part = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = part.strip_prefix(&format!("{name}p")) {
+                let _ = Command::new("delpart").arg(&self.path).arg(n).status();
+            }
+        }
+    }
 }
 
 impl Drop for LoopDevice {
     fn drop(&mut self) {
+        self.drop_partitions();
         let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
