@@ -141,9 +141,15 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
         recovery_key_file,
         control,
         scripts,
+        qemu_accel,
         tls,
         insecure_plaintext,
     } = load_standby(&path);
+    assert_eq!(
+        qemu_accel,
+        ferry_site::instance::DEFAULT_QEMU_ACCEL,
+        "the packaged qemu launcher uses KVM where it works"
+    );
     assert!(!insecure_plaintext, "the packaged data link is TLS");
     assert_eq!(
         tls.map(|t| t.ca),

@@ -40,6 +40,11 @@ pub(crate) struct LaunchArgs {
     /// Address of the instance (given to the script, and to the VM via fw_cfg).
     #[arg(long)]
     ip: Option<String>,
+    /// A guest TCP port the standby reaches on its loopback (qemu on network "user",
+    /// which reaches nothing else); repeatable. The script gets
+    /// FERRY_FORWARD_<port>=127.0.0.1:<host port>, e.g. for a health check.
+    #[arg(long = "forward")]
+    forward: Vec<u16>,
     /// The server's recovery key file (or the pair key), sent with the operation over
     /// TLS when the standby holds none; it keeps it only for the operation.
     #[arg(long)]
@@ -77,6 +82,7 @@ impl LaunchArgs {
             memory_mib: self.memory_mib,
             network: self.network,
             ip: self.ip,
+            forward: self.forward,
         }
     }
 }

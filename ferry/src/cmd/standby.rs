@@ -16,6 +16,9 @@
 //! scripts_dir = "/etc/ferry/scripts"    # default; absolute. Post-launch scripts run as
 //!                                       # root: only executables in it, it and they
 //!                                       # root-owned and not writable by group/others
+//! qemu_accel = "kvm:tcg"                # default; the qemu launcher's accelerators:
+//!                                       # "kvm:tcg", "kvm" or "tcg" (where KVM exists but
+//!                                       # cannot run guests, e.g. nested)
 //!
 //! [retention]                           # default policy for every server
 //! interval_hours = 1                    # 1 to 720
@@ -110,6 +113,7 @@ struct FileConfig {
     #[serde(default)]
     sites: HashMap<String, SiteConfig>,
     scripts_dir: Option<PathBuf>,
+    qemu_accel: Option<String>,
     tls: Option<ferry_tls::TlsFiles>,
     /// The data link in plain TCP (loopback only): no [tls] needed for it.
     #[serde(default)]
@@ -166,6 +170,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         recovery_key_file,
         control,
         scripts: scripts_dir,
+        qemu_accel,
         tls: link_tls,
         insecure_plaintext,
     } = load_config(args)?;
@@ -211,6 +216,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .context("cannot open the site's catalogue")?,
     );
     control_plane.set_scripts_dir(scripts_dir);
+    control_plane.set_qemu_accel(&qemu_accel);
     // Drills and failovers rebuild points: the recovery key file is read then, and the
     // keys live only as long as that rebuild.
     if let Some(path) = recovery_key_file {
@@ -274,6 +280,8 @@ pub(crate) struct Settings {
     pub(crate) recovery_key_file: Option<PathBuf>,
     pub(crate) control: Option<ControlSettings>,
     pub(crate) scripts: ScriptsDir,
+    /// The qemu launcher's accelerators (one of [`ferry_site::instance::QEMU_ACCELS`]).
+    pub(crate) qemu_accel: String,
     /// The `[tls]` table (the data link and the control API).
     pub(crate) tls: Option<ferry_tls::TlsFiles>,
     /// The data link in plain TCP, loopback only.
@@ -369,6 +377,16 @@ pub(crate) fn load_config(args: Args) -> Result<Settings> {
             scripts_dir.display()
         );
     }
+    let qemu_accel = file
+        .qemu_accel
+        .clone()
+        .unwrap_or_else(|| ferry_site::instance::DEFAULT_QEMU_ACCEL.to_owned());
+    if !ferry_site::instance::QEMU_ACCELS.contains(&qemu_accel.as_str()) {
+        bail!(
+            "qemu_accel is {qemu_accel:?}; it must be one of {:?}",
+            ferry_site::instance::QEMU_ACCELS
+        );
+    }
     if let Some(tls) = &file.tls {
         tls.validate()
             .context("the config file's [tls] is not valid")?;
@@ -416,6 +434,7 @@ pub(crate) fn load_config(args: Args) -> Result<Settings> {
         recovery_key_file,
         control: file.control.map(|c| (c, file.sites, file.tls.clone())),
         scripts: ScriptsDir::new(scripts_dir),
+        qemu_accel,
         tls: file.tls,
         insecure_plaintext: file.insecure_plaintext,
     })

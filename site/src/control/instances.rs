@@ -21,6 +21,12 @@ impl Control {
         self.instances.set_scripts_dir(dir);
     }
 
+    /// Sets the qemu launcher's accelerators (once, at start; the default is
+    /// [`crate::instance::DEFAULT_QEMU_ACCEL`]).
+    pub fn set_qemu_accel(&self, accel: &str) {
+        self.instances.set_qemu_accel(accel);
+    }
+
     /// Every instance of `id`.
     pub fn instances(&self, id: &str) -> Result<Vec<Instance>, ControlError> {
         let server = self.catalog().server(id)?.id.clone();

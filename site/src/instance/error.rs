@@ -25,6 +25,8 @@ pub enum InstanceError {
     BadNetwork(String),
     #[error("{0:?} is not an IP address (optionally with /prefix)")]
     BadIp(String),
+    #[error("cannot forward ports {0:?}: {1}")]
+    BadForward(Vec<u16>, &'static str),
     #[error("server {0} has no retained point {1}; see `ferry point list --server {0}`")]
     NoPoint(ServerId, PointSelector),
     #[error("server {0} has not registered its disks yet")]
@@ -59,6 +61,7 @@ impl InstanceError {
             | InstanceError::Size(..)
             | InstanceError::BadNetwork(_)
             | InstanceError::BadIp(_)
+            | InstanceError::BadForward(..)
             | InstanceError::NoOriginal(_) => ErrorCode::BadRequest,
             InstanceError::NoPoint(..) | InstanceError::Unknown(_) => ErrorCode::NotFound,
             InstanceError::NotRegistered(_) => ErrorCode::NotAllowed,

@@ -80,7 +80,14 @@ impl Instances {
             keys,
             onto,
         };
-        match bring_up(&mut instance, &source, &disks, script.as_deref(), started) {
+        match bring_up(
+            &mut instance,
+            &source,
+            &disks,
+            script.as_deref(),
+            &self.qemu_accel(),
+            started,
+        ) {
             Ok(()) => Ok(instance),
             Err(e) => {
                 if let Err(clean) = clean_instance(&instance) {
@@ -117,6 +124,7 @@ fn bring_up(
     source: &Source<'_>,
     disks: &[DiskInfo],
     script: Option<&Path>,
+    qemu_accel: &str,
     started: Instant,
 ) -> Result<(), InstanceError> {
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
@@ -126,7 +134,7 @@ fn bring_up(
     }
     instance.rebuild_ms = millis(started.elapsed());
     if instance.spec.launcher == Launcher::Qemu {
-        instance.vm = Some(start_vm(instance)?);
+        instance.vm = Some(start_vm(instance, qemu_accel)?);
     }
     if let Some(script) = script {
         instance.script = Some(run_script(instance, script)?);

@@ -40,8 +40,8 @@ mod spec;
 mod store;
 
 pub use error::InstanceError;
-pub use qemu::qemu_command;
 pub(crate) use qemu::terminate;
+pub use qemu::{DEFAULT_QEMU_ACCEL, Forward, QEMU_ACCELS, qemu_command};
 pub use script::{OUTPUT_TAIL, SCRIPT_TIMEOUT};
 pub use spec::{Launcher, Spec};
 
@@ -101,6 +101,9 @@ pub struct Vm {
     pub pid: u32,
     pub console: PathBuf,
     pub command: Vec<String>,
+    /// The guest ports of `Spec::forward` and where the standby reaches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Forward>,
 }
 
 /// An instance as it is.
@@ -159,6 +162,8 @@ pub struct Instances {
     root: PathBuf,
     /// Where post-launch scripts must live ([`crate::scripts`]); set once at start.
     scripts: std::sync::OnceLock<ScriptsDir>,
+    /// qemu's accelerators, in order of preference ([`QEMU_ACCELS`]); set once at start.
+    qemu_accel: std::sync::OnceLock<String>,
 }
 
 impl Instances {
@@ -167,7 +172,20 @@ impl Instances {
             data: DataDir::new(data_dir),
             root: data_dir.join("instances"),
             scripts: std::sync::OnceLock::new(),
+            qemu_accel: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets qemu's accelerators (once, at start; without it, [`DEFAULT_QEMU_ACCEL`]).
+    pub fn set_qemu_accel(&self, accel: &str) {
+        let _ = self.qemu_accel.set(accel.to_owned());
+    }
+
+    fn qemu_accel(&self) -> String {
+        self.qemu_accel
+            .get()
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_QEMU_ACCEL.to_owned())
     }
 
     /// Sets the scripts directory (once, at start; without it, [`ScriptsDir::default`]).
@@ -191,5 +209,6 @@ fn test_spec() -> Spec {
         memory_mib: 2048,
         network: Some("br0".into()),
         ip: Some("10.0.0.5/24".into()),
+        forward: Vec::new(),
     }
 }

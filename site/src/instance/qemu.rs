@@ -1,22 +1,48 @@
 //! The qemu launcher: boots the instance's first device with `qemu-system-x86_64`
 //! (daemonized, its pid in `qemu.pid`, its serial console in `console.log`, made 0600
-//! before qemu opens it), and stops it again. A VM is signalled only while
+//! before qemu opens it), and stops it again. On network "user" the VM is restricted
+//! (`restrict=on`): a replica reaches no address at all, so a drill cannot talk to
+//! production; the standby reaches the guest ports of `Spec::forward` on its loopback.
+//! The accelerators are the site's (`qemu_accel` in the standby's config). A VM is signalled only while
 //! `/proc/<pid>/cmdline` still names this instance (`ferry-<id>`): a pid reused by
 //! another process after a restart is left alone.
 
 use super::{Instance, InstanceError, Spec, Vm, io_err, tool};
 use ferry_standby::private_files;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// The qemu command line that boots `disks` (the first one is the boot disk).
-pub fn qemu_command(id: &str, spec: &Spec, disks: &[String], dir: &Path) -> Vec<String> {
+/// What `qemu_accel` may be: KVM (falling back to TCG), only KVM, only TCG (where KVM
+/// exists but cannot run the guest, e.g. nested without support).
+pub const QEMU_ACCELS: &[&str] = &["kvm:tcg", "kvm", "tcg"];
+
+/// The accelerators unless the site's config says otherwise.
+pub const DEFAULT_QEMU_ACCEL: &str = "kvm:tcg";
+
+/// A guest TCP port and the standby's loopback port that reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub guest: u16,
+    pub host: u16,
+}
+
+/// The qemu command line that boots `disks` (the first one is the boot disk) with the
+/// accelerators `accel`, forwarding `forwards` on network "user".
+pub fn qemu_command(
+    id: &str,
+    spec: &Spec,
+    disks: &[String],
+    dir: &Path,
+    accel: &str,
+    forwards: &[Forward],
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "qemu-system-x86_64".into(),
         "-name".into(),
         format!("ferry-{id}"),
         "-machine".into(),
-        "q35,accel=kvm:tcg".into(),
+        format!("q35,accel={accel}"),
         "-smp".into(),
         spec.cpus.to_string(),
         "-m".into(),
@@ -41,7 +67,13 @@ pub fn qemu_command(id: &str, spec: &Spec, disks: &[String], dir: &Path) -> Vec<
     args.extend(["-boot".into(), "c".into()]);
     match spec.network.as_deref() {
         None | Some("none") => args.extend(["-nic".into(), "none".into()]),
-        Some("user") => args.extend(["-nic".into(), "user,model=virtio-net-pci".into()]),
+        Some("user") => {
+            let mut nic = "user,model=virtio-net-pci,restrict=on".to_owned();
+            for f in forwards {
+                nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            }
+            args.extend(["-nic".into(), nic]);
+        }
         Some(bridge) => args.extend([
             "-nic".into(),
             format!("bridge,br={bridge},model=virtio-net-pci"),
@@ -53,9 +85,31 @@ pub fn qemu_command(id: &str, spec: &Spec, disks: &[String], dir: &Path) -> Vec<
     args
 }
 
-pub(super) fn start_vm(instance: &Instance) -> Result<Vm, InstanceError> {
+pub(super) fn start_vm(instance: &Instance, accel: &str) -> Result<Vm, InstanceError> {
     let devices: Vec<String> = instance.disks.iter().map(|d| d.device.clone()).collect();
-    let command = qemu_command(&instance.id, &instance.spec, &devices, &instance.dir);
+    let forwards = instance
+        .spec
+        .forward
+        .iter()
+        .map(|&guest| {
+            // A free loopback port now; qemu binds it a moment later.
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(io_err("bind", Path::new("127.0.0.1:0")))?;
+            Ok(Forward {
+                guest,
+                host: probe.port(),
+            })
+        })
+        .collect::<Result<Vec<_>, InstanceError>>()?;
+    let command = qemu_command(
+        &instance.id,
+        &instance.spec,
+        &devices,
+        &instance.dir,
+        accel,
+        &forwards,
+    );
     // qemu opens its serial file without truncating the mode: made 0600 here first (the
     // console shows the guest's boot, which may print secrets).
     let console = instance.dir.join("console.log");
@@ -75,6 +129,7 @@ pub(super) fn start_vm(instance: &Instance) -> Result<Vm, InstanceError> {
         pid,
         console: instance.dir.join("console.log"),
         command,
+        forwards,
     })
 }
 
@@ -109,10 +164,17 @@ mod tests {
     #[test]
     fn the_qemu_command_boots_the_first_disk_with_the_chosen_size_and_network() {
         let disks = vec!["/dev/loop7".to_owned(), "/dev/loop8".to_owned()];
-        let cmd = qemu_command("drill-web-1-1", &spec(), &disks, Path::new("/i"));
+        let cmd = qemu_command(
+            "drill-web-1-1",
+            &spec(),
+            &disks,
+            Path::new("/i"),
+            DEFAULT_QEMU_ACCEL,
+            &[],
+        );
         let text = cmd.join(" ");
         for want in [
-            "qemu-system-x86_64 -name ferry-drill-web-1-1",
+            "qemu-system-x86_64 -name ferry-drill-web-1-1 -machine q35,accel=kvm:tcg",
             "-smp 2 -m 2048",
             "-serial file:/i/console.log",
             "-daemonize -pidfile /i/qemu.pid",
@@ -129,14 +191,24 @@ mod tests {
             ip: None,
             ..spec()
         };
-        let text = qemu_command("x", &user, &disks, Path::new("/i")).join(" ");
-        assert!(text.contains("-nic user,model=virtio-net-pci"), "{text}");
+        let forward = [Forward {
+            guest: 8080,
+            host: 40123,
+        }];
+        let text = qemu_command("x", &user, &disks, Path::new("/i"), "tcg", &forward).join(" ");
+        assert!(
+            text.contains(
+                "-nic user,model=virtio-net-pci,restrict=on,hostfwd=tcp:127.0.0.1:40123-:8080"
+            ),
+            "a user network reaches nothing but the forwarded ports: {text}"
+        );
+        assert!(text.contains("-machine q35,accel=tcg"), "{text}");
         assert!(!text.contains("fw_cfg"), "{text}");
         let none = Spec {
             network: None,
             ..spec()
         };
-        let text = qemu_command("x", &none, &disks, Path::new("/i")).join(" ");
+        let text = qemu_command("x", &none, &disks, Path::new("/i"), "tcg", &[]).join(" ");
         assert!(text.contains("-nic none"), "{text}");
     }
 }

@@ -46,6 +46,12 @@ fn script_env(instance: &Instance) -> Vec<(String, String)> {
     for d in &instance.disks {
         env.push((format!("FERRY_DEVICE_{}", d.disk.get()), d.device.clone()));
     }
+    for f in instance.vm.iter().flat_map(|vm| &vm.forwards) {
+        env.push((
+            format!("FERRY_FORWARD_{}", f.guest),
+            format!("127.0.0.1:{}", f.host),
+        ));
+    }
     env
 }
 

@@ -1,7 +1,8 @@
 //! What the operator asks for ([`Spec`]) and the checks made before anything is made:
 //! the size is bounded (1–64 CPUs, 128–262144 MiB), the script launcher has a script
 //! and every script path is absolute, the network and address are a bare name and an
-//! IP (they end up on qemu's command line), the script is one [`crate::scripts`]
+//! IP (they end up on qemu's command line), ports are forwarded only from qemu's
+//! restricted user network (each once, at most 16), the script is one [`crate::scripts`]
 //! admits, the server has registered its disks and the point is retained (seq > 0).
 //! Nothing here writes.
 
@@ -11,6 +12,9 @@ use ferry_standby::server::ServerState;
 use ferry_wire::{Seq, ServerId};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// Most guest ports one instance forwards.
+const MAX_FORWARDS: usize = 16;
 
 /// How the instance is run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +40,11 @@ pub struct Spec {
     /// Address for the instance (given to the script and to the VM through fw_cfg
     /// `opt/ferry/ip`).
     pub ip: Option<String>,
+    /// Guest TCP ports the standby reaches on its loopback (network "user" only, which
+    /// reaches nothing else): the post-launch script gets each as
+    /// `FERRY_FORWARD_<port>=127.0.0.1:<host port>`, e.g. for a health check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward: Vec<u16>,
 }
 
 impl Instances {
@@ -77,6 +86,24 @@ impl Instances {
             let (addr, prefix) = ip.split_once('/').unwrap_or((ip, "0"));
             if addr.parse::<std::net::IpAddr>().is_err() || prefix.parse::<u8>().is_err() {
                 return Err(InstanceError::BadIp(ip.clone()));
+            }
+        }
+        if !spec.forward.is_empty() {
+            let mut ports = spec.forward.clone();
+            ports.sort_unstable();
+            ports.dedup();
+            let why = if spec.launcher != Launcher::Qemu || spec.network.as_deref() != Some("user")
+            {
+                Some("ports are forwarded only with the qemu launcher on network \"user\"")
+            } else if ports.len() != spec.forward.len() || ports.len() > MAX_FORWARDS {
+                Some("at most 16 ports, each once")
+            } else if ports.first() == Some(&0) {
+                Some("port 0 is not a port")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(InstanceError::BadForward(spec.forward.clone(), why));
             }
         }
         Ok(spec.point)
@@ -138,6 +165,34 @@ mod tests {
             assert!(!err.is_empty());
         }
         assert_eq!(Instances::check(&spec()).unwrap(), PointSelector::Latest);
+    }
+
+    #[test]
+    fn ports_are_forwarded_only_from_a_restricted_user_network_each_once() {
+        let user = |forward: Vec<u16>| Spec {
+            network: Some("user".into()),
+            forward,
+            ..spec()
+        };
+        assert!(Instances::check(&user(vec![8080, 22])).is_ok());
+        for (bad, why) in [
+            (
+                Spec {
+                    forward: vec![8080],
+                    ..spec()
+                },
+                "network \"user\"",
+            ),
+            (user(vec![8080, 8080]), "each once"),
+            (user((1..=17).collect()), "at most 16"),
+            (user(vec![0]), "port 0"),
+        ] {
+            let err = Instances::check(&bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        // A spec without forwards keeps the JSON it had.
+        let json = serde_json::to_value(spec()).expect("a spec serializes");
+        assert!(json.get("forward").is_none(), "{json}");
     }
 
     #[test]
