@@ -33,81 +33,12 @@ mod support;
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Output;
 use std::time::{Duration, Instant};
+use support::console::Console;
 use support::relay::{Mode, Relay};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(90);
-
-/// The operator's console: `ferry` commands against one standby's control API.
-struct Console {
-    control: String,
-    token: PathBuf,
-    /// The site pair's CA: the control API is HTTPS.
-    ca: PathBuf,
-}
-
-impl Console {
-    fn run(&self, args: &[&str]) -> Output {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .args(["--control", &self.control, "--token-file"])
-            .arg(&self.token)
-            .arg("--ca")
-            .arg(&self.ca)
-            .output()
-            .expect("running ferry")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "ferry {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).expect("utf-8 output")
-    }
-
-    /// Runs a command that must fail; returns its error message.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            !out.status.success(),
-            "ferry {args:?} should have failed; it printed {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stderr).expect("utf-8 output")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(&all)).expect("JSON output")
-    }
-
-    fn server(&self, id: &str) -> Value {
-        self.json(&["server", "show", id])
-    }
-
-    /// Waits until the server's shown state is `state`.
-    fn wait_state(&self, id: &str, state: &str) -> Value {
-        let start = Instant::now();
-        loop {
-            let s = self.server(id);
-            if s["shown_state"] == state {
-                return s;
-            }
-            assert!(
-                start.elapsed() < WAIT,
-                "server {id} never became {state}: {s}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
 
 /// A standby site with the control API, and one protected server's disk and agent.
 struct Site {
@@ -244,6 +175,7 @@ impl Site {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
             ca: self.pki.join("ca.pem"),
+            wait: WAIT,
         };
         (standby, console)
     }
@@ -255,6 +187,7 @@ impl Site {
             control: standby.control.clone().expect("the control API is served"),
             token: self.token.clone(),
             ca: self.pki.join("ca.pem"),
+            wait: WAIT,
         };
         (standby, console)
     }
@@ -390,6 +323,7 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
         control: console.control.clone(),
         token: site.key.clone(),
         ca: console.ca.clone(),
+        wait: WAIT,
     };
     let e = wrong.refused(&["pair", "list"]);
     assert!(e.contains("token"), "{e}");

@@ -8,6 +8,7 @@
     reason = "each test binary uses a different subset of the fixtures"
 )]
 
+pub(crate) mod console;
 pub(crate) mod guest;
 pub(crate) mod relay;
 
