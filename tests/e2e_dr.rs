@@ -464,18 +464,7 @@ fn an_operator_takes_a_server_from_a_new_pair_to_realtime_points_and_back() {
 /// arguments of `replication start`).
 fn protect(site: &Site, start: &[&str]) -> (StandbyProcess, Console, AgentProcess) {
     let (standby, console) = site.standby();
-    console.ok(&[
-        "pair",
-        "create",
-        "prod.eu",
-        "--kind",
-        "zone-to-zone",
-        "--primary",
-        "zone-a",
-        "--secondary",
-        "zone-b",
-    ]);
-    console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    console.add_web1();
     let agent = site.agent();
     console.wait_state("web-1", "initialized");
     let s = console.json(&[&["replication", "start", "web-1"], start].concat());

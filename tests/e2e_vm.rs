@@ -308,18 +308,7 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
     ];
     let standby = support::StandbyProcess::start(&site.config);
     let console = site.console(&standby);
-    console.ok(&[
-        "pair",
-        "create",
-        "prod.eu",
-        "--kind",
-        "zone-to-zone",
-        "--primary",
-        "zone-a",
-        "--secondary",
-        "zone-b",
-    ]);
-    console.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    console.add_web1();
     let _one = one_guest();
     let mut g = Guest::boot(&[system, data], &image.key(), port, &work.join("console"));
     let booted = Instant::now();

@@ -56,6 +56,22 @@ impl Console {
         serde_json::from_str(&self.ok(&all)).expect("JSON output")
     }
 
+    /// Creates the pair prod.eu (zone-a to zone-b) and adds server web-1 to it.
+    pub(crate) fn add_web1(&self) {
+        self.ok(&[
+            "pair",
+            "create",
+            "prod.eu",
+            "--kind",
+            "zone-to-zone",
+            "--primary",
+            "zone-a",
+            "--secondary",
+            "zone-b",
+        ]);
+        self.ok(&["server", "add", "web-1", "--pair", "prod.eu"]);
+    }
+
     pub(crate) fn server(&self, id: &str) -> Value {
         self.json(&["server", "show", id])
     }

@@ -373,27 +373,18 @@ fn parse_app_log(bytes: &[u8], what: &str) -> Result<Vec<u64>, String> {
 pub(crate) fn app_records(system: &Path, data: &Path, work: &Path) -> Result<Vec<u64>, String> {
     let sys = super::LoopDevice::attach(system, true);
     let dump = super::run("sfdisk", &["--dump", sys.path_str()]);
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split(name)
+            .nth(1)?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    };
     let (start, size) = dump
         .lines()
-        .find_map(|l| {
-            let start = l
-                .split("start=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .trim()
-                .parse::<u64>()
-                .ok()?;
-            let size = l
-                .split("size=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .trim()
-                .parse::<u64>()
-                .ok()?;
-            Some((start, size))
-        })
+        .find_map(|l| Some((field(l, "start=")?, field(l, "size=")?)))
         .ok_or_else(|| format!("no partition on the rebuilt system disk: {dump}"))?;
     let part = sys.add_partition(1, start, size);
     let mut records = Vec::new();
