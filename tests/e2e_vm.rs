@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use support::console::Console;
 use support::guest::{self, Guest, GuestImage, STANDBY_IN_GUEST};
 
-/// One guest at a time: two TCG guests on two cores would each take twice as long.
+/// One test at a time: two TCG guests on two cores would each take twice as long, and
+/// each test builds the image and the package it needs.
 fn one_guest() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock()
@@ -263,10 +264,13 @@ struct Setup {
     /// The guest's system disk: a copy of the image with ferry's `.deb` and the guest's
     /// config, key and certificate installed.
     system: PathBuf,
+    /// This test's turn: the tests of this binary run one after another.
+    _one: std::sync::MutexGuard<'static, ()>,
 }
 
 fn setup(split_boot: bool, standby_port: u16) -> Setup {
     support::require_root("the VM test (loop devices, mounts, qemu)");
+    let one = one_guest();
     let image = GuestImage::get(split_boot);
     let deb = guest::deb();
     let dir = tempfile::Builder::new()
@@ -281,6 +285,7 @@ fn setup(split_boot: bool, standby_port: u16) -> Setup {
         image,
         site,
         system,
+        _one: one,
     }
 }
 
@@ -292,6 +297,7 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
         image,
         site,
         system,
+        _one: _turn,
     } = setup(false, port);
     let work = dir.path();
     let data = work.join("data.img");
@@ -309,7 +315,6 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
     let standby = support::StandbyProcess::start(&site.config);
     let console = site.console(&standby);
     console.add_web1();
-    let _one = one_guest();
     let mut g = Guest::boot(&[system, data], &image.key(), port, &work.join("console"));
     let booted = Instant::now();
     g.wait_up(BOOT);
@@ -530,7 +535,11 @@ exit 1
 #[test]
 fn a_guest_with_boot_on_another_disk_is_refused_with_the_fix() {
     let Setup {
-        dir, image, system, ..
+        dir,
+        image,
+        system,
+        _one: _turn,
+        ..
     } = setup(true, support::free_port());
     let work = dir.path();
     let boot = work.join("boot.img");
@@ -542,7 +551,6 @@ fn a_guest_with_boot_on_another_disk_is_refused_with_the_fix() {
             boot.to_str().expect("utf-8"),
         ],
     );
-    let _one = one_guest();
     // The BIOS boots the first disk: the one with GRUB and /boot.
     let mut g = Guest::boot(
         &[boot, system],

@@ -86,16 +86,21 @@ impl GuestImage {
     }
 }
 
-/// ferry's `.deb`, built by `scripts/package.sh` (a release build; cargo keeps it warm).
+/// ferry's `.deb`, built by `scripts/package.sh` (a release build) once per test
+/// process: the packaging steps share one output directory, so two at once collide.
 pub(crate) fn deb() -> PathBuf {
-    let out = run_script(&["scripts/package.sh"]);
-    let deb = PathBuf::from(
-        out.lines()
-            .next()
-            .expect("package.sh prints the .deb first"),
-    );
-    assert!(deb.is_file(), "no .deb at {}", deb.display());
-    deb
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        let out = run_script(&["scripts/package.sh"]);
+        let deb = PathBuf::from(
+            out.lines()
+                .next()
+                .expect("package.sh prints the .deb first"),
+        );
+        assert!(deb.is_file(), "no .deb at {}", deb.display());
+        deb
+    })
+    .clone()
 }
 
 /// A running qemu guest; killed (a power cut) when dropped.
