@@ -240,9 +240,12 @@ echo "$nspawn_pid" >"$work/nspawn.pid"
 # (machinectl and systemd-run -M need a systemd on the host).
 # nspawn first copies the tree to its ephemeral snapshot (250 MB; no reflinks on ext4):
 # 1-10 s here, longer while other I/O runs, hence the generous limit.
+# nspawn's first child may be a helper of its own (while it copies the snapshot) that
+# ends: the container's PID 1 is the child that runs systemd.
+container_pid() { pgrep -P "$nspawn_pid" -x systemd | head -n 1 || true; }
 ct_pid=
 for _ in $(seq 1200); do
-    ct_pid=$(pgrep -P "$nspawn_pid" | head -n 1 || true)
+    ct_pid=$(container_pid)
     [ -n "$ct_pid" ] && break
     kill -0 "$nspawn_pid" 2>/dev/null || fail "systemd-nspawn exited while booting"
     sleep 0.1
@@ -257,6 +260,8 @@ ct() {
 # a second, but one CI run on a loaded 2-core machine saw no answer for 30 s: allow 120.
 state=
 for _ in $(seq 240); do
+    kill -0 "$ct_pid" 2>/dev/null || ct_pid=$(container_pid)
+    [ -n "$ct_pid" ] || fail "the container's systemd ended while booting"
     state=$(ct systemctl is-system-running --wait 2>"$work/systemctl.err" || true)
     case "$state" in running | degraded) break ;; esac
     sleep 0.5
