@@ -222,15 +222,22 @@ impl Site {
     }
 }
 
-/// Waits for the agent that started after the `what` (another pid than `before`'s) to be
-/// in realtime with every disk caught up, and checks each disk was compared by digest
-/// and shipped less than a tenth of its size (`sizes`).
+/// Waits for the agent that started after the `what` to be in realtime with every disk
+/// caught up anew (another report than `before`'s: the pid may repeat, a guest boots the
+/// same way each time), and checks each disk was compared by digest and shipped less
+/// than a tenth of its size (`sizes`).
 fn caught_up_by_digest(g: &Guest, what: &str, before: &Status, sizes: &[u64]) {
+    let anew = |s: &Status| {
+        s.disks.iter().zip(&before.disks).all(|(d, b)| {
+            d.last_catch_up.is_some()
+                && format!("{:?}", d.last_catch_up) != format!("{:?}", b.last_catch_up)
+        })
+    };
     let s = wait_status(
         g,
         &format!("realtime after a {what}, each disk caught up"),
         BOOT,
-        |s| s.pid != before.pid && realtime(s) && s.disks.iter().all(|d| d.last_catch_up.is_some()),
+        |s| realtime(s) && anew(s),
     );
     for (d, size) in s.disks.iter().zip(sizes) {
         let c = d.last_catch_up.as_ref().expect("a catch-up");
@@ -317,7 +324,7 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
     console.add_web1();
     let mut g = Guest::boot(&[system, data], &image.key(), port, &work.join("console"));
     let booted = Instant::now();
-    g.wait_up(BOOT);
+    g.wait_booted(BOOT);
     eprintln!(
         "e2e_vm: the guest answered {} s after power-on",
         booted.elapsed().as_secs()
@@ -558,7 +565,7 @@ fn a_guest_with_boot_on_another_disk_is_refused_with_the_fix() {
         support::free_port(),
         &work.join("console"),
     );
-    g.wait_up(BOOT);
+    g.wait_booted(BOOT);
     let check = g.sh("ferry check");
     let text = format!(
         "{}{}",

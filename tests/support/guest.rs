@@ -187,32 +187,71 @@ impl Guest {
             .unwrap_or_default()
     }
 
+    /// The console's last 40 lines, after every line of it that reports a kernel
+    /// problem (a lockup, an oops, a panic) or a failed unit.
     fn tail(&self) -> String {
         let console = self.console();
         let lines: Vec<&str> = console.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        let problems: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| {
+                ["BUG", "lockup", "Oops", "panic", "rcu:", "FAILED", "Failed"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .take(40)
+            .collect();
+        format!(
+            "problems reported:\n{}\n…\nlast lines:\n{}",
+            problems.join("\n"),
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
     }
 
-    /// Waits until the guest answers on ssh (a boot under TCG takes about a minute).
-    pub(crate) fn wait_up(&mut self, timeout: Duration) {
+    /// Waits until the guest answers on ssh; the console's story if it does not.
+    fn try_wait_up(&mut self, timeout: Duration) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if self.try_ssh("true").is_some_and(|o| o.status.success()) {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.qemu.as_mut().and_then(|q| q.try_wait().ok().flatten()) {
-                panic!(
+                return Err(format!(
                     "qemu ended ({status}) before the guest came up; console:\n{}",
                     self.tail()
-                );
+                ));
             }
-            assert!(
-                start.elapsed() < timeout,
-                "the guest did not answer on ssh within {timeout:?}; console:\n{}",
-                self.tail()
-            );
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "the guest did not answer on ssh within {timeout:?}; console:\n{}",
+                    self.tail()
+                ));
+            }
             std::thread::sleep(Duration::from_secs(2));
         }
+    }
+
+    /// Waits until the running guest answers on ssh again (after a network cut).
+    pub(crate) fn wait_up(&mut self, timeout: Duration) {
+        if let Err(e) = self.try_wait_up(timeout) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits for a boot to reach ssh (20–30 s under TCG here). A boot that hangs for 5
+    /// minutes is power-cycled once, its console kept in the test's output: one CI run
+    /// saw a TCG guest hang after a reboot with kernel stack traces on its console
+    /// (cause not found yet). Only a boot is retried, never a running guest, and what
+    /// the test asserts afterwards holds after a power cut too.
+    pub(crate) fn wait_booted(&mut self, timeout: Duration) {
+        let Err(e) = self.try_wait_up(timeout.min(Duration::from_secs(300))) else {
+            return;
+        };
+        eprintln!("guest: the boot hung; power-cycling once. {e}");
+        self.power_cut();
+        self.start();
+        self.wait_up(timeout);
     }
 
     fn try_ssh(&self, command: &str) -> Option<Output> {
@@ -296,7 +335,7 @@ impl Guest {
             std::thread::sleep(Duration::from_millis(500));
         }
         self.start();
-        self.wait_up(timeout);
+        self.wait_booted(timeout);
     }
 
     /// A power cut: qemu killed (SIGKILL); nothing the guest did not write is kept.
@@ -311,7 +350,7 @@ impl Guest {
     pub(crate) fn power_on(&mut self, timeout: Duration) {
         assert!(self.qemu.is_none(), "the guest is running");
         self.start();
-        self.wait_up(timeout);
+        self.wait_booted(timeout);
     }
 
     /// `systemctl poweroff` and wait for qemu to end.
