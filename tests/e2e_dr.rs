@@ -227,39 +227,7 @@ impl Site {
 /// standby's child and outlives it), mounts, loop devices.
 impl Drop for Site {
     fn drop(&mut self) {
-        let root = self.dir.path().to_string_lossy().into_owned();
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
-                let pid = p.file_name().to_string_lossy().parse::<i32>();
-                if let Ok(pid) = pid
-                    && String::from_utf8_lossy(&cmdline).contains(&root)
-                    && pid != i32::try_from(std::process::id()).unwrap_or(0)
-                {
-                    // SAFETY: kill(2) of a process this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
-            if target.starts_with(&root) {
-                let _ = std::process::Command::new("umount")
-                    .args(["-l", target])
-                    .status();
-            }
-        }
-        let loops = run("losetup", &["-a"]);
-        for line in loops.lines().filter(|l| l.contains(&root)) {
-            if let Some(dev) = line.split(':').next()
-                && dev != self.disk.path_str()
-            {
-                let _ = std::process::Command::new("losetup")
-                    .args(["-d", dev])
-                    .status();
-            }
-        }
+        sweep(self.dir.path(), &[self.disk.path_str()]);
     }
 }
 

@@ -263,6 +263,17 @@ fn caught_up_by_digest(g: &Guest, what: &str, before: &Status, sizes: &[u64]) {
     }
 }
 
+/// Removes, when the test ends (also when it failed half way), every process, mount and
+/// loop device left under the work directory: a drill's VM and its loop devices, which
+/// the standby started and a failing test never cleans.
+struct Sweep(PathBuf);
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        support::sweep(&self.0, &[]);
+    }
+}
+
 /// A guest's disk and the standby site it replicates to, in a work directory.
 struct Setup {
     dir: tempfile::TempDir,
@@ -307,6 +318,7 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
         _one: _turn,
     } = setup(false, port);
     let work = dir.path();
+    let _sweep = Sweep(work.to_owned());
     let data = work.join("data.img");
     std::fs::File::create(&data)
         .and_then(|f| f.set_len(512 << 20))
@@ -549,6 +561,7 @@ fn a_guest_with_boot_on_another_disk_is_refused_with_the_fix() {
         ..
     } = setup(true, support::free_port());
     let work = dir.path();
+    let _sweep = Sweep(work.to_owned());
     let boot = work.join("boot.img");
     support::run(
         "cp",

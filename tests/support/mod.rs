@@ -828,3 +828,43 @@ pub(crate) fn write_files(
         })
         .collect()
 }
+
+/// Removes what a test's operations may have left under its work directory `root`,
+/// also when it failed half way: every process whose command line names it (standbys,
+/// agents, qemu VMs the instances started), every mount below it, and every loop device
+/// over a file in it but those in `keep` (the test's own guards detach those).
+pub(crate) fn sweep(root: &Path, keep: &[&str]) {
+    let root = root.to_string_lossy().into_owned();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let pid = p.file_name().to_string_lossy().parse::<i32>();
+            if let Ok(pid) = pid
+                && String::from_utf8_lossy(&cmdline).contains(&root)
+                && pid != i32::try_from(std::process::id()).unwrap_or(0)
+            {
+                // SAFETY: kill(2) of a process this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+        if target.starts_with(&root) {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", target])
+                .status();
+        }
+    }
+    let loops = run("losetup", &["-a"]);
+    for line in loops.lines().filter(|l| l.contains(&root)) {
+        if let Some(dev) = line.split(':').next()
+            && !keep.contains(&dev)
+        {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", dev])
+                .status();
+        }
+    }
+}
