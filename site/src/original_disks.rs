@@ -16,6 +16,16 @@
 //!   which the kernel refuses while it is mounted or held.
 //! - Names come from a peer (the registration, through the other site): each is checked
 //!   with [`ferry_wire::ids::validate_disk_name`] before it becomes a path.
+//! - A virtual machine's disk is identified inside the guest by what its hypervisor gave
+//!   it (qemu's virtio-blk `serial=`, a cloud volume's id as serial or WWID), which no
+//!   block device of the host shows: the host's side is the image or volume behind it.
+//!   The site says which it is through [`Volumes`] (`volumes_dir` in the standby's
+//!   config): a link named by the serial or WWID, pointing at the host's block device —
+//!   the hypervisor's own inventory, as udev's `/dev/disk/by-id/virtio-<serial>` is the
+//!   guest's. Such a device is the disk when the link resolves to it and its size is the
+//!   registered one; everything else (unused, `O_EXCL`) is checked as for any disk. The
+//!   VM must be powered off: a running qemu does not mount its disks, so ferry cannot
+//!   see it (the operator's step, said in docs/standby.md).
 
 use ferry_wire::disk_identity::DiskIdentity;
 use ferry_wire::ids::{DiskNameError, validate_disk_name};
@@ -94,7 +104,8 @@ pub enum OriginalDiskError {
     },
     #[error(
         "no block device here has {identity} and {size} bytes (original disk {}): is it \
-         attached?", path.display()
+         attached? (a virtual machine's disk: is the VM off, and its volume linked by that \
+         serial in volumes_dir?)", path.display()
     )]
     NotFound {
         path: PathBuf,
@@ -138,6 +149,41 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OriginalDiskError {
     move |source| OriginalDiskError::Io { path, source }
 }
 
+/// Where this site finds the disks of its virtual machines (module doc): a directory of
+/// links named by the serial or WWID a guest sees, each to the host's block device behind
+/// that disk. Without one, a disk is found only by the identity the host sees.
+#[derive(Debug, Clone, Default)]
+pub struct Volumes(Option<PathBuf>);
+
+impl Volumes {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Volumes(dir)
+    }
+
+    /// The kernel name of the host disk the site's links say is the guest's disk with
+    /// `identity`, if a link names it and resolves to a whole-disk block device.
+    fn disk_of(&self, identity: &DiskIdentity) -> Option<String> {
+        let dir = self.0.as_ref()?;
+        let value = match identity {
+            DiskIdentity::Serial(v) | DiskIdentity::Wwid(v) => v,
+            _ => return None,
+        };
+        // The value came from a peer: it names a file in the directory, nothing else.
+        if value.contains('/') || value == "." || value == ".." {
+            return None;
+        }
+        let device = std::fs::canonicalize(dir.join(value)).ok()?;
+        disk_name(&device).ok()
+    }
+
+    /// Whether the host disk `name` is the registered disk `identity` of `size` bytes:
+    /// by the identity the host sees, or by the site's link.
+    fn is(&self, name: &str, identity: &DiskIdentity, size: u64) -> bool {
+        size_of(name) == Some(size)
+            && (identify(name) == *identity || self.disk_of(identity).as_deref() == Some(name))
+    }
+}
+
 /// The identity sysfs gives the disk `name`.
 pub fn identify(name: &str) -> DiskIdentity {
     let dir = Path::new(SYS_BLOCK).join(name);
@@ -172,8 +218,9 @@ fn disk_name(path: &Path) -> Result<String, OriginalDiskError> {
 }
 
 /// Finds the device of a registered disk: `wanted.path` (`/dev/<name>`) if it has the
-/// identity and size, else the one device that does. Checks it is unused.
-pub fn locate(wanted: &OriginalDisk) -> Result<OriginalDisk, OriginalDiskError> {
+/// identity and size, else the one device that does (by the host's identity, or by a
+/// link of `volumes`). Checks it is unused.
+pub fn locate(wanted: &OriginalDisk, volumes: &Volumes) -> Result<OriginalDisk, OriginalDiskError> {
     let name = wanted
         .path
         .strip_prefix("/dev")
@@ -190,7 +237,7 @@ pub fn locate(wanted: &OriginalDisk) -> Result<OriginalDisk, OriginalDiskError> 
             identity: wanted.identity.clone(),
         });
     }
-    let is_it = |n: &str| identify(n) == wanted.identity && size_of(n) == Some(wanted.size);
+    let is_it = |n: &str| volumes.is(n, &wanted.identity, wanted.size);
     let found = if is_it(name) {
         name.to_owned()
     } else {
@@ -231,12 +278,13 @@ pub fn locate(wanted: &OriginalDisk) -> Result<OriginalDisk, OriginalDiskError> 
         path: PathBuf::from(format!("/dev/{found}")),
         ..wanted.clone()
     };
-    verify(&disk)?;
+    verify(&disk, volumes)?;
     Ok(disk)
 }
 
-/// Checks that `disk.path` is still the disk (identity and size) and unused.
-pub fn verify(disk: &OriginalDisk) -> Result<(), OriginalDiskError> {
+/// Checks that `disk.path` is still the disk (identity, or a link of `volumes`, and
+/// size) and unused.
+pub fn verify(disk: &OriginalDisk, volumes: &Volumes) -> Result<(), OriginalDiskError> {
     if !disk.identity.is_known() {
         return Err(OriginalDiskError::NoIdentity {
             path: disk.path.clone(),
@@ -244,13 +292,11 @@ pub fn verify(disk: &OriginalDisk) -> Result<(), OriginalDiskError> {
         });
     }
     let name = disk_name(&disk.path)?;
-    let found = identify(&name);
-    let found_size = size_of(&name).unwrap_or(0);
-    if found != disk.identity || found_size != disk.size {
+    if !volumes.is(&name, &disk.identity, disk.size) {
         return Err(OriginalDiskError::NotThatDisk {
             path: disk.path.clone(),
-            found,
-            found_size,
+            found: identify(&name),
+            found_size: size_of(&name).unwrap_or(0),
             identity: disk.identity.clone(),
             size: disk.size,
         });
@@ -405,9 +451,32 @@ mod tests {
         let old: OriginalDisk = serde_json::from_str("\"/dev/loop3\"").expect("a bare path");
         assert_eq!(old.identity, DiskIdentity::Unknown);
         assert!(matches!(
-            verify(&old),
+            verify(&old, &Volumes::default()),
             Err(OriginalDiskError::NoIdentity { .. })
         ));
+    }
+
+    #[test]
+    fn a_volume_link_names_one_file_of_the_directory_and_must_be_a_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("image");
+        std::fs::write(&file, b"not a block device").expect("write");
+        std::os::unix::fs::symlink(&file, dir.path().join("web1-sys")).expect("symlink");
+        std::os::unix::fs::symlink("/dev/null", dir.path().join("null")).expect("symlink");
+        let volumes = Volumes::new(Some(dir.path().to_owned()));
+        let serial = |v: &str| DiskIdentity::Serial(v.into());
+        // A regular file and a character device are not disks; a value that would leave
+        // the directory names nothing; nor does an identity the host sees itself.
+        assert_eq!(volumes.disk_of(&serial("web1-sys")), None);
+        assert_eq!(volumes.disk_of(&serial("null")), None);
+        for bad in ["../image", ".", "..", "a/b"] {
+            assert_eq!(volumes.disk_of(&serial(bad)), None, "{bad}");
+        }
+        assert_eq!(
+            volumes.disk_of(&DiskIdentity::LoopBackingFile("web1-sys".into())),
+            None
+        );
+        assert_eq!(Volumes::default().disk_of(&serial("web1-sys")), None);
     }
 
     #[test]
@@ -474,14 +543,17 @@ mod tests {
             size: 1 << 30,
             identity: DiskIdentity::Unknown,
         };
-        let err = locate(&unknown).expect_err("no identity").to_string();
+        let err = locate(&unknown, &Volumes::default())
+            .expect_err("no identity")
+            .to_string();
         assert!(err.contains("cannot tell it from another disk"), "{err}");
         let bad = OriginalDisk {
             path: "/dev/../etc/passwd".into(),
             identity: DiskIdentity::Serial("x".into()),
             ..unknown
         };
-        let err = ferry_wire::error_chain(&locate(&bad).expect_err("bad name"));
+        let err =
+            ferry_wire::error_chain(&locate(&bad, &Volumes::default()).expect_err("bad name"));
         assert!(err.contains("^[a-z][a-z0-9_-]{0,31}$"), "{err}");
     }
 }

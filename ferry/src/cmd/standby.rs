@@ -19,6 +19,11 @@
 //! qemu_accel = "kvm:tcg"                # default; the qemu launcher's accelerators:
 //!                                       # "kvm:tcg", "kvm" or "tcg" (where KVM exists but
 //!                                       # cannot run guests, e.g. nested)
+//! volumes_dir = "/run/ferry/volumes"    # optional; absolute. This host's virtual
+//!                                       # machines' disks: links named by the serial (or
+//!                                       # WWID) a guest sees, each to the host block
+//!                                       # device behind it; a restore onto an original
+//!                                       # machine that is a VM finds its disks here
 //!
 //! [retention]                           # default policy for every server
 //! interval_hours = 1                    # 1 to 720
@@ -114,6 +119,7 @@ struct FileConfig {
     sites: HashMap<String, SiteConfig>,
     scripts_dir: Option<PathBuf>,
     qemu_accel: Option<String>,
+    volumes_dir: Option<PathBuf>,
     tls: Option<ferry_tls::TlsFiles>,
     /// The data link in plain TCP (loopback only): no [tls] needed for it.
     #[serde(default)]
@@ -171,6 +177,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         control,
         scripts: scripts_dir,
         qemu_accel,
+        volumes,
         tls: link_tls,
         insecure_plaintext,
     } = load_config(args)?;
@@ -217,6 +224,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     );
     control_plane.set_scripts_dir(scripts_dir);
     control_plane.set_qemu_accel(&qemu_accel);
+    control_plane.set_volumes(volumes);
     // Drills and failovers rebuild points: the recovery key file is read then, and the
     // keys live only as long as that rebuild.
     if let Some(path) = recovery_key_file {
@@ -282,6 +290,8 @@ pub(crate) struct Settings {
     pub(crate) scripts: ScriptsDir,
     /// The qemu launcher's accelerators (one of [`ferry_site::instance::QEMU_ACCELS`]).
     pub(crate) qemu_accel: String,
+    /// This host's virtual machines' disks (`volumes_dir`).
+    pub(crate) volumes: ferry_site::original_disks::Volumes,
     /// The `[tls]` table (the data link and the control API).
     pub(crate) tls: Option<ferry_tls::TlsFiles>,
     /// The data link in plain TCP, loopback only.
@@ -387,6 +397,14 @@ pub(crate) fn load_config(args: Args) -> Result<Settings> {
             ferry_site::instance::QEMU_ACCELS
         );
     }
+    if let Some(dir) = &file.volumes_dir
+        && !dir.is_absolute()
+    {
+        bail!(
+            "volumes_dir is {}; it must be an absolute path",
+            dir.display()
+        );
+    }
     if let Some(tls) = &file.tls {
         tls.validate()
             .context("the config file's [tls] is not valid")?;
@@ -435,6 +453,7 @@ pub(crate) fn load_config(args: Args) -> Result<Settings> {
         control: file.control.map(|c| (c, file.sites, file.tls.clone())),
         scripts: ScriptsDir::new(scripts_dir),
         qemu_accel,
+        volumes: ferry_site::original_disks::Volumes::new(file.volumes_dir),
         tls: file.tls,
         insecure_plaintext: file.insecure_plaintext,
     })

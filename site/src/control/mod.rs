@@ -76,6 +76,8 @@ pub struct Control {
     /// Servers an operation is running on (one at a time per server).
     busy: Mutex<std::collections::HashSet<ServerId>>,
     storage_classes: HashMap<String, std::path::PathBuf>,
+    /// Where this site's virtual machines' disks are found (original machines).
+    volumes: OnceLock<crate::original_disks::Volumes>,
     catalog: Mutex<Catalog>,
     /// Managed servers' states, for the ingest path (read per record).
     states: RwLock<HashMap<ServerId, Gate>>,
@@ -151,12 +153,23 @@ impl Control {
             reverse_agents: Mutex::default(),
             busy: Mutex::default(),
             storage_classes,
+            volumes: OnceLock::new(),
             catalog: Mutex::new(catalog),
             states: RwLock::new(states),
             live: Mutex::default(),
             changed: Condvar::new(),
             next_request: AtomicU64::new(1),
         })
+    }
+
+    /// Sets where this site's virtual machines' disks are found (once, at start; the
+    /// default is nowhere: only by the identity the host sees).
+    pub fn set_volumes(&self, volumes: crate::original_disks::Volumes) {
+        let _ = self.volumes.set(volumes);
+    }
+
+    fn volumes(&self) -> &crate::original_disks::Volumes {
+        self.volumes.get_or_init(Default::default)
     }
 
     fn catalog(&self) -> MutexGuard<'_, Catalog> {

@@ -78,7 +78,7 @@ impl Control {
         settings.original_disks = settings
             .original_disks
             .iter()
-            .map(crate::original_disks::locate)
+            .map(|d| crate::original_disks::locate(d, self.volumes()))
             .collect::<Result<_, _>>()?;
         self.class_dir(&settings.storage_class)?;
         if settings.storage_class != server.storage_class {

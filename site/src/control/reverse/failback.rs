@@ -146,7 +146,7 @@ impl Control {
             .map(|r| r.original_disks.clone())
             .unwrap_or_default()
             .into_iter()
-            .map(|d| crate::original_disks::verify(&d).map(|()| d.path))
+            .map(|d| crate::original_disks::verify(&d, self.volumes()).map(|()| d.path))
             .collect::<Result<_, _>>()?;
         let keys = self.load_keys(&server.id, supplied)?;
         let instance = self
