@@ -111,39 +111,31 @@ impl Site {
             p("ssd").to_str().expect("utf-8")
         );
         // Site A takes site B's reverse agents (site B's certificate) for any server.
-        for (conf, dir, listen, control, extra, cert, top) in [
-            (
-                &standby_conf,
-                data.clone(),
-                addr.clone(),
-                0,
-                sites.as_str(),
-                "site-b",
-                "",
-            ),
-            (
-                &primary_conf,
-                p("primary"),
-                format!("127.0.0.1:{primary_data}"),
-                primary_control,
-                "",
-                "zone-a",
-                "peer_sites = [\"site-b\"]\n",
-            ),
-        ] {
-            standby_config_as(conf, &dir, &key, &[], 16, cert);
-            let text = std::fs::read_to_string(conf).expect("read config");
-            std::fs::write(
-                conf,
-                format!(
-                    "scripts_dir = {:?}\n{top}{}\n[control]\nlisten = \"127.0.0.1:{control}\"\n\
-                     token_file = {token_text:?}\n\n{extra}",
-                    scripts.to_str().expect("utf-8"),
-                    text.replace("127.0.0.1:0", &listen),
-                ),
-            )
-            .expect("write config");
-        }
+        let scripts_dir = format!("scripts_dir = {:?}\n", scripts.to_str().expect("utf-8"));
+        site_config(
+            &standby_conf,
+            &data,
+            &key,
+            "site-b",
+            16,
+            &addr,
+            0,
+            &token,
+            &scripts_dir,
+            &sites,
+        );
+        site_config(
+            &primary_conf,
+            &p("primary"),
+            &key,
+            "zone-a",
+            16,
+            &format!("127.0.0.1:{primary_data}"),
+            primary_control,
+            &token,
+            &format!("{scripts_dir}peer_sites = [\"site-b\"]\n"),
+            "",
+        );
         let disk = LoopDevice::new_sparse(&p("disk.img"), size);
         run("mkfs.ext4", &["-q", "-F", disk.path_str()]);
         let pins = PinDir::new(name);

@@ -142,9 +142,14 @@ fn packaged_standby_config_loads_with_the_documented_defaults() {
         control,
         scripts,
         qemu_accel,
+        volumes,
         tls,
         insecure_plaintext,
     } = load_standby(&path);
+    assert!(
+        !volumes.is_set(),
+        "a packaged standby restores onto no VM's volumes"
+    );
     assert_eq!(
         qemu_accel,
         ferry_site::instance::DEFAULT_QEMU_ACCEL,

@@ -160,6 +160,11 @@ impl Volumes {
         Volumes(dir)
     }
 
+    /// Whether the site has a volumes directory.
+    pub fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The kernel name of the host disk the site's links say is the guest's disk with
     /// `identity`, if a link names it and resolves to a whole-disk block device.
     fn disk_of(&self, identity: &DiskIdentity) -> Option<String> {

@@ -2,9 +2,11 @@
 //! identity and size it registered — a loop device by its backing file — even under
 //! another name; another size, another file, or two devices with the same identity are
 //! refused; a disk with a mounted filesystem, or the one holding `/`, is refused, naming
-//! why (partitions and stacked devices: the unit tests over a fake sysfs).
+//! why (partitions and stacked devices: the unit tests over a fake sysfs); a virtual
+//! machine's disk, registered by the serial its guest saw, is found through the site's
+//! volume link and only there, and only at its size.
 
-use ferry_site::original_disks::{self, OriginalDisk, OriginalDiskError};
+use ferry_site::original_disks::{self, OriginalDisk, OriginalDiskError, Volumes};
 use ferry_wire::disk_identity::DiskIdentity;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -68,6 +70,15 @@ impl Drop for Mounted {
     }
 }
 
+/// Finds a disk as a site with no volumes directory does.
+fn locate(wanted: &OriginalDisk) -> Result<OriginalDisk, OriginalDiskError> {
+    original_disks::locate(wanted, &Volumes::default())
+}
+
+fn verify(disk: &OriginalDisk) -> Result<(), OriginalDiskError> {
+    original_disks::verify(disk, &Volumes::default())
+}
+
 fn sparse(path: &Path, size: u64) {
     std::fs::File::create(path)
         .and_then(|f| f.set_len(size))
@@ -96,11 +107,11 @@ fn an_original_disk_is_found_by_identity_and_size_not_by_name() {
         size: SIZE,
         identity: identity.clone(),
     };
-    let found = original_disks::locate(&registered).expect("found by identity");
+    let found = locate(&registered).expect("found by identity");
     assert_eq!(found.path, PathBuf::from(&a.0));
-    original_disks::verify(&found).expect("still that disk");
+    verify(&found).expect("still that disk");
     // b is not that disk, whatever its name says.
-    let err = original_disks::verify(&registered).expect_err("b is another disk");
+    let err = verify(&registered).expect_err("b is another disk");
     assert!(
         matches!(err, OriginalDiskError::NotThatDisk { .. }),
         "{err}"
@@ -116,12 +127,12 @@ fn an_original_disk_is_found_by_identity_and_size_not_by_name() {
             ..registered.clone()
         },
     ] {
-        let err = original_disks::locate(&wanted).expect_err("not attached");
+        let err = locate(&wanted).expect_err("not attached");
         assert!(matches!(err, OriginalDiskError::NotFound { .. }), "{err}");
     }
     // The same file attached twice: two candidates, no guess.
     let again = Loop::attach(&a_file);
-    let err = original_disks::locate(&OriginalDisk {
+    let err = locate(&OriginalDisk {
         path: PathBuf::from("/dev/sdzz"),
         ..registered.clone()
     })
@@ -159,10 +170,7 @@ fn an_original_disk_in_use_is_refused_naming_why() {
             identity: original_disks::identify(disk.name()),
         };
         assert!(
-            matches!(
-                original_disks::locate(&wanted),
-                Err(OriginalDiskError::InUse { .. })
-            ),
+            matches!(locate(&wanted), Err(OriginalDiskError::InUse { .. })),
             "replication start refuses a mounted original disk"
         );
     }
@@ -211,4 +219,57 @@ fn the_disk_holding_root_is_refused() {
     };
     let err = original_disks::check_unused(Path::new(&disk)).expect_err("it holds /");
     assert!(err.to_string().contains("it holds /"), "{disk}: {err}");
+}
+
+#[test]
+fn a_vm_disk_is_found_through_its_volume_link_and_only_there() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a_file, b_file) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    sparse(&a_file, SIZE);
+    sparse(&b_file, SIZE);
+    let (a, b) = (Loop::attach(&a_file), Loop::attach(&b_file));
+    let links = dir.path().join("volumes");
+    std::fs::create_dir(&links).expect("mkdir");
+    std::os::unix::fs::symlink(&a.0, links.join("vm-sys")).expect("symlink");
+    let volumes = Volumes::new(Some(links.clone()));
+    // As the guest registered it: its virtio disk vda, serial vm-sys.
+    let registered = OriginalDisk {
+        path: PathBuf::from("/dev/vda"),
+        size: SIZE,
+        identity: DiskIdentity::Serial("vm-sys".into()),
+    };
+    let err = locate(&registered).expect_err("without the link, no disk here has that serial");
+    assert!(
+        matches!(err, OriginalDiskError::NotFound { .. })
+            && err.to_string().contains("volumes_dir"),
+        "{err}"
+    );
+    let found = original_disks::locate(&registered, &volumes).expect("found through the link");
+    assert_eq!(found.path, PathBuf::from(&a.0));
+    original_disks::verify(&found, &volumes).expect("still that disk");
+    // Another device than the link's is not that disk, nor is the linked one at another
+    // size; a link moved to b makes a another disk.
+    let on_b = OriginalDisk {
+        path: PathBuf::from(&b.0),
+        ..registered.clone()
+    };
+    let err = original_disks::verify(&on_b, &volumes).expect_err("b is not linked");
+    assert!(
+        matches!(err, OriginalDiskError::NotThatDisk { .. }),
+        "{err}"
+    );
+    let bigger = OriginalDisk {
+        size: SIZE * 2,
+        ..registered.clone()
+    };
+    let err = original_disks::locate(&bigger, &volumes).expect_err("another size");
+    assert!(matches!(err, OriginalDiskError::NotFound { .. }), "{err}");
+    std::fs::remove_file(links.join("vm-sys")).expect("rm");
+    std::os::unix::fs::symlink(&b.0, links.join("vm-sys")).expect("symlink");
+    let err = original_disks::verify(&found, &volumes).expect_err("the link moved");
+    assert!(
+        matches!(err, OriginalDiskError::NotThatDisk { .. }),
+        "{err}"
+    );
 }

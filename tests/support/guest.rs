@@ -103,6 +103,39 @@ pub(crate) fn deb() -> PathBuf {
     .clone()
 }
 
+/// The serial number a guest sees on the disk whose image is `image` (qemu's
+/// `serial=`, as a hypervisor gives a volume's id): `ferry-` and the file's stem.
+pub(crate) fn disk_serial(image: &Path) -> String {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy())
+        .unwrap_or_default();
+    format!("ferry-{stem}")
+}
+
+/// One HTTP request to a guest's application at the host's `127.0.0.1:port` (a
+/// forwarded port); returns the status and body.
+pub(crate) fn http(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    Ok((code, body))
+}
+
+/// Whether a guest that did not come up is still running (its boot hung).
+struct Hung(bool);
+
 /// A running qemu guest; killed (a power cut) when dropped.
 pub(crate) struct Guest {
     qemu: Option<Child>,
@@ -156,11 +189,16 @@ impl Guest {
         // keeps qemu would do the same; this way each boot has its own console log).
         args.push("-serial".into());
         args.push(format!("file:{}", serial.display()));
-        for d in &self.disks {
+        for (i, d) in self.disks.iter().enumerate() {
             args.push("-drive".into());
             args.push(format!(
-                "file={},format=raw,if=virtio,cache=writeback",
+                "file={},format=raw,if=none,id=disk{i},cache=writeback",
                 d.display()
+            ));
+            args.push("-device".into());
+            args.push(format!(
+                "virtio-blk-pci,drive=disk{i},serial={},bootindex={i}",
+                disk_serial(d)
             ));
         }
         args.push("-nic".into());
@@ -179,6 +217,11 @@ impl Guest {
                 panic!("starting qemu-system-x86_64 (apt install qemu-system-x86): {e}")
             });
         self.qemu = Some(child);
+    }
+
+    /// Its disk images, the boot disk first.
+    pub(crate) fn disks(&self) -> &[PathBuf] {
+        &self.disks
     }
 
     /// The console log of the current boot.
@@ -209,23 +252,30 @@ impl Guest {
         )
     }
 
-    /// Waits until the guest answers on ssh; the console's story if it does not.
-    fn try_wait_up(&mut self, timeout: Duration) -> Result<(), String> {
+    /// Waits until the guest answers on ssh; if it does not, whether qemu still runs
+    /// (a hung boot) and the console's story.
+    fn try_wait_up(&mut self, timeout: Duration) -> Result<(), (Hung, String)> {
         let start = Instant::now();
         loop {
             if self.try_ssh("true").is_some_and(|o| o.status.success()) {
                 return Ok(());
             }
             if let Some(status) = self.qemu.as_mut().and_then(|q| q.try_wait().ok().flatten()) {
-                return Err(format!(
-                    "qemu ended ({status}) before the guest came up; console:\n{}",
-                    self.tail()
+                return Err((
+                    Hung(false),
+                    format!(
+                        "qemu ended ({status}) before the guest came up; console:\n{}",
+                        self.tail()
+                    ),
                 ));
             }
             if start.elapsed() > timeout {
-                return Err(format!(
-                    "the guest did not answer on ssh within {timeout:?}; console:\n{}",
-                    self.tail()
+                return Err((
+                    Hung(true),
+                    format!(
+                        "the guest did not answer on ssh within {timeout:?}; console:\n{}",
+                        self.tail()
+                    ),
                 ));
             }
             std::thread::sleep(Duration::from_secs(2));
@@ -234,7 +284,7 @@ impl Guest {
 
     /// Waits until the running guest answers on ssh again (after a network cut).
     pub(crate) fn wait_up(&mut self, timeout: Duration) {
-        if let Err(e) = self.try_wait_up(timeout) {
+        if let Err((_, e)) = self.try_wait_up(timeout) {
             panic!("{e}");
         }
     }
@@ -242,13 +292,15 @@ impl Guest {
     /// Waits for a boot to reach ssh (20–30 s under TCG here). A boot that hangs for 5
     /// minutes is power-cycled once, its console kept in the test's output: one CI run
     /// saw a TCG guest hang after a reboot with kernel stack traces on its console
-    /// (cause not found yet). Only a boot is retried, never a running guest, and what
-    /// the test asserts afterwards holds after a power cut too.
+    /// (cause not found yet). Only a hung boot is retried (not a qemu that exited, nor
+    /// a running guest), and what the test asserts afterwards holds after a power cut
+    /// too.
     pub(crate) fn wait_booted(&mut self, timeout: Duration) {
-        let Err(e) = self.try_wait_up(timeout.min(Duration::from_secs(300))) else {
-            return;
-        };
-        eprintln!("guest: the boot hung; power-cycling once. {e}");
+        match self.try_wait_up(timeout.min(Duration::from_secs(300))) {
+            Ok(()) => return,
+            Err((Hung(false), e)) => panic!("{e}"),
+            Err((Hung(true), e)) => eprintln!("guest: the boot hung; power-cycling once. {e}"),
+        }
         self.power_cut();
         self.start();
         self.wait_up(timeout);
@@ -301,21 +353,7 @@ impl Guest {
 
     /// One HTTP request to the guest's application; returns the status and body.
     pub(crate) fn http(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.http_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(s, "{method} {path} HTTP/1.0\r\nContent-Length: 0\r\n\r\n")?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)?;
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_owned();
-        Ok((code, body))
+        http(self.http_port, method, path)
     }
 
     /// `systemctl reboot` in the guest; qemu ends with the reboot (`-no-reboot`), and the

@@ -410,6 +410,40 @@ pub(crate) fn standby_config_as(
     std::fs::write(path, text).expect("writing the standby config");
 }
 
+/// A site's standby config with its control API: [`standby_config_as`] (certificate
+/// `cert`) taking data on `listen`, the lines `top` first (scripts_dir, peer_sites …),
+/// `[control]` on `127.0.0.1:control_port` (0: any) with `token`, and the tables
+/// `tables` last ([sites], [storage_classes]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one line per setting of the config, each named at the call"
+)]
+pub(crate) fn site_config(
+    path: &Path,
+    data_dir: &Path,
+    key: &Path,
+    cert: &str,
+    segment_mib: u64,
+    listen: &str,
+    control_port: u16,
+    token: &Path,
+    top: &str,
+    tables: &str,
+) {
+    standby_config_as(path, data_dir, key, &[], segment_mib, cert);
+    let text = std::fs::read_to_string(path).expect("the standby config");
+    std::fs::write(
+        path,
+        format!(
+            "{top}{}\n[control]\nlisten = \"127.0.0.1:{control_port}\"\ntoken_file = {:?}\n\n\
+             {tables}",
+            text.replace("127.0.0.1:0", listen),
+            token.to_str().expect("utf-8 path"),
+        ),
+    )
+    .expect("writing the standby config");
+}
+
 /// The pki (CA and certificates, [`new_pki`]) beside the pair key `pair`.
 pub(crate) fn pki_of(pair: &Path) -> PathBuf {
     pair.with_file_name("pki")
