@@ -580,25 +580,13 @@ fn a_debian_guest_is_protected_through_reboots_and_power_cuts_without_a_full_cop
     // it holds; clean removes the VM and everything else.
     let console = site.console(&standby);
     let script = health_script(&site.scripts);
-    let drill = console.json(&[
-        "drill",
-        "start",
-        "web-1",
-        "--point",
-        &p.to_string(),
-        "--launcher",
-        "qemu",
-        "--cpus",
-        "2",
-        "--memory-mib",
-        "1024",
-        "--network",
-        "user",
-        "--forward",
-        "8080",
-        "--script",
-        script.to_str().expect("utf-8"),
-    ]);
+    let drill = console.json(
+        &[
+            &["drill", "start", "web-1", "--point", &p.to_string()][..],
+            &as_vm(script.to_str().expect("utf-8")),
+        ]
+        .concat(),
+    );
     let run = &drill["script"];
     assert_eq!(run["exit_code"], 0, "the replica never answered: {drill}");
     let output = run["output"].as_str().unwrap_or_default();
@@ -688,21 +676,7 @@ fn fail_over_and_back(
     let primary = support::StandbyProcess::start(&site.primary_conf);
     let site_a = site.console(&primary);
     let health = health_script(&site.scripts);
-    let health = health.to_str().expect("utf-8");
-    let qemu = [
-        "--launcher",
-        "qemu",
-        "--cpus",
-        "2",
-        "--memory-mib",
-        "1024",
-        "--network",
-        "user",
-        "--forward",
-        "8080",
-        "--script",
-        health,
-    ];
+    let qemu = as_vm(health.to_str().expect("utf-8"));
 
     // Disaster: the guest loses power while ferry-app writes. A point made first holds
     // everything before it; the latest state at least that.
@@ -855,6 +829,25 @@ fn restored_script(scripts: &Path) -> PathBuf {
     .expect("writing the restore script");
     support::run("chmod", &["755", path.to_str().expect("utf-8")]);
     path
+}
+
+/// The operator's choices for a replica booted as a VM: the qemu launcher, 2 CPUs and
+/// 1 GiB, a restricted user network forwarding ferry-app's port, and `script`.
+fn as_vm(script: &str) -> [&str; 12] {
+    [
+        "--launcher",
+        "qemu",
+        "--cpus",
+        "2",
+        "--memory-mib",
+        "1024",
+        "--network",
+        "user",
+        "--forward",
+        "8080",
+        "--script",
+        script,
+    ]
 }
 
 /// The drill's post-launch script: waits (up to 5 min) for ferry-app in the booted

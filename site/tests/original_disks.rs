@@ -87,14 +87,20 @@ fn sparse(path: &Path, size: u64) {
 
 const SIZE: u64 = 16 << 20;
 
+/// Two loop devices of [`SIZE`] over sparse files a.img and b.img in `dir`; a.img's path.
+fn two_disks(dir: &Path) -> (PathBuf, Loop, Loop) {
+    let (a_file, b_file) = (dir.join("a.img"), dir.join("b.img"));
+    sparse(&a_file, SIZE);
+    sparse(&b_file, SIZE);
+    let (a, b) = (Loop::attach(&a_file), Loop::attach(&b_file));
+    (a_file, a, b)
+}
+
 #[test]
 fn an_original_disk_is_found_by_identity_and_size_not_by_name() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a_file, b_file) = (dir.path().join("a.img"), dir.path().join("b.img"));
-    sparse(&a_file, SIZE);
-    sparse(&b_file, SIZE);
-    let (a, b) = (Loop::attach(&a_file), Loop::attach(&b_file));
+    let (a_file, a, b) = two_disks(dir.path());
     let identity = original_disks::identify(a.name());
     assert_eq!(
         identity,
@@ -225,10 +231,7 @@ fn the_disk_holding_root_is_refused() {
 fn a_vm_disk_is_found_through_its_volume_link_and_only_there() {
     require_root();
     let dir = tempfile::tempdir().expect("tempdir");
-    let (a_file, b_file) = (dir.path().join("a.img"), dir.path().join("b.img"));
-    sparse(&a_file, SIZE);
-    sparse(&b_file, SIZE);
-    let (a, b) = (Loop::attach(&a_file), Loop::attach(&b_file));
+    let (_, a, b) = two_disks(dir.path());
     let links = dir.path().join("volumes");
     std::fs::create_dir(&links).expect("mkdir");
     std::os::unix::fs::symlink(&a.0, links.join("vm-sys")).expect("symlink");
