@@ -23,6 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
+. benches/lib/pair.sh
 ferry_need_root "the agent benchmark"
 ferry_apt "${FERRY_PACKAGES[@]}" fio python3
 ferry_rust
@@ -41,43 +42,13 @@ cleanup() {
     rm -rf "$work" "$shm"
 }
 trap cleanup EXIT
-json() { "$ferry" agent status --json --state-dir "$work/agent" | python3 -c "import json,sys; s=json.load(sys.stdin); print($1)"; }
-wait_in_sync() {
-    local since; since=$(date +%s%3N)
-    until [ "$(json "s['updated_unix_ms'] > $since + 100 and s['phase']=='realtime' and s['backlog_bytes']==0")" = True ]; do sleep 0.05; done
-}
 now() { date +%s.%N; }
 
 head -c "${mib}M" /dev/urandom >"$shm/disk.img"
 disk="$(losetup --find --show "$shm/disk.img")"
-"$ferry" keygen --out "$work/pair.key" 2>/dev/null
-"$ferry" keygen --from "$work/pair.key" --standby --out "$work/standby.key" 2>/dev/null
-"$ferry" keygen --from "$work/pair.key" --host web-1 --out "$work/web-1.key" 2>/dev/null
-"$ferry" tls init --dir "$work/pki" 2>/dev/null
-for n in standby web-1; do "$ferry" tls issue --dir "$work/pki" --name "$n" --san 127.0.0.1 2>/dev/null; done
-tls() { printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' "$work/pki/ca.pem" "$work/pki/$1.pem" "$work/pki/$1.key"; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/standby.toml" <<EOF
-data_dir = "$work/standby"
-listen = "127.0.0.1:$port"
-key_file = "$work/standby.key"
-$(tls standby)
-[[servers]]
-id = "web-1"
-EOF
-"$ferry" standby --config "$work/standby.toml" >"$work/standby.out" 2>"$work/standby.log" &
-standby=$!
-until grep -q listening "$work/standby.out" 2>/dev/null; do sleep 0.05; done
-cat >"$work/agent.toml" <<EOF
-server = "web-1"
-standby = "127.0.0.1:$port"
-key_file = "$work/web-1.key"
-disks = ["$disk"]
-state_dir = "$work/agent"
-pin_dir = "$pins"
-point_interval_minutes = 0
-$(tls web-1)
-EOF
+pair_setup web-1
+pair_standby
+pair_agent_config "$disk"
 
 printf 'machine: %s, %s cores, %s GiB RAM; disk %s MiB (loop over a file on %s), standby data on %s\n' \
     "$(uname -r)" "$(nproc)" "$(($(awk '/MemTotal/ {print $2}' /proc/meminfo) >> 20))" "$mib" \
