@@ -290,9 +290,14 @@ impl DirtyMap {
     pub fn dirty_since(&self) -> Option<Generation> {
         self.chunks
             .values()
-            .flat_map(Chunk::words)
-            .filter(|(bits, ..)| *bits != 0)
-            .map(|(.., since)| since)
+            .filter_map(|c| match c {
+                Chunk::Full { since, .. } => Some(*since),
+                Chunk::Words(_) => c
+                    .words()
+                    .filter(|(bits, ..)| *bits != 0)
+                    .map(|(.., since)| since)
+                    .min(),
+            })
             .min()
     }
 
