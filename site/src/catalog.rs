@@ -56,6 +56,11 @@ pub struct ProtectedServer {
     /// Reverse replication of the failed-over instance back to the original site.
     #[serde(default)]
     pub reverse: Option<Reverse>,
+    /// When its agent first reported real time (Unix ms): its first full copy was then
+    /// acknowledged whole. Until then nothing of the server can be recovered ("not
+    /// protected yet"), whatever its RPO lag says. 0 for a server that was past its first
+    /// full copy when the catalogue was upgraded from version 1.
+    pub copied_unix_ms: Option<u64>,
 }
 
 fn standard() -> String {
@@ -202,32 +207,65 @@ pub struct Catalog {
     servers: Vec<ProtectedServer>,
 }
 
+/// The file: servers are read as JSON values first, so that an older version's can be
+/// completed before they are typed.
 #[derive(Serialize, Deserialize)]
-struct OnDisk {
+struct OnDisk<S> {
     version: u32,
     pairs: Vec<Pair>,
-    servers: Vec<ProtectedServer>,
+    servers: Vec<S>,
 }
 
-const VERSION: u32 = 1;
+/// Version 2 added `copied_unix_ms`; version 1 is read (see [`upgrade_v1`]).
+const VERSION: u32 = 2;
+
+/// A version-1 server record, completed: a server whose state lies past its first full
+/// copy (real time, or any failover, reverse or failback state) was copied; one that has
+/// not reached real time yet (or is `interrupted`, which may be before it) is taken as
+/// not copied until its agent reports real time again.
+fn upgrade_v1(server: &mut serde_json::Value) {
+    let past_first_copy = !matches!(
+        server.get("state").and_then(|s| s.as_str()),
+        Some("installing" | "initialized" | "starting" | "full" | "interrupted")
+    );
+    if let Some(fields) = server.as_object_mut() {
+        fields.insert(
+            "copied_unix_ms".to_owned(),
+            past_first_copy.then_some(0u64).into(),
+        );
+    }
+}
 
 impl Catalog {
     /// Loads the catalogue from `path`, or starts an empty one if there is none yet.
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
         let (pairs, servers) = match std::fs::read(path) {
             Ok(bytes) => {
-                let d: OnDisk =
+                let d: OnDisk<serde_json::Value> =
                     serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt {
                         path: path.to_owned(),
                         source,
                     })?;
-                if d.version != VERSION {
-                    return Err(CatalogError::Version {
-                        path: path.to_owned(),
-                        found: d.version,
-                    });
+                let mut servers = d.servers;
+                match d.version {
+                    VERSION => {}
+                    1 => servers.iter_mut().for_each(upgrade_v1),
+                    found => {
+                        return Err(CatalogError::Version {
+                            path: path.to_owned(),
+                            found,
+                        });
+                    }
                 }
-                (d.pairs, d.servers)
+                let servers = servers
+                    .into_iter()
+                    .map(serde_json::from_value)
+                    .collect::<Result<_, _>>()
+                    .map_err(|source| CatalogError::Corrupt {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                (d.pairs, servers)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), Vec::new()),
             Err(source) => {
@@ -308,6 +346,7 @@ impl Catalog {
                 storage_class: standard(),
                 instance: None,
                 reverse: None,
+                copied_unix_ms: None,
             });
         })
     }
@@ -539,6 +578,52 @@ mod tests {
             serde_json::to_string(&read).expect("serializes"),
             golden,
             "a reverse is written as it was read"
+        );
+    }
+
+    /// A version-1 catalogue as ferry wrote it before `copied_unix_ms`.
+    const GOLDEN_V1: &str = r#"{"version":1,"pairs":[{"name":"prod","kind":"zone-to-zone","primary":"zone-a","secondary":"zone-b"}],"servers":[
+        {"id":"web-1","pair":"prod","state":"realtime","error":null,"replication":null,"storage_class":"standard","instance":null,"reverse":null},
+        {"id":"web-2","pair":"prod","state":"full","error":null,"replication":null,"storage_class":"standard","instance":null,"reverse":null},
+        {"id":"web-3","pair":"prod","state":"failed-over","error":null,"replication":null,"storage_class":"standard","instance":"i-1","reverse":null},
+        {"id":"web-4","pair":"prod","state":"interrupted","error":null,"replication":null,"storage_class":"standard","instance":null,"reverse":null}]}"#;
+
+    #[test]
+    fn a_version_1_catalogue_is_read_with_its_first_copies_inferred_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.json");
+        std::fs::write(&path, GOLDEN_V1).unwrap();
+        let c = Catalog::open(&path).expect("version 1 reads");
+        let copied: Vec<(&str, Option<u64>)> = c
+            .servers()
+            .iter()
+            .map(|s| (s.id.as_str(), s.copied_unix_ms))
+            .collect();
+        assert_eq!(
+            copied,
+            [
+                ("web-1", Some(0)),
+                ("web-2", None),
+                ("web-3", Some(0)),
+                ("web-4", None)
+            ]
+        );
+        assert_eq!(c.server("web-3").unwrap().instance.as_deref(), Some("i-1"));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            GOLDEN_V1,
+            "reading wrote nothing"
+        );
+
+        std::fs::write(
+            &path,
+            GOLDEN_V1.replacen("\"version\":1", "\"version\":3", 1),
+        )
+        .unwrap();
+        let err = Catalog::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("version 3") && err.contains("reads version 2"),
+            "{err}"
         );
     }
 }

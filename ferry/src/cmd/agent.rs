@@ -238,9 +238,9 @@ fn status(args: &StatusArgs) -> Result<()> {
         s.standby
     );
     println!(
-        "backlog {}  RPO lag {:.1} s  shipped {} in {} records  last ack seq {}  drops {}  catch-ups {}  reconnects {}",
+        "backlog {}  RPO {}  shipped {} in {} records  last ack seq {}  drops {}  catch-ups {}  reconnects {}",
         human_bytes(s.backlog_bytes),
-        s.rpo_lag_ms as f64 / 1000.0,
+        rpo(&s),
         human_bytes(s.shipped_bytes),
         s.records_sent,
         s.acked_seq,
@@ -310,4 +310,65 @@ fn status(args: &StatusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The RPO as the operator should read it: a lag only while the standby holds a whole
+/// copy of every disk. During a full copy nothing can be recovered yet; during a digest
+/// compare after a gap the standby's latest state is a mix (its earlier points hold).
+fn rpo(s: &Status) -> String {
+    let running = |method: &str| {
+        s.disks
+            .iter()
+            .filter(|d| d.catch_up.as_deref() == Some(method) && d.full_total > 0)
+            .map(|d| {
+                format!(
+                    "{} {:.0}%",
+                    d.name,
+                    100.0 * d.full_done as f64 / d.full_total as f64
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (full, digest) = (running("full copy"), running("digest compare"));
+    if !full.is_empty() {
+        format!("not protected yet (full copy: {})", full.join(", "))
+    } else if !digest.is_empty() {
+        format!(
+            "catching up after a gap (digest compare: {}; points before it hold)",
+            digest.join(", ")
+        )
+    } else {
+        format!("lag {:.1} s", s.rpo_lag_ms as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_replicator::status::DiskStatus;
+
+    #[test]
+    fn the_rpo_is_a_lag_only_once_the_standby_holds_whole_disks() {
+        let disk = |catch_up: Option<&str>, done| DiskStatus {
+            name: "vda".into(),
+            catch_up: catch_up.map(str::to_owned),
+            full_total: 1 << 40,
+            full_done: done,
+            ..DiskStatus::default()
+        };
+        let mut s = Status {
+            rpo_lag_ms: 500,
+            disks: vec![disk(Some("full copy"), 1 << 38)],
+            ..Status::default()
+        };
+        assert_eq!(rpo(&s), "not protected yet (full copy: vda 25%)");
+        s.disks[0] = disk(Some("digest compare"), 1 << 39);
+        assert!(
+            rpo(&s).starts_with("catching up after a gap (digest compare: vda 50%"),
+            "{}",
+            rpo(&s)
+        );
+        s.disks[0] = disk(None, 1 << 40);
+        assert_eq!(rpo(&s), "lag 0.5 s");
+    }
 }

@@ -55,6 +55,15 @@ pub(crate) fn table(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>
     }
 }
 
+/// A duration for people, to the unit that matters: `45 s`, `12 min`, `3 h 20 min`.
+pub(crate) fn human_secs(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs.div_ceil(60)),
+        _ => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+    }
+}
+
 /// Bytes for people: `512 B`, `1.5 MiB`.
 #[expect(clippy::cast_precision_loss, reason = "display only")]
 pub(crate) fn human_bytes(bytes: u64) -> String {

@@ -2,7 +2,7 @@
 
 use crate::api::AddServer;
 use crate::api::client::ControlArgs;
-use crate::cmd::{delete, human_bytes, point::utc_time, table};
+use crate::cmd::{delete, human_bytes, human_secs, point::utc_time, table};
 use anyhow::Result;
 use ferry_site::control::ServerView;
 
@@ -112,19 +112,23 @@ fn row(s: &ServerView) -> Vec<String> {
             |p| {
                 if p.phase == "full" && p.full_total > 0 {
                     format!(
-                        "{:.0}% of {}",
+                        "{:.0}% of {}{}",
                         100.0 * p.full_done as f64 / p.full_total as f64,
-                        human_bytes(p.full_total)
+                        human_bytes(p.full_total),
+                        p.eta_s
+                            .map_or_else(String::new, |s| format!(", ETA {}", human_secs(s)))
                     )
                 } else {
                     format!("backlog {}", human_bytes(p.backlog_bytes))
                 }
             },
         ),
-        progress.map_or_else(
-            || "-".to_owned(),
-            |p| format!("{:.1} s", p.rpo_lag_ms as f64 / 1000.0),
-        ),
+        match progress {
+            // Its lag is the age of a change in a copy that does not exist yet.
+            _ if !s.protected => "not protected yet".to_owned(),
+            Some(p) => format!("{:.1} s", p.rpo_lag_ms as f64 / 1000.0),
+            None => "-".to_owned(),
+        },
         s.last_point
             .as_ref()
             .and_then(|p| Some(format!("{} ({})", p.id?.get(), utc_time(p.unix_time_ms?))))

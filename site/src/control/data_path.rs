@@ -101,9 +101,20 @@ impl ControlPlane for Control {
         Ok(())
     }
 
-    /// Kept for the operator, and it moves the server's phase.
+    /// Kept for the operator, and it moves the server's phase; the first report of
+    /// real time records that the first full copy is whole (`copied_unix_ms`).
     fn progress(&self, id: &ServerId, p: Progress) {
-        self.live().entry(id.clone()).or_default().progress = Some((p, ferry_standby::now_ms()));
+        let now = ferry_standby::now_ms();
+        {
+            let mut live = self.live();
+            let l = live.entry(id.clone()).or_default();
+            l.copy_started = match (p.phase, l.copy_started) {
+                (ReplicationPhase::Full, Some(start)) if start.0 <= p.full_done => Some(start),
+                (ReplicationPhase::Full, _) => Some((p.full_done, now)),
+                (ReplicationPhase::Realtime, _) => None,
+            };
+            l.progress = Some((p, now));
+        }
         let phase = match p.phase {
             ReplicationPhase::Full => Phase::Full,
             ReplicationPhase::Realtime => Phase::Realtime,
@@ -115,7 +126,13 @@ impl ControlPlane for Control {
         if let Some(g) = self.gate(id)
             && g.state.replicating()
             && g.state != want
-            && let Err(e) = self.change(|c| c.step(id.as_str(), Step::Forward(phase)))
+            && let Err(e) = self.change(|c| {
+                c.step_and(id.as_str(), Step::Forward(phase), |s| {
+                    if phase == Phase::Realtime {
+                        s.copied_unix_ms.get_or_insert(now);
+                    }
+                })
+            })
         {
             tracing::error!(server = %id, "cannot record progress: {}", ferry_wire::error_chain(&e));
         }

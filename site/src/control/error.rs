@@ -76,6 +76,11 @@ pub enum ControlError {
          being copied): choose a point from `ferry point list`"
     )]
     LatestInconsistent(ServerId, State),
+    #[error(
+        "server {0} is not protected yet: its first full copy has not completed, so no \
+         state of its disks can be recovered (`ferry server list` shows the copy's progress)"
+    )]
+    NotProtectedYet(ServerId),
     #[error("server {0} still has instances ({1}): clean them first (`ferry drill clean`)")]
     HasInstances(ServerId, String),
 }
@@ -94,6 +99,7 @@ impl ControlError {
             | ControlError::StillConnected(..)
             | ControlError::Busy(_)
             | ControlError::LatestInconsistent(..)
+            | ControlError::NotProtectedYet(_)
             | ControlError::HasInstances(..)
             | ControlError::ClassChange { .. } => ErrorCode::NotAllowed,
             ControlError::Timeout(..) => ErrorCode::Timeout,

@@ -39,13 +39,17 @@ impl Control {
     }
 
     /// Checks a launch before anything changes: the spec, the point (which must exist;
-    /// "latest" only once the disks are consistent, i.e. after the full copy), the keys.
+    /// "latest" only once the disks are consistent: after the first full copy, and not
+    /// while a catch-up runs), the keys.
     fn prepare(
         &self,
         server: &ProtectedServer,
         spec: &Spec,
         supplied: Option<&RecoveryKey>,
     ) -> Result<RecoveryKeys, ControlError> {
+        if spec.point == PointSelector::Latest && server.copied_unix_ms.is_none() {
+            return Err(ControlError::NotProtectedYet(server.id.clone()));
+        }
         if spec.point == PointSelector::Latest
             && !matches!(server.state, State::Realtime | State::Interrupted)
         {

@@ -59,6 +59,9 @@ use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 struct Live {
     conn: Option<Session>,
     progress: Option<(Progress, u64)>,
+    /// While a full copy or compare runs: its `full_done` and the time (Unix ms) of its
+    /// first report, the base of its ETA.
+    copy_started: Option<(u64, u64)>,
     /// Point requests sent and their results, once they arrive.
     points: HashMap<u64, Option<PointResult>>,
     /// The newest point stored (read from the store the first time it is asked for).

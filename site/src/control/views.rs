@@ -15,6 +15,10 @@ pub struct ServerView {
     /// `state`, or `error` while an error is unresolved.
     pub shown_state: String,
     pub connected: bool,
+    /// Whether anything of the server can be recovered: its first full copy completed
+    /// (or a recovery point exists). Until then its RPO lag means nothing: the operator
+    /// is shown "not protected yet" and the copy's progress.
+    pub protected: bool,
     /// The agent's last progress report (and when it came, Unix ms).
     pub progress: Option<ProgressView>,
     pub last_point: Option<PointView>,
@@ -30,6 +34,19 @@ pub struct ProgressView {
     pub backlog_bytes: u64,
     pub rpo_lag_ms: u64,
     pub unix_time_ms: u64,
+    /// While a full copy or compare runs: the seconds it needs yet at its rate so far.
+    pub eta_s: Option<u64>,
+}
+
+/// Seconds left of a copy that was at `started` (bytes done, Unix ms) and is at `now`,
+/// at the rate between the two; none before it has moved for two seconds.
+fn eta_s(started: (u64, u64), now: (u64, u64), total: u64) -> Option<u64> {
+    let (done, ms) = (now.0.checked_sub(started.0)?, now.1.checked_sub(started.1)?);
+    if done == 0 || ms < 2000 {
+        return None;
+    }
+    let left = u128::from(total.saturating_sub(now.0));
+    u64::try_from(left * u128::from(ms) / u128::from(done) / 1000).ok()
 }
 
 /// A recovery point as the operator sees it; the last row is "latest" (`id` is `None`).
@@ -115,22 +132,27 @@ impl Control {
             .into_iter()
             .map(|server| {
                 let l = live.get(&server.id);
+                let last_point = l.and_then(|l| l.last_point.clone());
                 ServerView {
                     shown_state: server.shown_state().to_owned(),
                     connected: l.is_some_and(|l| l.conn.is_some()),
-                    progress: l.and_then(|l| l.progress).map(|(p, at)| ProgressView {
-                        phase: match p.phase {
-                            ReplicationPhase::Full => "full",
-                            ReplicationPhase::Realtime => "realtime",
-                        }
-                        .to_owned(),
-                        full_done: p.full_done,
-                        full_total: p.full_total,
-                        backlog_bytes: p.backlog_bytes,
-                        rpo_lag_ms: p.rpo_lag_ms,
-                        unix_time_ms: at,
-                    }),
-                    last_point: l.and_then(|l| l.last_point.clone()),
+                    protected: server.copied_unix_ms.is_some() || last_point.is_some(),
+                    progress: l.and_then(|l| Some((l.progress?, l.copy_started))).map(
+                        |((p, at), started)| ProgressView {
+                            phase: match p.phase {
+                                ReplicationPhase::Full => "full",
+                                ReplicationPhase::Realtime => "realtime",
+                            }
+                            .to_owned(),
+                            full_done: p.full_done,
+                            full_total: p.full_total,
+                            backlog_bytes: p.backlog_bytes,
+                            rpo_lag_ms: p.rpo_lag_ms,
+                            unix_time_ms: at,
+                            eta_s: started.and_then(|s| eta_s(s, (p.full_done, at), p.full_total)),
+                        },
+                    ),
+                    last_point,
                     reverse_agent: reverse.get(&server.id).cloned(),
                     server,
                 }
@@ -164,5 +186,111 @@ mod tests {
             golden,
             "points are written as they were read"
         );
+    }
+
+    use crate::catalog::{Pair, PairKind};
+    use crate::control::ControlError;
+    use crate::instance::{Launcher, Spec};
+    use crate::lifecycle::{Phase, Step};
+    use ferry_standby::points::PointSelector;
+    use ferry_standby::receiver::ControlPlane;
+    use ferry_wire::message::Progress;
+
+    fn report(control: &Control, id: &ServerId, phase: ReplicationPhase, done: u64) {
+        control.progress(
+            id,
+            Progress {
+                phase,
+                full_done: done,
+                full_total: 100 << 30,
+                backlog_bytes: 100 << 30,
+                rpo_lag_ms: 300,
+            },
+        );
+    }
+
+    fn latest_drill(control: &Control) -> ControlError {
+        let spec = Spec {
+            point: PointSelector::Latest,
+            launcher: Launcher::Qemu,
+            script: None,
+            cpus: 1,
+            memory_mib: 256,
+            network: None,
+            ip: None,
+            forward: Vec::new(),
+        };
+        control.drill_start("web-1", spec, None).unwrap_err()
+    }
+
+    #[test]
+    fn a_server_is_not_protected_until_its_first_full_copy_and_latest_is_refused_until_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::open(dir.path(), HashMap::new()).unwrap();
+        let id = ServerId::new("web-1").unwrap();
+        control
+            .change(|c| {
+                c.create_pair(Pair {
+                    name: "prod".into(),
+                    kind: PairKind::ZoneToZone,
+                    primary: "zone-a".into(),
+                    secondary: "zone-b".into(),
+                })?;
+                c.add_server("prod", id.clone())?;
+                c.step("web-1", Step::AgentRegistered)?;
+                c.step("web-1", Step::ReplicationStart)
+            })
+            .unwrap();
+        let view = |c: &Control| c.servers().into_iter().next().unwrap();
+
+        report(&control, &id, ReplicationPhase::Full, 10 << 30);
+        let v = view(&control);
+        assert!(!v.protected, "protected during its first full copy: {v:?}");
+        assert_eq!(
+            v.progress.unwrap().rpo_lag_ms,
+            300,
+            "the agent's lag is kept, not shown"
+        );
+        // The link drops mid-copy: `interrupted` allows "latest" once copied, not before.
+        control
+            .change(|c| c.step("web-1", Step::Forward(Phase::Interrupted)))
+            .unwrap();
+        assert!(
+            matches!(latest_drill(&control), ControlError::NotProtectedYet(_)),
+            "{}",
+            latest_drill(&control)
+        );
+        assert!(!view(&control).protected);
+
+        report(&control, &id, ReplicationPhase::Realtime, 100 << 30);
+        assert!(view(&control).protected);
+        // A later catch-up (a reboot's gap) does not make it unprotected, across restarts.
+        report(&control, &id, ReplicationPhase::Full, 0);
+        drop(control);
+        let control = Control::open(dir.path(), HashMap::new()).unwrap();
+        let v = view(&control);
+        assert!(v.protected && v.server.copied_unix_ms.is_some(), "{v:?}");
+        assert!(
+            matches!(latest_drill(&control), ControlError::LatestInconsistent(..)),
+            "{}",
+            latest_drill(&control)
+        );
+    }
+
+    #[test]
+    fn a_copy_eta_follows_its_rate_and_waits_for_it() {
+        let gib = 1u64 << 30;
+        assert_eq!(eta_s((0, 0), (10 * gib, 10_000), 100 * gib), Some(90));
+        assert_eq!(
+            eta_s((10 * gib, 5_000), (20 * gib, 25_000), 100 * gib),
+            Some(160)
+        );
+        assert_eq!(
+            eta_s((0, 0), (10 * gib, 1_000), 100 * gib),
+            None,
+            "too soon"
+        );
+        assert_eq!(eta_s((0, 0), (0, 60_000), 100 * gib), None, "not moving");
+        assert_eq!(eta_s((5, 0), (4, 60_000), 100 * gib), None, "went back");
     }
 }
