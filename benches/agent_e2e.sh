@@ -24,13 +24,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 . benches/lib/pair.sh
-ferry_need_root "the agent benchmark"
-ferry_apt "${FERRY_PACKAGES[@]}" fio python3
-ferry_rust
 mib="${1:-1024}"
 seconds="${2:-15}"
-cargo build --release --locked -q -p ferry
-ferry="$PWD/target/release/ferry"
+pair_prepare "the agent benchmark" fio
 work="$(mktemp -d "${FERRY_BENCH_STANDBY_DIR:-/var/tmp}/ferry-bench.XXXXXX")"
 shm="$(mktemp -d "${FERRY_BENCH_DISK_DIR:-/dev/shm}/ferry-bench.XXXXXX")"
 pins="/sys/fs/bpf/ferry-bench-$$"

@@ -11,12 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib/prereqs.sh
 . benches/lib/pair.sh
-ferry_need_root "the large-disk benchmark"
-ferry_apt "${FERRY_PACKAGES[@]}" python3 xfsprogs
-ferry_rust
 tib="${1:-16}"
 seconds="${2:-60}"
-cargo build --release --locked -q -p ferry
+pair_prepare "the large-disk benchmark" xfsprogs
 binaries=("$PWD/target/release/ferry")
 [ -n "${FERRY_BASELINE:-}" ] && binaries+=("$FERRY_BASELINE")
 top="$(mktemp -d /var/tmp/ferry-bench.XXXXXX)"

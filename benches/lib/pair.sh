@@ -1,7 +1,9 @@
 # A protected server and its standby on loopback, for the benchmarks that run both:
 # keys, a TLS CA with the standby's and the server's certificates, the two configs, and
-# the standby started. Source it, then call, in order (as root, $ferry and $work set):
+# the standby started. Source it (after scripts/lib/prereqs.sh), then call, in order:
 #
+#   pair_prepare WHAT PKG…   root, the packages, Rust, the release build; sets $ferry
+#   (then set $work and $pins)
 #   pair_setup HOST          keys and certificates in $work; sets $port
 #   pair_standby             writes $work/standby.toml, starts `ferry standby`; sets $standby
 #   pair_agent_config DISK…  writes $work/agent.toml (state in $work/agent, pins in $pins)
@@ -9,6 +11,15 @@
 # and then json EXPR (the agent's status) and wait_in_sync.
 #
 # The caller's cleanup kills $standby (and its agent).
+
+pair_prepare() {
+    ferry_need_root "$1"
+    shift
+    ferry_apt "${FERRY_PACKAGES[@]}" python3 "$@"
+    ferry_rust
+    cargo build --release --locked -q -p ferry
+    ferry="$PWD/target/release/ferry"
+}
 
 pair_tls() { # NAME: the [tls] table of NAME's config
     printf '[tls]\nca = "%s"\ncert = "%s"\nkey = "%s"\n' \
