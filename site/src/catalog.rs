@@ -241,30 +241,34 @@ impl Catalog {
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
         let (pairs, servers) = match std::fs::read(path) {
             Ok(bytes) => {
-                let d: OnDisk<serde_json::Value> =
-                    serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt {
+                let corrupt = |source| CatalogError::Corrupt {
+                    path: path.to_owned(),
+                    source,
+                };
+                // The version first, alone: a newer file is refused by its version, not
+                // as damaged because a field of it is not known here.
+                #[derive(Deserialize)]
+                struct Version {
+                    version: u32,
+                }
+                let Version { version } = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                if version != VERSION && version != 1 {
+                    return Err(CatalogError::Version {
                         path: path.to_owned(),
-                        source,
-                    })?;
+                        found: version,
+                    });
+                }
+                let d: OnDisk<serde_json::Value> =
+                    serde_json::from_slice(&bytes).map_err(corrupt)?;
                 let mut servers = d.servers;
-                match d.version {
-                    VERSION => {}
-                    1 => servers.iter_mut().for_each(upgrade_v1),
-                    found => {
-                        return Err(CatalogError::Version {
-                            path: path.to_owned(),
-                            found,
-                        });
-                    }
+                if version == 1 {
+                    servers.iter_mut().for_each(upgrade_v1);
                 }
                 let servers = servers
                     .into_iter()
                     .map(serde_json::from_value)
                     .collect::<Result<_, _>>()
-                    .map_err(|source| CatalogError::Corrupt {
-                        path: path.to_owned(),
-                        source,
-                    })?;
+                    .map_err(corrupt)?;
                 (d.pairs, servers)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), Vec::new()),

@@ -26,8 +26,8 @@
 //!   whole word from being cleared by an older read, and the lag is never under-stated: at
 //!   worst an extra re-read, never a lost write.
 //!
-//! Memory: a full chunk costs one map entry (~40 bytes: 2.5 MiB for a fully dirty 1 TiB
-//! disk, as in a full copy); a chunk spelt out costs 1.5 KiB more (96 MiB for a 1 TiB disk
+//! Memory: a full chunk costs one map entry (~64 bytes with the tree's share: 4 MiB for a
+//! fully dirty 1 TiB disk, as in a full copy); a chunk spelt out costs 1.5 KiB more (96 MiB for a 1 TiB disk
 //! dirty sparsely but everywhere); nothing for clean regions.
 
 use crate::range::{ByteRange, RangeSet};
@@ -212,18 +212,19 @@ impl DirtyMap {
     /// the words it spans: a fully dirty disk is one run, found in a step per chunk.
     pub fn iter(&self) -> impl Iterator<Item = (ByteRange, Generation)> + '_ {
         let mut pieces = self.chunks.iter().flat_map(|(&c, chunk)| {
-            let spans: Vec<(u64, u64, Generation)> = match chunk {
-                Chunk::Full { generation, .. } => {
-                    vec![(c * CHUNK_GRAINS, (c + 1) * CHUNK_GRAINS, *generation)]
-                }
-                Chunk::Words(w) => (0..CHUNK_WORDS)
-                    .flat_map(|i| {
-                        let base = c * CHUNK_GRAINS + i as u64 * WORD_GRAINS;
-                        runs_of(w.bits[i]).map(move |(s, e)| (base + s, base + e, w.generations[i]))
-                    })
-                    .collect(),
+            let (full, words) = match chunk {
+                Chunk::Full { generation, .. } => (Some(*generation), None),
+                Chunk::Words(w) => (None, Some(w)),
             };
-            spans
+            let base = c * CHUNK_GRAINS;
+            full.map(|g| (base, base + CHUNK_GRAINS, g))
+                .into_iter()
+                .chain(words.into_iter().flat_map(move |w| {
+                    (0..CHUNK_WORDS).flat_map(move |i| {
+                        let at = base + i as u64 * WORD_GRAINS;
+                        runs_of(w.bits[i]).map(move |(s, e)| (at + s, at + e, w.generations[i]))
+                    })
+                }))
         });
         let mut pending: Option<(u64, u64, Generation)> = None;
         std::iter::from_fn(move || {
@@ -255,9 +256,19 @@ impl DirtyMap {
             return;
         }
         for c in first / CHUNK_GRAINS..=(end - 1) / CHUNK_GRAINS {
-            let chunk = self.chunks.entry(c).or_insert_with(Chunk::clean);
-            let before = chunk.dirty_grains();
-            if covers(c, first, end) {
+            let whole = covers(c, first, end);
+            let before = self.chunks.get(&c).map_or(0, Chunk::dirty_grains);
+            let chunk = self.chunks.entry(c).or_insert_with(|| {
+                if whole {
+                    Chunk::Full {
+                        generation,
+                        since: generation,
+                    }
+                } else {
+                    Chunk::clean()
+                }
+            });
+            if whole {
                 let (newest, oldest) = chunk
                     .words()
                     .filter(|(bits, ..)| *bits != 0)

@@ -314,7 +314,8 @@ fn status(args: &StatusArgs) -> Result<()> {
 
 /// The RPO as the operator should read it: a lag only while the standby holds a whole
 /// copy of every disk. During a full copy nothing can be recovered yet; during a digest
-/// compare after a gap the standby's latest state is a mix (its earlier points hold).
+/// compare after a gap the standby's latest state is a mix until it ends (whether points
+/// from before the gap exist, only the site knows: `ferry server list`).
 fn rpo(s: &Status) -> String {
     let running = |method: &str| {
         s.disks
@@ -334,7 +335,7 @@ fn rpo(s: &Status) -> String {
         format!("not protected yet (full copy: {})", full.join(", "))
     } else if !digest.is_empty() {
         format!(
-            "catching up after a gap (digest compare: {}; points before it hold)",
+            "catching up after a gap (digest compare: {}; latest is not whole until it ends)",
             digest.join(", ")
         )
     } else {

@@ -81,6 +81,8 @@ impl ControlPlane for Control {
                 return;
             }
             l.conn = None;
+            // A copy's rate is measured while it runs, not across the time the link was down.
+            l.copy_started = None;
         }
         self.changed.notify_all();
         if self
@@ -138,9 +140,26 @@ impl ControlPlane for Control {
         }
     }
 
+    /// A point proves a whole copy (the agent makes none while a catch-up runs): a
+    /// server not yet marked copied (an upgraded catalogue's) is from now on.
     fn point_stored(&self, id: &ServerId, barrier: &Barrier) {
         self.live().entry(id.clone()).or_default().last_point =
             Some(PointView::of_barrier(barrier));
+        let first = {
+            let catalog = self.catalog();
+            catalog
+                .server(id.as_str())
+                .is_ok_and(|s| s.copied_unix_ms.is_none())
+        };
+        if first
+            && let Err(e) = self.change(|c| {
+                c.edit(id.as_str(), |s| {
+                    s.copied_unix_ms.get_or_insert(barrier.unix_time_ms);
+                })
+            })
+        {
+            tracing::error!(server = %id, "cannot record the first copy: {}", ferry_wire::error_chain(&e));
+        }
     }
 
     fn point_result(&self, id: &ServerId, result: PointResult) {

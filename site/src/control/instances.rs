@@ -47,7 +47,7 @@ impl Control {
         spec: &Spec,
         supplied: Option<&RecoveryKey>,
     ) -> Result<RecoveryKeys, ControlError> {
-        if spec.point == PointSelector::Latest && server.copied_unix_ms.is_none() {
+        if spec.point == PointSelector::Latest && !self.protected(server) {
             return Err(ControlError::NotProtectedYet(server.id.clone()));
         }
         if spec.point == PointSelector::Latest

@@ -104,6 +104,17 @@ pub fn point_views(state: &ServerState) -> Vec<PointView> {
 }
 
 impl Control {
+    /// Whether anything of `server` can be recovered: its first full copy completed, or
+    /// a point exists (the agent makes none before its catch-ups end, so a point proves
+    /// a whole copy: this covers a catalogue upgraded from version 1 while its server
+    /// was `interrupted`).
+    pub(super) fn protected(&self, server: &ProtectedServer) -> bool {
+        server.copied_unix_ms.is_some()
+            || self
+                .points(server.id.as_str())
+                .is_ok_and(|points| points.iter().any(|p| p.id.is_some()))
+    }
+
     /// Every managed server as the operator sees it.
     pub fn servers(&self) -> Vec<ServerView> {
         let ids: Vec<ServerId> = self
@@ -209,6 +220,20 @@ mod tests {
         );
     }
 
+    fn latest_point_barrier(id: &ServerId) -> ferry_wire::message::Barrier {
+        ferry_wire::message::Barrier {
+            server: id.clone(),
+            seq: Seq::new(7),
+            point: PointId::new(1_795_533_480_000),
+            kind: PointKind::Scheduled,
+            consistent: true,
+            unix_time_ms: 1_795_533_480_000,
+            registration: [0; 32],
+            seal: [0; 32],
+            mac: [0; 32],
+        }
+    }
+
     fn latest_drill(control: &Control) -> ControlError {
         let spec = Spec {
             point: PointSelector::Latest,
@@ -262,8 +287,25 @@ mod tests {
         );
         assert!(!view(&control).protected);
 
+        // A stored point proves a whole copy (an upgraded catalogue's interrupted server).
+        let mut point = latest_point_barrier(&id);
+        control.point_stored(&id, &point);
+        assert!(
+            !matches!(latest_drill(&control), ControlError::NotProtectedYet(_)),
+            "latest refused although a point exists"
+        );
+        assert_eq!(
+            view(&control).server.copied_unix_ms,
+            Some(point.unix_time_ms)
+        );
+        // The first real time does not move it.
+        point.unix_time_ms += 1;
         report(&control, &id, ReplicationPhase::Realtime, 100 << 30);
         assert!(view(&control).protected);
+        assert_eq!(
+            view(&control).server.copied_unix_ms,
+            Some(point.unix_time_ms - 1)
+        );
         // A later catch-up (a reboot's gap) does not make it unprotected, across restarts.
         report(&control, &id, ReplicationPhase::Full, 0);
         drop(control);
